@@ -1,0 +1,201 @@
+//! One error type for the whole server.
+//!
+//! Variants follow etcd's meanings, and where etcd has a fixed text for an error the `Display` text is
+//! etcd's, word for word: clients (etcdctl, the Go client, Kubernetes) match on these strings. Each
+//! transport maps an [`Error`] to its own status in exactly one place: [`Error::http_status`] for the REST
+//! API (and later the JSON gateway); the gRPC mapping joins it when the v3 API lands.
+//!
+//! [`Error::is_deterministic`] separates the errors that are a property of the request (every replica
+//! would answer the same, so the client gets them) from errors of the local machine (disk, corruption)
+//! that on the apply path must stop the node instead of letting replicas diverge.
+
+/// The crate-wide result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, named the way etcd names it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A read or watch asked for a revision that compaction has removed.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// A read asked for a revision the store has not reached yet.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A request carried no key (etcd's `ErrEmptyKey`).
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// The key does not exist (REST API only; etcd's Range answers an empty list instead).
+    #[error("key not found")]
+    KeyNotFound,
+    /// The request body or message exceeds `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// A proposal was not applied in time; its outcome is unknown to the client.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// Raft dropped the proposal because there is no leader to take it.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The server is shutting down (or its Raft loop has stopped).
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The lease named in a request does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A transaction carries more operations than `--max-txn-ops`.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyTxnOps,
+    /// A transaction writes the same key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// The backend is over `--quota-backend-bytes`.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The request is malformed in a way etcd has no fixed text for.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Nothing is served at this path or with this method.
+    #[error("{0}")]
+    NotFound(String),
+    /// On-disk data failed a checksum or could not be decoded. Never answered to a client as if it were
+    /// the client's fault; on the apply path it stops the node.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The data directory is locked by another running server.
+    #[error("data directory {0} is in use by another process (lock file held)")]
+    DataDirLocked(String),
+    /// An I/O error from the operating system.
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    /// An error from the disk backend (redb).
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// An error from the consensus library.
+    #[error("raft error: {0}")]
+    Raft(String),
+    /// A broken invariant; a bug, reported rather than panicking.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status this error answers with on the REST API. The one place that mapping lives.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::EmptyKey
+            | Error::InvalidArgument(_)
+            | Error::TooManyTxnOps
+            | Error::DuplicateKey
+            | Error::FutureRevision => 400,
+            Error::KeyNotFound | Error::NotFound(_) | Error::LeaseNotFound => 404,
+            // etcd's gateway answers a compacted revision with 400 (OutOfRange); a gone revision reads
+            // best as 410 to a REST user, and no client parses the status for it.
+            Error::Compacted => 410,
+            Error::RequestTooLarge => 413,
+            Error::Timeout | Error::NoLeader | Error::Stopped | Error::NoSpace => 503,
+            Error::Corrupt(_)
+            | Error::DataDirLocked(_)
+            | Error::Io(_)
+            | Error::Backend(_)
+            | Error::Raft(_)
+            | Error::Internal(_) => 500,
+        }
+    }
+
+    /// True when every replica applying the same request would fail the same way, so the error belongs to
+    /// the client. False for local failures (disk, corruption, bugs): on the apply path those must stop the
+    /// node rather than let its state diverge from its peers.
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(
+            self,
+            Error::Corrupt(_)
+                | Error::DataDirLocked(_)
+                | Error::Io(_)
+                | Error::Backend(_)
+                | Error::Raft(_)
+                | Error::Internal(_)
+        )
+    }
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Backend(e.to_string())
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<raft::Error> for Error {
+    fn from(e: raft::Error) -> Self {
+        match e {
+            raft::Error::ProposalDropped => Error::NoLeader,
+            other => Error::Raft(other.to_string()),
+        }
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    fn from(e: prost::DecodeError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+impl From<protobuf::ProtobufError> for Error {
+    fn from(e: protobuf::ProtobufError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_texts_are_exact() {
+        assert_eq!(
+            Error::Compacted.to_string(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        assert_eq!(
+            Error::FutureRevision.to_string(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+        assert_eq!(
+            Error::EmptyKey.to_string(),
+            "etcdserver: key is not provided"
+        );
+        assert_eq!(
+            Error::RequestTooLarge.to_string(),
+            "etcdserver: request is too large"
+        );
+        assert_eq!(Error::Timeout.to_string(), "etcdserver: request timed out");
+    }
+
+    #[test]
+    fn http_mapping() {
+        assert_eq!(Error::EmptyKey.http_status(), 400);
+        assert_eq!(Error::KeyNotFound.http_status(), 404);
+        assert_eq!(Error::Compacted.http_status(), 410);
+        assert_eq!(Error::RequestTooLarge.http_status(), 413);
+        assert_eq!(Error::Timeout.http_status(), 503);
+        assert_eq!(Error::Corrupt("x".into()).http_status(), 500);
+        assert!(Error::Compacted.is_deterministic());
+        assert!(!Error::Io(std::io::Error::other("disk")).is_deterministic());
+    }
+}

@@ -1,0 +1,4 @@
+//! mini-etcd: a distributed, consistent key-value store that speaks etcd's v3 API.
+pub mod error;
+
+pub use error::{Error, Result};
