@@ -1,4 +1,22 @@
 //! mini-etcd: a distributed, consistent key-value store that speaks etcd's v3 API.
+//!
+//! The data path, top to bottom (dependencies point down only):
+//!
+//! - [`api`]: the client APIs (the seed's REST API today); they validate, call the server, map errors.
+//! - [`server`]: request ids and waiters, the Raft Ready loop, the apply step.
+//! - [`mvcc`] (revisions, key index, store, redb backend), [`watch`] (watchers fed by apply),
+//!   [`snap`] (when the applied state replaces the log's prefix).
+//! - [`wal`]: the write-ahead log that is Raft's durable storage.
+//!
+//! [`config`] turns flags and `ETCD_*` variables into a [`config::Config`]; [`error`] is the one error
+//! type.
+pub mod api;
+pub mod config;
 pub mod error;
+pub mod mvcc;
+pub mod server;
+pub mod snap;
+pub mod wal;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -1,1 +1,100 @@
-fn main() {}
+//! `mini-etcd`: command line -> configuration -> server start, and the `repair` subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mini_etcd::config::{Cli, Command, Config};
+use mini_etcd::server::Server;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = cli.server.log_level.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MINI_ETCD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    if let Some(Command::Repair { data_dir }) = cli.command {
+        let wal_dir = data_dir.join("member").join("wal");
+        return match mini_etcd::wal::repair(&wal_dir) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mini-etcd repair: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let config = match Config::from_args(cli.server) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mini-etcd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mini-etcd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mini-etcd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> mini_etcd::Result<()> {
+    let server = Server::start(config).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = server.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown_signal() => tracing::info!("shutting down"),
+            why = watcher.fatal() => tracing::error!(%why, "stopping after a fatal error"),
+        }
+        let _ = stop_tx.send(());
+    });
+    let serving = mini_etcd::api::serve(server.clone(), async {
+        let _ = stop_rx.await;
+    })
+    .await;
+    let stopped = server.shutdown().await;
+    serving?;
+    stopped?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,415 @@
+//! The seed's REST API (`/put`, `/get`, `/delete`, `/watch`), plus `/compact`, `/health`, `/version`
+//! and `/metrics`.
+//!
+//! Bodies are JSON whatever their `Content-Type` says: the seed's `curl -d '{...}'` sends
+//! `application/x-www-form-urlencoded`, and its lines must work unchanged. Keys and values are JSON
+//! strings, so UTF-8; the store itself holds bytes (the gRPC API writes any bytes), and a key or value
+//! that is not valid UTF-8 is shown base64-encoded in a `key_base64` / `value_base64` field instead of
+//! `key` / `value`.
+//!
+//! Every error is a 4xx/5xx with a JSON body `{"error": "..."}` whose text is etcd's where etcd has one.
+//! Request bodies are capped at `--max-request-bytes` (413).
+//!
+//! `/watch` long-polls: it answers as soon as there are events, or 204 No Content when `timeout`
+//! seconds pass (header `X-Etcd-Revision` carries the current revision, so the next poll can start at
+//! revision + 1 and miss nothing). `stream=true` turns it into Server-Sent Events. A client that goes
+//! away drops its handler future, and with it the watcher.
+
+mod metrics;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::error::Error;
+use crate::mvcc::{Event, EventKind, KeyValue, RangeOptions};
+use crate::server::Server;
+use crate::watch::{WatchRequest, Watcher};
+
+/// Default long-poll timeout, seconds.
+pub const DEFAULT_WATCH_TIMEOUT_SECS: u64 = 60;
+/// The longest a watch may be asked to wait, seconds.
+pub const MAX_WATCH_TIMEOUT_SECS: u64 = 600;
+/// The etcd API level `/version` reports (clients parse it to choose their API paths).
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// The REST router for `server`.
+pub fn router(server: Server) -> Router {
+    Router::new()
+        .route("/put", post(put))
+        .route("/get", get(get_key))
+        .route("/delete", axum::routing::delete(delete).post(delete))
+        .route("/watch", get(watch))
+        .route("/compact", post(compact))
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(server)
+}
+
+/// An API error: an [`Error`] rendered as JSON with its HTTP status.
+pub struct ApiError(Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(error = %self.0, "request failed");
+        }
+        (status, Json(json!({ "error": self.0.to_string() }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(Error::InvalidArgument(msg.into()))
+}
+
+async fn not_found() -> ApiError {
+    ApiError(Error::NotFound("no such endpoint".into()))
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "error": "method not allowed" })),
+    )
+        .into_response()
+}
+
+/// Reads a request body of at most `--max-request-bytes`.
+async fn read_body(server: &Server, body: Body) -> ApiResult<Bytes> {
+    let limit = server.config().max_request_bytes;
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError(Error::RequestTooLarge))
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed JSON body: {e}")))
+}
+
+/// Adds `name` (or `name_base64` when not UTF-8) to a JSON object.
+fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => obj.insert(name.to_string(), Value::String(s.to_string())),
+        Err(_) => obj.insert(
+            format!("{name}_base64"),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+}
+
+fn kv_json(kv: &KeyValue) -> Value {
+    let mut o = Map::new();
+    put_bytes(&mut o, "key", &kv.key);
+    put_bytes(&mut o, "value", &kv.value);
+    o.insert("create_revision".into(), kv.create_revision.into());
+    o.insert("mod_revision".into(), kv.mod_revision.into());
+    o.insert("version".into(), kv.version.into());
+    if kv.lease != 0 {
+        o.insert("lease".into(), kv.lease.into());
+    }
+    Value::Object(o)
+}
+
+fn event_json(ev: &Event) -> Value {
+    let mut o = Map::new();
+    let kind = match ev.kind {
+        EventKind::Put => "PUT",
+        EventKind::Delete => "DELETE",
+    };
+    o.insert("type".into(), kind.into());
+    put_bytes(&mut o, "key", &ev.kv.key);
+    if matches!(ev.kind, EventKind::Put) {
+        put_bytes(&mut o, "value", &ev.kv.value);
+        o.insert("version".into(), ev.kv.version.into());
+        o.insert("create_revision".into(), ev.kv.create_revision.into());
+    }
+    o.insert("mod_revision".into(), ev.kv.mod_revision.into());
+    Value::Object(o)
+}
+
+#[derive(Deserialize)]
+struct PutBody {
+    key: Option<String>,
+    value: Option<String>,
+}
+
+async fn put(State(server): State<Server>, body: Body) -> ApiResult<Json<Value>> {
+    let bytes = read_body(&server, body).await?;
+    let req: PutBody = parse_json(&bytes)?;
+    let key = req.key.filter(|k| !k.is_empty()).ok_or(ApiError(Error::EmptyKey))?;
+    let value = req.value.ok_or_else(|| bad("\"value\" is required"))?;
+    let res = server
+        .put(key.clone().into_bytes(), value.clone().into_bytes(), 0)
+        .await?;
+    Ok(Json(
+        json!({ "key": key, "value": value, "revision": res.revision }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+    rev: Option<String>,
+}
+
+fn required_key(key: Option<String>) -> ApiResult<String> {
+    key.filter(|k| !k.is_empty()).ok_or(ApiError(Error::EmptyKey))
+}
+
+fn parse_rev(rev: Option<&str>) -> ApiResult<i64> {
+    match rev {
+        None | Some("") => Ok(0),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if n >= 0 => Ok(n),
+            _ => Err(bad(format!("rev must be a non-negative integer, got {s:?}"))),
+        },
+    }
+}
+
+async fn get_key(
+    State(server): State<Server>,
+    Query(q): Query<KeyQuery>,
+) -> ApiResult<Json<Value>> {
+    let key = required_key(q.key)?;
+    let revision = parse_rev(q.rev.as_deref())?;
+    let res = server.range(&RangeOptions {
+        key: key.into_bytes(),
+        revision,
+        ..Default::default()
+    })?;
+    let kv = res.kvs.first().ok_or(ApiError(Error::KeyNotFound))?;
+    Ok(Json(kv_json(kv)))
+}
+
+async fn delete(
+    State(server): State<Server>,
+    Query(q): Query<KeyQuery>,
+) -> ApiResult<Json<Value>> {
+    // Routed for DELETE and for POST, the seed's compatibility mode (PowerShell).
+    let key = required_key(q.key)?;
+    let res = server.delete_range(key.into_bytes(), Vec::new()).await?;
+    if res.prev_kvs.is_empty() {
+        return Err(ApiError(Error::KeyNotFound));
+    }
+    Ok(Json(
+        json!({ "deleted": res.prev_kvs.len(), "revision": res.revision }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct CompactBody {
+    revision: i64,
+}
+
+async fn compact(State(server): State<Server>, body: Body) -> ApiResult<Json<Value>> {
+    let bytes = read_body(&server, body).await?;
+    let req: CompactBody = parse_json(&bytes)?;
+    if req.revision <= 0 {
+        return Err(bad("revision must be positive"));
+    }
+    let revision = server.compact(req.revision).await?;
+    Ok(Json(
+        json!({ "revision": revision, "compact_revision": req.revision }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    key: Option<String>,
+    rev: Option<String>,
+    prefix: Option<String>,
+    timeout: Option<String>,
+    stream: Option<String>,
+}
+
+fn flag(v: Option<&str>, name: &str) -> ApiResult<bool> {
+    match v {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(bad(format!("{name} must be true or false, got {other:?}"))),
+    }
+}
+
+/// The end of the range covering every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`).
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: every key from the prefix on.
+    vec![0]
+}
+
+async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> ApiResult<Response> {
+    let key = required_key(q.key)?;
+    let start_revision = parse_rev(q.rev.as_deref())?;
+    let prefix = flag(q.prefix.as_deref(), "prefix")?;
+    let stream = flag(q.stream.as_deref(), "stream")?;
+    let timeout_secs = match q.timeout.as_deref() {
+        None | Some("") => DEFAULT_WATCH_TIMEOUT_SECS,
+        Some(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .map(|t| t.ceil() as u64)
+            .ok_or_else(|| bad(format!("timeout must be a number of seconds, got {s:?}")))?,
+    }
+    .min(MAX_WATCH_TIMEOUT_SECS);
+    let key = key.into_bytes();
+    let range_end = if prefix { prefix_range_end(&key) } else { Vec::new() };
+    let watcher = server.watch(WatchRequest {
+        key,
+        range_end,
+        start_revision,
+        ..Default::default()
+    });
+    let timeout = Duration::from_secs(timeout_secs);
+    if stream {
+        return Ok(sse(watcher, timeout).into_response());
+    }
+    long_poll(server, watcher, timeout).await
+}
+
+async fn long_poll(server: Server, mut watcher: Watcher, timeout: Duration) -> ApiResult<Response> {
+    let first = match tokio::time::timeout(timeout, watcher.recv()).await {
+        Err(_) => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&server.revision().to_string()) {
+                headers.insert("X-Etcd-Revision", v);
+            }
+            return Ok((StatusCode::NO_CONTENT, headers).into_response());
+        }
+        Ok(None) => return Err(ApiError(Error::Stopped)),
+        Ok(Some(batch)) => batch,
+    };
+    if first.compact_revision != 0 {
+        return Ok((
+            StatusCode::GONE,
+            Json(json!({
+                "error": Error::Compacted.to_string(),
+                "compact_revision": first.compact_revision,
+            })),
+        )
+            .into_response());
+    }
+    let mut events: Vec<Value> = first.events.iter().map(event_json).collect();
+    // Whatever else is already waiting goes out in the same answer.
+    while let Some(Some(more)) = futures::FutureExt::now_or_never(watcher.recv()) {
+        if more.compact_revision != 0 {
+            break;
+        }
+        events.extend(more.events.iter().map(event_json));
+    }
+    let revision = server.revision();
+    let mut resp = Json(json!({ "events": events, "revision": revision })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
+        resp.headers_mut().insert("X-Etcd-Revision", v);
+    }
+    Ok(resp)
+}
+
+fn sse(watcher: Watcher, timeout: Duration) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let events = futures::stream::unfold(
+        (watcher, Vec::<Value>::new().into_iter(), false),
+        move |(mut watcher, mut queued, done)| async move {
+            loop {
+                if let Some(ev) = queued.next() {
+                    let e = SseEvent::default().data(ev.to_string());
+                    return Some((Ok(e), (watcher, queued, done)));
+                }
+                if done {
+                    return None;
+                }
+                match tokio::time::timeout_at(deadline, watcher.recv()).await {
+                    Ok(Some(batch)) if batch.compact_revision != 0 => {
+                        let e = SseEvent::default().event("error").data(
+                            json!({
+                                "error": Error::Compacted.to_string(),
+                                "compact_revision": batch.compact_revision,
+                            })
+                            .to_string(),
+                        );
+                        return Some((Ok(e), (watcher, queued, true)));
+                    }
+                    Ok(Some(batch)) => {
+                        let v: Vec<Value> = batch.events.iter().map(event_json).collect();
+                        queued = v.into_iter();
+                    }
+                    _ => return None,
+                }
+            }
+        },
+    );
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn health(State(server): State<Server>) -> Response {
+    let st = server.status();
+    if st.leader == 0 || server.fatal_error().is_some() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "health": "false", "reason": "no leader" })),
+        )
+            .into_response();
+    }
+    Json(json!({ "health": "true", "reason": "" })).into_response()
+}
+
+async fn version() -> Response {
+    let mut resp =
+        Json(json!({ "etcdserver": ETCD_API_VERSION, "etcdcluster": ETCD_API_VERSION }))
+            .into_response();
+    resp.headers_mut().insert(
+        header::SERVER,
+        HeaderValue::from_static(concat!("mini-etcd/", env!("CARGO_PKG_VERSION"))),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_range_end(b"abc"), b"abd".to_vec());
+        assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn non_utf8_is_base64() {
+        let mut o = Map::new();
+        put_bytes(&mut o, "value", &[0xff, 0x00]);
+        assert_eq!(o.get("value_base64"), Some(&Value::String("/wA=".into())));
+        assert!(o.get("value").is_none());
+    }
+}

@@ -1,0 +1,322 @@
+//! Command line and environment: everything a server start needs, validated before anything opens.
+//!
+//! Flag names are etcd's where the concept matches (`--name`, `--data-dir`, `--listen-client-urls`, ...)
+//! and each flag can also come from the environment variable etcd would read (`ETCD_NAME`,
+//! `ETCD_DATA_DIR`, ...), so an etcd operator's scripts and unit files carry over. Flags win over the
+//! environment. Ours alone: `--listen-rest-url` (the seed's REST API) and the `repair` subcommand.
+//!
+//! Some flags only matter once later pieces land (peers, quotas); they are accepted and validated now so
+//! that a command line written today keeps working.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default `--snapshot-count`.
+pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+
+/// The `mini-etcd` command line.
+#[derive(Debug, Parser)]
+#[command(name = "mini-etcd", version, about = "A distributed, consistent key-value store that speaks etcd's v3 API")]
+pub struct Cli {
+    /// A subcommand; without one, the server starts.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server flags (used when no subcommand is given).
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Subcommands beside the server itself.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Repair a write-ahead log that fails its checksum: keeps a `.broken` copy of the damaged segment,
+    /// cuts the log at the first bad record (everything from that record on is lost) and exits.
+    Repair {
+        /// The data directory whose WAL to repair.
+        #[arg(long, env = "ETCD_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Flags of the server. Each one can also be set by the `ETCD_*` environment variable etcd uses.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ./<name>.mini-etcd].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic (the etcd v3 gRPC API).
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Comma-separated client URLs to advertise to the rest of the cluster and to clients.
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// Comma-separated URLs to listen on for peer (Raft) traffic.
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// Comma-separated peer URLs of this member to advertise to the rest of the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: `name1=url1,name2=url2`
+    /// [default: <name>=<first initial advertise peer url>].
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: `new` or `existing`.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, mixed into the cluster id so separate clusters never mistake each other.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Number of applied Raft entries after which the applied state becomes a snapshot and older WAL
+    /// segments are released.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = DEFAULT_SNAPSHOT_COUNT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_count: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// URL to serve the seed's REST API on (ours; etcd has no such flag).
+    #[arg(long, env = "ETCD_LISTEN_REST_URL", default_value = "http://127.0.0.1:8080")]
+    pub listen_rest_url: String,
+    /// Log level: debug, info, warn or error.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    pub log_level: String,
+}
+
+/// A validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This member's name.
+    pub name: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where the etcd v3 API listens.
+    pub listen_client_urls: Vec<Url>,
+    /// What this member tells clients to use.
+    pub advertise_client_urls: Vec<Url>,
+    /// Where peers reach us.
+    pub listen_peer_urls: Vec<Url>,
+    /// Our peer URLs as the cluster knows them.
+    pub initial_advertise_peer_urls: Vec<Url>,
+    /// The bootstrap membership: (name, peer urls).
+    pub initial_cluster: Vec<(String, Vec<Url>)>,
+    /// `true` for `--initial-cluster-state new`.
+    pub initial_cluster_new: bool,
+    /// Mixed into the cluster id.
+    pub initial_cluster_token: String,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+    /// Largest request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Backend quota in bytes.
+    pub quota_backend_bytes: u64,
+    /// The REST API's listen address.
+    pub listen_rest_url: Url,
+    /// The log filter level.
+    pub log_level: String,
+}
+
+impl Config {
+    /// A configuration with every default, for `data_dir`: what `mini-etcd --data-dir DIR` would run.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Result<Config> {
+        let args = ServerArgs::try_parse_from(["mini-etcd"])
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut cfg = Config::from_args(args)?;
+        cfg.data_dir = data_dir.into();
+        Ok(cfg)
+    }
+
+    /// Validates the flags and fills in derived defaults.
+    pub fn from_args(a: ServerArgs) -> Result<Config> {
+        if a.name.is_empty() {
+            return Err(Error::InvalidArgument("--name must not be empty".into()));
+        }
+        let initial_advertise_peer_urls =
+            parse_urls("--initial-advertise-peer-urls", &a.initial_advertise_peer_urls)?;
+        let initial_cluster = match &a.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => vec![(a.name.clone(), initial_advertise_peer_urls.clone())],
+        };
+        if !initial_cluster.iter().any(|(n, _)| *n == a.name) {
+            return Err(Error::InvalidArgument(format!(
+                "--initial-cluster has no member named {:?} (this member's --name)",
+                a.name
+            )));
+        }
+        let max_request_bytes = a.max_request_bytes;
+        if max_request_bytes == 0 {
+            return Err(Error::InvalidArgument("--max-request-bytes must be > 0".into()));
+        }
+        Ok(Config {
+            data_dir: a
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("{}.mini-etcd", a.name))),
+            listen_client_urls: parse_urls("--listen-client-urls", &a.listen_client_urls)?,
+            advertise_client_urls: parse_urls("--advertise-client-urls", &a.advertise_client_urls)?,
+            listen_peer_urls: parse_urls("--listen-peer-urls", &a.listen_peer_urls)?,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_new: a.initial_cluster_state == "new",
+            initial_cluster_token: a.initial_cluster_token,
+            snapshot_count: a.snapshot_count,
+            max_request_bytes,
+            quota_backend_bytes: a.quota_backend_bytes,
+            listen_rest_url: parse_url("--listen-rest-url", &a.listen_rest_url)?,
+            log_level: a.log_level,
+            name: a.name,
+        })
+    }
+
+    /// This member's id: a hash of its peer URLs and the cluster token, so it is stable across restarts
+    /// and distinct between members, as etcd derives it. Never zero (Raft reserves 0).
+    pub fn member_id(&self) -> u64 {
+        let mut urls: Vec<&str> = self
+            .initial_advertise_peer_urls
+            .iter()
+            .map(Url::as_str)
+            .collect();
+        urls.sort_unstable();
+        let id = fnv1a(format!("{}|{}", urls.join(","), self.initial_cluster_token).as_bytes());
+        id.max(1)
+    }
+
+    /// The cluster id: a hash of every bootstrap member's URLs and the token. Never zero.
+    pub fn cluster_id(&self) -> u64 {
+        let mut all: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .flat_map(|(n, us)| us.iter().map(move |u| format!("{n}={u}")))
+            .collect();
+        all.sort_unstable();
+        fnv1a(format!("{}|{}", all.join(","), self.initial_cluster_token).as_bytes()).max(1)
+    }
+
+    /// The socket address of a listen URL.
+    pub fn socket_addr(url: &Url) -> Result<std::net::SocketAddr> {
+        let addrs = url
+            .socket_addrs(|| None)
+            .map_err(|e| Error::InvalidArgument(format!("cannot resolve {url}: {e}")))?;
+        addrs
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::InvalidArgument(format!("cannot resolve {url}")))
+    }
+}
+
+/// 64-bit FNV-1a: small, stable across versions and platforms (std's hasher is not).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn parse_url(flag: &str, s: &str) -> Result<Url> {
+    let url = Url::parse(s.trim())
+        .map_err(|e| Error::InvalidArgument(format!("{flag}: invalid URL {s:?}: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(Error::InvalidArgument(format!(
+            "{flag}: URL scheme must be http or https, got {s:?}"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::InvalidArgument(format!("{flag}: URL {s:?} has no host")));
+    }
+    if url.port().is_none() {
+        return Err(Error::InvalidArgument(format!("{flag}: URL {s:?} has no port")));
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{flag}: URL {s:?} must not have a path"
+        )));
+    }
+    Ok(url)
+}
+
+fn parse_urls(flag: &str, s: &str) -> Result<Vec<Url>> {
+    let urls = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| parse_url(flag, p))
+        .collect::<Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        return Err(Error::InvalidArgument(format!("{flag}: at least one URL is required")));
+    }
+    Ok(urls)
+}
+
+fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<Url>)>> {
+    let mut members: Vec<(String, Vec<Url>)> = Vec::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--initial-cluster: {part:?} is not of the form name=url"
+            ))
+        })?;
+        let url = parse_url("--initial-cluster", url)?;
+        match members.iter_mut().find(|(n, _)| n == name.trim()) {
+            Some((_, urls)) => urls.push(url),
+            None => members.push((name.trim().to_string(), vec![url])),
+        }
+    }
+    if members.is_empty() {
+        return Err(Error::InvalidArgument("--initial-cluster is empty".into()));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        let mut v = vec!["mini-etcd"];
+        v.extend_from_slice(args);
+        let cli = Cli::try_parse_from(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Config::from_args(cli.server)
+    }
+
+    #[test]
+    fn defaults_match_the_product_page() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, PathBuf::from("default.mini-etcd"));
+        assert_eq!(c.listen_rest_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.listen_client_urls[0].port(), Some(2379));
+        assert_eq!(c.snapshot_count, 100_000);
+        assert_eq!(c.max_request_bytes, 1536 * 1024);
+        assert_eq!(c.initial_cluster[0].0, "default");
+    }
+
+    #[test]
+    fn bad_urls_and_unknown_flags_are_errors() {
+        assert!(parse(&["--listen-rest-url", "not a url"]).is_err());
+        assert!(parse(&["--listen-client-urls", "ftp://127.0.0.1:1"]).is_err());
+        assert!(parse(&["--listen-client-urls", "http://127.0.0.1"]).is_err());
+        assert!(parse(&["--no-such-flag"]).is_err());
+        assert!(parse(&["--initial-cluster", "other=http://127.0.0.1:2380"]).is_err());
+        assert!(parse(&["--initial-cluster-state", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = parse(&["--initial-advertise-peer-urls", "http://127.0.0.1:2380"]).unwrap();
+        let b = parse(&["--initial-advertise-peer-urls", "http://127.0.0.1:2390"]).unwrap();
+        assert_eq!(a.member_id(), a.clone().member_id());
+        assert_ne!(a.member_id(), b.member_id());
+        assert_ne!(a.member_id(), 0);
+        assert_ne!(a.cluster_id(), 0);
+    }
+}

@@ -1,0 +1,136 @@
+//! The apply step: the only code that changes the key-value state.
+//!
+//! Committed entries arrive in log order from the Raft loop. Each is decoded, applied to the MVCC store
+//! in one write transaction whose end records the entry's index as the consistent index (in the same
+//! backend batch as the data), its events go to the watch hub, and its waiter, if this process proposed
+//! it, gets the result. Entries at or below the store's consistent index were applied before a restart
+//! and are skipped, so a replay after a crash applies exactly the missing suffix.
+//!
+//! Errors split by `Error::is_deterministic`: a request that fails the same way on every replica (a
+//! compaction of a future revision, say) is answered to its client and the entry still counts as applied;
+//! anything else (disk, corruption) stops the node, because continuing would diverge from the log.
+//!
+//! The apply step also decides two background chores: a backend commit when the batch has grown large,
+//! and a snapshot every `--snapshot-count` entries.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use prost::Message as _;
+use raft::prelude::{Entry, EntryType};
+
+use crate::error::{Error, Result};
+use crate::server::raft_loop::RaftMsg;
+use crate::server::request::{Op, RaftRequest};
+use crate::server::wait::ApplyResult;
+use crate::server::Shared;
+use crate::snap::SnapshotPolicy;
+
+/// Commit the backend batch early when it holds this many writes (etcd: 10,000).
+pub const BACKEND_BATCH_LIMIT: usize = 10_000;
+
+/// What the Raft loop hands to the apply thread.
+pub enum ApplyMsg {
+    /// Committed entries, in log order.
+    Entries(Vec<Entry>),
+    /// No more entries will come.
+    Stop,
+}
+
+/// The apply thread's state.
+pub struct Applier {
+    /// Shared server state (store, hub, waiters, counters).
+    pub shared: Arc<Shared>,
+    /// Committed entries arrive here.
+    pub rx: Receiver<ApplyMsg>,
+    /// To ask the Raft loop for a snapshot.
+    pub raft_tx: Sender<RaftMsg>,
+    /// When to snapshot.
+    pub snapshots: SnapshotPolicy,
+}
+
+impl Applier {
+    /// Runs until `Stop`. An error is fatal for the node.
+    pub fn run(mut self) -> Result<()> {
+        while let Ok(msg) = self.rx.recv() {
+            match msg {
+                ApplyMsg::Entries(entries) => {
+                    for e in &entries {
+                        self.apply_entry(e)?;
+                    }
+                    if self.shared.store.backend_pending() >= BACKEND_BATCH_LIMIT {
+                        self.shared.store.commit_backend()?;
+                    }
+                    let applied = self.shared.applied_index.load(Ordering::Relaxed);
+                    if self.snapshots.due(applied) {
+                        // The backend must durably hold everything the snapshot claims before the
+                        // WAL below it may go.
+                        self.shared.store.commit_backend()?;
+                        self.snapshots.taken(applied);
+                        let _ = self.raft_tx.send(RaftMsg::Snapshot { index: applied });
+                    }
+                }
+                ApplyMsg::Stop => break,
+            }
+        }
+        self.shared.store.commit_backend()
+    }
+
+    fn apply_entry(&mut self, e: &Entry) -> Result<()> {
+        let store = &self.shared.store;
+        if e.index <= store.consistent_index() {
+            // Applied before the last restart: the backend already has it.
+            self.shared.applied_index.store(e.index, Ordering::Relaxed);
+            return Ok(());
+        }
+        if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+            // The empty entry a new leader appends, or a membership change: no key-value effect.
+            store.set_consistent_index(e.index);
+        } else {
+            let req = RaftRequest::decode(e.data.as_slice())?;
+            let result = self.apply_request(e.index, req.op);
+            match result {
+                Ok(r) => self.shared.wait.trigger(req.id, Ok(r)),
+                Err(err) if err.is_deterministic() => {
+                    store.set_consistent_index(e.index);
+                    self.shared.wait.trigger(req.id, Err(err));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        self.shared.applied_index.store(e.index, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn apply_request(&mut self, index: u64, op: Option<Op>) -> Result<ApplyResult> {
+        let store = &self.shared.store;
+        match op {
+            Some(Op::Put(p)) => {
+                let mut txn = store.write();
+                let prev_kv = txn.put(&p.key, &p.value, p.lease)?;
+                let events = txn.end(index);
+                let revision = store.current_revision();
+                self.shared.hub.notify(revision, &events);
+                Ok(ApplyResult::Put { revision, prev_kv })
+            }
+            Some(Op::DeleteRange(d)) => {
+                let mut txn = store.write();
+                let prev_kvs = txn.delete_range(&d.key, &d.range_end)?;
+                let events = txn.end(index);
+                let revision = store.current_revision();
+                if !events.is_empty() {
+                    self.shared.hub.notify(revision, &events);
+                }
+                Ok(ApplyResult::DeleteRange { revision, prev_kvs })
+            }
+            Some(Op::Compact(c)) => {
+                store.compact(c.revision, index)?;
+                Ok(ApplyResult::Compact {
+                    revision: store.current_revision(),
+                })
+            }
+            None => Err(Error::InvalidArgument("empty request in Raft entry".into())),
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! The server: one handle from which every API reaches the replicated state.
+//!
+//! Every write takes the same path, even on a single node: the API calls [`Server::put`] (or delete,
+//! compact); the request gets an id and a parked waiter (`wait.rs`), is encoded (`request.rs`) and
+//! proposed to the Raft loop (`raft_loop.rs`), which appends it to the WAL and fsyncs; once Raft commits
+//! it the apply thread (`apply.rs`) applies it to the MVCC store, feeds the watch hub and wakes the
+//! waiter. The client is answered only then, or with an error when the proposal is dropped, times out,
+//! or the server stops: nothing hangs.
+//!
+//! Reads go straight to the MVCC store. On a single voter that is linearizable: a write is acknowledged
+//! only after it is applied, and the server serves nothing until the entries committed before a restart
+//! have been applied again. With peers, reads will go through Raft's read index first.
+//!
+//! Three threads do the work: the Raft loop (owns Raft and the WAL), the apply thread (owns writes to
+//! the store), and the backend committer (commits the store's write batch to redb every 100 ms; the WAL,
+//! not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
+
+pub mod apply;
+pub mod raft_loop;
+pub mod request;
+pub mod wait;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prost::Message as _;
+use raft::prelude::*;
+use raft::storage::MemStorage;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::mvcc::{KeyValue, RangeOptions, RangeResult, Store};
+use crate::server::apply::{Applier, ApplyMsg};
+use crate::server::raft_loop::{RaftLoop, RaftMsg};
+use crate::server::request::{CompactOp, DeleteRangeOp, Op, PutOp, RaftRequest, WalMetadata};
+use crate::server::wait::{ApplyResult, Wait};
+use crate::snap::SnapshotPolicy;
+use crate::wal::{SnapshotMark, Wal, WalOptions};
+use crate::watch::{WatchHub, WatchRequest, Watcher};
+
+/// How long a client waits for its proposal to be applied (etcd: 5 s plus two election timeouts).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// How often the backend write batch is committed to redb (etcd's batch interval).
+pub const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// State shared by the API tasks and the server's threads.
+pub struct Shared {
+    /// The MVCC key-value store (written only by the apply thread).
+    pub store: Arc<Store>,
+    /// Watchers, fed by the apply thread.
+    pub hub: Arc<WatchHub>,
+    /// Parked proposers.
+    pub wait: Wait,
+    /// This member's id.
+    pub member_id: u64,
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The current Raft term, for response headers.
+    pub term: AtomicU64,
+    /// The current leader's id (0: none known).
+    pub leader: AtomicU64,
+    /// Highest index handed to the apply thread.
+    pub committed_index: AtomicU64,
+    /// Highest index applied to the store.
+    pub applied_index: AtomicU64,
+    /// Index of the last snapshot.
+    pub snapshot_index: AtomicU64,
+    /// WAL fsyncs so far (metrics: writes per fsync shows group commit at work).
+    pub wal_syncs: AtomicU64,
+    /// Proposals made so far.
+    pub proposals: AtomicU64,
+    /// Set once shutdown starts or a thread died.
+    pub stopped: AtomicBool,
+    /// Why the node stopped on its own, if it did.
+    pub fatal: Mutex<Option<String>>,
+    /// Woken when `fatal` is set.
+    pub fatal_notify: tokio::sync::Notify,
+}
+
+/// A running server. Cheap to clone; every clone is the same server.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The configuration it started with.
+    config: Config,
+    /// State shared with the threads.
+    shared: Arc<Shared>,
+    /// Proposals and commands for the Raft loop.
+    raft_tx: Mutex<Option<Sender<RaftMsg>>>,
+    /// Tells the backend committer to stop.
+    committer_stop: Mutex<Option<Sender<()>>>,
+    /// The three threads, joined at shutdown.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Held for the life of the server: the data dir lock.
+    _lock: File,
+}
+
+/// The result of a put.
+#[derive(Debug, Clone)]
+pub struct PutResult {
+    /// The revision the put created.
+    pub revision: i64,
+    /// The previous key-value, if there was one.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// The result of a delete.
+#[derive(Debug, Clone)]
+pub struct DeleteResult {
+    /// The store revision after the delete.
+    pub revision: i64,
+    /// What was deleted.
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// A point-in-time view of the server for health, status and metrics.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// This member.
+    pub member_id: u64,
+    /// Its cluster.
+    pub cluster_id: u64,
+    /// Current leader (0 if none).
+    pub leader: u64,
+    /// Raft term.
+    pub term: u64,
+    /// Highest committed index seen by the apply queue.
+    pub committed_index: u64,
+    /// Highest applied index.
+    pub applied_index: u64,
+    /// Last snapshot index.
+    pub snapshot_index: u64,
+    /// Store revision.
+    pub revision: i64,
+    /// Compacted revision.
+    pub compact_revision: i64,
+    /// Backend file size.
+    pub db_size: u64,
+    /// Live watchers.
+    pub watchers: usize,
+    /// Proposals made.
+    pub proposals: u64,
+    /// WAL fsyncs done.
+    pub wal_syncs: u64,
+    /// Clients waiting on proposals.
+    pub pending_proposals: usize,
+}
+
+impl Server {
+    /// Opens (or creates) the data directory and starts the Raft loop, the apply thread and the backend
+    /// committer. Returns once the state committed before a restart has been applied again.
+    pub async fn start(config: Config) -> Result<Server> {
+        let cfg = config.clone();
+        let server = tokio::task::spawn_blocking(move || Server::open(cfg))
+            .await
+            .map_err(|e| Error::Internal(format!("start task failed: {e}")))??;
+        server.wait_caught_up().await?;
+        Ok(server)
+    }
+
+    fn open(config: Config) -> Result<Server> {
+        let member_dir = config.data_dir.join("member");
+        fs::create_dir_all(&member_dir)?;
+        let lock = lock_data_dir(&config.data_dir)?;
+
+        let store = Arc::new(Store::open(&member_dir.join("db"))?);
+        let wal_dir = member_dir.join("wal");
+        let (wal, contents, meta) = if Wal::exists(&wal_dir) {
+            let (wal, contents) = Wal::open(&wal_dir, WalOptions::default())?;
+            if let Some((file, offset)) = &contents.repaired_tail {
+                tracing::warn!(file = %file.display(), offset, "cut a torn WAL tail");
+            }
+            let meta = WalMetadata::decode(contents.metadata.as_slice())?;
+            (wal, contents, meta)
+        } else {
+            let meta = WalMetadata {
+                member_id: config.member_id(),
+                cluster_id: config.cluster_id(),
+            };
+            let mut wal = Wal::create(&wal_dir, &meta.encode_to_vec(), WalOptions::default())?;
+            let mark = SnapshotMark {
+                index: 0,
+                term: 0,
+                conf_state: ConfState::from((vec![meta.member_id], vec![])),
+            };
+            wal.save_snapshot(&mark)?;
+            let (wal, contents) = {
+                drop(wal);
+                Wal::open(&wal_dir, WalOptions::default())?
+            };
+            (wal, contents, meta)
+        };
+
+        let consistent_index = store.consistent_index();
+        let snap = &contents.snapshot;
+        if consistent_index < snap.index {
+            return Err(Error::Corrupt(format!(
+                "backend {} holds index {consistent_index}, behind the WAL snapshot at {}: the \
+                 backend file was lost or replaced",
+                member_dir.join("db").display(),
+                snap.index
+            )));
+        }
+        let storage = MemStorage::new();
+        {
+            let mut core = storage.wl();
+            if snap.index > 0 {
+                let mut s = Snapshot::default();
+                s.mut_metadata().index = snap.index;
+                s.mut_metadata().term = snap.term;
+                s.mut_metadata().set_conf_state(snap.conf_state.clone());
+                core.apply_snapshot(s)?;
+            } else {
+                core.set_conf_state(snap.conf_state.clone());
+            }
+            core.append(&contents.entries)?;
+            let last_index = raft::Storage::last_index(&storage).unwrap_or(snap.index);
+            let mut hs = contents.hard_state.clone();
+            // The commit index in the WAL may lag what was applied (it is persisted with the next
+            // Ready); anything the backend applied was committed.
+            hs.commit = hs.commit.max(consistent_index).max(snap.index).min(last_index);
+            core.set_hardstate(hs);
+        }
+        let commit_at_start = storage.rl().hard_state().commit;
+
+        let raft_config = raft::Config {
+            id: meta.member_id,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            applied: consistent_index,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let mut node = RawNode::new(&raft_config, storage, &logger)?;
+        if node.raft.prs().conf().voters().ids().len() == 1 {
+            // A single voter needs no election timeout: take leadership now.
+            node.campaign()?;
+        }
+
+        let hub = WatchHub::new(store.clone());
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            hub,
+            wait: Wait::new(),
+            member_id: meta.member_id,
+            cluster_id: meta.cluster_id,
+            term: AtomicU64::new(node.raft.term),
+            leader: AtomicU64::new(0),
+            committed_index: AtomicU64::new(consistent_index),
+            applied_index: AtomicU64::new(consistent_index),
+            snapshot_index: AtomicU64::new(snap.index),
+            wal_syncs: AtomicU64::new(0),
+            proposals: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            fatal_notify: tokio::sync::Notify::new(),
+        });
+        shared.committed_index.store(commit_at_start, Ordering::Relaxed);
+
+        let (raft_tx, raft_rx) = mpsc::channel();
+        let (apply_tx, apply_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let mut threads = Vec::new();
+
+        let raft_loop = RaftLoop {
+            node,
+            wal,
+            rx: raft_rx,
+            apply_tx,
+            shared: shared.clone(),
+        };
+        threads.push(spawn_named("raft", shared.clone(), move || raft_loop.run())?);
+
+        let applier = Applier {
+            shared: shared.clone(),
+            rx: apply_rx,
+            raft_tx: raft_tx.clone(),
+            snapshots: SnapshotPolicy::new(config.snapshot_count, snap.index.max(consistent_index)),
+        };
+        threads.push(spawn_named("apply", shared.clone(), move || applier.run())?);
+
+        let committer_store = store.clone();
+        threads.push(spawn_named("backend-commit", shared.clone(), move || loop {
+            match stop_rx.recv_timeout(BACKEND_COMMIT_INTERVAL) {
+                Err(mpsc::RecvTimeoutError::Timeout) => committer_store.commit_backend()?,
+                _ => return Ok(()),
+            }
+        })?);
+
+        tracing::info!(
+            member_id = format!("{:x}", meta.member_id),
+            cluster_id = format!("{:x}", meta.cluster_id),
+            data_dir = %config.data_dir.display(),
+            consistent_index,
+            snapshot_index = snap.index,
+            replay = commit_at_start.saturating_sub(consistent_index),
+            "server started"
+        );
+        Ok(Server {
+            inner: Arc::new(Inner {
+                config,
+                shared,
+                raft_tx: Mutex::new(Some(raft_tx)),
+                committer_stop: Mutex::new(Some(stop_tx)),
+                threads: Mutex::new(threads),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Waits until everything committed before start is applied and a leader is known.
+    async fn wait_caught_up(&self) -> Result<()> {
+        let s = &self.inner.shared;
+        let target = s.committed_index.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while s.applied_index.load(Ordering::Relaxed) < target
+            || s.leader.load(Ordering::Relaxed) == 0
+        {
+            if let Some(why) = self.fatal_error() {
+                return Err(Error::Internal(why));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The shared state (for the APIs' headers and metrics).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Puts `key` = `value` through Raft; answers once applied.
+    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>, lease: i64) -> Result<PutResult> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        match self.propose(Op::Put(PutOp { key, value, lease })).await? {
+            ApplyResult::Put { revision, prev_kv } => Ok(PutResult { revision, prev_kv }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes `[key, range_end)` through Raft; answers once applied.
+    pub async fn delete_range(&self, key: Vec<u8>, range_end: Vec<u8>) -> Result<DeleteResult> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        match self
+            .propose(Op::DeleteRange(DeleteRangeOp { key, range_end }))
+            .await?
+        {
+            ApplyResult::DeleteRange { revision, prev_kvs } => Ok(DeleteResult { revision, prev_kvs }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Compacts history below `revision` through Raft. Errors as etcd does for a future or
+    /// already-compacted revision.
+    pub async fn compact(&self, revision: i64) -> Result<i64> {
+        match self.propose(Op::Compact(CompactOp { revision })).await? {
+            ApplyResult::Compact { revision } => Ok(revision),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads a key or range from the store.
+    pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
+        if self.inner.shared.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Stopped);
+        }
+        self.inner.shared.store.range(opts)
+    }
+
+    /// Registers a watcher.
+    pub fn watch(&self, req: WatchRequest) -> Watcher {
+        self.inner.shared.hub.watch(req)
+    }
+
+    /// The current store revision.
+    pub fn revision(&self) -> i64 {
+        self.inner.shared.store.current_revision()
+    }
+
+    /// A snapshot of the server's state.
+    pub fn status(&self) -> Status {
+        let s = &self.inner.shared;
+        Status {
+            member_id: s.member_id,
+            cluster_id: s.cluster_id,
+            leader: s.leader.load(Ordering::Relaxed),
+            term: s.term.load(Ordering::Relaxed),
+            committed_index: s.committed_index.load(Ordering::Relaxed),
+            applied_index: s.applied_index.load(Ordering::Relaxed),
+            snapshot_index: s.snapshot_index.load(Ordering::Relaxed),
+            revision: s.store.current_revision(),
+            compact_revision: s.store.compact_revision(),
+            db_size: s.store.backend_size(),
+            watchers: s.hub.watcher_count(),
+            proposals: s.proposals.load(Ordering::Relaxed),
+            wal_syncs: s.wal_syncs.load(Ordering::Relaxed),
+            pending_proposals: s.wait.len(),
+        }
+    }
+
+    /// The reason the node stopped by itself, if it did.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner
+            .shared
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Resolves when a server thread hit a fatal error.
+    pub async fn fatal(&self) -> String {
+        loop {
+            let notified = self.inner.shared.fatal_notify.notified();
+            if let Some(why) = self.fatal_error() {
+                return why;
+            }
+            notified.await;
+        }
+    }
+
+    async fn propose(&self, op: Op) -> Result<ApplyResult> {
+        let shared = &self.inner.shared;
+        if shared.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Stopped);
+        }
+        let (id, rx) = shared.wait.register();
+        let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
+        if data.len() > self.inner.config.max_request_bytes {
+            shared.wait.cancel(id);
+            return Err(Error::RequestTooLarge);
+        }
+        let sent = {
+            let tx = self.inner.raft_tx.lock().unwrap_or_else(|p| p.into_inner());
+            tx.as_ref()
+                .map(|tx| tx.send(RaftMsg::Propose { id, data }).is_ok())
+                .unwrap_or(false)
+        };
+        if !sent {
+            shared.wait.cancel(id);
+            return Err(Error::Stopped);
+        }
+        shared.proposals.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                shared.wait.cancel(id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Stops the server: no new proposals, the Raft loop and apply thread drain and stop, the backend
+    /// is committed, waiters left over are answered `Stopped`, watchers end.
+    pub async fn shutdown(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.stop())
+            .await
+            .map_err(|e| Error::Internal(format!("shutdown task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn stop(&self) -> Result<()> {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        if let Some(tx) = self
+            .raft_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(RaftMsg::Stop);
+        }
+        if let Some(tx) = self
+            .committer_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(());
+        }
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        self.shared.wait.fail_all(|| Error::Stopped);
+        self.shared.hub.close();
+        self.shared.store.commit_backend()?;
+        match self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(why) => Err(Error::Internal(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn unexpected(r: ApplyResult) -> Error {
+    Error::Internal(format!("apply returned a result of the wrong kind: {r:?}"))
+}
+
+/// Spawns a server thread whose error stops the node: it is recorded as fatal and everyone waiting is
+/// told the server stopped.
+fn spawn_named(
+    name: &str,
+    shared: Arc<Shared>,
+    f: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let thread_name = name.to_string();
+    Ok(std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            if let Err(e) = f() {
+                tracing::error!(thread = %thread_name, error = %e, "fatal: stopping the node");
+                shared.stopped.store(true, Ordering::SeqCst);
+                *shared.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{thread_name}: {e}"));
+                shared.wait.fail_all(|| Error::Stopped);
+                shared.fatal_notify.notify_waiters();
+            }
+        })?)
+}
+
+/// Takes an exclusive lock on `<data-dir>/mini-etcd.lock`, held until the server is dropped.
+fn lock_data_dir(data_dir: &Path) -> Result<File> {
+    let path: PathBuf = data_dir.join("mini-etcd.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            Err(Error::DataDirLocked(data_dir.display().to_string()))
+        }
+        Err(fs::TryLockError::Error(e)) => Err(Error::Io(e)),
+    }
+}
+
+/// Forwards raft-rs's slog records to `tracing`, so the whole server logs one way.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _values: &slog::OwnedKVList,
+    ) -> std::result::Result<(), slog::Never> {
+        let msg = record.msg();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}"),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}"),
+            slog::Level::Info => tracing::debug!(target: "raft", "{msg}"),
+            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{msg}"),
+        }
+        Ok(())
+    }
+}

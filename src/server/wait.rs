@@ -1,0 +1,137 @@
+//! Propose-and-wait: a request id, a parked waiter, and exactly one answer for each.
+//!
+//! A client task registers a waiter under a fresh id, proposes, and awaits. Whoever learns the outcome
+//! first answers it: the apply step with the result, the Raft loop with an error when the proposal was
+//! dropped, the client itself on timeout (it cancels), or shutdown (every waiter gets `Stopped`). A
+//! waiter is answered at most once because answering removes it from the map.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::mvcc::KeyValue;
+
+/// The outcome of an applied request, handed to the waiting client.
+#[derive(Debug, Clone)]
+pub enum ApplyResult {
+    /// A put: the revision it created and the previous value.
+    Put {
+        /// Store revision after the put.
+        revision: i64,
+        /// The key's value before the put, if any.
+        prev_kv: Option<KeyValue>,
+    },
+    /// A delete: the deleted key-values and the revision after it.
+    DeleteRange {
+        /// Store revision after the delete (unchanged when nothing was deleted).
+        revision: i64,
+        /// The deleted key-values.
+        prev_kvs: Vec<KeyValue>,
+    },
+    /// A compaction.
+    Compact {
+        /// Store revision at the time of compaction.
+        revision: i64,
+    },
+}
+
+/// The registry of parked waiters.
+pub struct Wait {
+    /// Waiters by request id. A std Mutex: every critical section is a map insert/remove, never awaits.
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Result<ApplyResult>>>>,
+    /// The next request id. Starts from the wall clock (milliseconds << 20) so ids of entries replayed
+    /// after a restart never collide with ids handed out by this process.
+    next_id: AtomicU64,
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Wait {
+    /// An empty registry.
+    pub fn new() -> Wait {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        Wait {
+            waiters: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(millis << 20),
+        }
+    }
+
+    /// Registers a waiter under a new id.
+    pub fn register(&self) -> (u64, oneshot::Receiver<Result<ApplyResult>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    /// Answers the waiter `id`, if it is still waiting.
+    pub fn trigger(&self, id: u64, result: Result<ApplyResult>) {
+        let tx = self.lock().remove(&id);
+        if let Some(tx) = tx {
+            // The receiver may have gone (client timed out); that is fine.
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Forgets a waiter whose client stopped waiting.
+    pub fn cancel(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Answers every waiter with the error `make()` builds (used at shutdown).
+    pub fn fail_all(&self, make: impl Fn() -> Error) {
+        let all: Vec<_> = self.lock().drain().collect();
+        for (_, tx) in all {
+            let _ = tx.send(Err(make()));
+        }
+    }
+
+    /// How many clients are waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<ApplyResult>>>> {
+        // A poisoned map is still a valid map: waiters are independent of each other.
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_waiter_gets_one_answer() {
+        let w = Wait::new();
+        let (a, ra) = w.register();
+        let (b, rb) = w.register();
+        let (c, rc) = w.register();
+        assert_ne!(a, b);
+        w.trigger(a, Ok(ApplyResult::Compact { revision: 7 }));
+        w.trigger(a, Ok(ApplyResult::Compact { revision: 8 })); // second answer is ignored
+        w.cancel(b);
+        w.fail_all(|| Error::Stopped);
+        assert!(matches!(ra.await, Ok(Ok(ApplyResult::Compact { revision: 7 }))));
+        assert!(rb.await.is_err(), "a cancelled waiter is dropped");
+        assert!(matches!(rc.await, Ok(Err(Error::Stopped))));
+        assert!(w.is_empty());
+        let _ = c;
+    }
+}
