@@ -2,3 +2,4 @@
 pub mod error;
 
 pub use error::{Error, Result};
+pub mod mvcc;
