@@ -172,6 +172,9 @@ impl KeyIndex {
     }
 }
 
+/// Lower and upper bound over raw keys, as `BTreeMap::range` takes them.
+pub type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// etcd's reading of `key` + `range_end`, as bounds over raw keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyRange<'a> {
@@ -200,7 +203,7 @@ impl<'a> KeyRange<'a> {
     }
 
     /// Bounds for `BTreeMap::range`, or `None` when the range is empty (where `range` would panic).
-    pub fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    pub fn bounds(&self) -> Option<KeyBounds<'a>> {
         match *self {
             KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
             KeyRange::From(k) => Some((Bound::Included(k), Bound::Unbounded)),
