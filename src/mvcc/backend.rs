@@ -57,7 +57,7 @@ pub enum Table {
 }
 
 impl Table {
-    /// Every table, in the order of [`Table::slot`].
+    /// Every table, in declaration order (the order of the in-memory buffers).
     pub const ALL: [Table; 4] = [Table::Key, Table::Meta, Table::Lease, Table::Auth];
 
     /// The table's name in the redb file (etcd's bucket names).

@@ -2,7 +2,7 @@
 //!
 //! See the module essay in [`crate::mvcc`] for the model. This file holds the moving parts:
 //!
-//! - [`Store`] owns the [`Backend`] and one `RwLock`ed [`State`]: the key index with the current
+//! - [`Store`] owns the [`Backend`] and one `RwLock`ed `State`: the key index with the current
 //!   revision, compact revision and consistent index. Readers share the lock for the whole read, index
 //!   lookup *and* backend fetch, so compaction (which takes it exclusively) can never delete a record a
 //!   read has already chosen.
@@ -11,6 +11,13 @@
 //!   visible only in [`WriteTxn::end`], which takes the state lock exclusively, updates the index and
 //!   buffers the records plus the consistent index as one [`WriteBatch`]. Readers therefore never see an
 //!   index entry whose record is missing, nor half a transaction.
+//!
+//! History ([`Store::events`]) answers `Compacted` for `from_rev <= compact revision`, one revision
+//! stricter than etcd's watch (which accepts a start at the compact revision): compaction here deletes a
+//! tombstone *at* the compact revision, so that revision's events may be incomplete.
+//!
+//! Left out: sorted ranges and min/max revision filters, range-level `limit` pushdown into the backend
+//! fetch beyond what the index already gives, and incremental compaction (one pass, under the lock).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -649,6 +656,13 @@ mod tests {
             .iter()
             .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn store_and_backend_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Store>();
+        check::<Backend>();
     }
 
     #[test]
