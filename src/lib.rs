@@ -20,3 +20,4 @@ pub mod wal;
 pub mod watch;
 
 pub use error::{Error, Result};
+pub mod mvcc;

@@ -1,0 +1,50 @@
+//! The stored record of a key at one revision, and the change events built from them.
+//!
+//! [`KeyValue`] is etcd's `mvccpb.KeyValue` with the same field numbers, encoded with prost. It is the
+//! value stored under each revision in the backend's `key` table, and what reads and watch events
+//! return. A deletion is stored as a `KeyValue` carrying only the key and the deleting revision.
+//!
+//! Left out: etcd's `Event.Type` numbering is the API layer's concern; here the kind is a Rust enum.
+
+/// A key's state at one revision, field for field etcd's `mvccpb.KeyValue`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyValue {
+    /// The key, raw bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// The revision of the put that created this generation of the key.
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    /// The revision of the last change to the key.
+    #[prost(int64, tag = "3")]
+    pub mod_revision: i64,
+    /// How many puts this generation has seen: 1 on create, +1 on each put.
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+    /// The value, raw bytes.
+    #[prost(bytes = "vec", tag = "5")]
+    pub value: Vec<u8>,
+    /// The lease the key is attached to; 0 for none.
+    #[prost(int64, tag = "6")]
+    pub lease: i64,
+}
+
+/// Whether an event wrote or removed its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key was created or updated.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One change to one key, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// For a put, the new state; for a delete, the key with `mod_revision` set to the deleting revision.
+    pub kv: KeyValue,
+    /// The key's state just before this change, when it existed and was cheap to find.
+    pub prev_kv: Option<KeyValue>,
+}
