@@ -20,4 +20,3 @@ pub mod wal;
 pub mod watch;
 
 pub use error::{Error, Result};
-pub mod mvcc;
