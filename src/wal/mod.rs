@@ -59,7 +59,10 @@
 //!   declared length runs past the end of the file) — is what a crash during a write leaves; that
 //!   write was never acknowledged, so [`Wal::open`] cuts it off (truncate, fsync), warns, and reports
 //!   it in [`WalContents::repaired_tail`].
-//! - An all-zero header where a record would start ends the file's records: the rest is unused space.
+//!   Trailing bytes that fill a header but fail its check are *not* taken for a torn tail: a sector
+//!   is written whole, so such bytes are damage.
+//! - An all-zero header where a record would start ends the file's records: the rest is unused space
+//!   (and is truncated away on open so appends follow the last record).
 //! - Anything else is damage and `open` refuses with [`Error::Corrupt`], naming the file and byte
 //!   offset: a checksum mismatch on a complete record (even the last), an unknown record type, a
 //!   payload that does not decode, a missing segment in the sequence, a Crc record that does not

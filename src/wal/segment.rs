@@ -272,12 +272,19 @@ fn read_segment(
         let here = off as u64;
         let (ty, data, crc, end) = match record::decode_frame(bytes, off) {
             Frame::Unused => break,
-            Frame::Torn(reason) if last_segment => return Ok(Some((here, true, reason))),
+            // A torn first record would leave an empty segment: that is damage, not a tail to cut.
+            Frame::Torn(reason) if last_segment && off > 0 => {
+                return Ok(Some((here, true, reason)))
+            }
             Frame::Torn(reason) => {
                 return Ok(Some((
                     here,
                     false,
-                    format!("{reason}, in a segment that is not the last"),
+                    if last_segment {
+                        format!("{reason}, at the start of the segment")
+                    } else {
+                        format!("{reason}, in a segment that is not the last")
+                    },
                 )))
             }
             Frame::Bad(reason) => return Ok(Some((here, false, reason))),
