@@ -1,0 +1,396 @@
+//! Segment files: naming, listing, atomic creation, and the scan that reads every segment in order,
+//! checks the chain and replays the records into the state recovery hands back.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use raft::eraftpb::{Entry, HardState};
+
+use super::record::{self, Frame, Record, RecordType};
+use super::SnapshotMark;
+use crate::error::{Error, Result};
+
+/// Suffix of a segment file.
+const SUFFIX: &str = ".wal";
+/// Suffix of a segment being created; never read, removed on open.
+const TMP_SUFFIX: &str = ".wal.tmp";
+
+/// One segment file of the log, as named on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentFile {
+    /// Full path of the file.
+    pub path: PathBuf,
+    /// Position in the sequence of segments; consecutive, starting at 0 when the log was created.
+    pub seq: u64,
+    /// Index of the first entry expected in the file (last saved index + 1 when it was cut).
+    pub first_index: u64,
+}
+
+/// The file name of segment `seq` whose first expected entry is `first_index`.
+pub(crate) fn file_name(seq: u64, first_index: u64) -> String {
+    format!("{seq:016x}-{first_index:016x}{SUFFIX}")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(SUFFIX)?;
+    let (seq, first) = stem.split_once('-')?;
+    if seq.len() != 16 || first.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(seq, 16).ok()?,
+        u64::from_str_radix(first, 16).ok()?,
+    ))
+}
+
+/// The segments in `dir`, ordered by sequence number. Other files (`.broken`, `.tmp`) are ignored.
+pub(crate) fn list(dir: &Path) -> Result<Vec<SegmentFile>> {
+    let mut out = Vec::new();
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((seq, first_index)) = parse_name(name) {
+            out.push(SegmentFile {
+                path: item.path(),
+                seq,
+                first_index,
+            });
+        }
+    }
+    out.sort_by_key(|s| s.seq);
+    Ok(out)
+}
+
+/// Removes half-created segments left by a crash during create or cut. Returns true if any were found.
+pub(crate) fn remove_tmp_files(dir: &Path) -> Result<bool> {
+    let mut found = false;
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        if item
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(TMP_SUFFIX))
+        {
+            tracing::info!(path = %item.path().display(), "removing unfinished WAL segment");
+            fs::remove_file(item.path())?;
+            found = true;
+        }
+    }
+    if found {
+        sync_dir(dir)?;
+    }
+    Ok(found)
+}
+
+/// fsyncs a directory, making file creations, renames and removals in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Creates segment `seq` holding exactly `initial` bytes, atomically: the bytes are written to a
+/// temporary file and fsynced, then the file is renamed into place and the directory fsynced. A crash
+/// leaves either no segment or a complete one. Returns the file opened for appending after `initial`.
+pub(crate) fn create(
+    dir: &Path,
+    seq: u64,
+    first_index: u64,
+    initial: &[u8],
+) -> Result<(File, SegmentFile)> {
+    let name = file_name(seq, first_index);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    file.write_all(initial)?;
+    file.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok((
+        file,
+        SegmentFile {
+            path,
+            seq,
+            first_index,
+        },
+    ))
+}
+
+/// Where and why a scan stopped before the end of the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop {
+    /// Index into [`Scan::segments`] of the file holding the bad record.
+    pub segment: usize,
+    /// Byte offset of the start of the bad record in that file.
+    pub offset: u64,
+    /// True for a torn tail of the last segment (recovery may cut it); false for damage.
+    pub torn: bool,
+    /// What was wrong, for messages.
+    pub reason: String,
+}
+
+/// The state rebuilt by replaying records in order.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// The metadata record; every segment repeats it and all copies must agree.
+    pub metadata: Option<Vec<u8>>,
+    /// The last hard state read.
+    pub hard_state: HardState,
+    /// The last snapshot mark read.
+    pub snapshot: SnapshotMark,
+    /// Live entries above the snapshot mark, contiguous and ascending.
+    pub entries: Vec<Entry>,
+}
+
+impl Replay {
+    fn apply(&mut self, rec: Record) -> std::result::Result<(), String> {
+        match rec {
+            Record::Crc(_) => {}
+            Record::Metadata(m) => match &self.metadata {
+                None => self.metadata = Some(m),
+                Some(earlier) if *earlier != m => {
+                    return Err("metadata differs from an earlier segment's".to_string())
+                }
+                Some(_) => {}
+            },
+            Record::HardState(h) => self.hard_state = h,
+            Record::Snapshot(s) => {
+                if s.index < self.snapshot.index {
+                    return Err(format!(
+                        "snapshot mark at index {} goes back before the earlier mark at {}",
+                        s.index, self.snapshot.index
+                    ));
+                }
+                let keep_from = self.entries.partition_point(|e| e.index <= s.index);
+                self.entries.drain(..keep_from);
+                self.snapshot = s;
+            }
+            Record::Entry(e) => {
+                if e.index <= self.snapshot.index {
+                    // Already covered by the snapshot: a segment cut before the mark can start below it.
+                    return Ok(());
+                }
+                if let (Some(first), Some(last)) = (self.entries.first(), self.entries.last()) {
+                    let (first, last) = (first.index, last.index);
+                    if e.index > last + 1 {
+                        return Err(format!(
+                            "entry {} does not follow entry {last}: the log has a gap",
+                            e.index
+                        ));
+                    }
+                    // Raft truncated its log: everything from this index on is replaced.
+                    let keep = e.index.saturating_sub(first) as usize;
+                    self.entries.truncate(keep);
+                }
+                self.entries.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the last entry the log holds (the snapshot mark's when no entry is above it).
+    pub fn last_index(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.snapshot.index, |e| e.index)
+            .max(self.snapshot.index)
+    }
+}
+
+/// The result of reading a whole WAL directory.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    /// Every segment file, in sequence order.
+    pub segments: Vec<SegmentFile>,
+    /// Replayed state of every good record before `stop` (or of all records).
+    pub replay: Replay,
+    /// Crc of the last good record: the chain value the next record continues from.
+    pub last_crc: u32,
+    /// Offset just past the last good record of the last segment read.
+    pub end: u64,
+    /// Set when reading stopped at a torn or bad record.
+    pub stop: Option<Stop>,
+}
+
+/// Reads every segment of `dir` in order. Damage is reported in [`Scan::stop`], never as an error;
+/// errors are I/O failures (or no segment at all).
+pub(crate) fn scan(dir: &Path) -> Result<Scan> {
+    let segments = list(dir)?;
+    if segments.is_empty() {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no WAL segments in {}", dir.display()),
+        )));
+    }
+    let mut scan = Scan {
+        segments,
+        replay: Replay::default(),
+        last_crc: 0,
+        end: 0,
+        stop: None,
+    };
+    let count = scan.segments.len();
+    for i in 0..count {
+        if i > 0 && scan.segments[i].seq != scan.segments[i - 1].seq + 1 {
+            scan.stop = Some(Stop {
+                segment: i,
+                offset: 0,
+                torn: false,
+                reason: format!(
+                    "segment sequence {} is missing before this file",
+                    scan.segments[i - 1].seq + 1
+                ),
+            });
+            return Ok(scan);
+        }
+        let bytes = fs::read(&scan.segments[i].path)?;
+        let last = i + 1 == count;
+        if let Some((offset, torn, reason)) = read_segment(&bytes, i == 0, last, &mut scan)? {
+            scan.stop = Some(Stop {
+                segment: i,
+                offset,
+                torn,
+                reason,
+            });
+            return Ok(scan);
+        }
+    }
+    Ok(scan)
+}
+
+/// Replays one segment into `scan`. Returns where and why it stopped early, if it did.
+fn read_segment(
+    bytes: &[u8],
+    first_segment: bool,
+    last_segment: bool,
+    scan: &mut Scan,
+) -> Result<Option<(u64, bool, String)>> {
+    let mut off = 0usize;
+    scan.end = 0;
+    while off < bytes.len() {
+        let here = off as u64;
+        let (ty, data, crc, end) = match record::decode_frame(bytes, off) {
+            Frame::Unused => break,
+            // A torn first record would leave an empty segment: that is damage, not a tail to cut.
+            Frame::Torn(reason) if last_segment && off > 0 => {
+                return Ok(Some((here, true, reason)))
+            }
+            Frame::Torn(reason) => {
+                return Ok(Some((
+                    here,
+                    false,
+                    if last_segment {
+                        format!("{reason}, at the start of the segment")
+                    } else {
+                        format!("{reason}, in a segment that is not the last")
+                    },
+                )))
+            }
+            Frame::Bad(reason) => return Ok(Some((here, false, reason))),
+            Frame::Record { ty, data, crc, end } => (ty, data, crc, end),
+        };
+        let prev = if off == 0 {
+            if ty != RecordType::Crc {
+                return Ok(Some((
+                    here,
+                    false,
+                    "segment does not start with a crc record".to_string(),
+                )));
+            }
+            let carried = match record::decode_record(ty, data) {
+                Ok(Record::Crc(c)) => c,
+                Ok(_) => 0,
+                Err(reason) => return Ok(Some((here, false, reason))),
+            };
+            if !first_segment && carried != scan.last_crc {
+                return Ok(Some((
+                    here,
+                    false,
+                    format!(
+                        "crc chain broken: segment continues from {carried:08x} but the previous \
+                         segment ended with {:08x}",
+                        scan.last_crc
+                    ),
+                )));
+            }
+            carried
+        } else {
+            if ty == RecordType::Crc {
+                return Ok(Some((
+                    here,
+                    false,
+                    "crc record in the middle of a segment".to_string(),
+                )));
+            }
+            scan.last_crc
+        };
+        if record::chain(prev, ty, data) != crc {
+            return Ok(Some((here, false, "record checksum mismatch".to_string())));
+        }
+        let rec = match record::decode_record(ty, data) {
+            Ok(rec) => rec,
+            Err(reason) => return Ok(Some((here, false, reason))),
+        };
+        if let Err(reason) = scan.replay.apply(rec) {
+            return Ok(Some((here, false, reason)));
+        }
+        scan.last_crc = crc;
+        off = end;
+        scan.end = end as u64;
+    }
+    if off == 0 {
+        return Ok(Some((0, false, "segment holds no records".to_string())));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let name = file_name(3, 0x1234);
+        assert_eq!(name, "0000000000000003-0000000000001234.wal");
+        assert_eq!(parse_name(&name), Some((3, 0x1234)));
+        assert_eq!(
+            parse_name("0000000000000003-0000000000001234.wal.broken"),
+            None
+        );
+        assert_eq!(
+            parse_name("0000000000000003-0000000000001234.wal.tmp"),
+            None
+        );
+        assert_eq!(parse_name("3-1.wal"), None);
+    }
+
+    #[test]
+    fn replay_applies_overwrites_and_snapshot_marks() {
+        let entry = |index, term| Entry {
+            index,
+            term,
+            ..Default::default()
+        };
+        let mut r = Replay::default();
+        for i in 1..=5 {
+            r.apply(Record::Entry(entry(i, 1))).unwrap();
+        }
+        r.apply(Record::Entry(entry(3, 2))).unwrap();
+        let got: Vec<(u64, u64)> = r.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(got, vec![(1, 1), (2, 1), (3, 2)]);
+        assert!(r.apply(Record::Entry(entry(5, 2))).is_err());
+        r.apply(Record::Snapshot(SnapshotMark {
+            index: 2,
+            term: 1,
+            ..Default::default()
+        }))
+        .unwrap();
+        let got: Vec<u64> = r.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![3]);
+        // An entry the snapshot covers is ignored.
+        r.apply(Record::Entry(entry(2, 1))).unwrap();
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.last_index(), 3);
+    }
+}

@@ -1,0 +1,527 @@
+//! Write-ahead log: round trips, segments, truncation, release, recovery from torn tails and damage,
+//! repair, group commit, and a committed fixture that pins the on-disk format.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use mini_etcd::wal::{repair, SnapshotMark, Wal, WalContents, WalOptions};
+use mini_etcd::Error;
+use raft::eraftpb::{ConfState, Entry, HardState};
+
+const META: &[u8] = b"node=1;cluster=7";
+
+fn small() -> WalOptions {
+    WalOptions { segment_size: 512 }
+}
+
+fn big() -> WalOptions {
+    WalOptions::default()
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: format!("put key{index} value{index}-t{term}")
+            .into_bytes()
+            .into(),
+        ..Default::default()
+    }
+}
+
+fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+    range.map(|i| entry(i, term)).collect()
+}
+
+fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+    HardState {
+        term,
+        vote,
+        commit,
+        ..Default::default()
+    }
+}
+
+fn mark(index: u64, term: u64) -> SnapshotMark {
+    SnapshotMark {
+        index,
+        term,
+        conf_state: ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        },
+    }
+}
+
+fn indexes(c: &WalContents) -> Vec<(u64, u64)> {
+    c.entries.iter().map(|e| (e.index, e.term)).collect()
+}
+
+/// Segment files of `dir`, sorted by name (= by sequence).
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Start offsets of the records in a segment, walking the documented header format.
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        let pad = bytes[off + 5] as usize;
+        if off + 16 + len + pad > bytes.len() {
+            break;
+        }
+        out.push(off);
+        off += 16 + len + pad;
+    }
+    out
+}
+
+fn corrupt_text(err: Error) -> String {
+    match err {
+        Error::Corrupt(text) => text,
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_trip_entries_hard_state_and_snapshot_mark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    assert!(!Wal::exists(&dir));
+    let mut wal = Wal::create(&dir, META, big()).unwrap();
+    assert!(Wal::exists(&dir));
+    wal.save_snapshot(&mark(0, 0)).unwrap();
+    wal.save(Some(&hs(1, 1, 0)), &entries(1..=5, 1)).unwrap();
+    wal.save(Some(&hs(2, 1, 4)), &entries(6..=8, 2)).unwrap();
+    wal.save_snapshot(&mark(3, 1)).unwrap();
+    drop(wal);
+
+    let (_wal, c) = Wal::open(&dir, big()).unwrap();
+    assert_eq!(c.metadata, META);
+    assert_eq!(c.hard_state, hs(2, 1, 4));
+    assert_eq!(c.snapshot, mark(3, 1));
+    let mut want = entries(4..=5, 1);
+    want.extend(entries(6..=8, 2));
+    assert_eq!(c.entries, want);
+    assert_eq!(c.repaired_tail, None);
+}
+
+#[test]
+fn create_refuses_an_existing_wal_and_open_needs_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    assert!(Wal::open(&dir, big()).is_err());
+    Wal::create(&dir, META, big()).unwrap();
+    assert!(Wal::create(&dir, META, big()).is_err());
+}
+
+#[test]
+fn many_segments_reopen_with_equal_contents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save_snapshot(&mark(0, 0)).unwrap();
+    for i in 1..=100 {
+        wal.save(Some(&hs(1, 1, i - 1)), &[entry(i, 1)]).unwrap();
+    }
+    let count = wal.segment_count();
+    assert!(count > 5, "only {count} segments");
+    assert_eq!(segments(&dir).len(), count);
+    drop(wal);
+
+    let (mut wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.entries, entries(1..=100, 1));
+    assert_eq!(c.hard_state, hs(1, 1, 99));
+    assert_eq!(wal.segment_count(), count);
+    // Appending after reopen continues the chain across the old and new segments.
+    wal.save(None, &entries(101..=120, 1)).unwrap();
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.entries, entries(1..=120, 1));
+}
+
+#[test]
+fn overwritten_entries_are_truncated_on_read_and_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save(None, &entries(1..=30, 1)).unwrap();
+    // A new leader replaces 21.. with its own entries.
+    wal.save(Some(&hs(2, 2, 20)), &entries(21..=22, 2)).unwrap();
+    // The in-memory last index follows the truncation: the next cut names first index 23.
+    wal.save(None, &entries(23..=24, 2)).unwrap();
+    drop(wal);
+
+    let (mut wal, c) = Wal::open(&dir, small()).unwrap();
+    let mut want: Vec<(u64, u64)> = (1..=20).map(|i| (i, 1)).collect();
+    want.extend((21..=24).map(|i| (i, 2)));
+    assert_eq!(indexes(&c), want);
+    // Truncate again, this time below a segment boundary, and reopen.
+    wal.save(Some(&hs(3, 3, 5)), &entries(6..=7, 3)).unwrap();
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    let mut want: Vec<(u64, u64)> = (1..=5).map(|i| (i, 1)).collect();
+    want.extend([(6, 3), (7, 3)]);
+    assert_eq!(indexes(&c), want);
+    assert_eq!(c.hard_state, hs(3, 3, 5));
+}
+
+#[test]
+fn release_to_removes_only_wholly_below_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save_snapshot(&mark(0, 0)).unwrap();
+    for i in 1..=60 {
+        wal.save(None, &[entry(i, 1)]).unwrap();
+    }
+    let before = segments(&dir);
+    // First indexes from the file names (the part after the dash).
+    let firsts: Vec<u64> = before
+        .iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_str().unwrap();
+            u64::from_str_radix(name.split_once('-').unwrap().1, 16).unwrap()
+        })
+        .collect();
+    // Release up to an index inside segment 3: segments 0..=2 hold only entries below it.
+    let index = firsts[3] + 1;
+    wal.save_snapshot(&mark(index, 1)).unwrap();
+    let removed = wal.release_to(index).unwrap();
+    assert_eq!(removed, 3);
+    let after = segments(&dir);
+    assert_eq!(after[0], before[3]);
+    assert_eq!(wal.segment_count(), after.len());
+    // Nothing more below the same index, and the current segment always stays.
+    assert_eq!(wal.release_to(index).unwrap(), 0);
+    assert_eq!(wal.release_to(u64::MAX).unwrap(), after.len() - 1);
+    assert_eq!(wal.segment_count(), 1);
+    wal.save(Some(&hs(1, 1, 60)), &entries(61..=62, 1)).unwrap();
+    drop(wal);
+
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.metadata, META);
+    assert_eq!(c.snapshot, mark(index, 1));
+    assert_eq!(c.hard_state, hs(1, 1, 60));
+    assert_eq!(c.entries.last().map(|e| e.index), Some(62));
+    assert!(c.entries.iter().all(|e| e.index > index));
+}
+
+#[test]
+fn torn_tail_of_junk_bytes_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, big()).unwrap();
+    wal.save(Some(&hs(1, 1, 3)), &entries(1..=3, 1)).unwrap();
+    drop(wal);
+    let seg = segments(&dir).pop().unwrap();
+    let good_len = fs::metadata(&seg).unwrap().len();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0x01]);
+    fs::write(&seg, &bytes).unwrap();
+
+    let (mut wal, c) = Wal::open(&dir, big()).unwrap();
+    assert_eq!(c.repaired_tail, Some((seg.clone(), good_len)));
+    assert_eq!(c.entries, entries(1..=3, 1));
+    assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
+    wal.save(None, &entries(4..=4, 1)).unwrap();
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, big()).unwrap();
+    assert_eq!(c.repaired_tail, None);
+    assert_eq!(c.entries, entries(1..=4, 1));
+}
+
+#[test]
+fn torn_tail_of_a_short_last_record_is_cut_and_earlier_records_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    for i in 1..=40 {
+        wal.save(Some(&hs(1, 1, i)), &[entry(i, 1)]).unwrap();
+    }
+    drop(wal);
+    let seg = segments(&dir).pop().unwrap();
+    let bytes = fs::read(&seg).unwrap();
+    let last = *record_offsets(&bytes).last().unwrap();
+    // Keep the last record's header and a few data bytes: its declared length runs past the end.
+    fs::write(&seg, &bytes[..last + 20]).unwrap();
+
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.repaired_tail, Some((seg.clone(), last as u64)));
+    assert_eq!(fs::metadata(&seg).unwrap().len(), last as u64);
+    // The last save wrote entry 40 then hard state commit 40; only the hard state record was torn.
+    assert_eq!(c.entries, entries(1..=40, 1));
+    assert_eq!(c.hard_state, hs(1, 1, 39));
+}
+
+#[test]
+fn zero_filled_tail_is_unused_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, big()).unwrap();
+    wal.save(None, &entries(1..=3, 1)).unwrap();
+    drop(wal);
+    let seg = segments(&dir).pop().unwrap();
+    let good_len = fs::metadata(&seg).unwrap().len();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.resize(bytes.len() + 4096, 0);
+    fs::write(&seg, &bytes).unwrap();
+
+    let (mut wal, c) = Wal::open(&dir, big()).unwrap();
+    assert_eq!(c.repaired_tail, None);
+    assert_eq!(c.entries, entries(1..=3, 1));
+    assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
+    wal.save(None, &entries(4..=5, 1)).unwrap();
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, big()).unwrap();
+    assert_eq!(c.entries, entries(1..=5, 1));
+}
+
+/// Builds a log over several segments and flips one data byte of a record in the middle of the
+/// second segment. Returns the damaged file and the offset of the damaged record.
+fn damaged_wal(dir: &Path) -> (PathBuf, usize) {
+    let mut wal = Wal::create(dir, META, small()).unwrap();
+    for i in 1..=60 {
+        wal.save(None, &[entry(i, 1)]).unwrap();
+    }
+    drop(wal);
+    let seg = segments(dir)[1].clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    let offsets = record_offsets(&bytes);
+    let victim = offsets[offsets.len() / 2];
+    bytes[victim + 16 + 3] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    (seg, victim)
+}
+
+#[test]
+fn flipped_byte_in_an_earlier_record_is_corrupt_naming_file_and_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let (seg, victim) = damaged_wal(&dir);
+    let text = corrupt_text(Wal::open(&dir, small()).unwrap_err());
+    assert!(text.contains(&seg.display().to_string()), "{text}");
+    assert!(text.contains(&format!("byte offset {victim}:")), "{text}");
+    assert!(text.contains("checksum mismatch"), "{text}");
+    assert!(text.contains("mini-etcd repair --data-dir"), "{text}");
+}
+
+#[test]
+fn crc_mismatch_on_the_last_record_is_corrupt_not_torn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, big()).unwrap();
+    wal.save(None, &entries(1..=3, 1)).unwrap();
+    drop(wal);
+    let seg = segments(&dir).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let last = *record_offsets(&bytes).last().unwrap();
+    bytes[last + 17] ^= 1;
+    fs::write(&seg, &bytes).unwrap();
+    let text = corrupt_text(Wal::open(&dir, big()).unwrap_err());
+    assert!(text.contains(&format!("byte offset {last}:")), "{text}");
+}
+
+#[test]
+fn flipped_byte_then_repair_opens_with_the_records_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let (seg, victim) = damaged_wal(&dir);
+    let all = segments(&dir);
+    let report = repair(&dir).unwrap().expect("something to repair");
+    assert_eq!(report.file, seg);
+    assert_eq!(report.offset, victim as u64);
+    assert!(report.bytes_dropped > 0);
+    // The damaged segment (the second) and every one after it.
+    assert_eq!(report.broken_copies.len(), all.len() - 1);
+    for copy in &report.broken_copies {
+        assert!(copy.to_str().unwrap().ends_with(".wal.broken"), "{copy:?}");
+        assert!(copy.exists());
+    }
+    assert_eq!(segments(&dir), all[..2].to_vec());
+    assert_eq!(fs::metadata(&seg).unwrap().len(), victim as u64);
+
+    let (mut wal, c) = Wal::open(&dir, small()).unwrap();
+    // Every entry before the damaged record survives, in order, and nothing after it.
+    let n = c.entries.len() as u64;
+    assert!(n > 0);
+    assert_eq!(c.entries, entries(1..=n, 1));
+    wal.save(None, &[entry(n + 1, 2)]).unwrap();
+    drop(wal);
+    assert_eq!(repair(&dir).unwrap(), None);
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.entries.last(), Some(&entry(n + 1, 2)));
+}
+
+#[test]
+fn incomplete_record_in_an_earlier_segment_is_corrupt_not_torn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    for i in 1..=40 {
+        wal.save(None, &[entry(i, 1)]).unwrap();
+    }
+    drop(wal);
+    let first = segments(&dir)[0].clone();
+    let bytes = fs::read(&first).unwrap();
+    let last = *record_offsets(&bytes).last().unwrap();
+    fs::write(&first, &bytes[..last + 20]).unwrap();
+    let text = corrupt_text(Wal::open(&dir, small()).unwrap_err());
+    assert!(text.contains(&format!("byte offset {last}:")), "{text}");
+    assert!(text.contains("not the last"), "{text}");
+}
+
+#[test]
+fn unfinished_segment_from_a_crash_during_cut_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, big()).unwrap();
+    wal.save(None, &entries(1..=3, 1)).unwrap();
+    drop(wal);
+    let tmp_seg = dir.join("0000000000000001-0000000000000004.wal.tmp");
+    fs::write(&tmp_seg, b"half a segment").unwrap();
+    let (_wal, c) = Wal::open(&dir, big()).unwrap();
+    assert_eq!(c.entries, entries(1..=3, 1));
+    assert!(!tmp_seg.exists());
+}
+
+#[test]
+fn missing_segment_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save(None, &entries(1..=60, 1)).unwrap();
+    for i in 61..=100 {
+        wal.save(None, &[entry(i, 1)]).unwrap();
+    }
+    drop(wal);
+    let segs = segments(&dir);
+    assert!(segs.len() >= 3);
+    fs::remove_file(&segs[1]).unwrap();
+    let text = corrupt_text(Wal::open(&dir, small()).unwrap_err());
+    assert!(text.contains(&segs[2].display().to_string()), "{text}");
+    assert!(text.contains("missing"), "{text}");
+}
+
+#[test]
+fn segment_from_another_log_breaks_the_crc_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let build = |name: &str, term: u64| {
+        let dir = tmp.path().join(name);
+        let mut wal = Wal::create(&dir, META, small()).unwrap();
+        for i in 1..=40 {
+            wal.save(None, &[entry(i, term)]).unwrap();
+        }
+        dir
+    };
+    let a = build("a", 1);
+    let b = build("b", 2);
+    let (sa, sb) = (segments(&a), segments(&b));
+    assert_eq!(sa[1].file_name(), sb[1].file_name());
+    fs::copy(&sb[1], &sa[1]).unwrap();
+    let text = corrupt_text(Wal::open(&a, small()).unwrap_err());
+    assert!(text.contains(&sa[1].display().to_string()), "{text}");
+    assert!(text.contains("byte offset 0:"), "{text}");
+    assert!(text.contains("chain"), "{text}");
+}
+
+#[test]
+fn group_commit_one_save_of_1000_entries_is_one_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, big()).unwrap();
+    let before = wal.sync_count();
+    wal.save(Some(&hs(1, 1, 0)), &entries(1..=1000, 1)).unwrap();
+    assert_eq!(wal.sync_count() - before, 1);
+    wal.save(None, &[]).unwrap();
+    assert_eq!(wal.sync_count() - before, 1, "an empty save writes nothing");
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, big()).unwrap();
+    assert_eq!(c.entries.len(), 1000);
+}
+
+// ---- fixture: a small WAL committed to git, so any change to the on-disk format is noticed ----
+
+const FIXTURE: &str = "tests/fixtures/wal/basic";
+
+/// The fixture's history: snapshot, writes, a truncation by a new leader, a later snapshot.
+fn write_fixture(dir: &Path) {
+    let mut wal = Wal::create(dir, META, small()).unwrap();
+    wal.save_snapshot(&mark(0, 0)).unwrap();
+    wal.save(Some(&hs(2, 1, 15)), &entries(1..=20, 2)).unwrap();
+    wal.save(Some(&hs(3, 2, 17)), &entries(18..=19, 3)).unwrap();
+    wal.save_snapshot(&mark(10, 2)).unwrap();
+    for i in 20..=22 {
+        wal.save(Some(&hs(3, 2, i - 1)), &[entry(i, 3)]).unwrap();
+    }
+}
+
+fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            (name, fs::read(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn fixture_bytes_are_unchanged() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = tmp.path().join("wal");
+    write_fixture(&fresh);
+    if std::env::var_os("WAL_FIXTURE_REGEN").is_some() {
+        let _ = fs::remove_dir_all(&fixture);
+        fs::create_dir_all(&fixture).unwrap();
+        for (name, bytes) in dir_files(&fresh) {
+            fs::write(fixture.join(name), bytes).unwrap();
+        }
+    }
+    let want = dir_files(&fixture);
+    let got = dir_files(&fresh);
+    assert_eq!(
+        want.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        got.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        "segment names changed; if the format change is intended, rerun with WAL_FIXTURE_REGEN=1"
+    );
+    for ((name, want), (_, got)) in want.iter().zip(&got) {
+        assert!(
+            want == got,
+            "{name} differs from the fixture: the on-disk format changed. If intended, rerun \
+             with WAL_FIXTURE_REGEN=1 and bump nothing silently"
+        );
+    }
+}
+
+#[test]
+fn fixture_opens_with_its_exact_contents() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in dir_files(&fixture) {
+        fs::write(dir.join(name), bytes).unwrap();
+    }
+    assert!(segments(&dir).len() >= 2, "the fixture spans segments");
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.metadata, META);
+    assert_eq!(c.snapshot, mark(10, 2));
+    assert_eq!(c.hard_state, hs(3, 2, 21));
+    let mut want = entries(11..=17, 2);
+    want.extend(entries(18..=22, 3));
+    assert_eq!(c.entries, want);
+    assert_eq!(c.repaired_tail, None);
+}
