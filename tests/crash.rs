@@ -41,7 +41,13 @@ const KILL_AFTER_ACKS: usize = 1000;
 /// ...or once this much time passed, whichever comes first (a bound on test time, not an assertion).
 const KILL_AFTER: Duration = Duration::from_secs(5);
 
-async fn writer(rest: Rest, cycle: usize, id: usize, acks: Arc<AtomicUsize>, killed: Arc<AtomicBool>) -> WriterReport {
+async fn writer(
+    rest: Rest,
+    cycle: usize,
+    id: usize,
+    acks: Arc<AtomicUsize>,
+    killed: Arc<AtomicBool>,
+) -> WriterReport {
     let mut report = WriterReport::default();
     for i in 0..WRITES_PER_WRITER_CAP {
         let key = format!("crash/c{cycle}/w{id}/{i:05}");
@@ -59,7 +65,10 @@ async fn writer(rest: Rest, cycle: usize, id: usize, acks: Arc<AtomicUsize>, kil
             }
             Ok(resp) => {
                 if !killed.load(Ordering::SeqCst) {
-                    report.unexpected.push(format!("put {key}: status {} body {:?}", resp.status, resp.body));
+                    report.unexpected.push(format!(
+                        "put {key}: status {} body {:?}",
+                        resp.status, resp.body
+                    ));
                 }
                 break;
             }
@@ -84,7 +93,13 @@ async fn verify(rest: &Rest, acked: &[Acked], when: &str) {
             let rest = rest.clone();
             async move {
                 match rest.get(&a.key).await {
-                    Some(kv) if kv.value == a.value && kv.mod_revision == a.revision && kv.version == 1 => None,
+                    Some(kv)
+                        if kv.value == a.value
+                            && kv.mod_revision == a.revision
+                            && kv.version == 1 =>
+                    {
+                        None
+                    }
                     other => Some(format!("{a:?} read back as {other:?}")),
                 }
             }
@@ -113,7 +128,15 @@ async fn acknowledged_writes_survive_kill_9_three_times() {
         let acks = Arc::new(AtomicUsize::new(0));
         let killed = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..WRITERS)
-            .map(|id| tokio::spawn(writer(rest.clone(), cycle, id, acks.clone(), killed.clone())))
+            .map(|id| {
+                tokio::spawn(writer(
+                    rest.clone(),
+                    cycle,
+                    id,
+                    acks.clone(),
+                    killed.clone(),
+                ))
+            })
             .collect();
 
         let started = Instant::now();
@@ -136,11 +159,18 @@ async fn acknowledged_writes_survive_kill_9_three_times() {
             );
             cycle_acked.extend(report.acked);
         }
-        assert!(!cycle_acked.is_empty(), "cycle {cycle}: no write was acknowledged before the kill");
+        assert!(
+            !cycle_acked.is_empty(),
+            "cycle {cycle}: no write was acknowledged before the kill"
+        );
         all_acked.extend(cycle_acked);
 
         let revisions: HashSet<i64> = all_acked.iter().map(|a| a.revision).collect();
-        assert_eq!(revisions.len(), all_acked.len(), "two acknowledged puts share a revision");
+        assert_eq!(
+            revisions.len(),
+            all_acked.len(),
+            "two acknowledged puts share a revision"
+        );
 
         server.restart().await;
         let rest = server.rest();
@@ -149,8 +179,17 @@ async fn acknowledged_writes_survive_kill_9_three_times() {
         // The restarted server takes new writes, numbered after everything acknowledged.
         let max_acked = all_acked.iter().map(|a| a.revision).max().expect("acked");
         let rev = rest.put(&format!("crash/probe/{cycle}"), "alive").await;
-        assert!(rev > max_acked, "new revision {rev} must follow acknowledged revision {max_acked}");
-        assert_eq!(rest.get(&format!("crash/probe/{cycle}")).await.expect("probe").value, "alive");
+        assert!(
+            rev > max_acked,
+            "new revision {rev} must follow acknowledged revision {max_acked}"
+        );
+        assert_eq!(
+            rest.get(&format!("crash/probe/{cycle}"))
+                .await
+                .expect("probe")
+                .value,
+            "alive"
+        );
     }
     server.stop().await;
 }
@@ -173,15 +212,22 @@ async fn torn_wal_tail_is_cut_on_recovery() {
     let newest = wals
         .last()
         .unwrap_or_else(|| panic!("no *.wal files under {}/member/wal", dir.path().display()));
-    let mut f = std::fs::OpenOptions::new().append(true).open(newest).expect("open newest wal");
-    f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x13, 0x37, 0x42]).expect("append junk");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(newest)
+        .expect("open newest wal");
+    f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x13, 0x37, 0x42])
+        .expect("append junk");
     f.sync_all().expect("sync");
     drop(f);
 
     server.restart().await;
     let rest = server.rest();
     for (key, value, rev) in &written {
-        let kv = rest.get(key).await.unwrap_or_else(|| panic!("{key} lost after torn-tail recovery"));
+        let kv = rest
+            .get(key)
+            .await
+            .unwrap_or_else(|| panic!("{key} lost after torn-tail recovery"));
         assert_eq!((&kv.value, kv.mod_revision), (value, *rev), "{key}");
     }
     let after = rest.put("torn/after", "appended").await;
@@ -190,7 +236,11 @@ async fn torn_wal_tail_is_cut_on_recovery() {
     // Appends after the cut are themselves durable.
     server.stop().await;
     server.restart().await;
-    let kv = server.rest().get("torn/after").await.expect("write after recovery survives a restart");
+    let kv = server
+        .rest()
+        .get("torn/after")
+        .await
+        .expect("write after recovery survives a restart");
     assert_eq!((kv.value.as_str(), kv.mod_revision), ("appended", after));
     server.stop().await;
 }
@@ -221,7 +271,11 @@ async fn corrupt_wal_record_refuses_to_start_until_repair() {
 
     // Pick the segment holding most records and flip a byte inside the middle record's value.
     let wals = wal_files(dir.path());
-    assert!(!wals.is_empty(), "no *.wal files under {}/member/wal", dir.path().display());
+    assert!(
+        !wals.is_empty(),
+        "no *.wal files under {}/member/wal",
+        dir.path().display()
+    );
     let (path, bytes, hits) = wals
         .iter()
         .map(|p| {
@@ -243,8 +297,15 @@ async fn corrupt_wal_record_refuses_to_start_until_repair() {
     std::fs::write(&path, &bytes).expect("write corrupted wal");
 
     let (status, output) = server.start_expecting_failure().await;
-    assert!(!status.success(), "a corrupt WAL must stop startup, got {status}; output:\n{output}");
-    let file_name = path.file_name().expect("name").to_string_lossy().to_string();
+    assert!(
+        !status.success(),
+        "a corrupt WAL must stop startup, got {status}; output:\n{output}"
+    );
+    let file_name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
     assert!(
         output.contains(&file_name),
         "the error should name the damaged file {file_name}; output:\n{output}"
@@ -255,15 +316,31 @@ async fn corrupt_wal_record_refuses_to_start_until_repair() {
     );
 
     let data_dir = dir.path().display().to_string();
-    let (status, output) = run_cli(&["repair", "--data-dir", &data_dir], Duration::from_secs(30)).await;
-    assert!(status.success(), "`{BIN} repair` failed with {status}; output:\n{output}");
+    let (status, output) = run_cli(
+        &["repair", "--data-dir", &data_dir],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        status.success(),
+        "`{BIN} repair` failed with {status}; output:\n{output}"
+    );
 
     server.restart().await;
     let rest = server.rest();
     // The damage was in the middle: everything before it is intact.
-    let first = rest.get("corrupt/0000").await.expect("records before the damage survive repair");
+    let first = rest
+        .get("corrupt/0000")
+        .await
+        .expect("records before the damage survive repair");
     assert!(first.value.starts_with("CORRUPTME0000"));
     rest.put("corrupt/after-repair", "ok").await;
-    assert_eq!(rest.get("corrupt/after-repair").await.expect("new write").value, "ok");
+    assert_eq!(
+        rest.get("corrupt/after-repair")
+            .await
+            .expect("new write")
+            .value,
+        "ok"
+    );
     server.stop().await;
 }

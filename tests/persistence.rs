@@ -11,7 +11,12 @@ use common::{wal_files, Kv, Rest, Server};
 use futures::stream::{self, StreamExt};
 
 /// Writes `n` keys `{prefix}{i:05}` with `concurrency` requests in flight; returns each key's put revision.
-async fn write_keys(rest: &Rest, prefix: &str, n: usize, concurrency: usize) -> BTreeMap<String, (String, i64)> {
+async fn write_keys(
+    rest: &Rest,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> BTreeMap<String, (String, i64)> {
     let rest = Arc::new(rest.clone());
     stream::iter(0..n)
         .map(|i| {
@@ -29,7 +34,10 @@ async fn write_keys(rest: &Rest, prefix: &str, n: usize, concurrency: usize) -> 
 }
 
 /// Reads every key back (concurrently) and returns what the server has.
-async fn read_keys(rest: &Rest, keys: impl Iterator<Item = String>) -> BTreeMap<String, Option<Kv>> {
+async fn read_keys(
+    rest: &Rest,
+    keys: impl Iterator<Item = String>,
+) -> BTreeMap<String, Option<Kv>> {
     let rest = Arc::new(rest.clone());
     stream::iter(keys)
         .map(|key| {
@@ -74,12 +82,19 @@ async fn sigterm_restart_keeps_every_key_and_revision() {
         match i {
             0..20 => {
                 let kv = kv.as_ref().expect("overwritten key present");
-                assert_eq!((kv.value.as_str(), kv.create_revision, kv.version), ("overwritten", *rev, 2));
+                assert_eq!(
+                    (kv.value.as_str(), kv.create_revision, kv.version),
+                    ("overwritten", *rev, 2)
+                );
             }
             20..30 => assert_eq!(kv, &None, "deleted key {key} came back"),
             _ => {
                 let kv = kv.as_ref().unwrap_or_else(|| panic!("{key} lost"));
-                assert_eq!((&kv.value, kv.mod_revision, kv.version), (value, *rev, 1), "{key}");
+                assert_eq!(
+                    (&kv.value, kv.mod_revision, kv.version),
+                    (value, *rev, 1),
+                    "{key}"
+                );
             }
         }
     }
@@ -132,7 +147,9 @@ async fn snapshots_bound_the_wal_and_restart_restores_everything() {
     let rest = server.rest();
     let after = read_keys(&rest, written.keys().cloned()).await;
     for (key, (value, rev)) in &written {
-        let kv = after[key].as_ref().unwrap_or_else(|| panic!("{key} lost after snapshot + restart"));
+        let kv = after[key]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{key} lost after snapshot + restart"));
         assert_eq!((&kv.value, kv.mod_revision), (value, *rev), "{key}");
     }
     assert_eq!(rest.put("after", "x").await, last_rev + 1);

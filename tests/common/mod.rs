@@ -204,7 +204,10 @@ impl Server {
         let ports = free_ports(3);
         self.rest_port = ports[0];
         self.starts += 1;
-        self.log = self.log_dir.path().join(format!("server-{}.log", self.starts));
+        self.log = self
+            .log_dir
+            .path()
+            .join(format!("server-{}.log", self.starts));
         let args = self.args_with_ports(ports[0], ports[1], ports[2]);
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         self.child = Some(spawn_logged(&args, &self.log));
@@ -306,7 +309,10 @@ impl Server {
 
     /// Starts the server again on the same data directory and flags (fresh ports) and waits for health.
     pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart while the server is running; stop or kill it first");
+        assert!(
+            self.child.is_none(),
+            "restart while the server is running; stop or kill it first"
+        );
         self.spawn();
         self.wait_healthy().await;
     }
@@ -349,7 +355,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() && self.child.is_some() {
-            eprintln!("---- mini-etcd log (current incarnation) ----\n{}", self.log_tail());
+            eprintln!(
+                "---- mini-etcd log (current incarnation) ----\n{}",
+                self.log_tail()
+            );
         }
         self.kill9();
     }
@@ -360,7 +369,9 @@ pub fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -378,13 +389,21 @@ pub struct Resp {
 impl Resp {
     /// The body as JSON; panics with the raw body if it is not JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): status {} body {:?}", self.status, self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): status {} body {:?}",
+                self.status, self.body
+            )
+        })
     }
 
     /// Asserts the error contract: the given status and a JSON body `{"error": "<non-empty>"}`.
     pub fn assert_error(&self, status: u16, what: &str) {
-        assert_eq!(self.status, status, "{what}: expected {status}, got {} body {:?}", self.status, self.body);
+        assert_eq!(
+            self.status, status,
+            "{what}: expected {status}, got {} body {:?}",
+            self.status, self.body
+        );
         self.assert_error_body(what);
     }
 
@@ -410,7 +429,10 @@ impl Resp {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -480,19 +502,33 @@ impl Rest {
         body: Option<(&str, &[u8])>,
         bound: Duration,
     ) -> Result<Resp, reqwest::Error> {
-        let mut req = self.client.request(method, self.url(path_and_query)).timeout(bound);
+        let mut req = self
+            .client
+            .request(method, self.url(path_and_query))
+            .timeout(bound);
         if let Some((content_type, bytes)) = body {
-            req = req.header("content-type", content_type).body(bytes.to_vec());
+            req = req
+                .header("content-type", content_type)
+                .body(bytes.to_vec());
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.text().await?;
-        Ok(Resp { status, headers, body })
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// Like [`send`](Self::send) with the ordinary bound, panicking on transport errors.
-    pub async fn call(&self, method: reqwest::Method, path_and_query: &str, body: Option<(&str, &[u8])>) -> Resp {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Resp {
         let what = format!("{method} {path_and_query}");
         self.send(method, path_and_query, body, REQUEST_BOUND)
             .await
@@ -525,12 +561,21 @@ impl Rest {
     }
 
     pub async fn get_resp(&self, key: &str) -> Resp {
-        self.call(reqwest::Method::GET, &format!("/get?key={}", enc(key)), None).await
+        self.call(
+            reqwest::Method::GET,
+            &format!("/get?key={}", enc(key)),
+            None,
+        )
+        .await
     }
 
     pub async fn get_at_resp(&self, key: &str, rev: i64) -> Resp {
-        self.call(reqwest::Method::GET, &format!("/get?key={}&rev={rev}", enc(key)), None)
-            .await
+        self.call(
+            reqwest::Method::GET,
+            &format!("/get?key={}&rev={rev}", enc(key)),
+            None,
+        )
+        .await
     }
 
     /// `GET /get`: `Some(kv)` on 200, `None` on 404 (with an error body); anything else panics.
@@ -562,14 +607,22 @@ impl Rest {
 
     /// `DELETE /delete?key=`.
     pub async fn delete(&self, key: &str) -> Resp {
-        self.call(reqwest::Method::DELETE, &format!("/delete?key={}", enc(key)), None)
-            .await
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/delete?key={}", enc(key)),
+            None,
+        )
+        .await
     }
 
     /// `POST /delete?key=` (the seed's compatibility mode).
     pub async fn delete_post(&self, key: &str) -> Resp {
-        self.call(reqwest::Method::POST, &format!("/delete?key={}", enc(key)), None)
-            .await
+        self.call(
+            reqwest::Method::POST,
+            &format!("/delete?key={}", enc(key)),
+            None,
+        )
+        .await
     }
 
     /// `POST /compact`.
@@ -595,8 +648,12 @@ impl Rest {
     pub async fn watchers(&self) -> i64 {
         let resp = self.call(reqwest::Method::GET, "/metrics", None).await;
         assert_eq!(resp.status, 200, "GET /metrics: {:?}", resp.body);
-        parse_gauge(&resp.body, "mini_etcd_watchers")
-            .unwrap_or_else(|| panic!("/metrics has no `mini_etcd_watchers N` line:\n{}", tail(&resp.body, 4000)))
+        parse_gauge(&resp.body, "mini_etcd_watchers").unwrap_or_else(|| {
+            panic!(
+                "/metrics has no `mini_etcd_watchers N` line:\n{}",
+                tail(&resp.body, 4000)
+            )
+        })
     }
 
     /// Waits (bounded) until the watchers gauge satisfies `pred`; panics with the last value otherwise.
@@ -622,7 +679,9 @@ pub fn parse_gauge(text: &str, name: &str) -> Option<i64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         if !(rest.starts_with(' ') || rest.starts_with('{')) {
             continue; // another metric whose name starts with ours
         }
