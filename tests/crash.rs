@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{as_i64, as_str, run_cli, wal_files, Rest, Server, BIN};
+use common::{as_i64, as_str, bin, run_cli, wal_files, Rest, Server};
 use futures::stream::{self, StreamExt};
 
 /// One write the server answered with 200.
@@ -323,7 +323,8 @@ async fn corrupt_wal_record_refuses_to_start_until_repair() {
     .await;
     assert!(
         status.success(),
-        "`{BIN} repair` failed with {status}; output:\n{output}"
+        "`{} repair` failed with {status}; output:\n{output}",
+        bin()
     );
 
     server.restart().await;

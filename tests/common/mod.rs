@@ -32,6 +32,11 @@ use serde_json::{json, Value};
 /// Path of the binary under test, built by cargo for integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_mini-etcd");
 
+/// The binary to run: [`BIN`], unless `MINI_ETCD_BIN` names another build to hold to the same contract.
+pub fn bin() -> String {
+    std::env::var("MINI_ETCD_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// How long a server may take to answer `/health` after spawn. A safety bound, not a performance claim.
 pub const START_BOUND: Duration = Duration::from_secs(20);
 
@@ -133,13 +138,14 @@ fn spawn_logged(args: &[&str], log: &Path) -> Child {
         .open(log)
         .expect("open log file");
     let err: File = out.try_clone().expect("clone log file handle");
-    Command::new(BIN)
+    let bin = bin();
+    Command::new(&bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
+        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
 }
 
 /// One `mini-etcd` process plus everything needed to restart it on the same data directory.
