@@ -14,6 +14,9 @@ use crate::error::Error;
 /// A hook run at the start of the next `History::events` call.
 type Hook = Box<dyn FnOnce() + Send>;
 
+/// A transaction applied to the store whose notify is held back.
+type Pending = Arc<Mutex<Option<(i64, Vec<Event>)>>>;
+
 /// An in-memory store: a list of events, a current and a compact revision.
 #[derive(Default)]
 struct FakeHistory {
@@ -291,7 +294,7 @@ async fn store_ahead_of_notify_during_catch_up() {
     // During the catch-up read, revision 2 reaches the store but is not yet notified: the watcher may
     // hand over at 1 and must then get 2 live, once.
     let hook_history = f.history.clone();
-    let pending: Arc<Mutex<Option<(i64, Vec<Event>)>>> = Arc::default();
+    let pending: Pending = Arc::default();
     let hook_pending = pending.clone();
     f.history.on_next_read(Box::new(move || {
         *hook_pending.lock().unwrap() = Some(hook_history.apply(&[Op::Put("k", "2")]));
