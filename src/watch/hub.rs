@@ -240,13 +240,15 @@ impl WatchHub {
         let slow = Arc::new(AtomicBool::new(false));
         let watcher = Watcher::new(id, Arc::clone(self), rx, Arc::clone(&slow));
 
+        // Read before taking the lock: the hub never calls into the store while holding its lock.
+        // Race-free because the decision below also takes `notified_revision` into account (module
+        // docs, "New watchers").
+        let current = self.history.current_revision();
         let mut st = self.lock();
         if st.closed {
             return watcher; // `tx` is dropped: recv answers None.
         }
-        // The store's revision is read under the lock so no `notify` slips in between this read and
-        // the registration below (module docs, "New watchers").
-        let head = self.history.current_revision().max(st.notified_revision);
+        let head = current.max(st.notified_revision);
         let (next_revision, synced) = if req.start_revision <= 0 {
             (head + 1, true)
         } else {

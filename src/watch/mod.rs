@@ -32,8 +32,10 @@
 //!    channel is full, the watcher's `next_revision` becomes that revision and it moves to unsynced,
 //!    all under the lock in the same `notify` call, so that revision is neither sent twice nor lost.
 //! 2. **Unsynced watchers** are skipped by `notify`. Catch-up reads, *outside* the lock, the store's
-//!    current revision `R` and then the events in `[next_revision, R]`. It then takes the lock,
-//!    sends what fits, and sets `next_revision` past what it sent.
+//!    current revision and then the events in `[next_revision, R]`, where `R` is that revision or,
+//!    for a watcher far behind, [`WatchConfig::max_catch_up_revisions`] past `next_revision` (it
+//!    then takes several rounds). It then takes the lock, sends what fits, and sets `next_revision`
+//!    past what it sent.
 //! 3. **The hand-over.** Still under that lock, a watcher that has been sent everything up to `R`
 //!    moves to synced only if `notified_revision <= R`. Why that suffices: every `notify` for a
 //!    revision `<= notified_revision` has already run (and anything it carried is also in history
@@ -49,9 +51,12 @@
 //! the condition holds at least as often and hand-over converges under a steady write load; and it
 //! stays correct even if a caller were to notify before the store shows the revision.
 //!
-//! New watchers follow the same rule: with `start_revision` 0 a watcher starts synced at
-//! `max(current, notified) + 1`; a future `start_revision` starts synced and rule 1 holds back the
-//! revisions below it; any other start is unsynced and replays from history.
+//! New watchers follow the same rule. The hub reads the store's current revision `C`, then under the
+//! lock takes `head = max(C, notified_revision)`: every revision up to `head` is in the store, and
+//! every revision above it is still to be notified (a notify that ran after the read raised
+//! `notified_revision`). With `start_revision` 0 the watcher starts synced at `head + 1`; with a
+//! `start_revision` above `head` it starts synced there and rule 1 holds back the revisions below
+//! it; otherwise it starts unsynced and replays from history.
 //!
 //! Compaction: if catch-up finds `next_revision <= compact_revision` the watcher gets one batch whose
 //! `compact_revision` is set, and is then cancelled (its channel is closed, `recv` answers `None`), as
@@ -60,8 +65,10 @@
 //! # Locking
 //!
 //! One `std::sync::Mutex` guards the watcher table. Its critical sections are short (index look-ups,
-//! `try_send`, set moves) and never `.await`, so a std mutex is cheaper than an async one; history
-//! reads, which may touch disk, happen outside it on a blocking thread.
+//! `try_send`, set moves) and never `.await`, so a std mutex is cheaper than an async one. The hub
+//! never calls [`History`] while holding it: history reads, which may touch disk, run on a blocking
+//! thread with the lock released, and there is no lock-order cycle even if the store calls `notify`
+//! while holding locks of its own.
 //!
 //! # Matching
 //!
@@ -72,7 +79,8 @@
 //!
 //! # Left out
 //!
-//! An interval tree for range watchers (a linear scan is fine for a handful of range watchers);
+//! A cap on watchers per catch-up round (etcd syncs at most 512 at a time); an interval tree for
+//! range watchers (a linear scan is fine for a handful of range watchers);
 //! sharing one history read between unsynced watchers of the same range and revision (etcd groups
 //! them); progress notifications; fragmenting huge batches; watch ids per gRPC stream (the stream
 //! layer assigns those; [`WatchId`] here is hub-wide); and the response header, which the API layer
@@ -137,7 +145,8 @@ impl Event {
 
 /// What the hub needs from the MVCC store: its revisions and a way to read past events.
 ///
-/// Implemented by the store; tests implement it with an in-memory list of events.
+/// Implemented by the store; tests implement it with an in-memory list of events. The hub never calls
+/// these while holding its own lock, so the store may call [`WatchHub::notify`] while holding its locks.
 pub trait History: Send + Sync + 'static {
     /// The newest revision the store shows.
     fn current_revision(&self) -> i64;

@@ -2,7 +2,8 @@
 //!
 //! Timing is never asserted: every wait is on a delivered batch, and the timeouts only turn a hang
 //! (a lost event) into a failure. Races are provoked deterministically with a hook that runs inside a
-//! history read, i.e. between the catch-up's read of the current revision and its hand-over.
+//! history read, i.e. between the catch-up's read of the current revision and its hand-over. (The
+//! crate's tokio has no `test-util` feature, so `time::pause` is not available; no test needs it.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
