@@ -1,0 +1,604 @@
+//! The hub itself: the watcher table, live fan-out (`notify`) and history catch-up. The design and its
+//! invariant are described in the parent module.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Notify};
+
+use super::{in_range, Event, EventKind, History, WatchBatch, WatchId, WatchRequest, Watcher};
+use crate::error::Error;
+
+/// Tuning knobs of the hub. The defaults suit a server; tests shrink them to provoke slow watchers.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Batches a watcher's channel holds before the watcher counts as slow and falls back to history.
+    pub channel_capacity: usize,
+    /// How often the catch-up task runs when nothing wakes it (etcd syncs unsynced watchers every
+    /// 100 ms).
+    pub catch_up_interval: Duration,
+    /// The most revisions one catch-up round reads from history for one watcher, so a watcher far
+    /// behind does not pull its whole backlog into memory at once.
+    pub max_catch_up_revisions: i64,
+    /// The most events in one catch-up batch. Batches are cut only between revisions, so a single
+    /// revision with more events than this still arrives whole.
+    pub max_batch_events: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            channel_capacity: 128,
+            catch_up_interval: Duration::from_millis(100),
+            max_catch_up_revisions: 1000,
+            max_batch_events: 1000,
+        }
+    }
+}
+
+/// Fans out the store's changes to watchers. Shared as `Arc<WatchHub>`; see the module docs for the
+/// design and invariant.
+pub struct WatchHub {
+    /// Where unsynced watchers read the events they missed.
+    history: Arc<dyn History>,
+    /// Channel sizes and catch-up pacing.
+    config: WatchConfig,
+    /// The watcher table. A std mutex: every critical section is short (map look-ups, `try_send`,
+    /// moving ids between sets) and never `.await`s, and `notify` is called from a non-async apply
+    /// thread; history reads happen outside it.
+    state: Mutex<State>,
+    /// Set once by `close`; read without the lock by `Watcher::recv`.
+    closed: AtomicBool,
+    /// Wakes the catch-up task early: a watcher fell behind, a new watcher needs replay, a slow
+    /// watcher drained its channel, or the hub closed.
+    wake: Arc<Notify>,
+    /// Source of hub-wide watcher ids.
+    next_id: AtomicU64,
+}
+
+/// Everything the hub lock protects.
+#[derive(Default)]
+struct State {
+    /// Set by `close`; no watcher is registered and `notify` does nothing afterwards.
+    closed: bool,
+    /// The highest revision `notify` has fanned out: the hand-over test (module docs, rule 3).
+    notified_revision: i64,
+    /// Every live watcher, synced or not.
+    watchers: HashMap<WatchId, Entry>,
+    /// Synced watchers of exactly one key, by key: one look-up per event however many watch the key.
+    synced_keys: HashMap<Vec<u8>, HashSet<WatchId>>,
+    /// Synced watchers of a range, checked one by one.
+    synced_ranges: HashSet<WatchId>,
+    /// Watchers behind the live stream, to be caught up from history. Ordered so rounds are
+    /// deterministic.
+    unsynced: BTreeSet<WatchId>,
+}
+
+/// The hub's side of one watcher.
+struct Entry {
+    /// The key or start of the range.
+    key: Vec<u8>,
+    /// The end of the range (etcd conventions, see [`in_range`]).
+    range_end: Vec<u8>,
+    /// Keep `prev_kv` in sent events.
+    prev_kv: bool,
+    /// Drop put events.
+    filter_put: bool,
+    /// Drop delete events.
+    filter_delete: bool,
+    /// Every matching event below this revision is in the channel, none at or above it.
+    next_revision: i64,
+    /// Where batches go; bounded so a slow reader cannot grow memory without limit.
+    tx: mpsc::Sender<WatchBatch>,
+    /// True while unsynced; shared with the `Watcher` so its `recv` can wake the catch-up task once
+    /// there is room in the channel again.
+    slow: Arc<AtomicBool>,
+}
+
+impl Entry {
+    /// This watcher's copy of `event`, or `None` if its filters drop it.
+    fn prepare(&self, event: &Event) -> Option<Event> {
+        let dropped = match event.kind {
+            EventKind::Put => self.filter_put,
+            EventKind::Delete => self.filter_delete,
+        };
+        if dropped {
+            return None;
+        }
+        Some(Event {
+            kind: event.kind,
+            kv: event.kv.clone(),
+            // etcd sends prev_kv only to watchers that asked for it.
+            prev_kv: if self.prev_kv {
+                event.prev_kv.clone()
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl State {
+    /// Puts a registered watcher into the synced indexes.
+    fn make_synced(&mut self, id: WatchId) {
+        let Some(entry) = self.watchers.get(&id) else {
+            return;
+        };
+        self.unsynced.remove(&id);
+        entry.slow.store(false, Ordering::Release);
+        if entry.range_end.is_empty() {
+            self.synced_keys
+                .entry(entry.key.clone())
+                .or_default()
+                .insert(id);
+        } else {
+            self.synced_ranges.insert(id);
+        }
+    }
+
+    /// Takes a watcher out of the synced indexes and queues it for catch-up.
+    fn make_unsynced(&mut self, id: WatchId) {
+        let Some(entry) = self.watchers.get(&id) else {
+            return;
+        };
+        entry.slow.store(true, Ordering::Release);
+        Self::unindex(&mut self.synced_keys, &mut self.synced_ranges, id, entry);
+        self.unsynced.insert(id);
+    }
+
+    /// Forgets a watcher entirely; dropping its sender ends its stream.
+    fn remove(&mut self, id: WatchId) {
+        if let Some(entry) = self.watchers.remove(&id) {
+            Self::unindex(&mut self.synced_keys, &mut self.synced_ranges, id, &entry);
+        }
+        self.unsynced.remove(&id);
+    }
+
+    /// Removes `id` from the synced indexes (a no-op when it is not there).
+    fn unindex(
+        synced_keys: &mut HashMap<Vec<u8>, HashSet<WatchId>>,
+        synced_ranges: &mut HashSet<WatchId>,
+        id: WatchId,
+        entry: &Entry,
+    ) {
+        if entry.range_end.is_empty() {
+            if let Some(ids) = synced_keys.get_mut(&entry.key) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    synced_keys.remove(&entry.key);
+                }
+            }
+        } else {
+            synced_ranges.remove(&id);
+        }
+    }
+}
+
+/// One unsynced watcher's work for a catch-up round, taken under the lock.
+struct Job {
+    /// Which watcher.
+    id: WatchId,
+    /// Its range, to read history with.
+    key: Vec<u8>,
+    /// Its range end.
+    range_end: Vec<u8>,
+    /// Its `next_revision` when the job was taken: the first revision to read.
+    from: i64,
+}
+
+/// What a catch-up round read from history for one job.
+enum Read {
+    /// Every event on the watcher's range in `[job.from, to]`.
+    Events { events: Vec<Event>, to: i64 },
+    /// `job.from` has been compacted away; the value is the store's compact revision.
+    Compacted(i64),
+    /// History failed; retry on a later round.
+    Failed,
+}
+
+impl WatchHub {
+    /// A hub over `history` with the default configuration.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, because it spawns the catch-up task.
+    pub fn new(history: Arc<dyn History>) -> Arc<WatchHub> {
+        Self::with_config(history, WatchConfig::default())
+    }
+
+    /// A hub over `history` with explicit tuning.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, because it spawns the catch-up task.
+    pub fn with_config(history: Arc<dyn History>, config: WatchConfig) -> Arc<WatchHub> {
+        let config = WatchConfig {
+            // A zero-capacity channel would panic in tokio and could never deliver anything.
+            channel_capacity: config.channel_capacity.max(1),
+            max_catch_up_revisions: config.max_catch_up_revisions.max(1),
+            max_batch_events: config.max_batch_events.max(1),
+            ..config
+        };
+        let hub = Arc::new(WatchHub {
+            history,
+            config,
+            state: Mutex::new(State::default()),
+            closed: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
+            next_id: AtomicU64::new(1),
+        });
+        spawn_catch_up(&hub);
+        hub
+    }
+
+    /// Starts a watch. Events at or after the request's start revision arrive through the returned
+    /// [`Watcher`]; dropping it ends the watch. After [`close`](Self::close) the watcher is born ended.
+    pub fn watch(self: &Arc<Self>, req: WatchRequest) -> Watcher {
+        let (tx, rx) = mpsc::channel(self.config.channel_capacity);
+        let id = WatchId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let slow = Arc::new(AtomicBool::new(false));
+        let watcher = Watcher::new(id, Arc::clone(self), rx, Arc::clone(&slow));
+
+        // Read before taking the lock: the hub never calls into the store while holding its lock.
+        // Race-free because the decision below also takes `notified_revision` into account (module
+        // docs, "New watchers").
+        let current = self.history.current_revision();
+        let mut st = self.lock();
+        if st.closed {
+            return watcher; // `tx` is dropped: recv answers None.
+        }
+        let head = current.max(st.notified_revision);
+        let (next_revision, synced) = if req.start_revision <= 0 {
+            (head + 1, true)
+        } else {
+            // A future start is synced at once; `next_revision` holds back the revisions below it.
+            (req.start_revision, req.start_revision > head)
+        };
+        st.watchers.insert(
+            id,
+            Entry {
+                key: req.key,
+                range_end: req.range_end,
+                prev_kv: req.prev_kv,
+                filter_put: req.filter_put,
+                filter_delete: req.filter_delete,
+                next_revision,
+                tx,
+                slow,
+            },
+        );
+        if synced {
+            st.make_synced(id);
+        } else {
+            st.make_unsynced(id);
+        }
+        drop(st);
+        if !synced {
+            self.wake.notify_one();
+        }
+        tracing::debug!(watch_id = %id, rev = next_revision, synced, "watch created");
+        watcher
+    }
+
+    /// Fans out the events of one write transaction at `revision` to the synced watchers.
+    ///
+    /// Called by the apply thread once per revision, in increasing order, after the store shows
+    /// `revision`. Never blocks on a watcher: a watcher whose channel is full is moved to the unsynced
+    /// set and later caught up from history.
+    pub fn notify(&self, revision: i64, events: &[Event]) {
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        st.notified_revision = st.notified_revision.max(revision);
+
+        // Collect each matching synced watcher's events of this revision, in transaction order.
+        let mut matched: HashMap<WatchId, Vec<&Event>> = HashMap::new();
+        for event in events {
+            if let Some(ids) = st.synced_keys.get(&event.kv.key) {
+                for id in ids {
+                    matched.entry(*id).or_default().push(event);
+                }
+            }
+            for id in &st.synced_ranges {
+                if let Some(entry) = st.watchers.get(id) {
+                    if in_range(&event.kv.key, &entry.key, &entry.range_end) {
+                        matched.entry(*id).or_default().push(event);
+                    }
+                }
+            }
+        }
+
+        let mut fell_behind = Vec::new();
+        let mut gone = Vec::new();
+        for (id, matched_events) in matched {
+            let Some(entry) = st.watchers.get_mut(&id) else {
+                continue;
+            };
+            // Rule 1: already sent from history (or below a future start revision).
+            if revision < entry.next_revision {
+                continue;
+            }
+            let out: Vec<Event> = matched_events
+                .into_iter()
+                .filter_map(|e| entry.prepare(e))
+                .collect();
+            if out.is_empty() {
+                entry.next_revision = revision + 1;
+                continue;
+            }
+            match entry.tx.try_send(WatchBatch {
+                events: out,
+                compact_revision: 0,
+            }) {
+                Ok(()) => entry.next_revision = revision + 1,
+                Err(TrySendError::Full(_)) => {
+                    // This revision was not sent: catch-up starts from it.
+                    entry.next_revision = revision;
+                    fell_behind.push(id);
+                }
+                Err(TrySendError::Closed(_)) => gone.push(id),
+            }
+        }
+        let woke = !fell_behind.is_empty();
+        for id in fell_behind {
+            tracing::debug!(watch_id = %id, rev = revision, "watcher fell behind");
+            st.make_unsynced(id);
+        }
+        for id in gone {
+            st.remove(id);
+        }
+        drop(st);
+        if woke {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Ends every watcher (their `recv` answers `None`, dropping anything still buffered) and stops
+    /// the catch-up task. Later watches are born ended and `notify` does nothing.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        self.closed.store(true, Ordering::Release);
+        // Dropping the entries drops their senders, which wakes every waiting `recv`.
+        st.watchers.clear();
+        st.synced_keys.clear();
+        st.synced_ranges.clear();
+        st.unsynced.clear();
+        drop(st);
+        self.wake.notify_one();
+        tracing::info!("watch hub closed");
+    }
+
+    /// The number of live watchers (synced or not); a gauge for metrics and tests.
+    pub fn watcher_count(&self) -> usize {
+        self.lock().watchers.len()
+    }
+
+    /// The number of watchers behind the live stream, waiting for catch-up (etcd's slow watcher
+    /// gauge).
+    pub fn slow_watcher_count(&self) -> usize {
+        self.lock().unsynced.len()
+    }
+
+    /// Whether [`close`](Self::close) has run.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Forgets a watcher; called when its [`Watcher`] is dropped.
+    pub(super) fn unregister(&self, id: WatchId) {
+        self.lock().remove(id);
+        tracing::debug!(watch_id = %id, "watch cancelled");
+    }
+
+    /// Asks the catch-up task to run a round soon (a slow watcher made room in its channel).
+    pub(super) fn wake_catch_up(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The hub lock. A poisoned lock (a panic inside a critical section, which holds no invariant
+    /// half-done across a call that can panic) is taken over rather than propagated to every caller.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One catch-up round over every unsynced watcher. Blocking (reads history); run it on a blocking
+    /// thread. Returns true when another round should follow at once: some watcher made progress but
+    /// is not yet synced and is not waiting for its reader.
+    fn catch_up_round(&self) -> bool {
+        // 1. Under the lock: what each unsynced watcher needs.
+        let jobs: Vec<Job> = {
+            let st = self.lock();
+            if st.closed {
+                return false;
+            }
+            st.unsynced
+                .iter()
+                .filter_map(|id| {
+                    st.watchers.get(id).map(|e| Job {
+                        id: *id,
+                        key: e.key.clone(),
+                        range_end: e.range_end.clone(),
+                        from: e.next_revision,
+                    })
+                })
+                .collect()
+        };
+        if jobs.is_empty() {
+            return false;
+        }
+
+        // 2. Without the lock: read history. `current` is read first; every revision up to it is
+        // in the store (rule 2).
+        let current = self.history.current_revision();
+        let reads: Vec<Read> = jobs.iter().map(|job| self.read(job, current)).collect();
+
+        // 3. Under the lock: send, advance, hand over.
+        let mut again = false;
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        for (job, read) in jobs.into_iter().zip(reads) {
+            // Only catch-up moves an unsynced watcher, so this holds unless the watcher was dropped;
+            // checked so that no change elsewhere can make us send from a stale read.
+            if !st.unsynced.contains(&job.id) {
+                continue;
+            }
+            let Some(entry) = st.watchers.get_mut(&job.id) else {
+                continue;
+            };
+            if entry.next_revision != job.from {
+                continue;
+            }
+            match read {
+                Read::Failed => {}
+                Read::Compacted(compact_revision) => {
+                    let batch = WatchBatch {
+                        events: Vec::new(),
+                        compact_revision,
+                    };
+                    match entry.tx.try_send(batch) {
+                        // etcd cancels a watch on a compacted revision; dropping the sender after the
+                        // notice makes `recv` answer None next.
+                        Ok(()) | Err(TrySendError::Closed(_)) => {
+                            tracing::debug!(watch_id = %job.id, compact_revision, "watch compacted");
+                            st.remove(job.id);
+                        }
+                        Err(TrySendError::Full(_)) => {} // the reader wakes us when there is room
+                    }
+                }
+                Read::Events { events, to } => {
+                    match send_batches(entry, events, self.config.max_batch_events) {
+                        Sent::All => {
+                            entry.next_revision = to + 1;
+                            // Rule 3: every revision above `to` is still to be notified.
+                            if to >= st.notified_revision {
+                                st.make_synced(job.id);
+                                tracing::debug!(watch_id = %job.id, rev = to + 1, "watcher synced");
+                            } else {
+                                again = true;
+                            }
+                        }
+                        Sent::Full => {}
+                        Sent::Closed => st.remove(job.id),
+                    }
+                }
+            }
+        }
+        again
+    }
+
+    /// Reads one job's events from history, at most up to `current`.
+    fn read(&self, job: &Job, current: i64) -> Read {
+        let compact = self.history.compact_revision();
+        if job.from <= compact {
+            return Read::Compacted(compact);
+        }
+        if job.from > current {
+            // Nothing new in the store yet; an empty read lets the watcher hand over.
+            return Read::Events {
+                events: Vec::new(),
+                to: job.from - 1,
+            };
+        }
+        let to = current.min(
+            job.from
+                .saturating_add(self.config.max_catch_up_revisions - 1),
+        );
+        match self.history.events(&job.key, &job.range_end, job.from, to) {
+            Ok(events) => Read::Events { events, to },
+            Err(Error::Compacted) => Read::Compacted(self.history.compact_revision()),
+            Err(e) => {
+                tracing::warn!(watch_id = %job.id, rev = job.from, error = %e, "watch catch-up failed");
+                Read::Failed
+            }
+        }
+    }
+}
+
+impl Drop for WatchHub {
+    fn drop(&mut self) {
+        // Let the catch-up task notice at once that the hub is gone.
+        self.wake.notify_one();
+    }
+}
+
+/// How far `send_batches` got.
+enum Sent {
+    /// Every batch is in the channel.
+    All,
+    /// The channel filled up; `next_revision` points at the first revision not sent.
+    Full,
+    /// The reader is gone.
+    Closed,
+}
+
+/// Filters `events` (all on the watcher's range, in revision order) for `entry` and sends them in
+/// batches of at most `max_events`, cut only between revisions. Advances `entry.next_revision` past
+/// each batch sent.
+fn send_batches(entry: &mut Entry, events: Vec<Event>, max_events: usize) -> Sent {
+    let mut batch: Vec<Event> = Vec::new();
+    let mut iter = events
+        .iter()
+        .filter(|e| e.revision() >= entry.next_revision)
+        .filter_map(|e| entry.prepare(e))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .peekable();
+    while let Some(event) = iter.next() {
+        let revision = event.revision();
+        batch.push(event);
+        let revision_ends = iter.peek().is_none_or(|next| next.revision() != revision);
+        if revision_ends && (batch.len() >= max_events || iter.peek().is_none()) {
+            let events = std::mem::take(&mut batch);
+            match entry.tx.try_send(WatchBatch {
+                events,
+                compact_revision: 0,
+            }) {
+                Ok(()) => entry.next_revision = revision + 1,
+                Err(TrySendError::Full(_)) => return Sent::Full,
+                Err(TrySendError::Closed(_)) => return Sent::Closed,
+            }
+        }
+    }
+    Sent::All
+}
+
+/// Spawns the catch-up task. It holds the hub weakly, so it ends when the hub is dropped or closed.
+fn spawn_catch_up(hub: &Arc<WatchHub>) {
+    let weak = Arc::downgrade(hub);
+    let wake = Arc::clone(&hub.wake);
+    let period = hub.config.catch_up_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tick.tick() => {}
+            }
+            loop {
+                let Some(hub) = weak.upgrade() else {
+                    return;
+                };
+                if hub.is_closed() {
+                    return;
+                }
+                // History reads may touch disk: keep them off the async workers.
+                let again = match tokio::task::spawn_blocking(move || hub.catch_up_round()).await {
+                    Ok(again) => again,
+                    Err(e) => {
+                        tracing::error!(error = %e, "watch catch-up round failed");
+                        false
+                    }
+                };
+                if !again {
+                    break;
+                }
+            }
+        }
+    });
+}
