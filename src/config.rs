@@ -22,7 +22,11 @@ pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
 
 /// The `mini-etcd` command line.
 #[derive(Debug, Parser)]
-#[command(name = "mini-etcd", version, about = "A distributed, consistent key-value store that speaks etcd's v3 API")]
+#[command(
+    name = "mini-etcd",
+    version,
+    about = "A distributed, consistent key-value store that speaks etcd's v3 API"
+)]
 pub struct Cli {
     /// A subcommand; without one, the server starts.
     #[command(subcommand)]
@@ -54,16 +58,32 @@ pub struct ServerArgs {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Comma-separated URLs to listen on for client traffic (the etcd v3 gRPC API).
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub listen_client_urls: String,
     /// Comma-separated client URLs to advertise to the rest of the cluster and to clients.
-    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub advertise_client_urls: String,
     /// Comma-separated URLs to listen on for peer (Raft) traffic.
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub listen_peer_urls: String,
     /// Comma-separated peer URLs of this member to advertise to the rest of the cluster.
-    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping: `name1=url1,name2=url2`
     /// [default: <name>=<first initial advertise peer url>].
@@ -73,7 +93,11 @@ pub struct ServerArgs {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
     /// Initial cluster token, mixed into the cluster id so separate clusters never mistake each other.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// Number of applied Raft entries after which the applied state becomes a snapshot and older WAL
     /// segments are released.
@@ -86,7 +110,11 @@ pub struct ServerArgs {
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
     /// URL to serve the seed's REST API on (ours; etcd has no such flag).
-    #[arg(long, env = "ETCD_LISTEN_REST_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_REST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub listen_rest_url: String,
     /// Log level: debug, info, warn or error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
@@ -129,9 +157,9 @@ pub struct Config {
 impl Config {
     /// A configuration with every default, for `data_dir`: what `mini-etcd --data-dir DIR` would run.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Result<Config> {
-        let args = ServerArgs::try_parse_from(["mini-etcd"])
+        let cli = Cli::try_parse_from(["mini-etcd"])
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut cfg = Config::from_args(args)?;
+        let mut cfg = Config::from_args(cli.server)?;
         cfg.data_dir = data_dir.into();
         Ok(cfg)
     }
@@ -141,8 +169,10 @@ impl Config {
         if a.name.is_empty() {
             return Err(Error::InvalidArgument("--name must not be empty".into()));
         }
-        let initial_advertise_peer_urls =
-            parse_urls("--initial-advertise-peer-urls", &a.initial_advertise_peer_urls)?;
+        let initial_advertise_peer_urls = parse_urls(
+            "--initial-advertise-peer-urls",
+            &a.initial_advertise_peer_urls,
+        )?;
         let initial_cluster = match &a.initial_cluster {
             Some(s) => parse_initial_cluster(s)?,
             None => vec![(a.name.clone(), initial_advertise_peer_urls.clone())],
@@ -155,7 +185,9 @@ impl Config {
         }
         let max_request_bytes = a.max_request_bytes;
         if max_request_bytes == 0 {
-            return Err(Error::InvalidArgument("--max-request-bytes must be > 0".into()));
+            return Err(Error::InvalidArgument(
+                "--max-request-bytes must be > 0".into(),
+            ));
         }
         Ok(Config {
             data_dir: a
@@ -232,10 +264,14 @@ fn parse_url(flag: &str, s: &str) -> Result<Url> {
         )));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::InvalidArgument(format!("{flag}: URL {s:?} has no host")));
+        return Err(Error::InvalidArgument(format!(
+            "{flag}: URL {s:?} has no host"
+        )));
     }
     if url.port().is_none() {
-        return Err(Error::InvalidArgument(format!("{flag}: URL {s:?} has no port")));
+        return Err(Error::InvalidArgument(format!(
+            "{flag}: URL {s:?} has no port"
+        )));
     }
     if url.path() != "/" && !url.path().is_empty() {
         return Err(Error::InvalidArgument(format!(
@@ -252,7 +288,9 @@ fn parse_urls(flag: &str, s: &str) -> Result<Vec<Url>> {
         .map(|p| parse_url(flag, p))
         .collect::<Result<Vec<_>>>()?;
     if urls.is_empty() {
-        return Err(Error::InvalidArgument(format!("{flag}: at least one URL is required")));
+        return Err(Error::InvalidArgument(format!(
+            "{flag}: at least one URL is required"
+        )));
     }
     Ok(urls)
 }

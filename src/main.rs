@@ -20,8 +20,23 @@ fn main() -> ExitCode {
     if let Some(Command::Repair { data_dir }) = cli.command {
         let wal_dir = data_dir.join("member").join("wal");
         return match mini_etcd::wal::repair(&wal_dir) {
-            Ok(report) => {
-                println!("{report}");
+            Ok(Some(r)) => {
+                println!(
+                    "repaired {}: cut at byte offset {} ({}), {} bytes dropped; damaged copies kept: {}",
+                    r.file.display(),
+                    r.offset,
+                    r.reason,
+                    r.bytes_dropped,
+                    r.broken_copies
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                println!("the WAL in {} needs no repair", wal_dir.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -39,7 +39,7 @@ pub enum EventKind {
 }
 
 /// One change to one key, as a watcher sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Put or delete.
     pub kind: EventKind,
@@ -47,4 +47,11 @@ pub struct Event {
     pub kv: KeyValue,
     /// The key's state just before this change, when it existed and was cheap to find.
     pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    /// The revision this event happened at.
+    pub fn revision(&self) -> i64 {
+        self.kv.mod_revision
+    }
 }

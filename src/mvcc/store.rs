@@ -68,7 +68,7 @@ pub struct RangeResult {
 }
 
 /// What a watch hub needs from the store: the revision counters and past events.
-pub trait History: Send + Sync {
+pub trait History: Send + Sync + 'static {
     /// The store's current revision.
     fn current_revision(&self) -> i64;
     /// The revision the store was last compacted at (0 if never).

@@ -78,7 +78,7 @@ impl Applier {
     }
 
     fn apply_entry(&mut self, e: &Entry) -> Result<()> {
-        let store = &self.shared.store;
+        let store = self.shared.store.clone();
         if e.index <= store.consistent_index() {
             // Applied before the last restart: the backend already has it.
             self.shared.applied_index.store(e.index, Ordering::Relaxed);
@@ -88,7 +88,7 @@ impl Applier {
             // The empty entry a new leader appends, or a membership change: no key-value effect.
             store.set_consistent_index(e.index);
         } else {
-            let req = RaftRequest::decode(e.data.as_slice())?;
+            let req = RaftRequest::decode(&e.data[..])?;
             let result = self.apply_request(e.index, req.op);
             match result {
                 Ok(r) => self.shared.wait.trigger(req.id, Ok(r)),

@@ -35,12 +35,12 @@ use raft::storage::MemStorage;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mvcc::{KeyValue, RangeOptions, RangeResult, Store};
-use crate::server::apply::{Applier, ApplyMsg};
+use crate::server::apply::Applier;
 use crate::server::raft_loop::{RaftLoop, RaftMsg};
 use crate::server::request::{CompactOp, DeleteRangeOp, Op, PutOp, RaftRequest, WalMetadata};
 use crate::server::wait::{ApplyResult, Wait};
 use crate::snap::SnapshotPolicy;
-use crate::wal::{SnapshotMark, Wal, WalOptions};
+use crate::wal::{SnapshotMark, Wal, WalContents, WalOptions};
 use crate::watch::{WatchHub, WatchRequest, Watcher};
 
 /// How long a client waits for its proposal to be applied (etcd: 5 s plus two election timeouts).
@@ -192,14 +192,42 @@ impl Server {
                 conf_state: ConfState::from((vec![meta.member_id], vec![])),
             };
             wal.save_snapshot(&mark)?;
-            let (wal, contents) = {
-                drop(wal);
-                Wal::open(&wal_dir, WalOptions::default())?
+            let contents = WalContents {
+                metadata: meta.encode_to_vec(),
+                snapshot: mark,
+                ..Default::default()
             };
             (wal, contents, meta)
         };
 
+        let (mut wal, mut contents) = (wal, contents);
         let consistent_index = store.consistent_index();
+        let last_wal_index = contents
+            .entries
+            .last()
+            .map_or(contents.snapshot.index, |e| e.index);
+        if consistent_index > last_wal_index {
+            // Only after `mini-etcd repair` cut entries the backend had already applied: the backend
+            // is then the newest state there is, so it becomes the snapshot the log restarts from.
+            let term = contents
+                .entries
+                .last()
+                .map_or(contents.snapshot.term, |e| e.term)
+                .max(contents.hard_state.term);
+            tracing::warn!(
+                consistent_index,
+                last_wal_index,
+                "the backend is ahead of the WAL (repaired?): restarting the log from the backend"
+            );
+            let mark = SnapshotMark {
+                index: consistent_index,
+                term,
+                conf_state: contents.snapshot.conf_state.clone(),
+            };
+            wal.save_snapshot(&mark)?;
+            contents.entries.clear();
+            contents.snapshot = mark;
+        }
         let snap = &contents.snapshot;
         if consistent_index < snap.index {
             return Err(Error::Corrupt(format!(
@@ -222,11 +250,15 @@ impl Server {
                 core.set_conf_state(snap.conf_state.clone());
             }
             core.append(&contents.entries)?;
-            let last_index = raft::Storage::last_index(&storage).unwrap_or(snap.index);
+            let last_index = contents.entries.last().map_or(snap.index, |e| e.index);
             let mut hs = contents.hard_state.clone();
             // The commit index in the WAL may lag what was applied (it is persisted with the next
             // Ready); anything the backend applied was committed.
-            hs.commit = hs.commit.max(consistent_index).max(snap.index).min(last_index);
+            hs.commit = hs
+                .commit
+                .max(consistent_index)
+                .max(snap.index)
+                .min(last_index);
             core.set_hardstate(hs);
         }
         let commit_at_start = storage.rl().hard_state().commit;
@@ -267,7 +299,9 @@ impl Server {
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
         });
-        shared.committed_index.store(commit_at_start, Ordering::Relaxed);
+        shared
+            .committed_index
+            .store(commit_at_start, Ordering::Relaxed);
 
         let (raft_tx, raft_rx) = mpsc::channel();
         let (apply_tx, apply_rx) = mpsc::channel();
@@ -281,7 +315,9 @@ impl Server {
             apply_tx,
             shared: shared.clone(),
         };
-        threads.push(spawn_named("raft", shared.clone(), move || raft_loop.run())?);
+        threads.push(spawn_named("raft", shared.clone(), move || {
+            raft_loop.run()
+        })?);
 
         let applier = Applier {
             shared: shared.clone(),
@@ -292,10 +328,12 @@ impl Server {
         threads.push(spawn_named("apply", shared.clone(), move || applier.run())?);
 
         let committer_store = store.clone();
-        threads.push(spawn_named("backend-commit", shared.clone(), move || loop {
-            match stop_rx.recv_timeout(BACKEND_COMMIT_INTERVAL) {
-                Err(mpsc::RecvTimeoutError::Timeout) => committer_store.commit_backend()?,
-                _ => return Ok(()),
+        threads.push(spawn_named("backend-commit", shared.clone(), move || {
+            loop {
+                match stop_rx.recv_timeout(BACKEND_COMMIT_INTERVAL) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => committer_store.commit_backend()?,
+                    _ => return Ok(()),
+                }
             }
         })?);
 
@@ -369,7 +407,9 @@ impl Server {
             .propose(Op::DeleteRange(DeleteRangeOp { key, range_end }))
             .await?
         {
-            ApplyResult::DeleteRange { revision, prev_kvs } => Ok(DeleteResult { revision, prev_kvs }),
+            ApplyResult::DeleteRange { revision, prev_kvs } => {
+                Ok(DeleteResult { revision, prev_kvs })
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -414,7 +454,7 @@ impl Server {
             snapshot_index: s.snapshot_index.load(Ordering::Relaxed),
             revision: s.store.current_revision(),
             compact_revision: s.store.compact_revision(),
-            db_size: s.store.backend_size(),
+            db_size: s.store.backend().size_bytes().unwrap_or(0),
             watchers: s.hub.watcher_count(),
             proposals: s.proposals.load(Ordering::Relaxed),
             wal_syncs: s.wal_syncs.load(Ordering::Relaxed),
@@ -516,7 +556,13 @@ impl Inner {
         self.shared.wait.fail_all(|| Error::Stopped);
         self.shared.hub.close();
         self.shared.store.commit_backend()?;
-        match self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        match self
+            .shared
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             Some(why) => Err(Error::Internal(why)),
             None => Ok(()),
         }

@@ -69,6 +69,8 @@ impl RaftLoop {
     /// Runs until `Stop` or every sender is gone. An error here is fatal: the WAL could not be written.
     pub fn run(mut self) -> Result<()> {
         let mut last_tick = Instant::now();
+        // A campaign made before the loop started (single voter) is ready at once.
+        self.on_ready()?;
         loop {
             let timeout = TICK.saturating_sub(last_tick.elapsed());
             let first = match self.rx.recv_timeout(timeout) {
@@ -128,7 +130,12 @@ impl RaftLoop {
         // Keep the entry at `index` itself, so the log's last term stays known to Raft.
         store.wl().compact(index)?;
         let released = self.wal.release_to(index + 1)?;
-        tracing::info!(index, term, released, "snapshot: released WAL segments below it");
+        tracing::info!(
+            index,
+            term,
+            released,
+            "snapshot: released WAL segments below it"
+        );
         self.shared.snapshot_index.store(index, Ordering::Relaxed);
         Ok(())
     }
@@ -141,9 +148,7 @@ impl RaftLoop {
         let mut rd = self.node.ready();
 
         if let Some(ss) = rd.ss() {
-            self.shared
-                .leader
-                .store(ss.leader_id, Ordering::Relaxed);
+            self.shared.leader.store(ss.leader_id, Ordering::Relaxed);
             if ss.raft_state == StateRole::Leader {
                 tracing::info!(term = self.node.raft.term, "became leader");
             }

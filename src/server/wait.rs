@@ -107,7 +107,9 @@ impl Wait {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<ApplyResult>>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<ApplyResult>>>> {
         // A poisoned map is still a valid map: waiters are independent of each other.
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -128,7 +130,10 @@ mod tests {
         w.trigger(a, Ok(ApplyResult::Compact { revision: 8 })); // second answer is ignored
         w.cancel(b);
         w.fail_all(|| Error::Stopped);
-        assert!(matches!(ra.await, Ok(Ok(ApplyResult::Compact { revision: 7 }))));
+        assert!(matches!(
+            ra.await,
+            Ok(Ok(ApplyResult::Compact { revision: 7 }))
+        ));
         assert!(rb.await.is_err(), "a cancelled waiter is dropped");
         assert!(matches!(rc.await, Ok(Err(Error::Stopped))));
         assert!(w.is_empty());

@@ -92,70 +92,10 @@ mod watcher;
 #[cfg(test)]
 mod tests;
 
-use crate::error::Result;
-
 pub use hub::{WatchConfig, WatchHub};
 pub use watcher::Watcher;
 
-/// Whether an event wrote or deleted its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    /// The key was created or overwritten.
-    Put,
-    /// The key was deleted; `kv` is the tombstone (its `mod_revision` is the deleting revision).
-    Delete,
-}
-
-/// One version of a key, as etcd's `mvccpb.KeyValue`.
-///
-/// Plain fields with etcd's names, so that the MVCC store's own type can replace this one with a `use`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct KeyValue {
-    /// The key.
-    pub key: Vec<u8>,
-    /// The revision that created the key (of its current generation).
-    pub create_revision: i64,
-    /// The revision that last changed the key; for an event, the event's revision.
-    pub mod_revision: i64,
-    /// How often the key has been written since creation.
-    pub version: i64,
-    /// The value (empty for a delete).
-    pub value: Vec<u8>,
-    /// The lease the key is attached to, 0 for none.
-    pub lease: i64,
-}
-
-/// One change to one key, as etcd's `mvccpb.Event`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// Put or delete.
-    pub kind: EventKind,
-    /// The key after the change (a tombstone for a delete).
-    pub kv: KeyValue,
-    /// The key before the change, when the store knows it; only sent to watchers that asked.
-    pub prev_kv: Option<KeyValue>,
-}
-
-impl Event {
-    /// The revision this event happened at.
-    pub fn revision(&self) -> i64 {
-        self.kv.mod_revision
-    }
-}
-
-/// What the hub needs from the MVCC store: its revisions and a way to read past events.
-///
-/// Implemented by the store; tests implement it with an in-memory list of events. The hub never calls
-/// these while holding its own lock, so the store may call [`WatchHub::notify`] while holding its locks.
-pub trait History: Send + Sync + 'static {
-    /// The newest revision the store shows.
-    fn current_revision(&self) -> i64;
-    /// The newest revision removed by compaction (0 when nothing has been compacted).
-    fn compact_revision(&self) -> i64;
-    /// Every event on `[key, range_end)` with `from <= revision <= to`, in revision order.
-    /// `Err(Error::Compacted)` if `from <= compact_revision`.
-    fn events(&self, key: &[u8], range_end: &[u8], from: i64, to: i64) -> Result<Vec<Event>>;
-}
+pub use crate::mvcc::{Event, EventKind, History, KeyValue};
 
 /// A request to watch a key or range (the fields of etcd's `WatchCreateRequest` the hub cares about).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
+use crate::error::Result;
 use crate::error::Error;
 
 /// A hook run at the start of the next `History::events` call.

@@ -25,17 +25,77 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         "Whether a leader exists (1) or not (0).",
         u8::from(s.leader != 0).to_string(),
     );
-    metric("etcd_server_is_leader", "gauge", "Whether this member is the leader.", u8::from(s.leader == s.member_id).to_string());
-    metric("etcd_server_proposals_committed_total", "gauge", "The index of the last committed proposal.", s.committed_index.to_string());
-    metric("etcd_server_proposals_applied_total", "gauge", "The index of the last applied proposal.", s.applied_index.to_string());
-    metric("etcd_server_proposals_pending", "gauge", "Proposals waiting to be applied.", s.pending_proposals.to_string());
-    metric("etcd_debugging_mvcc_current_revision", "gauge", "The current store revision.", s.revision.to_string());
-    metric("etcd_debugging_mvcc_compact_revision", "gauge", "The revision of the last compaction.", s.compact_revision.to_string());
-    metric("etcd_mvcc_db_total_size_in_bytes", "gauge", "Total size of the backend file.", s.db_size.to_string());
-    metric("mini_etcd_raft_term", "gauge", "The current Raft term.", s.term.to_string());
-    metric("mini_etcd_snapshot_index", "gauge", "The Raft index of the last snapshot.", s.snapshot_index.to_string());
-    metric("mini_etcd_proposals_total", "counter", "Proposals made by this member.", s.proposals.to_string());
-    metric("mini_etcd_wal_fsyncs_total", "counter", "WAL fsyncs (proposals per fsync shows group commit).", s.wal_syncs.to_string());
-    metric("mini_etcd_watchers", "gauge", "Live watchers.", s.watchers.to_string());
+    metric(
+        "etcd_server_is_leader",
+        "gauge",
+        "Whether this member is the leader.",
+        u8::from(s.leader == s.member_id).to_string(),
+    );
+    metric(
+        "etcd_server_proposals_committed_total",
+        "gauge",
+        "The index of the last committed proposal.",
+        s.committed_index.to_string(),
+    );
+    metric(
+        "etcd_server_proposals_applied_total",
+        "gauge",
+        "The index of the last applied proposal.",
+        s.applied_index.to_string(),
+    );
+    metric(
+        "etcd_server_proposals_pending",
+        "gauge",
+        "Proposals waiting to be applied.",
+        s.pending_proposals.to_string(),
+    );
+    metric(
+        "etcd_debugging_mvcc_current_revision",
+        "gauge",
+        "The current store revision.",
+        s.revision.to_string(),
+    );
+    metric(
+        "etcd_debugging_mvcc_compact_revision",
+        "gauge",
+        "The revision of the last compaction.",
+        s.compact_revision.to_string(),
+    );
+    metric(
+        "etcd_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "Total size of the backend file.",
+        s.db_size.to_string(),
+    );
+    metric(
+        "mini_etcd_raft_term",
+        "gauge",
+        "The current Raft term.",
+        s.term.to_string(),
+    );
+    metric(
+        "mini_etcd_snapshot_index",
+        "gauge",
+        "The Raft index of the last snapshot.",
+        s.snapshot_index.to_string(),
+    );
+    metric(
+        "mini_etcd_proposals_total",
+        "counter",
+        "Proposals made by this member.",
+        s.proposals.to_string(),
+    );
+    metric(
+        "mini_etcd_wal_fsyncs_total",
+        "counter",
+        "WAL fsyncs (proposals per fsync shows group commit).",
+        s.wal_syncs.to_string(),
+    );
+    metric(
+        "mini_etcd_watchers",
+        "gauge",
+        "Live watchers.",
+        s.watchers.to_string(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

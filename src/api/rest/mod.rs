@@ -106,8 +106,15 @@ async fn read_body(server: &Server, body: Body) -> ApiResult<Bytes> {
         .map_err(|_| ApiError(Error::RequestTooLarge))
 }
 
+/// Parses a JSON object body. Serde would also take a struct from an array (`["k","v"]`); the REST
+/// API promises objects, so anything else is rejected.
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed JSON body: {e}")))
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(bad("the JSON body must be an object"));
+    }
+    serde_json::from_value(value).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
 /// Adds `name` (or `name_base64` when not UTF-8) to a JSON object.
@@ -160,7 +167,10 @@ struct PutBody {
 async fn put(State(server): State<Server>, body: Body) -> ApiResult<Json<Value>> {
     let bytes = read_body(&server, body).await?;
     let req: PutBody = parse_json(&bytes)?;
-    let key = req.key.filter(|k| !k.is_empty()).ok_or(ApiError(Error::EmptyKey))?;
+    let key = req
+        .key
+        .filter(|k| !k.is_empty())
+        .ok_or(ApiError(Error::EmptyKey))?;
     let value = req.value.ok_or_else(|| bad("\"value\" is required"))?;
     let res = server
         .put(key.clone().into_bytes(), value.clone().into_bytes(), 0)
@@ -177,7 +187,8 @@ struct KeyQuery {
 }
 
 fn required_key(key: Option<String>) -> ApiResult<String> {
-    key.filter(|k| !k.is_empty()).ok_or(ApiError(Error::EmptyKey))
+    key.filter(|k| !k.is_empty())
+        .ok_or(ApiError(Error::EmptyKey))
 }
 
 fn parse_rev(rev: Option<&str>) -> ApiResult<i64> {
@@ -185,7 +196,9 @@ fn parse_rev(rev: Option<&str>) -> ApiResult<i64> {
         None | Some("") => Ok(0),
         Some(s) => match s.parse::<i64>() {
             Ok(n) if n >= 0 => Ok(n),
-            _ => Err(bad(format!("rev must be a non-negative integer, got {s:?}"))),
+            _ => Err(bad(format!(
+                "rev must be a non-negative integer, got {s:?}"
+            ))),
         },
     }
 }
@@ -205,10 +218,7 @@ async fn get_key(
     Ok(Json(kv_json(kv)))
 }
 
-async fn delete(
-    State(server): State<Server>,
-    Query(q): Query<KeyQuery>,
-) -> ApiResult<Json<Value>> {
+async fn delete(State(server): State<Server>, Query(q): Query<KeyQuery>) -> ApiResult<Json<Value>> {
     // Routed for DELETE and for POST, the seed's compatibility mode (PowerShell).
     let key = required_key(q.key)?;
     let res = server.delete_range(key.into_bytes(), Vec::new()).await?;
@@ -283,7 +293,11 @@ async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> Api
     }
     .min(MAX_WATCH_TIMEOUT_SECS);
     let key = key.into_bytes();
-    let range_end = if prefix { prefix_range_end(&key) } else { Vec::new() };
+    let range_end = if prefix {
+        prefix_range_end(&key)
+    } else {
+        Vec::new()
+    };
     let watcher = server.watch(WatchRequest {
         key,
         range_end,
@@ -335,7 +349,10 @@ async fn long_poll(server: Server, mut watcher: Watcher, timeout: Duration) -> A
     Ok(resp)
 }
 
-fn sse(watcher: Watcher, timeout: Duration) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+fn sse(
+    watcher: Watcher,
+    timeout: Duration,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let deadline = tokio::time::Instant::now() + timeout;
     let events = futures::stream::unfold(
         (watcher, Vec::<Value>::new().into_iter(), false),
@@ -384,9 +401,8 @@ async fn health(State(server): State<Server>) -> Response {
 }
 
 async fn version() -> Response {
-    let mut resp =
-        Json(json!({ "etcdserver": ETCD_API_VERSION, "etcdcluster": ETCD_API_VERSION }))
-            .into_response();
+    let mut resp = Json(json!({ "etcdserver": ETCD_API_VERSION, "etcdcluster": ETCD_API_VERSION }))
+        .into_response();
     resp.headers_mut().insert(
         header::SERVER,
         HeaderValue::from_static(concat!("mini-etcd/", env!("CARGO_PKG_VERSION"))),
