@@ -8,12 +8,14 @@
 //!   [`snap`] (when the applied state replaces the log's prefix).
 //! - [`wal`]: the write-ahead log that is Raft's durable storage.
 //!
+//! [`proto`] holds the etcd v3 wire types (compiled from `proto/` by `build.rs`, no system protoc).
 //! [`config`] turns flags and `ETCD_*` variables into a [`config::Config`]; [`error`] is the one error
 //! type.
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod mvcc;
+pub mod proto;
 pub mod server;
 pub mod snap;
 pub mod wal;
