@@ -53,7 +53,10 @@ async fn status_hash_defrag_alarms() {
     assert_eq!(now.compact_version(), -1);
 
     let d = ok("defragment", c.defragment().await);
-    assert_header("defragment", d.header(), None);
+    // etcd 3.4 sends its DefragmentResponse without a header; one is allowed, but must then be valid.
+    if d.header().is_some() {
+        assert_header("defragment", d.header(), None);
+    }
     // Data is intact after defragmentation.
     let r = ok("get", c.get("k", None).await);
     assert_eq!(r.kvs()[0].value(), b"w");
