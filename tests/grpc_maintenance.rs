@@ -63,7 +63,10 @@ async fn status_hash_defrag_alarms() {
 
     let a = ok("alarm list", c.alarm(AlarmAction::Get, AlarmType::None, None).await);
     assert!(a.alarms().is_empty(), "no alarms expected");
-    assert_header("alarm", a.header(), None);
+    // etcd 3.4 answers an alarm GET without a header, too.
+    if a.header().is_some() {
+        assert_header("alarm", a.header(), None);
+    }
 }
 
 #[tokio::test]
