@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::Server;
-use compat::{eventually, etcdctl, etcdctl_cmd, start};
+use compat::{etcdctl, etcdctl_cmd, eventually, start};
 
 /// Runs etcdctl and requires success; returns stdout.
 async fn ctl(server: &Server, args: &[&str]) -> String {
@@ -38,7 +38,8 @@ async fn ctl_json(server: &Server, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend(["-w", "json"]);
     let out = ctl(server, &all).await;
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl {all:?}: not JSON ({e}): {out:?}"))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("etcdctl {all:?}: not JSON ({e}): {out:?}"))
 }
 
 fn b64(s: &str) -> String {
@@ -159,12 +160,18 @@ async fn ctl_put_get_flags() {
     ctl(&server, &["put", "b", "2"]).await;
     ctl(&server, &["put", "c", "3"]).await;
     // --prev-kv prints OK and then the previous pair.
-    assert_eq!(ctl(&server, &["put", "a", "11", "--prev-kv"]).await, "OK\na\n1\n");
+    assert_eq!(
+        ctl(&server, &["put", "a", "11", "--prev-kv"]).await,
+        "OK\na\n1\n"
+    );
 
     assert_eq!(ctl(&server, &["get", "a"]).await, "a\n11\n");
     assert_eq!(ctl(&server, &["get", "missing"]).await, "");
     assert_eq!(ctl(&server, &["get", "a", "--prefix"]).await, "a\n11\n");
-    assert_eq!(ctl(&server, &["get", "b", "--from-key"]).await, "b\n2\nc\n3\n");
+    assert_eq!(
+        ctl(&server, &["get", "b", "--from-key"]).await,
+        "b\n2\nc\n3\n"
+    );
     assert_eq!(ctl(&server, &["get", "a", "c"]).await, "a\n11\nb\n2\n");
     assert_eq!(
         ctl(&server, &["get", "", "--prefix", "--limit", "2"]).await,
@@ -173,13 +180,31 @@ async fn ctl_put_get_flags() {
     assert_eq!(ctl(&server, &["get", "a", "--rev", "2"]).await, "a\n1\n");
     // etcd: --keys-only prints each key followed by an empty line.
     assert_eq!(ctl(&server, &["get", "a", "--keys-only"]).await, "a\n\n");
-    assert_eq!(ctl(&server, &["get", "a", "--print-value-only"]).await, "11\n");
     assert_eq!(
-        ctl(&server, &["get", "", "--prefix", "--sort-by=VALUE", "--order=DESCEND"]).await,
+        ctl(&server, &["get", "a", "--print-value-only"]).await,
+        "11\n"
+    );
+    assert_eq!(
+        ctl(
+            &server,
+            &["get", "", "--prefix", "--sort-by=VALUE", "--order=DESCEND"]
+        )
+        .await,
         "c\n3\nb\n2\na\n11\n"
     );
     assert_eq!(
-        ctl(&server, &["get", "", "--prefix", "--sort-by=CREATE", "--order=DESCEND", "--keys-only"]).await,
+        ctl(
+            &server,
+            &[
+                "get",
+                "",
+                "--prefix",
+                "--sort-by=CREATE",
+                "--order=DESCEND",
+                "--keys-only"
+            ]
+        )
+        .await,
         "c\n\nb\n\na\n\n"
     );
 
@@ -228,17 +253,26 @@ async fn ctl_txn_interactive() {
 
     // The script: compares, blank line, success ops, blank line, failure ops, blank line.
     let script = "value(\"k\") = \"v1\"\n\nput k v2\nput r yes\n\nput r no\n\n";
-    let out = etcdctl(&server, &["txn"], Some(script)).await.ok("txn success");
+    let out = etcdctl(&server, &["txn"], Some(script))
+        .await
+        .ok("txn success");
     assert_eq!(out, "SUCCESS\n\nOK\n\nOK\n");
-    assert_eq!(ctl(&server, &["get", "r", "--print-value-only"]).await, "yes\n");
+    assert_eq!(
+        ctl(&server, &["get", "r", "--print-value-only"]).await,
+        "yes\n"
+    );
 
     let script = "mod(\"k\") > \"0\"\nversion(\"k\") = \"9\"\n\nput r never\n\nget k\n\n";
-    let out = etcdctl(&server, &["txn"], Some(script)).await.ok("txn failure");
+    let out = etcdctl(&server, &["txn"], Some(script))
+        .await
+        .ok("txn failure");
     assert_eq!(out, "FAILURE\n\nk\nv2\n");
 
     // -i prints prompts, the result is the same.
     let script = "create(\"k\") > \"0\"\n\ndel r\n\n\n";
-    let out = etcdctl(&server, &["txn", "-i"], Some(script)).await.ok("txn -i");
+    let out = etcdctl(&server, &["txn", "-i"], Some(script))
+        .await
+        .ok("txn -i");
     assert!(out.ends_with("SUCCESS\n\n1\n"), "{out:?}");
     assert!(out.starts_with("compares:\n"), "{out:?}");
 
@@ -247,9 +281,15 @@ async fn ctl_txn_interactive() {
         .await
         .json();
     // etcd omits `succeeded` when false; the put's response header carries only the revision.
-    assert!(v.get("succeeded").is_none() || v["succeeded"] == false, "{v}");
+    assert!(
+        v.get("succeeded").is_none() || v["succeeded"] == false,
+        "{v}"
+    );
     assert_eq!(v["header"]["revision"], 5);
-    assert_eq!(v["responses"][0]["Response"]["ResponsePut"]["header"]["revision"], 5);
+    assert_eq!(
+        v["responses"][0]["Response"]["ResponsePut"]["header"]["revision"],
+        5
+    );
 
     // Duplicate keys in one branch.
     let err = etcdctl(&server, &["txn"], Some("\n\nput a 1\nput a 2\n\n\n"))
@@ -271,10 +311,16 @@ async fn ctl_errors() {
         "{err}"
     );
     let err = ctl_err(&server, &["put", "", "v"]).await;
-    assert!(err.contains("Error: etcdserver: key is not provided"), "{err}");
+    assert!(
+        err.contains("Error: etcdserver: key is not provided"),
+        "{err}"
+    );
     let big = "x".repeat(2000);
     let err = ctl_err(&server, &["put", "big", &big]).await;
-    assert!(err.contains("Error: etcdserver: request is too large"), "{err}");
+    assert!(
+        err.contains("Error: etcdserver: request is too large"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -284,8 +330,11 @@ async fn ctl_watch() {
     ctl(&server, &["put", "w1", "b"]).await; // 3
     ctl(&server, &["put", "other", "x"]).await; // 4
     ctl(&server, &["del", "w1"]).await; // 5
-    // Starting at revision 2 replays history, so no race with the watch's creation.
-    let mut w = Running::spawn(&server, &["watch", "w", "--prefix", "--prev-kv", "--rev", "2"]);
+                                        // Starting at revision 2 replays history, so no race with the watch's creation.
+    let mut w = Running::spawn(
+        &server,
+        &["watch", "w", "--prefix", "--prev-kv", "--rev", "2"],
+    );
     // etcd's format: the event type, then (with --prev-kv, when there is one) the previous pair, then the pair.
     assert_eq!(w.lines(3).await, ["PUT", "w1", "a"]);
     assert_eq!(w.lines(5).await, ["PUT", "w1", "a", "w1", "b"]);
@@ -303,7 +352,11 @@ fn granted_id(out: &str) -> String {
         words.len() == 5 && words[0] == "lease" && words[2] == "granted",
         "lease grant output {out:?}"
     );
-    assert_eq!(words[1].len(), 16, "etcdctl prints lease ids as 16 hex digits: {out:?}");
+    assert_eq!(
+        words[1].len(),
+        16,
+        "etcdctl prints lease ids as 16 hex digits: {out:?}"
+    );
     words[1].to_string()
 }
 
@@ -314,7 +367,10 @@ async fn ctl_lease() {
     let id = granted_id(&out);
     assert_eq!(out, format!("lease {id} granted with TTL(60s)\n"));
 
-    assert_eq!(ctl(&server, &["put", "lk", "v", "--lease", &id]).await, "OK\n");
+    assert_eq!(
+        ctl(&server, &["put", "lk", "v", "--lease", &id]).await,
+        "OK\n"
+    );
     let out = ctl(&server, &["lease", "timetolive", &id, "--keys"]).await;
     let prefix = format!("lease {id} granted with TTL(60s), remaining(");
     assert!(out.starts_with(&prefix), "{out:?}");
@@ -343,7 +399,10 @@ async fn ctl_lease() {
         format!("lease {id} already expired\n")
     );
     let err = ctl_err(&server, &["lease", "revoke", &id]).await;
-    assert!(err.contains("etcdserver: requested lease not found"), "{err}");
+    assert!(
+        err.contains("etcdserver: requested lease not found"),
+        "{err}"
+    );
     let err = ctl_err(&server, &["lease", "keep-alive", "--once", &id]).await;
     assert!(err.contains("requested lease not found"), "{err}");
     assert_eq!(ctl(&server, &["lease", "list"]).await, "found 0 leases\n");
@@ -355,7 +414,10 @@ async fn ctl_compaction() {
     for v in ["1", "2", "3", "4"] {
         ctl(&server, &["put", "k", v]).await; // 2..=5
     }
-    assert_eq!(ctl(&server, &["compaction", "3"]).await, "compacted revision 3\n");
+    assert_eq!(
+        ctl(&server, &["compaction", "3"]).await,
+        "compacted revision 3\n"
+    );
     let err = ctl_err(&server, &["get", "k", "--rev", "2"]).await;
     assert!(
         err.contains("Error: etcdserver: mvcc: required revision has been compacted"),
@@ -363,13 +425,19 @@ async fn ctl_compaction() {
     );
     assert_eq!(ctl(&server, &["get", "k", "--rev", "3"]).await, "k\n2\n");
     let err = ctl_err(&server, &["compaction", "3"]).await;
-    assert!(err.contains("required revision has been compacted"), "{err}");
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
     assert_eq!(
         ctl(&server, &["compaction", "5", "--physical"]).await,
         "compacted revision 5\n"
     );
     let err = ctl_err(&server, &["compaction", "99"]).await;
-    assert!(err.contains("required revision is a future revision"), "{err}");
+    assert!(
+        err.contains("required revision is a future revision"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -402,7 +470,9 @@ async fn ctl_endpoint_and_member() {
     let res = etcdctl(&server, &["endpoint", "health"], None).await;
     assert_eq!(res.code, Some(0), "{res:?}");
     assert!(
-        res.stderr.contains(&format!("{url} is healthy: successfully committed proposal")),
+        res.stderr.contains(&format!(
+            "{url} is healthy: successfully committed proposal"
+        )),
         "{res:?}"
     );
     let v = ctl_json(&server, &["endpoint", "health"]).await;
@@ -425,7 +495,10 @@ async fn ctl_endpoint_and_member() {
     let out = ctl(&server, &["member", "list"]).await;
     let id = format!("{:x}", members[0]["ID"].as_u64().expect("ID"));
     let peer = members[0]["peerURLs"][0].as_str().expect("peer url");
-    assert_eq!(out, format!("{id}, started, default, {peer}, {url}, false\n"));
+    assert_eq!(
+        out,
+        format!("{id}, started, default, {peer}, {url}, false\n")
+    );
 }
 
 #[tokio::test]
@@ -434,10 +507,11 @@ async fn ctl_snapshot_defrag_alarm() {
     for i in 0..20 {
         ctl(&server, &["put", &format!("k{i}"), "v"]).await;
     }
-    let snap = dir.path().parent().expect("tmp").join(format!(
-        "compat-snap-{}.db",
-        std::process::id()
-    ));
+    let snap = dir
+        .path()
+        .parent()
+        .expect("tmp")
+        .join(format!("compat-snap-{}.db", std::process::id()));
     let snap_s = snap.display().to_string();
     let out = ctl(&server, &["snapshot", "save", &snap_s]).await;
     assert_eq!(out, format!("Snapshot saved at {snap_s}\n"));
@@ -447,9 +521,15 @@ async fn ctl_snapshot_defrag_alarm() {
 
     assert_eq!(
         ctl(&server, &["defrag"]).await,
-        format!("Finished defragmenting etcd member[{}]\n", server.client_url())
+        format!(
+            "Finished defragmenting etcd member[{}]\n",
+            server.client_url()
+        )
     );
-    assert_eq!(ctl(&server, &["get", "k1", "--print-value-only"]).await, "v\n");
+    assert_eq!(
+        ctl(&server, &["get", "k1", "--print-value-only"]).await,
+        "v\n"
+    );
     assert_eq!(ctl(&server, &["alarm", "list"]).await, "");
 }
 
@@ -469,7 +549,10 @@ async fn ctl_lock_two_contenders() {
         async move { (count(server, "mylock/").await == 2).then_some(()) }
     })
     .await;
-    assert!(!second.exited(), "the second contender must wait while the first holds the lock");
+    assert!(
+        !second.exited(),
+        "the second contender must wait while the first holds the lock"
+    );
 
     first.terminate().await;
     let rest = second.finish().await;
@@ -491,7 +574,11 @@ async fn ctl_elect_and_listen() {
     assert_eq!(won[1], "p1");
 
     let mut listen = Running::spawn(&server, &["elect", "-l", "el"]);
-    assert_eq!(listen.lines(2).await, won, "the observer sees the current leader");
+    assert_eq!(
+        listen.lines(2).await,
+        won,
+        "the observer sees the current leader"
+    );
 
     let mut two = Running::spawn(&server, &["elect", "el", "p2"]);
     eventually("second candidate queued", Duration::from_secs(30), || {
@@ -503,7 +590,11 @@ async fn ctl_elect_and_listen() {
     let won2 = two.lines(2).await;
     assert!(won2[0].starts_with("el/") && won2[0] != won[0], "{won2:?}");
     assert_eq!(won2[1], "p2");
-    assert_eq!(listen.lines(2).await, won2, "the observer sees the new leader");
+    assert_eq!(
+        listen.lines(2).await,
+        won2,
+        "the observer sees the new leader"
+    );
     two.terminate().await;
     listen.terminate().await;
 }

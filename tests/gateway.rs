@@ -50,7 +50,11 @@ fn assert_gw_header(what: &str, v: &Value, revision: i64) {
     assert!(nonzero("cluster_id"), "{what}: cluster_id in {v}");
     assert!(nonzero("member_id"), "{what}: member_id in {v}");
     assert!(nonzero("raft_term"), "{what}: raft_term in {v}");
-    assert_eq!(h["revision"], revision.to_string(), "{what}: revision in {v}");
+    assert_eq!(
+        h["revision"],
+        revision.to_string(),
+        "{what}: revision in {v}"
+    );
 }
 
 /// The error contract: HTTP `status`, body `{"error": msg, "message": msg, "code": code}`.
@@ -70,7 +74,12 @@ async fn gw_put_range_delete_txn() {
     assert_eq!(s, 200, "{v}");
     assert_gw_header("put", &v, 2);
 
-    let (s, v) = post(&server, "/v3/kv/range", &json!({"key": b64("gk")}).to_string()).await;
+    let (s, v) = post(
+        &server,
+        "/v3/kv/range",
+        &json!({"key": b64("gk")}).to_string(),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_gw_header("range", &v, 2);
     assert_eq!(v["count"], "1");
@@ -80,12 +89,22 @@ async fn gw_put_range_delete_txn() {
     );
 
     // An empty range: no kvs field, no count field (defaults are left out).
-    let (s, v) = post(&server, "/v3/kv/range", &json!({"key": b64("none")}).to_string()).await;
+    let (s, v) = post(
+        &server,
+        "/v3/kv/range",
+        &json!({"key": b64("none")}).to_string(),
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(v.get("kvs").is_none() && v.get("count").is_none(), "{v}");
 
     // Prefix range: range_end is the key with its last byte incremented.
-    post(&server, "/v3/kv/put", &json!({"key": b64("gl"), "value": b64("w")}).to_string()).await;
+    post(
+        &server,
+        "/v3/kv/put",
+        &json!({"key": b64("gl"), "value": b64("w")}).to_string(),
+    )
+    .await;
     let (_, v) = post(
         &server,
         "/v3/kv/range",
@@ -109,7 +128,10 @@ async fn gw_put_range_delete_txn() {
     assert_eq!(v["succeeded"], true, "{v}");
     assert_eq!(v["responses"][0]["response_range"]["count"], "1", "{v}");
     // The nested header carries only the revision.
-    assert_eq!(v["responses"][0]["response_range"]["header"], json!({"revision": "3"}));
+    assert_eq!(
+        v["responses"][0]["response_range"]["header"],
+        json!({"revision": "3"})
+    );
 
     let (s, v) = post(
         &server,
@@ -124,7 +146,10 @@ async fn gw_put_range_delete_txn() {
 
     let (s, v) = post(&server, "/v3/maintenance/status", "{}").await;
     assert_eq!(s, 200);
-    assert!(v["version"].as_str().is_some_and(|s| s.starts_with("3.")), "{v}");
+    assert!(
+        v["version"].as_str().is_some_and(|s| s.starts_with("3.")),
+        "{v}"
+    );
     assert_eq!(v["leader"], v["header"]["member_id"]);
 }
 
@@ -133,7 +158,12 @@ async fn gw_errors() {
     let (server, _dir) = start(&[]).await;
     // Bad base64: 400 with gRPC code 3 (InvalidArgument). etcd's message comes from Go's decoder
     // ("illegal base64 data at input byte 0"), so only the shape is asserted.
-    let (s, v) = post(&server, "/v3/kv/put", &json!({"key": "!!!", "value": b64("v")}).to_string()).await;
+    let (s, v) = post(
+        &server,
+        "/v3/kv/put",
+        &json!({"key": "!!!", "value": b64("v")}).to_string(),
+    )
+    .await;
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["code"], 3, "{v}");
     assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
@@ -146,7 +176,12 @@ async fn gw_errors() {
 
     assert_gw_error(
         "empty key",
-        post(&server, "/v3/kv/put", &json!({"key": "", "value": b64("v")}).to_string()).await,
+        post(
+            &server,
+            "/v3/kv/put",
+            &json!({"key": "", "value": b64("v")}).to_string(),
+        )
+        .await,
         400,
         3,
         "etcdserver: key is not provided",
@@ -154,7 +189,12 @@ async fn gw_errors() {
     // OutOfRange (11) maps to 400 as well.
     assert_gw_error(
         "future revision",
-        post(&server, "/v3/kv/range", &json!({"key": b64("k"), "revision": "99"}).to_string()).await,
+        post(
+            &server,
+            "/v3/kv/range",
+            &json!({"key": b64("k"), "revision": "99"}).to_string(),
+        )
+        .await,
         400,
         11,
         "etcdserver: mvcc: required revision is a future revision",
@@ -162,7 +202,12 @@ async fn gw_errors() {
     // NotFound (5) maps to 404.
     assert_gw_error(
         "unknown lease",
-        post(&server, "/v3/lease/revoke", &json!({"ID": "4660"}).to_string()).await,
+        post(
+            &server,
+            "/v3/lease/revoke",
+            &json!({"ID": "4660"}).to_string(),
+        )
+        .await,
         404,
         5,
         "etcdserver: requested lease not found",
@@ -182,7 +227,9 @@ async fn gw_version_and_health() {
     assert_eq!(resp.status().as_u16(), 200);
     let v: Value = resp.json().await.expect("version JSON");
     for field in ["etcdserver", "etcdcluster"] {
-        let s = v[field].as_str().unwrap_or_else(|| panic!("{field} in {v}"));
+        let s = v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} in {v}"));
         let parts: Vec<&str> = s.split('.').collect();
         assert!(
             parts.len() == 3 && parts[0] == "3" && parts.iter().all(|p| p.parse::<u32>().is_ok()),
@@ -205,8 +252,18 @@ async fn gw_version_and_health() {
 #[tokio::test]
 async fn gw_watch_stream() {
     let (server, _dir) = start(&[]).await;
-    post(&server, "/v3/kv/put", &json!({"key": b64("wk"), "value": b64("1")}).to_string()).await; // 2
-    post(&server, "/v3/kv/deleterange", &json!({"key": b64("wk")}).to_string()).await; // 3
+    post(
+        &server,
+        "/v3/kv/put",
+        &json!({"key": b64("wk"), "value": b64("1")}).to_string(),
+    )
+    .await; // 2
+    post(
+        &server,
+        "/v3/kv/deleterange",
+        &json!({"key": b64("wk")}).to_string(),
+    )
+    .await; // 3
 
     let client = reqwest::Client::new();
     let resp = client
@@ -253,7 +310,12 @@ async fn gw_watch_stream() {
             objects.push(v);
         }
         if events.len() == 2 && !live_sent {
-            post(&server, "/v3/kv/put", &json!({"key": b64("wk"), "value": b64("2")}).to_string()).await; // 4
+            post(
+                &server,
+                "/v3/kv/put",
+                &json!({"key": b64("wk"), "value": b64("2")}).to_string(),
+            )
+            .await; // 4
             live_sent = true;
         }
     }

@@ -15,7 +15,10 @@ use tonic::Code;
 
 /// Puts `key=value` and returns the revision of the write.
 async fn put(c: &mut Client, key: &str, value: &str) -> i64 {
-    let r = ok(&format!("put {key}"), bounded("put", c.put(key, value, None)).await);
+    let r = ok(
+        &format!("put {key}"),
+        bounded("put", c.put(key, value, None)).await,
+    );
     rev_of(r.header())
 }
 
@@ -51,14 +54,16 @@ async fn put_get_and_headers() {
     // prev_kv on a new key: no previous pair.
     let r = ok(
         "put new with prev_kv",
-        c.put("n", "x", Some(PutOptions::new().with_prev_key())).await,
+        c.put("n", "x", Some(PutOptions::new().with_prev_key()))
+            .await,
     );
     assert!(r.prev_key().is_none());
     assert_header("put", r.header(), Some(3));
 
     let r = ok(
         "put prev_kv",
-        c.put("k", "v2", Some(PutOptions::new().with_prev_key())).await,
+        c.put("k", "v2", Some(PutOptions::new().with_prev_key()))
+            .await,
     );
     assert_header("put prev_kv", r.header(), Some(4));
     let prev = r.prev_key().expect("prev_kv");
@@ -75,7 +80,12 @@ async fn put_get_and_headers() {
     assert_eq!(kv.key(), b"k");
     assert_eq!(kv.value(), b"v2");
     assert_eq!(
-        (kv.create_revision(), kv.mod_revision(), kv.version(), kv.lease()),
+        (
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version(),
+            kv.lease()
+        ),
         (2, 4, 2, 0)
     );
 
@@ -206,12 +216,22 @@ async fn range_forms_limit_count_keys_only() {
     assert_eq!(r.kvs().len(), 6);
 
     // count_only: no kvs, the count.
-    let r = get(&mut c, "b", GetOptions::new().with_prefix().with_count_only()).await;
+    let r = get(
+        &mut c,
+        "b",
+        GetOptions::new().with_prefix().with_count_only(),
+    )
+    .await;
     assert!(r.kvs().is_empty());
     assert_eq!(r.count(), 3);
 
     // keys_only: keys and metadata without values.
-    let r = get(&mut c, "b", GetOptions::new().with_prefix().with_keys_only()).await;
+    let r = get(
+        &mut c,
+        "b",
+        GetOptions::new().with_prefix().with_keys_only(),
+    )
+    .await;
     assert_eq!(keys(r.kvs()), ["b", "ba", "bb"]);
     assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
     assert!(r.kvs().iter().all(|kv| kv.mod_revision() > 0));
@@ -291,12 +311,28 @@ async fn range_sorting() {
         (SortTarget::Key, SortOrder::Ascend, &["s/a", "s/b", "s/c"]),
         (SortTarget::Key, SortOrder::Descend, &["s/c", "s/b", "s/a"]),
         (SortTarget::Value, SortOrder::Ascend, &["s/a", "s/b", "s/c"]),
-        (SortTarget::Value, SortOrder::Descend, &["s/c", "s/b", "s/a"]),
-        (SortTarget::Create, SortOrder::Ascend, &["s/b", "s/c", "s/a"]),
-        (SortTarget::Create, SortOrder::Descend, &["s/a", "s/c", "s/b"]),
+        (
+            SortTarget::Value,
+            SortOrder::Descend,
+            &["s/c", "s/b", "s/a"],
+        ),
+        (
+            SortTarget::Create,
+            SortOrder::Ascend,
+            &["s/b", "s/c", "s/a"],
+        ),
+        (
+            SortTarget::Create,
+            SortOrder::Descend,
+            &["s/a", "s/c", "s/b"],
+        ),
         (SortTarget::Mod, SortOrder::Ascend, &["s/a", "s/c", "s/b"]),
         (SortTarget::Mod, SortOrder::Descend, &["s/b", "s/c", "s/a"]),
-        (SortTarget::Version, SortOrder::Descend, &["s/c", "s/b", "s/a"]),
+        (
+            SortTarget::Version,
+            SortOrder::Descend,
+            &["s/c", "s/b", "s/a"],
+        ),
     ];
     for (target, order, want) in cases {
         let r = get(&mut c, "s/", sorted(*target, *order)).await;
@@ -338,8 +374,11 @@ async fn delete_ranges_with_prev_kv() {
 
     let r = ok(
         "delete prefix",
-        c.delete("p/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
-            .await,
+        c.delete(
+            "p/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await,
     );
     assert_eq!(r.deleted(), 3);
     assert_eq!(keys(r.prev_kvs()), ["p/1", "p/2", "p/3"]);
@@ -391,7 +430,7 @@ async fn txn_compares_and_branches() {
         c.put("l", "x", Some(PutOptions::new().with_lease(lease)))
             .await,
     ); // rev 3
-    // k: version 1, create 2, mod 2, value "b", lease 0.
+       // k: version 1, create 2, mod 2, value "b", lease 0.
 
     use CompareOp::{Equal, Greater, Less, NotEqual};
     let cases: Vec<(Compare, bool)> = vec![
@@ -434,7 +473,11 @@ async fn txn_compares_and_branches() {
             [TxnOpResponse::Get(g)] => g.kvs()[0].key().to_vec(),
             other => panic!("{what}: responses {other:?}"),
         };
-        assert_eq!(got, if want { b"k".to_vec() } else { b"l".to_vec() }, "{what}");
+        assert_eq!(
+            got,
+            if want { b"k".to_vec() } else { b"l".to_vec() },
+            "{what}"
+        );
     }
 
     // Failure branch writes; several compares are ANDed.
@@ -625,7 +668,11 @@ async fn compaction_errors() {
     );
     let r = ok("current read", c.get("k", None).await);
     assert_eq!(r.kvs()[0].value(), b"v4");
-    assert_eq!(r.kvs()[0].version(), 5, "compaction keeps the version count");
+    assert_eq!(
+        r.kvs()[0].version(),
+        5,
+        "compaction keeps the version count"
+    );
 }
 
 #[tokio::test]

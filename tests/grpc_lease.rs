@@ -129,13 +129,19 @@ async fn time_to_live_keepalive_and_revoke() {
         "watch",
         c.watch("l/", Some(WatchOptions::new().with_prefix())).await,
     );
-    let created = bounded("created", w.message()).await.expect("watch").expect("created");
+    let created = bounded("created", w.message())
+        .await
+        .expect("watch")
+        .expect("created");
     assert!(created.created());
     let r = ok("revoke", c.lease_revoke(id).await);
     assert_header("revoke", r.header(), Some(6));
     let mut deletes = Vec::new();
     while deletes.len() < 3 {
-        let r = bounded("events", w.message()).await.expect("watch").expect("events");
+        let r = bounded("events", w.message())
+            .await
+            .expect("watch")
+            .expect("events");
         for e in r.events() {
             assert_eq!(e.event_type(), EventType::Delete);
             let kv = e.kv().expect("kv");
@@ -151,7 +157,10 @@ async fn time_to_live_keepalive_and_revoke() {
             (b"l/c".to_vec(), 6)
         ]
     );
-    let r = ok("get", c.get("l/", Some(GetOptions::new().with_prefix())).await);
+    let r = ok(
+        "get",
+        c.get("l/", Some(GetOptions::new().with_prefix())).await,
+    );
     assert_eq!(r.count(), 1, "only the unleased key is left");
     assert_eq!(rev_of(r.header()), 6);
 
@@ -184,7 +193,10 @@ async fn lease_expires_without_keepalive() {
             .await,
     );
     let mut w = ok("watch", c.watch("short", None).await);
-    let created = bounded("created", w.message()).await.expect("watch").expect("created");
+    let created = bounded("created", w.message())
+        .await
+        .expect("watch")
+        .expect("created");
     assert!(created.created());
 
     // The deadline is a safety bound: expiry takes about 2 s; allow far more.
@@ -197,7 +209,10 @@ async fn lease_expires_without_keepalive() {
         }
     })
     .await;
-    let r = bounded("delete event", w.message()).await.expect("watch").expect("event");
+    let r = bounded("delete event", w.message())
+        .await
+        .expect("watch")
+        .expect("event");
     assert_eq!(r.events()[0].event_type(), EventType::Delete);
     let r = ok("ttl expired", c2.lease_time_to_live(id, None).await);
     assert_eq!(r.ttl(), -1);
@@ -221,7 +236,8 @@ async fn leases_survive_a_restart() {
     .id();
     ok(
         "put",
-        c.put("kept", "v", Some(PutOptions::new().with_lease(id))).await,
+        c.put("kept", "v", Some(PutOptions::new().with_lease(id)))
+            .await,
     );
     drop(c);
     // A clean stop (SIGTERM); etcd itself dies by the signal, so the exit code is not asserted here.

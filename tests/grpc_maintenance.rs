@@ -47,7 +47,11 @@ async fn status_hash_defrag_alarms() {
     // Revision 0 means the latest revision. (etcd 3.4's HashKVResponse has no hash_revision field: it reads
     // 0 there, so it is not asserted.)
     let at3 = ok("hash_kv 3", c.hash_kv(3).await);
-    assert_eq!(now.hash(), at3.hash(), "revision 0 hashes the latest revision");
+    assert_eq!(
+        now.hash(),
+        at3.hash(),
+        "revision 0 hashes the latest revision"
+    );
     assert_ne!(now.hash(), a.hash(), "a write changes the latest hash");
     // etcd: compact_revision is -1 while nothing was ever compacted.
     assert_eq!(now.compact_version(), -1);
@@ -61,7 +65,10 @@ async fn status_hash_defrag_alarms() {
     let r = ok("get", c.get("k", None).await);
     assert_eq!(r.kvs()[0].value(), b"w");
 
-    let a = ok("alarm list", c.alarm(AlarmAction::Get, AlarmType::None, None).await);
+    let a = ok(
+        "alarm list",
+        c.alarm(AlarmAction::Get, AlarmType::None, None).await,
+    );
     assert!(a.alarms().is_empty(), "no alarms expected");
     // etcd 3.4 answers an alarm GET without a header, too.
     if a.header().is_some() {
@@ -89,8 +96,15 @@ async fn snapshot_streams_the_backend() {
             Err(e) => panic!("snapshot stream failed: {e:?}"),
         }
     }
-    assert!(bytes > 5000, "snapshot of 50 x 100-byte values has {bytes} bytes");
-    assert_eq!(last_remaining, Some(0), "the last chunk says nothing remains");
+    assert!(
+        bytes > 5000,
+        "snapshot of 50 x 100-byte values has {bytes} bytes"
+    );
+    assert_eq!(
+        last_remaining,
+        Some(0),
+        "the last chunk says nothing remains"
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,10 @@ async fn next(stream: &mut WatchStream) -> WatchResponse {
 async fn watch(c: &mut Client, key: &str, opts: WatchOptions) -> (WatchStream, i64) {
     let mut stream = ok("watch", bounded("watch", c.watch(key, Some(opts))).await);
     let created = next(&mut stream).await;
-    assert!(created.created(), "first response is `created`: {created:?}");
+    assert!(
+        created.created(),
+        "first response is `created`: {created:?}"
+    );
     assert!(!created.canceled());
     assert!(created.events().is_empty());
     assert_header("created", created.header(), None);
@@ -174,7 +177,7 @@ async fn watch_cancel_progress_and_client_ids() {
     assert_eq!(id, 0);
 
     ok("put", c.put("other", "x", None).await); // 2
-    // A progress request is answered with the current revision and no events.
+                                                // A progress request is answered with the current revision and no events.
     ok("progress", s.request_progress().await);
     let r = next(&mut s).await;
     assert!(r.events().is_empty());
@@ -186,7 +189,8 @@ async fn watch_cancel_progress_and_client_ids() {
     // A second watch on the same stream with a client-chosen id.
     ok(
         "watch with id",
-        s.watch("j", Some(WatchOptions::new().with_watch_id(7))).await,
+        s.watch("j", Some(WatchOptions::new().with_watch_id(7)))
+            .await,
     );
     let r = next(&mut s).await;
     assert!(r.created());
@@ -250,11 +254,8 @@ async fn many_watches_on_one_stream_lose_nothing() {
     for i in 1..WATCHES {
         ok(
             "watch",
-            s.watch(
-                format!("w/{i}/"),
-                Some(WatchOptions::new().with_prefix()),
-            )
-            .await,
+            s.watch(format!("w/{i}/"), Some(WatchOptions::new().with_prefix()))
+                .await,
         );
         let r = next(&mut s).await;
         assert!(r.created(), "{r:?}");
@@ -284,7 +285,10 @@ async fn many_watches_on_one_stream_lose_nothing() {
     while total < WRITES {
         let r = next(&mut s).await;
         assert!(!r.canceled(), "{r:?}");
-        let idx = ids.iter().position(|&i| i == r.watch_id()).expect("known id");
+        let idx = ids
+            .iter()
+            .position(|&i| i == r.watch_id())
+            .expect("known id");
         let evs = flat(&r);
         total += evs.len();
         got[idx].extend(evs);
@@ -297,7 +301,10 @@ async fn many_watches_on_one_stream_lose_nothing() {
             .collect();
         assert_eq!(evs, &want, "watch {w}: every event, in order");
     }
-    let r = ok("get", c.get("w/", Some(GetOptions::new().with_prefix())).await);
+    let r = ok(
+        "get",
+        c.get("w/", Some(GetOptions::new().with_prefix())).await,
+    );
     assert_eq!(r.count() as usize, WRITES);
 }
 

@@ -39,17 +39,14 @@ pub async fn connect(server: &Server) -> Client {
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(CALL_BOUND);
     let endpoint = server.client_url();
-    bounded(
-        "connect",
-        Client::connect([endpoint.as_str()], Some(opts)),
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "cannot connect etcd-client to {endpoint}: {e}; server log:\n{}",
-            server.log_tail()
-        )
-    })
+    bounded("connect", Client::connect([endpoint.as_str()], Some(opts)))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect etcd-client to {endpoint}: {e}; server log:\n{}",
+                server.log_tail()
+            )
+        })
 }
 
 /// Awaits `fut` at most [`CALL_BOUND`]; panics naming `what` otherwise.
@@ -92,7 +89,11 @@ pub fn assert_header(what: &str, h: Option<&ResponseHeader>, revision: Option<i6
     let h = h.unwrap_or_else(|| panic!("{what}: response has no header"));
     assert_ne!(h.cluster_id(), 0, "{what}: header cluster_id");
     assert_ne!(h.member_id(), 0, "{what}: header member_id");
-    assert!(h.raft_term() >= 1, "{what}: header raft_term {}", h.raft_term());
+    assert!(
+        h.raft_term() >= 1,
+        "{what}: header raft_term {}",
+        h.raft_term()
+    );
     if let Some(rev) = revision {
         assert_eq!(h.revision(), rev, "{what}: header revision");
     }
@@ -204,7 +205,8 @@ pub async fn etcdctl(server: &Server, args: &[&str], stdin: Option<&str>) -> Ctl
         .unwrap_or_else(|e| panic!("spawn etcdctl {args:?}: {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(input.as_bytes()).expect("write etcdctl stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("write etcdctl stdin");
     }
     let pid = child.id();
     let waiter = tokio::task::spawn_blocking(move || child.wait_with_output());
