@@ -16,6 +16,7 @@
 //! not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
 
 pub mod apply;
+pub mod kv;
 pub mod raft_loop;
 pub mod request;
 pub mod wait;
@@ -34,10 +35,14 @@ use raft::storage::MemStorage;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::mvcc::{KeyValue, RangeOptions, RangeResult, Store};
+use crate::mvcc::Store;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
 use crate::server::apply::Applier;
 use crate::server::raft_loop::{RaftLoop, RaftMsg};
-use crate::server::request::{CompactOp, DeleteRangeOp, Op, PutOp, RaftRequest, WalMetadata};
+use crate::server::request::{Op, RaftRequest, WalMetadata};
 use crate::server::wait::{ApplyResult, Wait};
 use crate::snap::SnapshotPolicy;
 use crate::wal::{SnapshotMark, Wal, WalContents, WalOptions};
@@ -101,24 +106,6 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Held for the life of the server: the data dir lock.
     _lock: File,
-}
-
-/// The result of a put.
-#[derive(Debug, Clone)]
-pub struct PutResult {
-    /// The revision the put created.
-    pub revision: i64,
-    /// The previous key-value, if there was one.
-    pub prev_kv: Option<KeyValue>,
-}
-
-/// The result of a delete.
-#[derive(Debug, Clone)]
-pub struct DeleteResult {
-    /// The store revision after the delete.
-    pub revision: i64,
-    /// What was deleted.
-    pub prev_kvs: Vec<KeyValue>,
 }
 
 /// A point-in-time view of the server for health, status and metrics.
@@ -387,48 +374,102 @@ impl Server {
         &self.inner.shared
     }
 
-    /// Puts `key` = `value` through Raft; answers once applied.
-    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>, lease: i64) -> Result<PutResult> {
-        if key.is_empty() {
-            return Err(Error::EmptyKey);
-        }
-        match self.propose(Op::Put(PutOp { key, value, lease })).await? {
-            ApplyResult::Put { revision, prev_kv } => Ok(PutResult { revision, prev_kv }),
-            other => Err(unexpected(other)),
+    /// The response header etcd puts on every answer: cluster, member, `revision`, Raft term.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let s = &self.inner.shared;
+        ResponseHeader {
+            cluster_id: s.cluster_id,
+            member_id: s.member_id,
+            revision,
+            raft_term: s.term.load(Ordering::Relaxed),
         }
     }
 
-    /// Deletes `[key, range_end)` through Raft; answers once applied.
-    pub async fn delete_range(&self, key: Vec<u8>, range_end: Vec<u8>) -> Result<DeleteResult> {
-        if key.is_empty() {
-            return Err(Error::EmptyKey);
-        }
-        match self
-            .propose(Op::DeleteRange(DeleteRangeOp { key, range_end }))
-            .await?
-        {
-            ApplyResult::DeleteRange { revision, prev_kvs } => {
-                Ok(DeleteResult { revision, prev_kvs })
+    /// Completes a header whose revision the apply step set.
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header
+            .as_ref()
+            .map_or_else(|| self.revision(), |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    /// etcd's Put, through Raft; answers once applied.
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        kv::check_put(&req)?;
+        match self.propose(Op::Put(req)).await? {
+            ApplyResult::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
             }
             other => Err(unexpected(other)),
         }
     }
 
-    /// Compacts history below `revision` through Raft. Errors as etcd does for a future or
-    /// already-compacted revision.
-    pub async fn compact(&self, revision: i64) -> Result<i64> {
-        match self.propose(Op::Compact(CompactOp { revision })).await? {
-            ApplyResult::Compact { revision } => Ok(revision),
+    /// etcd's DeleteRange, through Raft; answers once applied.
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        kv::check_delete(&req)?;
+        match self.propose(Op::DeleteRange(req)).await? {
+            ApplyResult::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
             other => Err(unexpected(other)),
         }
     }
 
-    /// Reads a key or range from the store.
-    pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
+    /// etcd's Txn. A transaction that writes goes through Raft; a read-only one is evaluated on the
+    /// store at once (linearizable on a single voter, as every acknowledged write is applied).
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        kv::check_txn(&req, self.inner.config.max_txn_ops)?;
+        if !kv::txn_has_writes(&req) {
+            let store = self.inner.shared.store.clone();
+            let mut resp = tokio::task::spawn_blocking(move || {
+                let mut txn = store.write();
+                let mut effects = Vec::new();
+                // Dropped without `end`: a read-only transaction changes nothing.
+                let resp = kv::txn(&mut txn, &kv::NoLeases, &req, &mut effects);
+                drop(txn);
+                resp.map(|r| (r, store.current_revision()))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("txn task failed: {e}")))?
+            .map(|(mut r, rev)| {
+                kv::set_txn_revision(&mut r, rev);
+                r
+            })?;
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        match self.propose(Op::Txn(req)).await? {
+            ApplyResult::Txn(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// etcd's Compact, through Raft. Errors as etcd does for a future or already-compacted revision.
+    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
+        match self.propose(Op::Compaction(req)).await? {
+            ApplyResult::Compaction(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// etcd's Range, read from the store. Serializable and linearizable reads are the same on a single
+    /// voter: every acknowledged write is applied before it is acknowledged.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if self.inner.shared.stopped.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
         }
-        self.inner.shared.store.range(opts)
+        kv::check_range(req)?;
+        let mut resp = kv::range(&*self.inner.shared.store, req)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
     }
 
     /// Registers a watcher.

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::error::Result;
 use crate::error::Error;
+use crate::error::Result;
 
 /// A hook run at the start of the next `History::events` call.
 type Hook = Box<dyn FnOnce() + Send>;
