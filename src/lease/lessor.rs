@@ -475,6 +475,12 @@ mod tests {
     }
 
     #[test]
+    fn lessor_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Lessor>();
+    }
+
+    #[test]
     fn lessor_grant_revoke_attach_detach() {
         let f = Fixture::new();
         assert!(f.lessor.is_empty());
