@@ -22,14 +22,6 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// reported again after this interval.
 pub const EXPIRED_LEASE_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 
-/// etcd's text for granting an id that is in use (`rpctypes.ErrLeaseExist`).
-// TODO(error): becomes its own `Error` variant; until then it travels as `InvalidArgument`.
-pub const LEASE_EXISTS_TEXT: &str = "etcdserver: lease already exists";
-
-/// etcd's text for a TTL above [`MAX_LEASE_TTL`] (`rpctypes.ErrLeaseTTLTooLarge`).
-// TODO(error): becomes its own `Error` variant; until then it travels as `InvalidArgument`.
-pub const LEASE_TTL_TOO_LARGE_TEXT: &str = "etcdserver: too large lease TTL";
-
 /// The persisted form of a lease in [`Table::Lease`], under the key [`lease_key`]. Field numbers
 /// follow etcd's `leasepb.Lease` (`ID = 1`, `TTL = 2`); etcd's `RemainingTTL = 3` (checkpoints) is not
 /// written.
@@ -230,13 +222,13 @@ impl Lessor {
             return Err(Error::LeaseNotFound);
         }
         if ttl > MAX_LEASE_TTL {
-            return Err(Error::InvalidArgument(LEASE_TTL_TOO_LARGE_TEXT.into()));
+            return Err(Error::LeaseTtlTooLarge);
         }
         let ttl = ttl.max(self.min_ttl);
         let now = self.clock.now();
         let mut state = lock(&self.state);
         if state.leases.contains_key(&id) {
-            return Err(Error::InvalidArgument(LEASE_EXISTS_TEXT.into()));
+            return Err(Error::LeaseExists);
         }
         // Every member sets an expiry, but only the leader's is ever acted on (and `promote` resets
         // them all when a member becomes leader).

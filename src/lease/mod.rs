@@ -66,6 +66,5 @@ mod lessor;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use lessor::{
-    lease_key, LeaseRecord, LeaseTtl, Lessor, EXPIRED_LEASE_RETRY_INTERVAL, LEASE_EXISTS_TEXT,
-    LEASE_TTL_TOO_LARGE_TEXT, MAX_LEASE_TTL,
+    lease_key, LeaseRecord, LeaseTtl, Lessor, EXPIRED_LEASE_RETRY_INTERVAL, MAX_LEASE_TTL,
 };
