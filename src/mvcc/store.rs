@@ -251,6 +251,7 @@ impl Store {
             main,
             changes: Vec::new(),
             overlay: BTreeMap::new(),
+            extra: WriteBatch::new(),
         }
     }
 
@@ -467,6 +468,9 @@ pub struct WriteTxn<'a> {
     changes: Vec<Event>,
     /// Each written key's state after this transaction so far (`None` = deleted), for own reads.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Writes to other tables (leases, alarms) that must land in the same backend batch as this
+    /// transaction's records and consistent index.
+    extra: WriteBatch,
 }
 
 impl std::fmt::Debug for WriteTxn<'_> {
@@ -551,6 +555,12 @@ impl WriteTxn<'_> {
         Ok(existing)
     }
 
+    /// The batch for writes to other tables that must commit atomically with this transaction (and its
+    /// consistent index): a lease grant, an alarm.
+    pub fn backend_batch(&mut self) -> &mut WriteBatch {
+        &mut self.extra
+    }
+
     /// Reads like [`Store::range`]. With `revision` 0 (or [`WriteTxn::revision`] once the transaction
     /// has written) it sees this transaction's own writes; an explicit earlier revision does not.
     pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
@@ -602,6 +612,7 @@ impl WriteTxn<'_> {
             META_CONSISTENT_INDEX.to_vec(),
             consistent_index.to_be_bytes().to_vec(),
         );
+        batch.extend(self.extra);
         // Still under the state lock: no reader sees the index entries before their records.
         self.store.backend.write(batch);
         drop(state);
