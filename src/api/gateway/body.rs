@@ -73,9 +73,9 @@ impl JsonReader {
 
     /// The next message, or `None` once the body ends with only whitespace left.
     ///
-    /// Malformed JSON, a field of the wrong type or bad base64 are InvalidArgument with serde's
-    /// description (grpc-gateway also answers with its decoder's text). Unknown fields are ignored,
-    /// as etcd's gateway does.
+    /// Malformed JSON, a field of the wrong type or bad base64 are InvalidArgument, "invalid request
+    /// body: " and serde's description with its position (grpc-gateway answers with its decoder's
+    /// text, which differs). Unknown fields are ignored, as etcd's gateway does.
     pub async fn next<T>(&mut self) -> Result<Option<T>, Status>
     where
         T: DeserializeOwned + prost::Message,
@@ -121,7 +121,9 @@ impl JsonReader {
             }
             // An incomplete message waits for more bytes, unless there are none to come.
             Some(Err(e)) if e.is_eof() && !self.ended => Ok(None),
-            Some(Err(e)) => Err(Status::invalid_argument(e.to_string())),
+            Some(Err(e)) => Err(Status::invalid_argument(format!(
+                "invalid request body: {e}"
+            ))),
             None => {
                 // Only whitespace so far: nothing to keep.
                 self.buf.clear();

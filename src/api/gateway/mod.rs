@@ -89,19 +89,29 @@ where
     // closure is the only per-method code; `s.$method(r)` picks the request and response types.
     macro_rules! unary {
         ($svc:expr, $method:ident) => {
-            unary_route($svc.clone(), limits, |s, r| async move { s.$method(r).await })
+            unary_route(
+                $svc.clone(),
+                limits,
+                |s, r| async move { s.$method(r).await },
+            )
         };
     }
     macro_rules! bidi {
         ($svc:expr, $method:ident) => {
-            bidi_route($svc.clone(), limits, |s, r| async move { s.$method(r).await })
+            bidi_route(
+                $svc.clone(),
+                limits,
+                |s, r| async move { s.$method(r).await },
+            )
         };
     }
     macro_rules! server_streaming {
         ($svc:expr, $method:ident) => {
-            server_streaming_route($svc.clone(), limits, |s, r| async move {
-                s.$method(r).await
-            })
+            server_streaming_route(
+                $svc.clone(),
+                limits,
+                |s, r| async move { s.$method(r).await },
+            )
         };
     }
 
@@ -128,11 +138,17 @@ where
         .route("/v3/cluster/member/remove", unary!(cluster, member_remove))
         .route("/v3/cluster/member/update", unary!(cluster, member_update))
         .route("/v3/cluster/member/list", unary!(cluster, member_list))
-        .route("/v3/cluster/member/promote", unary!(cluster, member_promote))
+        .route(
+            "/v3/cluster/member/promote",
+            unary!(cluster, member_promote),
+        )
         // Maintenance
         .route("/v3/maintenance/alarm", unary!(maintenance, alarm))
         .route("/v3/maintenance/status", unary!(maintenance, status))
-        .route("/v3/maintenance/defragment", unary!(maintenance, defragment))
+        .route(
+            "/v3/maintenance/defragment",
+            unary!(maintenance, defragment),
+        )
         .route("/v3/maintenance/hash", unary!(maintenance, hash))
         .route("/v3/maintenance/hashkv", unary!(maintenance, hash_kv))
         .route(
@@ -283,9 +299,7 @@ fn unary_response<T: Serialize>(response: tonic::Response<T>) -> Response {
             forward_metadata(&metadata, response.headers_mut());
             response
         }
-        Err(e) => error_response(&Status::internal(format!(
-            "marshalling the response: {e}"
-        ))),
+        Err(e) => error_response(&Status::internal(format!("marshalling the response: {e}"))),
     }
 }
 
@@ -351,7 +365,11 @@ fn forward_metadata(metadata: &MetadataMap, headers: &mut HeaderMap) {
 /// A task decodes the body and feeds gRPC frames to a `tonic::Streaming`, the type the service
 /// traits take; it stops when the body ends (the client's half-close), when a message is malformed
 /// (grpc-gateway stops sending too), or when the service drops the stream.
-fn request_stream<T>(first: Option<T>, mut reader: JsonReader, limits: Limits) -> tonic::Streaming<T>
+fn request_stream<T>(
+    first: Option<T>,
+    mut reader: JsonReader,
+    limits: Limits,
+) -> tonic::Streaming<T>
 where
     T: DeserializeOwned + prost::Message + Default + Send + 'static,
 {
@@ -401,3 +419,5 @@ fn grpc_frame<T: prost::Message>(msg: &T) -> Bytes {
     Bytes::from(frame)
 }
 
+#[cfg(test)]
+mod tests;
