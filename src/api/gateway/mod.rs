@@ -26,7 +26,7 @@
 //! mistake). Unknown paths and wrong methods are left to whoever merges this router, so that it can
 //! be merged with another that has its own fallback.
 
-pub mod body;
+mod body;
 pub mod error;
 
 use std::convert::Infallible;

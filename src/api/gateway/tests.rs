@@ -25,7 +25,11 @@ const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted"
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// All six services; the interesting methods are written out, the rest are Unimplemented.
-struct Fake;
+#[derive(Default)]
+struct Fake {
+    /// Notified when a watch's response stream has been dropped (the HTTP client went away).
+    watch_dropped: Arc<tokio::sync::Notify>,
+}
 
 /// `impl $trait for Fake` with `$extra` items written out and the listed unary methods
 /// Unimplemented. (A macro around the whole impl, so that `async_trait` sees the expanded methods.)
@@ -106,6 +110,7 @@ fake!(Watch {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let mut requests = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let dropped = self.watch_dropped.clone();
         tokio::spawn(async move {
             let mut id = 0;
             while let Ok(Some(req)) = requests.message().await {
@@ -127,6 +132,7 @@ fake!(Watch {
                 id += 1;
             }
             tx.closed().await;
+            dropped.notify_one();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -214,7 +220,11 @@ fake!(Auth {}
 
 /// Serves the gateway over the fakes on 127.0.0.1:0; returns its base URL.
 async fn serve(max_request_bytes: usize) -> String {
-    let fake = Arc::new(Fake);
+    serve_fake(Arc::new(Fake::default()), max_request_bytes).await
+}
+
+/// Serves the gateway over `fake` on 127.0.0.1:0; returns its base URL.
+async fn serve_fake(fake: Arc<Fake>, max_request_bytes: usize) -> String {
     let app = router(
         fake.clone(),
         fake.clone(),
@@ -384,6 +394,26 @@ async fn watch_streams_result_lines() {
     let events: Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(events["result"]["events"][0]["kv"]["key"], "Zm9v");
     assert_eq!(events["result"]["events"][0]["kv"]["mod_revision"], "5");
+}
+
+#[tokio::test]
+async fn watch_ends_when_the_client_goes_away() {
+    let fake = Arc::new(Fake::default());
+    let base = serve_fake(fake.clone(), 1 << 20).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v3/watch"))
+        .body(r#"{"create_request":{"key":"Zm9v"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lines(resp, 2).await.len(), 2);
+    // `lines` dropped the response, and with it the connection.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        fake.watch_dropped.notified(),
+    )
+    .await
+    .expect("the watch's response stream is dropped");
 }
 
 #[tokio::test]
