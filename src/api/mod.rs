@@ -1,6 +1,7 @@
 //! The client-facing APIs. Each one only parses and validates, calls the [`crate::server::Server`]
 //! handle, and maps results and errors to its wire format; none of them changes state itself.
 
+pub mod gateway;
 pub mod grpc;
 pub mod rest;
 
