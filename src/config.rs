@@ -106,6 +106,9 @@ pub struct ServerArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
     /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -146,6 +149,8 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Most operations in one transaction branch.
+    pub max_txn_ops: usize,
     /// Backend quota in bytes.
     pub quota_backend_bytes: u64,
     /// The REST API's listen address.
@@ -202,6 +207,7 @@ impl Config {
             initial_cluster_token: a.initial_cluster_token,
             snapshot_count: a.snapshot_count,
             max_request_bytes,
+            max_txn_ops: a.max_txn_ops,
             quota_backend_bytes: a.quota_backend_bytes,
             listen_rest_url: parse_url("--listen-rest-url", &a.listen_rest_url)?,
             log_level: a.log_level,

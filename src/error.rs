@@ -48,6 +48,27 @@ pub enum Error {
     /// A transaction writes the same key twice.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// A lease with this id already exists.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A lease TTL above etcd's maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// `ignore_value`/`ignore_lease` on a key that does not exist (etcd's `ErrKeyNotFound`).
+    #[error("etcdserver: key not found")]
+    PutKeyNotFound,
+    /// A put with `ignore_value` also carried a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// A put with `ignore_lease` also carried a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A member-management call a single-node server cannot serve yet.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Authentication is requested but not available.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
     /// The backend is over `--quota-backend-bytes`.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
@@ -83,6 +104,12 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Error::EmptyKey
+            | Error::LeaseExists
+            | Error::LeaseTtlTooLarge
+            | Error::PutKeyNotFound
+            | Error::ValueProvided
+            | Error::LeaseProvided
+            | Error::AuthNotEnabled
             | Error::InvalidArgument(_)
             | Error::TooManyTxnOps
             | Error::DuplicateKey
@@ -92,6 +119,7 @@ impl Error {
             // best as 410 to a REST user, and no client parses the status for it.
             Error::Compacted => 410,
             Error::RequestTooLarge => 413,
+            Error::Unimplemented(_) => 501,
             Error::Timeout | Error::NoLeader | Error::Stopped | Error::NoSpace => 503,
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
@@ -100,6 +128,36 @@ impl Error {
             | Error::Raft(_)
             | Error::Internal(_) => 500,
         }
+    }
+
+    /// The gRPC status etcd answers this error with (codes from etcd's `rpctypes`). The one place that
+    /// mapping lives; clients match on the message text, so it is the `Display` text unchanged.
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self {
+            Error::EmptyKey
+            | Error::TooManyTxnOps
+            | Error::DuplicateKey
+            | Error::RequestTooLarge
+            | Error::PutKeyNotFound
+            | Error::ValueProvided
+            | Error::LeaseProvided
+            | Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
+            Error::LeaseNotFound | Error::KeyNotFound | Error::NotFound(_) => Code::NotFound,
+            Error::LeaseExists => Code::FailedPrecondition,
+            Error::AuthNotEnabled => Code::FailedPrecondition,
+            Error::NoSpace => Code::ResourceExhausted,
+            Error::Timeout | Error::NoLeader | Error::Stopped => Code::Unavailable,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Corrupt(_)
+            | Error::DataDirLocked(_)
+            | Error::Io(_)
+            | Error::Backend(_)
+            | Error::Raft(_)
+            | Error::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, self.to_string())
     }
 
     /// True when every replica applying the same request would fail the same way, so the error belongs to
@@ -196,6 +254,25 @@ mod tests {
         assert_eq!(Error::Timeout.http_status(), 503);
         assert_eq!(Error::Corrupt("x".into()).http_status(), 500);
         assert!(Error::Compacted.is_deterministic());
+        let st = Error::Compacted.to_status();
+        assert_eq!(st.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            st.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        assert_eq!(
+            Error::EmptyKey.to_status().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            Error::LeaseNotFound.to_status().code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            Error::NoSpace.to_status().code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(Error::Timeout.to_status().code(), tonic::Code::Unavailable);
         assert!(!Error::Io(std::io::Error::other("disk")).is_deterministic());
     }
 }

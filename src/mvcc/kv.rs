@@ -6,28 +6,9 @@
 //!
 //! Left out: etcd's `Event.Type` numbering is the API layer's concern; here the kind is a Rust enum.
 
-/// A key's state at one revision, field for field etcd's `mvccpb.KeyValue`.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct KeyValue {
-    /// The key, raw bytes.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// The revision of the put that created this generation of the key.
-    #[prost(int64, tag = "2")]
-    pub create_revision: i64,
-    /// The revision of the last change to the key.
-    #[prost(int64, tag = "3")]
-    pub mod_revision: i64,
-    /// How many puts this generation has seen: 1 on create, +1 on each put.
-    #[prost(int64, tag = "4")]
-    pub version: i64,
-    /// The value, raw bytes.
-    #[prost(bytes = "vec", tag = "5")]
-    pub value: Vec<u8>,
-    /// The lease the key is attached to; 0 for none.
-    #[prost(int64, tag = "6")]
-    pub lease: i64,
-}
+/// A key's state at one revision: etcd's own `mvccpb.KeyValue` wire type, so the bytes stored in the
+/// backend are exactly what etcd stores and what the API sends, with no conversion on the read path.
+pub use crate::proto::mvccpb::KeyValue;
 
 /// Whether an event wrote or removed its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,11 +1,12 @@
 //! Multi-version concurrency control: etcd's key-value model over a batched redb backend.
 //!
-//! Every write transaction that changes something takes the next *revision* (a store-wide counter
-//! starting at 1); each change inside it takes a `sub` position, so `(main, sub)` names one change
-//! ([`Revision`]). Nothing is overwritten: a put stores a new record under its revision, a delete stores
-//! a tombstone record. The backend's `key` table maps encoded revision -> [`KeyValue`], in revision
-//! order, which makes it both the history for watchers and the source from which the in-memory
-//! [`KeyIndex`]es are rebuilt at start-up.
+//! Every write transaction that changes something takes the next *revision* (a store-wide counter;
+//! as in etcd an empty store is at revision 1, so the first write takes 2); each change inside it
+//! takes a `sub` position, so `(main, sub)` names one change ([`Revision`]). Nothing is overwritten:
+//! a put stores a new record under its revision, a delete stores a tombstone record. The backend's
+//! `key` table maps encoded revision -> [`KeyValue`], in revision order, which makes it both the
+//! history for watchers and the source from which the in-memory [`KeyIndex`]es are rebuilt at
+//! start-up.
 //!
 //! The key index maps each key to its *generations*: one per life of the key, from the creating put
 //! (version 1, `create_revision` = that revision) through each update (version + 1) to the tombstone,

@@ -89,7 +89,7 @@ pub trait History: Send + Sync + 'static {
 struct State {
     /// Key -> its generations of revisions.
     index: BTreeMap<Vec<u8>, KeyIndex>,
-    /// The revision of the last write transaction that wrote something.
+    /// The revision of the last write transaction that wrote something; 1 before any write.
     current: i64,
     /// Reads below this revision answer `Compacted`; 0 = never compacted.
     compacted: i64,
@@ -158,7 +158,9 @@ impl Store {
         let consistent_index = read_meta_u64(&backend, META_CONSISTENT_INDEX)?;
         let compacted = read_meta_u64(&backend, META_COMPACT_REVISION)? as i64;
         let mut index: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
-        let mut current = 0;
+        // As in etcd, an empty store is at revision 1, so the first write creates revision 2 (clients
+        // treat revision 0 as "none" and 1 as "before any write").
+        let mut current = 1;
         backend.scan(Table::Key, &[], None, |k, v| {
             let (rev, tombstone) = Revision::from_bytes(k)?;
             let kv = KeyValue::decode(v)?;
@@ -198,7 +200,7 @@ impl Store {
         &self.backend
     }
 
-    /// The revision of the last transaction that wrote something.
+    /// The revision of the last transaction that wrote something (1 for a store never written).
     pub fn current_revision(&self) -> i64 {
         read_lock(&self.state).current
     }
@@ -249,6 +251,7 @@ impl Store {
             main,
             changes: Vec::new(),
             overlay: BTreeMap::new(),
+            extra: WriteBatch::new(),
         }
     }
 
@@ -302,7 +305,8 @@ impl Store {
         if state.compacted > 0 && from_rev <= state.compacted {
             return Err(Error::Compacted);
         }
-        let from = from_rev.max(1);
+        // The first write is revision 2 (an empty store is at 1), so nothing is stored below 2.
+        let from = from_rev.max(2);
         let to = to_rev.min(state.current);
         let range = KeyRange::new(key, range_end);
         if from > to || range == KeyRange::Empty {
@@ -464,6 +468,9 @@ pub struct WriteTxn<'a> {
     changes: Vec<Event>,
     /// Each written key's state after this transaction so far (`None` = deleted), for own reads.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Writes to other tables (leases, alarms) that must land in the same backend batch as this
+    /// transaction's records and consistent index.
+    extra: WriteBatch,
 }
 
 impl std::fmt::Debug for WriteTxn<'_> {
@@ -548,6 +555,12 @@ impl WriteTxn<'_> {
         Ok(existing)
     }
 
+    /// The batch for writes to other tables that must commit atomically with this transaction (and its
+    /// consistent index): a lease grant, an alarm.
+    pub fn backend_batch(&mut self) -> &mut WriteBatch {
+        &mut self.extra
+    }
+
     /// Reads like [`Store::range`]. With `revision` 0 (or [`WriteTxn::revision`] once the transaction
     /// has written) it sees this transaction's own writes; an explicit earlier revision does not.
     pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
@@ -599,6 +612,7 @@ impl WriteTxn<'_> {
             META_CONSISTENT_INDEX.to_vec(),
             consistent_index.to_be_bytes().to_vec(),
         );
+        batch.extend(self.extra);
         // Still under the state lock: no reader sees the index entries before their records.
         self.store.backend.write(batch);
         drop(state);
@@ -668,10 +682,17 @@ mod tests {
     #[test]
     fn put_sets_versions_and_revisions() {
         let (_dir, store) = open();
-        assert_eq!(store.current_revision(), 0);
-        assert_eq!(put(&store, "a", "1"), 1);
-        assert_eq!(put(&store, "b", "x"), 2);
-        assert_eq!(put(&store, "a", "2"), 3);
+        // An empty store is at revision 1 (as etcd): readable there, and the first write takes 2.
+        assert_eq!(store.current_revision(), 1);
+        let r = store.range(&opts("", "\0", 1)).unwrap();
+        assert_eq!((r.kvs.len(), r.revision), (0, 1));
+        assert!(matches!(
+            store.range(&opts("", "\0", 2)),
+            Err(Error::FutureRevision)
+        ));
+        assert_eq!(put(&store, "a", "1"), 2);
+        assert_eq!(put(&store, "b", "x"), 3);
+        assert_eq!(put(&store, "a", "2"), 4);
         let a = get(&store, "a", 0).unwrap();
         assert_eq!(
             (
@@ -680,15 +701,15 @@ mod tests {
                 a.version,
                 a.value.as_slice()
             ),
-            (1, 3, 2, b"2".as_slice())
+            (2, 4, 2, b"2".as_slice())
         );
         let mut txn = store.write();
         let prev = txn.put(b"a", b"3", 7).unwrap().unwrap();
         assert_eq!(prev.value, b"2");
         txn.end(9);
         let a = get(&store, "a", 0).unwrap();
-        assert_eq!((a.version, a.lease, a.mod_revision), (3, 7, 4));
-        assert_eq!(store.current_revision(), 4);
+        assert_eq!((a.version, a.lease, a.mod_revision), (3, 7, 5));
+        assert_eq!(store.current_revision(), 5);
         assert_eq!(store.consistent_index(), 9);
         assert_eq!(get(&store, "missing", 0), None);
     }
@@ -696,18 +717,18 @@ mod tests {
     #[test]
     fn history_reads_at_old_revisions() {
         let (_dir, store) = open();
-        put(&store, "a", "1"); // 1
-        put(&store, "a", "2"); // 2
-        put(&store, "b", "1"); // 3
-        assert_eq!(get(&store, "a", 1).unwrap().value, b"1");
-        assert_eq!(get(&store, "a", 2).unwrap().value, b"2");
-        assert_eq!(get(&store, "b", 2), None);
-        assert_eq!(get(&store, "b", 3).unwrap().value, b"1");
-        let r = store.range(&opts("a", "\0", 1)).unwrap();
+        put(&store, "a", "1"); // 2
+        put(&store, "a", "2"); // 3
+        put(&store, "b", "1"); // 4
+        assert_eq!(get(&store, "a", 2).unwrap().value, b"1");
+        assert_eq!(get(&store, "a", 3).unwrap().value, b"2");
+        assert_eq!(get(&store, "b", 3), None);
+        assert_eq!(get(&store, "b", 4).unwrap().value, b"1");
+        let r = store.range(&opts("a", "\0", 2)).unwrap();
         assert_eq!(keys(&r), vec!["a"]);
-        assert_eq!(r.revision, 3);
+        assert_eq!(r.revision, 4);
         assert!(matches!(
-            store.range(&opts("a", "", 4)),
+            store.range(&opts("a", "", 5)),
             Err(Error::FutureRevision)
         ));
     }
@@ -715,21 +736,21 @@ mod tests {
     #[test]
     fn delete_and_recreate_starts_new_generation() {
         let (_dir, store) = open();
-        put(&store, "k", "1"); // 1
-        put(&store, "k", "2"); // 2
-        let gone = delete(&store, "k", ""); // 3
+        put(&store, "k", "1"); // 2
+        put(&store, "k", "2"); // 3
+        let gone = delete(&store, "k", ""); // 4
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].value, b"2");
-        assert_eq!(store.current_revision(), 3);
+        assert_eq!(store.current_revision(), 4);
         assert_eq!(get(&store, "k", 0), None);
-        assert_eq!(get(&store, "k", 2).unwrap().version, 2);
+        assert_eq!(get(&store, "k", 3).unwrap().version, 2);
         // Deleting a missing key takes no revision.
         assert!(delete(&store, "k", "").is_empty());
         assert!(delete(&store, "nothing", "\0").is_empty());
-        assert_eq!(store.current_revision(), 3);
-        put(&store, "k", "new"); // 4
+        assert_eq!(store.current_revision(), 4);
+        put(&store, "k", "new"); // 5
         let k = get(&store, "k", 0).unwrap();
-        assert_eq!((k.create_revision, k.mod_revision, k.version), (4, 4, 1));
+        assert_eq!((k.create_revision, k.mod_revision, k.version), (5, 5, 1));
     }
 
     #[test]
@@ -779,9 +800,9 @@ mod tests {
     #[test]
     fn txn_shares_one_revision_and_reads_own_writes() {
         let (_dir, store) = open();
-        put(&store, "x", "old"); // 1
+        put(&store, "x", "old"); // 2
         let mut txn = store.write();
-        assert_eq!(txn.revision(), 2);
+        assert_eq!(txn.revision(), 3);
         txn.put(b"a", b"1", 0).unwrap();
         txn.put(b"b", b"2", 0).unwrap();
         let prev = txn.put(b"a", b"1bis", 0).unwrap().unwrap();
@@ -793,22 +814,22 @@ mod tests {
         assert_eq!(keys(&r), vec!["a", "b"]);
         assert_eq!(r.kvs[0].value, b"1bis");
         assert_eq!(r.kvs[0].version, 2);
-        assert_eq!(r.revision, 2);
+        assert_eq!(r.revision, 3);
         // An explicit earlier revision inside the txn sees the store as it was; its own revision sees
         // its writes.
-        assert_eq!(keys(&txn.range(&opts("", "\0", 1)).unwrap()), vec!["x"]);
+        assert_eq!(keys(&txn.range(&opts("", "\0", 2)).unwrap()), vec!["x"]);
         assert_eq!(
-            keys(&txn.range(&opts("", "\0", 2)).unwrap()),
+            keys(&txn.range(&opts("", "\0", 3)).unwrap()),
             vec!["a", "b"]
         );
         assert!(matches!(
-            txn.range(&opts("", "\0", 3)),
+            txn.range(&opts("", "\0", 4)),
             Err(Error::FutureRevision)
         ));
         let events = txn.end(5);
-        assert_eq!(store.current_revision(), 2);
+        assert_eq!(store.current_revision(), 3);
         assert_eq!(events.len(), 4);
-        assert!(events.iter().all(|e| e.kv.mod_revision == 2));
+        assert!(events.iter().all(|e| e.kv.mod_revision == 3));
         assert_eq!(events[3].kind, EventKind::Delete);
         assert_eq!(events[3].prev_kv.as_ref().unwrap().value, b"old");
         // Subs increase in order, as stored.
@@ -817,7 +838,7 @@ mod tests {
             .backend()
             .scan(
                 Table::Key,
-                &Revision::new(2, 0).to_bytes(false),
+                &Revision::new(3, 0).to_bytes(false),
                 None,
                 |k, _| {
                     subs.push(Revision::from_bytes(k).unwrap());
@@ -825,7 +846,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let expect: Vec<(Revision, bool)> = (0..4).map(|s| (Revision::new(2, s), s == 3)).collect();
+        let expect: Vec<(Revision, bool)> = (0..4).map(|s| (Revision::new(3, s), s == 3)).collect();
         assert_eq!(subs, expect);
         assert_eq!(
             keys(&store.range(&opts("", "\0", 0)).unwrap()),
@@ -835,13 +856,13 @@ mod tests {
         // A txn that writes nothing takes no revision but records the consistent index.
         let txn = store.write();
         assert!(txn.end(6).is_empty());
-        assert_eq!((store.current_revision(), store.consistent_index()), (2, 6));
+        assert_eq!((store.current_revision(), store.consistent_index()), (3, 6));
         // A dropped txn leaves no trace.
         let mut txn = store.write();
         txn.put(b"z", b"z", 0).unwrap();
         drop(txn);
         assert_eq!(get(&store, "z", 0), None);
-        assert_eq!(store.current_revision(), 2);
+        assert_eq!(store.current_revision(), 3);
     }
 
     #[test]
@@ -850,25 +871,25 @@ mod tests {
         let path = dir.path().join("db");
         {
             let store = Store::open(&path).unwrap();
-            put(&store, "a", "1"); // 1
-            put(&store, "a", "2"); // 2
-            put(&store, "gone", "x"); // 3
-            delete(&store, "gone", ""); // 4
-            put(&store, "a", "3"); // 5
-            assert!(matches!(store.compact(6, 1), Err(Error::FutureRevision)));
-            store.compact(4, 10).unwrap();
+            put(&store, "a", "1"); // 2
+            put(&store, "a", "2"); // 3
+            put(&store, "gone", "x"); // 4
+            delete(&store, "gone", ""); // 5
+            put(&store, "a", "3"); // 6
+            assert!(matches!(store.compact(7, 1), Err(Error::FutureRevision)));
+            store.compact(5, 10).unwrap();
+            assert!(matches!(store.compact(5, 11), Err(Error::Compacted)));
             assert!(matches!(store.compact(4, 11), Err(Error::Compacted)));
-            assert!(matches!(store.compact(3, 11), Err(Error::Compacted)));
-            assert_eq!(store.compact_revision(), 4);
+            assert_eq!(store.compact_revision(), 5);
             assert!(matches!(
-                store.range(&opts("a", "", 3)),
+                store.range(&opts("a", "", 4)),
                 Err(Error::Compacted)
             ));
             // Reading at the compact revision itself still works.
-            assert_eq!(get(&store, "a", 4).unwrap().value, b"2");
+            assert_eq!(get(&store, "a", 5).unwrap().value, b"2");
             assert_eq!(get(&store, "a", 0).unwrap().version, 3);
-            assert_eq!(get(&store, "gone", 4), None);
-            // Only the record visible at 4 (a@2) and the later one (a@5) remain.
+            assert_eq!(get(&store, "gone", 5), None);
+            // Only the record visible at 5 (a@3) and the later one (a@6) remain.
             let left: Vec<Revision> = store
                 .backend()
                 .range(Table::Key, &[], None)
@@ -876,24 +897,24 @@ mod tests {
                 .iter()
                 .map(|(k, _)| Revision::from_bytes(k).unwrap().0)
                 .collect();
-            assert_eq!(left, vec![Revision::new(2, 0), Revision::new(5, 0)]);
+            assert_eq!(left, vec![Revision::new(3, 0), Revision::new(6, 0)]);
             store.commit_backend().unwrap();
             assert_eq!(store.backend_pending(), 0);
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.compact_revision(), 4);
-        assert_eq!(store.current_revision(), 5);
+        assert_eq!(store.compact_revision(), 5);
+        assert_eq!(store.current_revision(), 6);
         assert_eq!(store.consistent_index(), 10);
         assert!(matches!(
-            store.range(&opts("a", "", 3)),
+            store.range(&opts("a", "", 4)),
             Err(Error::Compacted)
         ));
         let a = get(&store, "a", 0).unwrap();
         assert_eq!(
             (a.create_revision, a.version, a.value.as_slice()),
-            (1, 3, b"3".as_slice())
+            (2, 3, b"3".as_slice())
         );
-        assert_eq!(get(&store, "a", 4).unwrap().value, b"2");
+        assert_eq!(get(&store, "a", 5).unwrap().value, b"2");
         assert_eq!(get(&store, "gone", 0), None);
     }
 
@@ -905,7 +926,7 @@ mod tests {
             let store = Store::open(&path).unwrap();
             put(&store, "a", "1");
             delete(&store, "a", "");
-            store.compact(2, 3).unwrap();
+            store.compact(3, 3).unwrap();
             assert!(store
                 .backend()
                 .range(Table::Key, &[], None)
@@ -914,9 +935,24 @@ mod tests {
             store.commit_backend().unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!((store.current_revision(), store.compact_revision()), (2, 2));
-        assert_eq!(put(&store, "a", "again"), 3);
-        assert_eq!(get(&store, "a", 0).unwrap().create_revision, 3);
+        assert_eq!((store.current_revision(), store.compact_revision()), (3, 3));
+        assert_eq!(put(&store, "a", "again"), 4);
+        assert_eq!(get(&store, "a", 0).unwrap().create_revision, 4);
+    }
+
+    #[test]
+    fn compacting_an_empty_store_at_revision_1() {
+        let (_dir, store) = open();
+        assert!(matches!(store.compact(2, 0), Err(Error::FutureRevision)));
+        store.compact(1, 0).unwrap();
+        assert_eq!(store.compact_revision(), 1);
+        assert!(store.range(&opts("", "\0", 1)).unwrap().kvs.is_empty());
+        assert!(matches!(
+            store.events(b"", b"\0", 1, 1),
+            Err(Error::Compacted)
+        ));
+        assert_eq!(put(&store, "a", "1"), 2);
+        assert_eq!(store.events(b"", b"\0", 2, 2).unwrap().len(), 1);
     }
 
     #[test]
@@ -936,23 +972,23 @@ mod tests {
             txn.delete_range(b"a", b"").unwrap();
             txn.end(42);
             store.set_consistent_index(43);
-            before = (1..=6)
+            before = (1..=7)
                 .map(|rev| store.range(&opts("", "\0", rev)).unwrap())
                 .collect();
             store.commit_backend().unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.current_revision(), 6);
+        assert_eq!(store.current_revision(), 7);
         assert_eq!(store.compact_revision(), 0);
         assert_eq!(store.consistent_index(), 43);
-        let after: Vec<RangeResult> = (1..=6)
+        let after: Vec<RangeResult> = (1..=7)
             .map(|rev| store.range(&opts("", "\0", rev)).unwrap())
             .collect();
         assert_eq!(before, after);
         // The rebuilt index continues versions correctly.
-        assert_eq!(put(&store, "b", "4"), 7);
+        assert_eq!(put(&store, "b", "4"), 8);
         let b = get(&store, "b", 0).unwrap();
-        assert_eq!((b.create_revision, b.version), (5, 2));
+        assert_eq!((b.create_revision, b.version), (6, 2));
     }
 
     #[test]
@@ -961,26 +997,26 @@ mod tests {
         let path = dir.path().join("db");
         {
             let store = Store::open(&path).unwrap();
-            put(&store, "a", "1"); // consistent index 1
+            put(&store, "a", "1"); // revision and consistent index 2
             store.commit_backend().unwrap();
-            put(&store, "a", "2"); // consistent index 2, never committed
+            put(&store, "a", "2"); // revision and consistent index 3, never committed
         }
         let store = Store::open(&path).unwrap();
-        // The persisted consistent index covers exactly the persisted data: replay resumes at 2.
-        assert_eq!((store.current_revision(), store.consistent_index()), (1, 1));
+        // The persisted consistent index covers exactly the persisted data: replay resumes at 3.
+        assert_eq!((store.current_revision(), store.consistent_index()), (2, 2));
     }
 
     #[test]
     fn events_cover_puts_deletes_and_compaction() {
         let (_dir, store) = open();
-        put(&store, "a", "1"); // 1
-        put(&store, "b", "1"); // 2
-        put(&store, "a", "2"); // 3
-        delete(&store, "a", ""); // 4
-        put(&store, "a", "3"); // 5
-        put(&store, "c", "1"); // 6
+        put(&store, "a", "1"); // 2
+        put(&store, "b", "1"); // 3
+        put(&store, "a", "2"); // 4
+        delete(&store, "a", ""); // 5
+        put(&store, "a", "3"); // 6
+        put(&store, "c", "1"); // 7
 
-        let evs = store.events(b"a", b"", 1, 6).unwrap();
+        let evs = store.events(b"a", b"", 2, 7).unwrap();
         let summary: Vec<(EventKind, i64, Option<Vec<u8>>)> = evs
             .iter()
             .map(|e| {
@@ -994,40 +1030,40 @@ mod tests {
         assert_eq!(
             summary,
             vec![
-                (EventKind::Put, 1, None),
-                (EventKind::Put, 3, Some(b"1".to_vec())),
-                (EventKind::Delete, 4, Some(b"2".to_vec())),
-                (EventKind::Put, 5, None),
+                (EventKind::Put, 2, None),
+                (EventKind::Put, 4, Some(b"1".to_vec())),
+                (EventKind::Delete, 5, Some(b"2".to_vec())),
+                (EventKind::Put, 6, None),
             ]
         );
         assert_eq!(evs[2].kv.key, b"a");
-        let all = store.events(b"", b"\0", 2, 100).unwrap();
+        let all = store.events(b"", b"\0", 3, 100).unwrap();
         let revs: Vec<i64> = all.iter().map(|e| e.kv.mod_revision).collect();
-        assert_eq!(revs, vec![2, 3, 4, 5, 6]);
-        assert_eq!(store.events(b"b", b"c", 3, 6).unwrap().len(), 0);
+        assert_eq!(revs, vec![3, 4, 5, 6, 7]);
+        assert_eq!(store.events(b"b", b"c", 4, 7).unwrap().len(), 0);
         assert_eq!(
-            store.events(b"a", b"b", 4, 4).unwrap()[0].kind,
+            store.events(b"a", b"b", 5, 5).unwrap()[0].kind,
             EventKind::Delete
         );
-        assert!(store.events(b"a", b"", 7, 10).unwrap().is_empty());
+        assert!(store.events(b"a", b"", 8, 10).unwrap().is_empty());
 
         store.commit_backend().unwrap();
-        store.compact(3, 0).unwrap();
+        store.compact(4, 0).unwrap();
         assert!(matches!(
-            store.events(b"a", b"", 3, 6),
+            store.events(b"a", b"", 4, 7),
             Err(Error::Compacted)
         ));
         assert!(matches!(
-            store.events(b"a", b"", 1, 6),
+            store.events(b"a", b"", 2, 7),
             Err(Error::Compacted)
         ));
-        let after = store.events(b"a", b"", 4, 6).unwrap();
+        let after = store.events(b"a", b"", 5, 7).unwrap();
         assert_eq!(after.len(), 2);
-        // The record a@3 was visible at the compact revision, so the delete still has its prev_kv.
+        // The record a@4 was visible at the compact revision, so the delete still has its prev_kv.
         assert_eq!(after[0].prev_kv.as_ref().unwrap().value, b"2");
         let h: &dyn History = &store;
-        assert_eq!((h.current_revision(), h.compact_revision()), (6, 3));
-        assert_eq!(h.events(b"", b"\0", 4, 6).unwrap().len(), 3);
+        assert_eq!((h.current_revision(), h.compact_revision()), (7, 4));
+        assert_eq!(h.events(b"", b"\0", 5, 7).unwrap().len(), 3);
     }
 
     #[test]
@@ -1045,7 +1081,8 @@ mod tests {
         };
         for i in 1..=300i64 {
             let key = format!("k{}", i % 7);
-            assert_eq!(put(&store, &key, &i.to_string()), i);
+            // The first write takes revision 2.
+            assert_eq!(put(&store, &key, &i.to_string()), i + 1);
             let r = store.range(&opts("", "\0", 0)).unwrap();
             assert_eq!(r.count, (i as usize).min(7));
             assert_eq!(
@@ -1053,7 +1090,7 @@ mod tests {
                 i.to_string().as_bytes()
             );
             // An old revision stays readable too.
-            assert_eq!(get(&store, "k1", 1).unwrap().value, b"1");
+            assert_eq!(get(&store, "k1", 2).unwrap().value, b"1");
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         committer.join().unwrap();

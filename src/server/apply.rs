@@ -21,6 +21,11 @@ use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
 
 use crate::error::{Error, Result};
+use crate::mvcc::{WriteBatch, WriteTxn};
+use crate::proto::etcdserverpb::{
+    CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
+};
+use crate::server::kv::{self, LeaseCheck, LeaseEffect};
 use crate::server::raft_loop::RaftMsg;
 use crate::server::request::{Op, RaftRequest};
 use crate::server::wait::ApplyResult;
@@ -104,33 +109,101 @@ impl Applier {
     }
 
     fn apply_request(&mut self, index: u64, op: Option<Op>) -> Result<ApplyResult> {
-        let store = &self.shared.store;
+        let store = self.shared.store.clone();
         match op {
-            Some(Op::Put(p)) => {
-                let mut txn = store.write();
-                let prev_kv = txn.put(&p.key, &p.value, p.lease)?;
-                let events = txn.end(index);
-                let revision = store.current_revision();
-                self.shared.hub.notify(revision, &events);
-                Ok(ApplyResult::Put { revision, prev_kv })
+            Some(Op::Put(req)) => {
+                let (mut resp, revision) =
+                    self.write(index, |txn, leases, fx| kv::put(txn, leases, &req, fx))?;
+                resp.header = header(revision);
+                Ok(ApplyResult::Put(resp))
             }
-            Some(Op::DeleteRange(d)) => {
-                let mut txn = store.write();
-                let prev_kvs = txn.delete_range(&d.key, &d.range_end)?;
-                let events = txn.end(index);
-                let revision = store.current_revision();
-                if !events.is_empty() {
-                    self.shared.hub.notify(revision, &events);
+            Some(Op::DeleteRange(req)) => {
+                let (mut resp, revision) =
+                    self.write(index, |txn, _, fx| kv::delete_range(txn, &req, fx))?;
+                resp.header = header(revision);
+                Ok(ApplyResult::DeleteRange(resp))
+            }
+            Some(Op::Txn(req)) => {
+                let (mut resp, revision) =
+                    self.write(index, |txn, leases, fx| kv::txn(txn, leases, &req, fx))?;
+                kv::set_txn_revision(&mut resp, revision);
+                Ok(ApplyResult::Txn(resp))
+            }
+            Some(Op::Compaction(req)) => {
+                store.compact(req.revision, index)?;
+                if req.physical {
+                    // `physical`: answer only once the compaction is on disk.
+                    store.commit_backend()?;
                 }
-                Ok(ApplyResult::DeleteRange { revision, prev_kvs })
+                Ok(ApplyResult::Compaction(CompactionResponse {
+                    header: header(store.current_revision()),
+                }))
             }
-            Some(Op::Compact(c)) => {
-                store.compact(c.revision, index)?;
-                Ok(ApplyResult::Compact {
-                    revision: store.current_revision(),
-                })
+            Some(Op::LeaseGrant(req)) => {
+                let lessor = self.shared.lessor.clone();
+                let ((id, ttl), revision) = self.write(index, |txn, _, _| {
+                    lessor.grant(req.id, req.ttl, txn.backend_batch())
+                })?;
+                Ok(ApplyResult::LeaseGrant(LeaseGrantResponse {
+                    header: header(revision),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
             }
+            Some(Op::LeaseRevoke(req)) => {
+                let lessor = self.shared.lessor.clone();
+                // Every attached key goes in the same revision as the lease itself (etcd's revoke).
+                let ((), revision) = self.write(index, |txn, _, _| {
+                    let mut batch = WriteBatch::new();
+                    let keys = lessor.revoke(req.id, &mut batch)?;
+                    for key in keys {
+                        txn.delete_range(&key, &[])?;
+                    }
+                    txn.backend_batch().extend(batch);
+                    Ok(())
+                })?;
+                Ok(ApplyResult::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(revision),
+                }))
+            }
+            Some(Op::Alarm(_)) => Err(Error::Unimplemented("alarms are not served yet".into())),
             None => Err(Error::InvalidArgument("empty request in Raft entry".into())),
         }
     }
+
+    /// Runs `f` in one MVCC write transaction; on success ends it at `index` (one revision, consistent
+    /// index in the same batch), carries out its lease effects and feeds the watch hub. On error the
+    /// transaction is dropped, which discards everything it staged.
+    fn write<R>(
+        &mut self,
+        index: u64,
+        f: impl FnOnce(&mut WriteTxn<'_>, &dyn LeaseCheck, &mut Vec<LeaseEffect>) -> Result<R>,
+    ) -> Result<(R, i64)> {
+        let store = self.shared.store.clone();
+        let mut effects = Vec::new();
+        let mut txn = store.write();
+        let lessor = self.shared.lessor.clone();
+        let out = f(&mut txn, &*lessor, &mut effects)?;
+        let events = txn.end(index);
+        // Attachments change only now that the transaction has taken effect.
+        for effect in effects {
+            match effect {
+                LeaseEffect::Attach(id, key) => lessor.attach(id, &key)?,
+                LeaseEffect::Detach(id, key) => lessor.detach(id, &key),
+            }
+        }
+        let revision = store.current_revision();
+        if !events.is_empty() {
+            self.shared.hub.notify(revision, &events);
+        }
+        Ok((out, revision))
+    }
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }

@@ -16,6 +16,7 @@
 //! not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
 
 pub mod apply;
+pub mod kv;
 pub mod raft_loop;
 pub mod request;
 pub mod wait;
@@ -34,10 +35,16 @@ use raft::storage::MemStorage;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::mvcc::{KeyValue, RangeOptions, RangeResult, Store};
+use crate::lease::{Lessor, SystemClock};
+use crate::mvcc::{RangeOptions, Store};
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
 use crate::server::apply::Applier;
 use crate::server::raft_loop::{RaftLoop, RaftMsg};
-use crate::server::request::{CompactOp, DeleteRangeOp, Op, PutOp, RaftRequest, WalMetadata};
+use crate::server::request::{Op, RaftRequest, WalMetadata};
 use crate::server::wait::{ApplyResult, Wait};
 use crate::snap::SnapshotPolicy;
 use crate::wal::{SnapshotMark, Wal, WalContents, WalOptions};
@@ -45,6 +52,10 @@ use crate::watch::{WatchHub, WatchRequest, Watcher};
 
 /// How long a client waits for its proposal to be applied (etcd: 5 s plus two election timeouts).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// etcd's minimum lease TTL: 1.5 election timeouts (10 ticks of 100 ms), rounded up to whole seconds.
+pub const MIN_LEASE_TTL_SECS: i64 = 2;
+/// Most expired leases revoked per round of the expiry task.
+const EXPIRED_PER_ROUND: usize = 512;
 /// How often the backend write batch is committed to redb (etcd's batch interval).
 pub const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -54,6 +65,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Watchers, fed by the apply thread.
     pub hub: Arc<WatchHub>,
+    /// Leases: granted and revoked by the apply thread, renewed and expired by the leader.
+    pub lessor: Arc<Lessor>,
     /// Parked proposers.
     pub wait: Wait,
     /// This member's id.
@@ -103,24 +116,6 @@ struct Inner {
     _lock: File,
 }
 
-/// The result of a put.
-#[derive(Debug, Clone)]
-pub struct PutResult {
-    /// The revision the put created.
-    pub revision: i64,
-    /// The previous key-value, if there was one.
-    pub prev_kv: Option<KeyValue>,
-}
-
-/// The result of a delete.
-#[derive(Debug, Clone)]
-pub struct DeleteResult {
-    /// The store revision after the delete.
-    pub revision: i64,
-    /// What was deleted.
-    pub prev_kvs: Vec<KeyValue>,
-}
-
 /// A point-in-time view of the server for health, status and metrics.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -163,6 +158,7 @@ impl Server {
             .await
             .map_err(|e| Error::Internal(format!("start task failed: {e}")))??;
         server.wait_caught_up().await?;
+        tokio::spawn(server.clone().expire_leases());
         Ok(server)
     }
 
@@ -172,6 +168,30 @@ impl Server {
         let lock = lock_data_dir(&config.data_dir)?;
 
         let store = Arc::new(Store::open(&member_dir.join("db"))?);
+        let lessor = Arc::new(Lessor::new(
+            store.backend().clone(),
+            Arc::new(SystemClock),
+            MIN_LEASE_TTL_SECS,
+        )?);
+        // Attachments are not stored with the leases: every live key names its lease.
+        let live = store.range(&RangeOptions {
+            key: vec![0],
+            range_end: vec![0],
+            keys_only: true,
+            ..Default::default()
+        })?;
+        let orphans = lessor.rebuild_attachments(
+            live.kvs
+                .into_iter()
+                .filter(|kv| kv.lease != 0)
+                .map(|kv| (kv.lease, kv.key)),
+        );
+        if !orphans.is_empty() {
+            tracing::warn!(
+                keys = orphans.len(),
+                "keys attached to leases that no longer exist"
+            );
+        }
         let wal_dir = member_dir.join("wal");
         let (wal, contents, meta) = if Wal::exists(&wal_dir) {
             let (wal, contents) = Wal::open(&wal_dir, WalOptions::default())?;
@@ -285,6 +305,7 @@ impl Server {
         let shared = Arc::new(Shared {
             store: store.clone(),
             hub,
+            lessor,
             wait: Wait::new(),
             member_id: meta.member_id,
             cluster_id: meta.cluster_id,
@@ -387,48 +408,172 @@ impl Server {
         &self.inner.shared
     }
 
-    /// Puts `key` = `value` through Raft; answers once applied.
-    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>, lease: i64) -> Result<PutResult> {
-        if key.is_empty() {
-            return Err(Error::EmptyKey);
-        }
-        match self.propose(Op::Put(PutOp { key, value, lease })).await? {
-            ApplyResult::Put { revision, prev_kv } => Ok(PutResult { revision, prev_kv }),
-            other => Err(unexpected(other)),
+    /// The response header etcd puts on every answer: cluster, member, `revision`, Raft term.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let s = &self.inner.shared;
+        ResponseHeader {
+            cluster_id: s.cluster_id,
+            member_id: s.member_id,
+            revision,
+            raft_term: s.term.load(Ordering::Relaxed),
         }
     }
 
-    /// Deletes `[key, range_end)` through Raft; answers once applied.
-    pub async fn delete_range(&self, key: Vec<u8>, range_end: Vec<u8>) -> Result<DeleteResult> {
-        if key.is_empty() {
-            return Err(Error::EmptyKey);
-        }
-        match self
-            .propose(Op::DeleteRange(DeleteRangeOp { key, range_end }))
-            .await?
-        {
-            ApplyResult::DeleteRange { revision, prev_kvs } => {
-                Ok(DeleteResult { revision, prev_kvs })
+    /// Completes a header whose revision the apply step set.
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header
+            .as_ref()
+            .map_or_else(|| self.revision(), |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    /// etcd's Put, through Raft; answers once applied.
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        kv::check_put(&req)?;
+        match self.propose(Op::Put(req)).await? {
+            ApplyResult::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
             }
             other => Err(unexpected(other)),
         }
     }
 
-    /// Compacts history below `revision` through Raft. Errors as etcd does for a future or
-    /// already-compacted revision.
-    pub async fn compact(&self, revision: i64) -> Result<i64> {
-        match self.propose(Op::Compact(CompactOp { revision })).await? {
-            ApplyResult::Compact { revision } => Ok(revision),
+    /// etcd's DeleteRange, through Raft; answers once applied.
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        kv::check_delete(&req)?;
+        match self.propose(Op::DeleteRange(req)).await? {
+            ApplyResult::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
             other => Err(unexpected(other)),
         }
     }
 
-    /// Reads a key or range from the store.
-    pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
+    /// etcd's Txn. A transaction that writes goes through Raft; a read-only one is evaluated on the
+    /// store at once (linearizable on a single voter, as every acknowledged write is applied).
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        kv::check_txn(&req, self.inner.config.max_txn_ops)?;
+        if !kv::txn_has_writes(&req) {
+            let store = self.inner.shared.store.clone();
+            let mut resp = tokio::task::spawn_blocking(move || {
+                let mut txn = store.write();
+                let mut effects = Vec::new();
+                // Dropped without `end`: a read-only transaction changes nothing.
+                let resp = kv::txn(&mut txn, &kv::NoLeases, &req, &mut effects);
+                drop(txn);
+                resp.map(|r| (r, store.current_revision()))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("txn task failed: {e}")))?
+            .map(|(mut r, rev)| {
+                kv::set_txn_revision(&mut r, rev);
+                r
+            })?;
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        match self.propose(Op::Txn(req)).await? {
+            ApplyResult::Txn(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// etcd's Compact, through Raft. Errors as etcd does for a future or already-compacted revision.
+    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
+        match self.propose(Op::Compaction(req)).await? {
+            ApplyResult::Compaction(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// etcd's Range, read from the store. Serializable and linearizable reads are the same on a single
+    /// voter: every acknowledged write is applied before it is acknowledged.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if self.inner.shared.stopped.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
         }
-        self.inner.shared.store.range(opts)
+        kv::check_range(req)?;
+        let mut resp = kv::range(&*self.inner.shared.store, req)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// etcd's LeaseGrant, through Raft. An id of 0 gets a fresh id chosen here, before proposing, so
+    /// every replica grants the same lease.
+    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if req.id == 0 {
+            req.id = self.inner.shared.lessor.new_lease_id();
+        }
+        match self.propose(Op::LeaseGrant(req)).await? {
+            ApplyResult::LeaseGrant(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// etcd's LeaseRevoke, through Raft: the lease and every key attached to it go in one revision.
+    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        if !self.inner.shared.lessor.lookup(req.id) {
+            return Err(Error::LeaseNotFound);
+        }
+        match self.propose(Op::LeaseRevoke(req)).await? {
+            ApplyResult::LeaseRevoke(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Renews a lease (leader-local, as in etcd); its TTL, or `LeaseNotFound`.
+    pub fn lease_renew(&self, id: i64) -> Result<i64> {
+        self.inner.shared.lessor.renew(id)
+    }
+
+    /// The lessor, for the lease API's read-only calls.
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.inner.shared.lessor
+    }
+
+    /// The leader's expiry loop: sleeps until the earliest lease deadline (or a second at most), then
+    /// proposes a revoke for every expired lease, as etcd's leader does. Revokes go through Raft, so
+    /// expiry behaves the same once there are followers.
+    async fn expire_leases(self) {
+        let shared = self.inner.shared.clone();
+        while !shared.stopped.load(Ordering::Relaxed) {
+            let now = std::time::Instant::now();
+            let wait = shared
+                .lessor
+                .next_expiry()
+                .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now))
+                .min(Duration::from_secs(1));
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+            if shared.leader.load(Ordering::Relaxed) != shared.member_id {
+                continue;
+            }
+            for id in shared.lessor.expired(EXPIRED_PER_ROUND) {
+                let server = self.clone();
+                tokio::spawn(async move {
+                    match server.lease_revoke(LeaseRevokeRequest { id }).await {
+                        Ok(_) => tracing::debug!(lease_id = id, "expired lease revoked"),
+                        Err(Error::LeaseNotFound) => {}
+                        Err(e) => {
+                            tracing::warn!(lease_id = id, error = %e, "revoking an expired lease failed")
+                        }
+                    }
+                });
+            }
+        }
     }
 
     /// Registers a watcher.

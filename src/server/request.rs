@@ -1,9 +1,14 @@
 //! What travels through the Raft log: one [`RaftRequest`] per entry, protobuf-encoded.
 //!
-//! The encoding is protobuf (prost, derived here rather than generated) for the same reason etcd's
-//! `InternalRaftRequest` is: fields can be added later without breaking entries already in a WAL. Each
-//! request carries the id of the waiter that is parked on its result (see `wait.rs`); after a restart
-//! replayed entries find no waiter and their results are simply dropped.
+//! Like etcd's `InternalRaftRequest`, a request carries the etcd v3 wire message itself (`PutRequest`,
+//! `TxnRequest`, ...), so the log speaks the same language as the API and fields added later do not break
+//! entries already in a WAL. Each request also carries the id of the waiter parked on its result (see
+//! `wait.rs`); after a restart, replayed entries find no waiter and their results are dropped.
+
+use crate::proto::etcdserverpb::{
+    AlarmRequest, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest,
+    PutRequest, TxnRequest,
+};
 
 /// One proposal.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -12,7 +17,7 @@ pub struct RaftRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8")]
     pub op: Option<Op>,
 }
 
@@ -21,46 +26,25 @@ pub struct RaftRequest {
 pub enum Op {
     /// Put one key.
     #[prost(message, tag = "2")]
-    Put(PutOp),
+    Put(PutRequest),
     /// Delete a key or a range.
     #[prost(message, tag = "3")]
-    DeleteRange(DeleteRangeOp),
+    DeleteRange(DeleteRangeRequest),
     /// Compact history below a revision.
     #[prost(message, tag = "4")]
-    Compact(CompactOp),
-}
-
-/// Put `key` = `value`, optionally attached to a lease.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PutOp {
-    /// The key (never empty: checked before proposing).
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// The value.
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-    /// Lease id, 0 for none.
-    #[prost(int64, tag = "3")]
-    pub lease: i64,
-}
-
-/// Delete `[key, range_end)` (etcd's range conventions).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct DeleteRangeOp {
-    /// First key.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// End of the range; empty for the single key.
-    #[prost(bytes = "vec", tag = "2")]
-    pub range_end: Vec<u8>,
-}
-
-/// Compact the key-value history below `revision`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CompactOp {
-    /// The compaction revision.
-    #[prost(int64, tag = "1")]
-    pub revision: i64,
+    Compaction(CompactionRequest),
+    /// A transaction (compares, then one branch of operations, at one revision).
+    #[prost(message, tag = "5")]
+    Txn(TxnRequest),
+    /// Grant a lease (the id is chosen before proposing, so every replica grants the same one).
+    #[prost(message, tag = "6")]
+    LeaseGrant(LeaseGrantRequest),
+    /// Revoke a lease and delete its keys.
+    #[prost(message, tag = "7")]
+    LeaseRevoke(LeaseRevokeRequest),
+    /// Activate or deactivate an alarm.
+    #[prost(message, tag = "8")]
+    Alarm(AlarmRequest),
 }
 
 /// Identity written as the WAL's metadata record: who this log belongs to.

@@ -13,30 +13,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::mvcc::KeyValue;
+use crate::proto::etcdserverpb::{
+    AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, TxnResponse,
+};
 
-/// The outcome of an applied request, handed to the waiting client.
+/// The outcome of an applied request, handed to the waiting client: etcd's response message, with the
+/// header's revision set (the API layer fills in the rest of the header).
 #[derive(Debug, Clone)]
 pub enum ApplyResult {
-    /// A put: the revision it created and the previous value.
-    Put {
-        /// Store revision after the put.
-        revision: i64,
-        /// The key's value before the put, if any.
-        prev_kv: Option<KeyValue>,
-    },
-    /// A delete: the deleted key-values and the revision after it.
-    DeleteRange {
-        /// Store revision after the delete (unchanged when nothing was deleted).
-        revision: i64,
-        /// The deleted key-values.
-        prev_kvs: Vec<KeyValue>,
-    },
+    /// A put.
+    Put(PutResponse),
+    /// A delete.
+    DeleteRange(DeleteRangeResponse),
+    /// A transaction.
+    Txn(TxnResponse),
     /// A compaction.
-    Compact {
-        /// Store revision at the time of compaction.
-        revision: i64,
-    },
+    Compaction(CompactionResponse),
+    /// A lease grant.
+    LeaseGrant(LeaseGrantResponse),
+    /// A lease revoke.
+    LeaseRevoke(LeaseRevokeResponse),
+    /// An alarm change.
+    Alarm(AlarmResponse),
 }
 
 /// The registry of parked waiters.
@@ -126,14 +125,14 @@ mod tests {
         let (b, rb) = w.register();
         let (c, rc) = w.register();
         assert_ne!(a, b);
-        w.trigger(a, Ok(ApplyResult::Compact { revision: 7 }));
-        w.trigger(a, Ok(ApplyResult::Compact { revision: 8 })); // second answer is ignored
+        w.trigger(
+            a,
+            Ok(ApplyResult::Compaction(CompactionResponse::default())),
+        );
+        w.trigger(a, Ok(ApplyResult::Txn(TxnResponse::default()))); // second answer is ignored
         w.cancel(b);
         w.fail_all(|| Error::Stopped);
-        assert!(matches!(
-            ra.await,
-            Ok(Ok(ApplyResult::Compact { revision: 7 }))
-        ));
+        assert!(matches!(ra.await, Ok(Ok(ApplyResult::Compaction(_)))));
         assert!(rb.await.is_err(), "a cancelled waiter is dropped");
         assert!(matches!(rc.await, Ok(Err(Error::Stopped))));
         assert!(w.is_empty());

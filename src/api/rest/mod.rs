@@ -33,7 +33,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::mvcc::{Event, EventKind, KeyValue, RangeOptions};
+use crate::mvcc::{Event, EventKind, KeyValue};
+use crate::proto::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, ResponseHeader,
+};
 use crate::server::Server;
 use crate::watch::{WatchRequest, Watcher};
 
@@ -57,6 +60,15 @@ pub fn router(server: Server) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(server)
+}
+
+/// etcd's plain-HTTP endpoints, served on the client port beside gRPC.
+pub fn etcd_http_router(server: Server) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics::metrics))
         .with_state(server)
 }
 
@@ -158,6 +170,10 @@ fn event_json(ev: &Event) -> Value {
     Value::Object(o)
 }
 
+fn revision_of(header: &Option<ResponseHeader>) -> i64 {
+    header.as_ref().map_or(0, |h| h.revision)
+}
+
 #[derive(Deserialize)]
 struct PutBody {
     key: Option<String>,
@@ -173,10 +189,14 @@ async fn put(State(server): State<Server>, body: Body) -> ApiResult<Json<Value>>
         .ok_or(ApiError(Error::EmptyKey))?;
     let value = req.value.ok_or_else(|| bad("\"value\" is required"))?;
     let res = server
-        .put(key.clone().into_bytes(), value.clone().into_bytes(), 0)
+        .put(PutRequest {
+            key: key.clone().into_bytes(),
+            value: value.clone().into_bytes(),
+            ..Default::default()
+        })
         .await?;
     Ok(Json(
-        json!({ "key": key, "value": value, "revision": res.revision }),
+        json!({ "key": key, "value": value, "revision": revision_of(&res.header) }),
     ))
 }
 
@@ -209,7 +229,7 @@ async fn get_key(
 ) -> ApiResult<Json<Value>> {
     let key = required_key(q.key)?;
     let revision = parse_rev(q.rev.as_deref())?;
-    let res = server.range(&RangeOptions {
+    let res = server.range(&RangeRequest {
         key: key.into_bytes(),
         revision,
         ..Default::default()
@@ -221,12 +241,17 @@ async fn get_key(
 async fn delete(State(server): State<Server>, Query(q): Query<KeyQuery>) -> ApiResult<Json<Value>> {
     // Routed for DELETE and for POST, the seed's compatibility mode (PowerShell).
     let key = required_key(q.key)?;
-    let res = server.delete_range(key.into_bytes(), Vec::new()).await?;
-    if res.prev_kvs.is_empty() {
+    let res = server
+        .delete_range(DeleteRangeRequest {
+            key: key.into_bytes(),
+            ..Default::default()
+        })
+        .await?;
+    if res.deleted == 0 {
         return Err(ApiError(Error::KeyNotFound));
     }
     Ok(Json(
-        json!({ "deleted": res.prev_kvs.len(), "revision": res.revision }),
+        json!({ "deleted": res.deleted, "revision": revision_of(&res.header) }),
     ))
 }
 
@@ -241,9 +266,14 @@ async fn compact(State(server): State<Server>, body: Body) -> ApiResult<Json<Val
     if req.revision <= 0 {
         return Err(bad("revision must be positive"));
     }
-    let revision = server.compact(req.revision).await?;
+    let res = server
+        .compact(CompactionRequest {
+            revision: req.revision,
+            physical: false,
+        })
+        .await?;
     Ok(Json(
-        json!({ "revision": revision, "compact_revision": req.revision }),
+        json!({ "revision": revision_of(&res.header), "compact_revision": req.revision }),
     ))
 }
 

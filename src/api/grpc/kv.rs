@@ -1,0 +1,72 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use tonic::{Request, Response, Status};
+
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::server::Server;
+
+/// etcd's `KV` service over the server handle.
+pub struct KvService {
+    /// The server every call goes to.
+    server: Server,
+}
+
+impl KvService {
+    /// A KV service for `server`.
+    pub fn new(server: Server) -> KvService {
+        KvService { server }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        self.server
+            .range(&req)
+            .map(Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.server
+            .put(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.server
+            .delete_range(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.server
+            .txn(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        self.server
+            .compact(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
+    }
+}

@@ -1,0 +1,33 @@
+//! The etcd v3 gRPC API: the services etcd clients call, on `--listen-client-urls`.
+//!
+//! Each service only validates, calls the [`Server`] handle and maps errors with
+//! [`crate::Error::to_status`] (etcd's codes and texts). Responses carry a full `ResponseHeader`
+//! (cluster id, member id, revision, Raft term), filled by the server.
+//!
+//! The same port also serves etcd's JSON gateway (`/v3/...`) and `/health`, `/version`, `/metrics`:
+//! gRPC is HTTP/2 and the gateway HTTP/1.1, and one listener speaks both.
+
+pub mod kv;
+pub mod lease;
+
+use axum::Router;
+
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
+use crate::server::Server;
+
+/// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
+/// so that an oversize request reaches our check and gets etcd's "request is too large" text.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Every gRPC service, as one axum router.
+pub fn router(server: Server) -> Router {
+    let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    tonic::service::Routes::new(
+        KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .into_axum_router()
+}

@@ -1,0 +1,624 @@
+//! etcd's KV semantics on top of the MVCC store: Range with every option, Put, DeleteRange and Txn.
+//!
+//! The MVCC store knows revisions and key ranges; this module adds what etcd's API means by them:
+//! sorting and revision filters on ranges, `prev_kv` / `ignore_value` / `ignore_lease` on puts,
+//! transaction compares and branches, and the request checks etcd makes before anything is proposed
+//! (empty keys, too many operations, two writes to one key in a transaction).
+//!
+//! Writes run inside one MVCC [`WriteTxn`], so a whole etcd transaction takes one revision and a failure
+//! half-way discards it. Lease attachments are not changed while a transaction runs: the functions
+//! collect [`LeaseEffect`]s, and the apply step carries them out only after the transaction has ended.
+//! Lease existence is checked through [`LeaseCheck`] so this module does not depend on the lessor.
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+
+use crate::error::{Error, Result};
+use crate::mvcc::{KeyValue, RangeOptions, RangeResult, Store, WriteTxn};
+use crate::proto::etcdserverpb::{
+    compare, range_request, request_op, response_op, Compare, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+
+/// Something a range can be read from: the store itself, or a write transaction (which sees its own
+/// writes).
+pub trait KvRead {
+    /// An MVCC range read.
+    fn read(&self, opts: &RangeOptions) -> Result<RangeResult>;
+}
+
+impl KvRead for Store {
+    fn read(&self, opts: &RangeOptions) -> Result<RangeResult> {
+        self.range(opts)
+    }
+}
+
+impl KvRead for WriteTxn<'_> {
+    fn read(&self, opts: &RangeOptions) -> Result<RangeResult> {
+        self.range(opts)
+    }
+}
+
+/// Whether a lease exists; implemented by the lessor.
+pub trait LeaseCheck {
+    /// True when lease `id` exists.
+    fn lease_exists(&self, id: i64) -> bool;
+}
+
+impl LeaseCheck for crate::lease::Lessor {
+    fn lease_exists(&self, id: i64) -> bool {
+        self.lookup(id)
+    }
+}
+
+/// No leases at all: every lease id is unknown.
+pub struct NoLeases;
+
+impl LeaseCheck for NoLeases {
+    fn lease_exists(&self, _id: i64) -> bool {
+        false
+    }
+}
+
+/// A change to lease attachments, carried out after the transaction that caused it has ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEffect {
+    /// `key` is now attached to lease `.0`.
+    Attach(i64, Vec<u8>),
+    /// `key` is no longer attached to lease `.0`.
+    Detach(i64, Vec<u8>),
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// etcd's Range. Filters and sorting are applied after the read; with a limit, one extra key is read so
+/// `more` is known without counting twice.
+pub fn range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeResponse> {
+    use range_request::{SortOrder, SortTarget};
+    let sort_order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    let sort_target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    // As etcd: sorting or filtering needs every key first; the limit is applied afterwards.
+    let mut limit = if sort_order != SortOrder::None || filtered {
+        0
+    } else {
+        req.limit.max(0) as usize
+    };
+    if limit > 0 {
+        limit += 1;
+    }
+    let res = r.read(&RangeOptions {
+        key: req.key.clone(),
+        range_end: req.range_end.clone(),
+        revision: req.revision,
+        limit,
+        count_only: req.count_only && !filtered,
+        keys_only: req.keys_only,
+    })?;
+    let mut kvs = res.kvs;
+    if filtered {
+        kvs.retain(|kv| {
+            (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+        });
+    }
+    // etcd: a sort target other than the key with no order sorts ascending (the store already returns
+    // keys ascending).
+    let order = if sort_target != SortTarget::Key && sort_order == SortOrder::None {
+        SortOrder::Ascend
+    } else {
+        sort_order
+    };
+    if order != SortOrder::None {
+        let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
+            match sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            }
+        };
+        // Stable sorts, so equal elements keep key order as etcd's do.
+        if order == SortOrder::Descend {
+            kvs.sort_by(|a, b| cmp(b, a));
+        } else {
+            kvs.sort_by(cmp);
+        }
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() > req.limit as usize {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    if req.count_only {
+        kvs.clear();
+    }
+    Ok(RangeResponse {
+        header: header(res.revision),
+        kvs,
+        more,
+        count: res.count as i64,
+    })
+}
+
+/// etcd's Put inside a write transaction.
+pub fn put(
+    txn: &mut WriteTxn<'_>,
+    leases: &dyn LeaseCheck,
+    req: &PutRequest,
+    effects: &mut Vec<LeaseEffect>,
+) -> Result<PutResponse> {
+    let current = if req.ignore_value || req.ignore_lease {
+        let cur = single(txn, &req.key)?;
+        if cur.is_none() {
+            return Err(Error::PutKeyNotFound);
+        }
+        cur
+    } else {
+        None
+    };
+    let value = match (&current, req.ignore_value) {
+        (Some(cur), true) => cur.value.clone(),
+        _ => req.value.clone(),
+    };
+    let lease = match (&current, req.ignore_lease) {
+        (Some(cur), true) => cur.lease,
+        _ => req.lease,
+    };
+    if lease != 0 && !leases.lease_exists(lease) {
+        return Err(Error::LeaseNotFound);
+    }
+    let prev = txn.put(&req.key, &value, lease)?;
+    let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+    if prev_lease != lease {
+        if prev_lease != 0 {
+            effects.push(LeaseEffect::Detach(prev_lease, req.key.clone()));
+        }
+        if lease != 0 {
+            effects.push(LeaseEffect::Attach(lease, req.key.clone()));
+        }
+    }
+    Ok(PutResponse {
+        header: None,
+        prev_kv: if req.prev_kv { prev } else { None },
+    })
+}
+
+/// etcd's DeleteRange inside a write transaction.
+pub fn delete_range(
+    txn: &mut WriteTxn<'_>,
+    req: &DeleteRangeRequest,
+    effects: &mut Vec<LeaseEffect>,
+) -> Result<DeleteRangeResponse> {
+    let prev = txn.delete_range(&req.key, &req.range_end)?;
+    for kv in &prev {
+        if kv.lease != 0 {
+            effects.push(LeaseEffect::Detach(kv.lease, kv.key.clone()));
+        }
+    }
+    Ok(DeleteRangeResponse {
+        header: None,
+        deleted: prev.len() as i64,
+        prev_kvs: if req.prev_kv { prev } else { Vec::new() },
+    })
+}
+
+/// etcd's Txn: evaluate every compare against the current state, then run one branch, all at one
+/// revision. Nested transactions run inside the same MVCC transaction.
+pub fn txn(
+    txn: &mut WriteTxn<'_>,
+    leases: &dyn LeaseCheck,
+    req: &TxnRequest,
+    effects: &mut Vec<LeaseEffect>,
+) -> Result<TxnResponse> {
+    let mut succeeded = true;
+    for c in &req.compare {
+        if !compare(txn, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                let mut resp = range(&*txn, r)?;
+                resp.header = None;
+                response_op::Response::ResponseRange(resp)
+            }
+            Some(request_op::Request::RequestPut(r)) => {
+                response_op::Response::ResponsePut(put(txn, leases, r, effects)?)
+            }
+            Some(request_op::Request::RequestDeleteRange(r)) => {
+                response_op::Response::ResponseDeleteRange(delete_range(txn, r, effects)?)
+            }
+            Some(request_op::Request::RequestTxn(r)) => {
+                response_op::Response::ResponseTxn(self::txn(txn, leases, r, effects)?)
+            }
+            None => return Err(Error::InvalidArgument("empty operation in txn".into())),
+        };
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
+    }
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
+}
+
+/// Sets the revision of every nested response's header, as etcd reports them.
+pub fn set_txn_revision(resp: &mut TxnResponse, revision: i64) {
+    resp.header = header(revision);
+    for op in &mut resp.responses {
+        match &mut op.response {
+            Some(response_op::Response::ResponseRange(r)) => r.header = header(revision),
+            Some(response_op::Response::ResponsePut(r)) => r.header = header(revision),
+            Some(response_op::Response::ResponseDeleteRange(r)) => r.header = header(revision),
+            Some(response_op::Response::ResponseTxn(r)) => set_txn_revision(r, revision),
+            None => {}
+        }
+    }
+}
+
+fn single(r: &impl KvRead, key: &[u8]) -> Result<Option<KeyValue>> {
+    Ok(r.read(&RangeOptions {
+        key: key.to_vec(),
+        ..Default::default()
+    })?
+    .kvs
+    .into_iter()
+    .next())
+}
+
+/// One compare: true when every key in its range satisfies it. A missing key compares as zero values,
+/// except that a value compare on a missing key is false (etcd's rule).
+fn compare(r: &impl KvRead, c: &Compare) -> Result<bool> {
+    use compare::CompareTarget;
+    let res = r.read(&RangeOptions {
+        key: c.key.clone(),
+        range_end: c.range_end.clone(),
+        ..Default::default()
+    })?;
+    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+    if res.kvs.is_empty() {
+        if target == CompareTarget::Value {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, target, &KeyValue::default()));
+    }
+    Ok(res.kvs.iter().all(|kv| compare_kv(c, target, kv)))
+}
+
+fn compare_kv(c: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let int = |v: i64| -> i64 {
+        match (&c.target_union, target) {
+            (Some(TargetUnion::Version(x)), CompareTarget::Version)
+            | (Some(TargetUnion::CreateRevision(x)), CompareTarget::Create)
+            | (Some(TargetUnion::ModRevision(x)), CompareTarget::Mod)
+            | (Some(TargetUnion::Lease(x)), CompareTarget::Lease) => {
+                let _ = v;
+                *x
+            }
+            _ => 0,
+        }
+    };
+    let ord = match target {
+        CompareTarget::Version => kv.version.cmp(&int(0)),
+        CompareTarget::Create => kv.create_revision.cmp(&int(0)),
+        CompareTarget::Mod => kv.mod_revision.cmp(&int(0)),
+        CompareTarget::Lease => kv.lease.cmp(&int(0)),
+        CompareTarget::Value => {
+            let want: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(want)
+        }
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+    }
+}
+
+// ---- request checks made before proposing (etcd's v3rpc key checks) ----
+
+/// Checks a Range request.
+pub fn check_range(req: &RangeRequest) -> Result<()> {
+    if req.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if range_request::SortOrder::try_from(req.sort_order).is_err() {
+        return Err(Error::InvalidArgument(
+            "etcdserver: invalid sort option".into(),
+        ));
+    }
+    if range_request::SortTarget::try_from(req.sort_target).is_err() {
+        return Err(Error::InvalidArgument(
+            "etcdserver: invalid sort option".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Put request.
+pub fn check_put(req: &PutRequest) -> Result<()> {
+    if req.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(Error::ValueProvided);
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(Error::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// Checks a DeleteRange request.
+pub fn check_delete(req: &DeleteRangeRequest) -> Result<()> {
+    if req.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    Ok(())
+}
+
+/// Checks a Txn request: operation counts (each list at most `max_ops`), every operation's own check,
+/// and no two writes to one key in a branch.
+pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<()> {
+    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops {
+        return Err(Error::TooManyTxnOps);
+    }
+    for c in &req.compare {
+        if c.key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+    }
+    for op in req.success.iter().chain(&req.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => check_range(r)?,
+            Some(request_op::Request::RequestPut(r)) => check_put(r)?,
+            Some(request_op::Request::RequestDeleteRange(r)) => check_delete(r)?,
+            Some(request_op::Request::RequestTxn(r)) => check_txn(r, max_ops)?,
+            None => return Err(Error::InvalidArgument("empty operation in txn".into())),
+        }
+    }
+    check_intervals(&req.success)?;
+    check_intervals(&req.failure)?;
+    Ok(())
+}
+
+/// A deleted range: `[start, end)`, `end` empty = the single key, `[0]` = everything from `start`.
+struct DeleteInterval {
+    start: Vec<u8>,
+    end: Vec<u8>,
+}
+
+impl DeleteInterval {
+    fn contains(&self, key: &[u8]) -> bool {
+        if self.end.is_empty() {
+            return key == self.start.as_slice();
+        }
+        if self.end == [0] {
+            return key >= self.start.as_slice();
+        }
+        key >= self.start.as_slice() && key < self.end.as_slice()
+    }
+}
+
+/// etcd's duplicate-write rule for one branch: a key may be put once, and not inside a range the same
+/// branch deletes. The two branches of a nested txn may each put the same key (only one of them runs).
+fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<DeleteInterval>)> {
+    let mut dels: Vec<DeleteInterval> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => Some(DeleteInterval {
+                start: d.key.clone(),
+                end: d.range_end.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || dels.iter().any(|d| d.contains(k)) {
+                return Err(Error::DuplicateKey);
+            }
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || dels.iter().any(|d| d.contains(k)) {
+                return Err(Error::DuplicateKey);
+            }
+        }
+        puts.extend(puts_then);
+        puts.extend(puts_else);
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
+            return Err(Error::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+/// True when a txn writes anything in either branch (a read-only txn needs no Raft round).
+pub fn txn_has_writes(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_has_writes(t),
+            _ => false,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_op(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.into(),
+                    range_end: end.into(),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    fn txn_op(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success,
+                failure,
+            })),
+        }
+    }
+
+    fn check(success: Vec<RequestOp>) -> Result<()> {
+        check_txn(
+            &TxnRequest {
+                compare: vec![],
+                success,
+                failure: vec![],
+            },
+            128,
+        )
+    }
+
+    #[test]
+    fn duplicate_writes_in_a_txn_are_refused() {
+        assert!(check(vec![put_op("a"), put_op("b")]).is_ok());
+        assert!(matches!(
+            check(vec![put_op("a"), put_op("a")]),
+            Err(Error::DuplicateKey)
+        ));
+        assert!(matches!(
+            check(vec![put_op("b"), del_op("a", "c")]),
+            Err(Error::DuplicateKey)
+        ));
+        assert!(check(vec![put_op("c"), del_op("a", "c")]).is_ok());
+        assert!(check(vec![del_op("a", "c"), del_op("b", "d")]).is_ok());
+        // Both branches of a nested txn may put the same key, but not the parent as well.
+        assert!(check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]).is_ok());
+        assert!(matches!(
+            check(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]),
+            Err(Error::DuplicateKey)
+        ));
+        assert!(matches!(
+            check(vec![del_op("a", ""), txn_op(vec![], vec![put_op("a")])]),
+            Err(Error::DuplicateKey)
+        ));
+    }
+
+    #[test]
+    fn op_counts_and_empty_keys() {
+        let many: Vec<RequestOp> = (0..129).map(|i| put_op(&format!("k{i}"))).collect();
+        assert!(matches!(check(many), Err(Error::TooManyTxnOps)));
+        assert!(matches!(check(vec![put_op("")]), Err(Error::EmptyKey)));
+        assert!(check_put(&PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn compares_follow_etcd() {
+        use compare::{CompareResult, CompareTarget, TargetUnion};
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            version: 3,
+            value: b"abc".to_vec(),
+            ..Default::default()
+        };
+        let c = |target: CompareTarget, result: CompareResult, u: TargetUnion| Compare {
+            result: result as i32,
+            target: target as i32,
+            key: b"k".to_vec(),
+            range_end: vec![],
+            target_union: Some(u),
+        };
+        let v = CompareTarget::Version;
+        assert!(compare_kv(
+            &c(v, CompareResult::Equal, TargetUnion::Version(3)),
+            v,
+            &kv
+        ));
+        assert!(compare_kv(
+            &c(v, CompareResult::Greater, TargetUnion::Version(2)),
+            v,
+            &kv
+        ));
+        assert!(compare_kv(
+            &c(v, CompareResult::Less, TargetUnion::Version(4)),
+            v,
+            &kv
+        ));
+        assert!(compare_kv(
+            &c(v, CompareResult::NotEqual, TargetUnion::Version(4)),
+            v,
+            &kv
+        ));
+        let val = CompareTarget::Value;
+        assert!(compare_kv(
+            &c(
+                val,
+                CompareResult::Greater,
+                TargetUnion::Value(b"abb".to_vec())
+            ),
+            val,
+            &kv
+        ));
+    }
+}
