@@ -503,20 +503,16 @@ async fn ctl_endpoint_and_member() {
 
 #[tokio::test]
 async fn ctl_snapshot_defrag_alarm() {
-    let (server, dir) = start(&[]).await;
+    let (server, _dir) = start(&[]).await;
     for i in 0..20 {
         ctl(&server, &["put", &format!("k{i}"), "v"]).await;
     }
-    let snap = dir
-        .path()
-        .parent()
-        .expect("tmp")
-        .join(format!("compat-snap-{}.db", std::process::id()));
+    let snap_dir = tempfile::tempdir().expect("tempdir for the snapshot");
+    let snap = snap_dir.path().join("snap.db");
     let snap_s = snap.display().to_string();
     let out = ctl(&server, &["snapshot", "save", &snap_s]).await;
     assert_eq!(out, format!("Snapshot saved at {snap_s}\n"));
     let len = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
-    let _ = std::fs::remove_file(&snap);
     assert!(len > 0, "snapshot file is empty");
 
     assert_eq!(

@@ -107,7 +107,7 @@ async fn watch_live_replay_and_ranges() {
         [put_ev("c", "v", 9), put_ev("d9", "v", 10)]
     );
 
-    // From-key watch on "\0" sees everything, replayed from revision 1... of what is left (the full log).
+    // A from-key watch on "\0" covers every key; replay it from revision 11.
     let (mut all, aid) = watch(
         &mut c,
         "\0",
