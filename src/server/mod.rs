@@ -16,6 +16,7 @@
 //! not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
 
 pub mod apply;
+pub mod compactor;
 pub mod kv;
 pub mod raft_loop;
 pub mod request;
@@ -159,6 +160,9 @@ impl Server {
             .map_err(|e| Error::Internal(format!("start task failed: {e}")))??;
         server.wait_caught_up().await?;
         tokio::spawn(server.clone().expire_leases());
+        if let Some(retention) = server.config().auto_compaction {
+            tokio::spawn(server.clone().auto_compact(retention));
+        }
         Ok(server)
     }
 
@@ -572,6 +576,32 @@ impl Server {
                         }
                     }
                 });
+            }
+        }
+    }
+
+    /// The auto-compaction loop: shows the compactor the revision at every sample interval and proposes
+    /// the compactions it decides on (leader only).
+    async fn auto_compact(self, retention: compactor::Retention) {
+        let shared = self.inner.shared.clone();
+        let mut c = compactor::Compactor::new(retention, std::time::Instant::now());
+        while !shared.stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(retention.sample_interval()).await;
+            if shared.leader.load(Ordering::Relaxed) != shared.member_id {
+                continue;
+            }
+            if let Some(revision) = c.observe(std::time::Instant::now(), self.revision()) {
+                match self
+                    .compact(CompactionRequest {
+                        revision,
+                        physical: false,
+                    })
+                    .await
+                {
+                    Ok(_) => tracing::info!(revision, "auto compaction"),
+                    Err(Error::Compacted) => {}
+                    Err(e) => tracing::warn!(revision, error = %e, "auto compaction failed"),
+                }
             }
         }
     }
