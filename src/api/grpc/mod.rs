@@ -8,10 +8,12 @@
 //! gRPC is HTTP/2 and the gateway HTTP/1.1, and one listener speaks both.
 
 pub mod kv;
+pub mod watch;
 
 use axum::Router;
 
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::server::Server;
 
 /// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
@@ -23,6 +25,9 @@ pub fn router(server: Server) -> Router {
     let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     tonic::service::Routes::new(
         KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max),
     )
     .into_axum_router()
 }
