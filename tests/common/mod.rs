@@ -16,7 +16,8 @@
 //! - Dropping a `Server` kills its child with SIGKILL and reaps it, including when the test panics; when the
 //!   test is panicking the log tail is printed so the failure explains itself.
 //!
-//! Left out on purpose: cluster setups (one member per test), TLS, and gRPC clients.
+//! Left out on purpose: cluster setups (one member per test), TLS, and gRPC clients (tests build their own from
+//! [`Server::client_url`]).
 
 #![allow(dead_code)]
 
@@ -160,6 +161,8 @@ pub struct Server {
     name: String,
     /// REST port of the current incarnation.
     rest_port: u16,
+    /// Client (gRPC) port of the current incarnation.
+    client_port: u16,
     /// Holds the log files; kept outside the data directory so logs never look like server state.
     log_dir: tempfile::TempDir,
     /// Log of the current incarnation (stdout and stderr together).
@@ -178,6 +181,7 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             name: "default".to_string(),
             rest_port: 0,
+            client_port: 0,
             log_dir: tempfile::tempdir().expect("tempdir for logs"),
             log: PathBuf::new(),
             starts: 0,
@@ -209,6 +213,7 @@ impl Server {
         assert!(self.child.is_none(), "spawn while a child is still running");
         let ports = free_ports(3);
         self.rest_port = ports[0];
+        self.client_port = ports[1];
         self.starts += 1;
         self.log = self
             .log_dir
@@ -254,6 +259,11 @@ impl Server {
     /// `http://127.0.0.1:PORT` of the REST API of the current incarnation.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.rest_port)
+    }
+
+    /// `http://127.0.0.1:PORT` of the client (gRPC) port of the current incarnation.
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
     }
 
     /// A REST client for the current incarnation (get a new one after a restart: the port changes).
