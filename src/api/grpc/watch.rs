@@ -153,8 +153,9 @@ struct Session {
 
 /// One watch of a stream. Dropping it stops the forwarding task, which drops the hub watcher.
 struct WatchEntry {
-    /// The forwarding task; `None` once it ended by itself (compaction, server stop). The id stays
-    /// taken until the client cancels it, as in etcd.
+    /// The forwarding task (`Option` only so that cancel and drop can take it). It may have ended
+    /// by itself (compaction, server stop); the id stays taken until the client cancels it, as in
+    /// etcd.
     task: Option<JoinHandle<()>>,
 }
 
