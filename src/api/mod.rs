@@ -45,6 +45,8 @@ pub async fn serve(
         }));
     }
     shutdown.await;
+    // Watch streams never end on their own: tell them first, or the drain below waits forever.
+    server.begin_shutdown();
     let _ = stop_tx.send(());
     for t in tasks {
         t.await

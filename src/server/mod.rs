@@ -94,6 +94,9 @@ pub struct Shared {
     pub fatal: Mutex<Option<String>>,
     /// Woken when `fatal` is set.
     pub fatal_notify: tokio::sync::Notify,
+    /// Turns true when shutdown begins, before the listeners drain: long-lived streams (gRPC watch)
+    /// end on it, or a graceful drain would wait for them forever.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running server. Cheap to clone; every clone is the same server.
@@ -323,6 +326,7 @@ impl Server {
             stopped: AtomicBool::new(false),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
+            closing: tokio::sync::watch::channel(false).0,
         });
         shared
             .committed_index
@@ -611,6 +615,22 @@ impl Server {
         self.inner.shared.hub.watch(req)
     }
 
+    /// Announces that shutdown has begun: long-lived streams end (gRPC watch streams answer
+    /// `Unavailable`), so that the listeners' graceful drain can finish. Idempotent; [`shutdown`]
+    /// does it too.
+    ///
+    /// [`shutdown`]: Self::shutdown
+    pub fn begin_shutdown(&self) {
+        self.inner.shared.closing.send_replace(true);
+    }
+
+    /// Resolves once [`begin_shutdown`](Self::begin_shutdown) (or `shutdown`) has been called.
+    pub async fn closing(&self) {
+        let mut rx = self.inner.shared.closing.subscribe();
+        // The sender lives in `Shared`, which outlives this call: `wait_for` cannot fail.
+        let _ = rx.wait_for(|closing| *closing).await;
+    }
+
     /// The current store revision.
     pub fn revision(&self) -> i64 {
         self.inner.shared.store.current_revision()
@@ -703,6 +723,7 @@ impl Server {
 impl Inner {
     fn stop(&self) -> Result<()> {
         self.shared.stopped.store(true, Ordering::SeqCst);
+        self.shared.closing.send_replace(true);
         if let Some(tx) = self
             .raft_tx
             .lock()

@@ -16,7 +16,8 @@
 //! - Dropping a `Server` kills its child with SIGKILL and reaps it, including when the test panics; when the
 //!   test is panicking the log tail is printed so the failure explains itself.
 //!
-//! Left out on purpose: cluster setups (one member per test), TLS, and gRPC clients.
+//! Left out on purpose: cluster setups (one member per test), TLS, and gRPC clients (tests build their own from
+//! [`Server::client_url`]).
 
 #![allow(dead_code)]
 

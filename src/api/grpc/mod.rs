@@ -9,11 +9,13 @@
 
 pub mod kv;
 pub mod lease;
+pub mod watch;
 
 use axum::Router;
 
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::server::Server;
 
 /// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
@@ -28,6 +30,9 @@ pub fn router(server: Server) -> Router {
     )
     .add_service(
         LeaseServer::new(lease::LeaseService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max),
     )
     .into_axum_router()
 }
