@@ -35,11 +35,18 @@ struct WriterReport {
 
 const WRITERS: usize = 8;
 /// Per writer per cycle; large enough that the kill, not the cap, ends every cycle.
-const WRITES_PER_WRITER_CAP: usize = 2000;
-/// Kill once this many writes were acknowledged in the cycle...
-const KILL_AFTER_ACKS: usize = 1000;
+const WRITES_PER_WRITER_CAP: usize = 20_000;
+/// Kill once this many writes were acknowledged in the cycle (`CRASH_KILL_AFTER_ACKS` overrides it for
+/// a longer run by hand)...
+fn kill_after_acks() -> usize {
+    std::env::var("CRASH_KILL_AFTER_ACKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(WRITERS * WRITES_PER_WRITER_CAP / 2)
+}
 /// ...or once this much time passed, whichever comes first (a bound on test time, not an assertion).
-const KILL_AFTER: Duration = Duration::from_secs(5);
+const KILL_AFTER: Duration = Duration::from_secs(30);
 
 async fn writer(
     rest: Rest,
@@ -140,7 +147,7 @@ async fn acknowledged_writes_survive_kill_9_three_times() {
             .collect();
 
         let started = Instant::now();
-        while acks.load(Ordering::SeqCst) < KILL_AFTER_ACKS && started.elapsed() < KILL_AFTER {
+        while acks.load(Ordering::SeqCst) < kill_after_acks() && started.elapsed() < KILL_AFTER {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         killed.store(true, Ordering::SeqCst);
