@@ -108,6 +108,10 @@ impl Applier {
 
     fn apply_request(&mut self, index: u64, op: Option<Op>) -> Result<ApplyResult> {
         let store = self.shared.store.clone();
+        if let Some(op) = &op {
+            // A NOSPACE alarm holds back writes that grow the backend (see `alarm.rs`).
+            self.shared.alarms.refuses(op)?;
+        }
         match op {
             Some(Op::Put(req)) => {
                 let (mut resp, revision) =
@@ -137,9 +141,12 @@ impl Applier {
                     header: header(store.current_revision()),
                 }))
             }
-            Some(Op::LeaseGrant(_)) | Some(Op::LeaseRevoke(_)) | Some(Op::Alarm(_)) => Err(
-                Error::Unimplemented("leases and alarms are not served yet".into()),
-            ),
+            Some(Op::Alarm(req)) => Ok(ApplyResult::Alarm(
+                self.shared.alarms.apply(&store, index, &req)?,
+            )),
+            Some(Op::LeaseGrant(_)) | Some(Op::LeaseRevoke(_)) => {
+                Err(Error::Unimplemented("leases are not served yet".into()))
+            }
             None => Err(Error::InvalidArgument("empty request in Raft entry".into())),
         }
     }

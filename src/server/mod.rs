@@ -15,8 +15,10 @@
 //! the store), and the backend committer (commits the store's write batch to redb every 100 ms; the WAL,
 //! not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
 
+pub mod alarm;
 pub mod apply;
 pub mod kv;
+pub mod maintenance;
 pub mod raft_loop;
 pub mod request;
 pub mod wait;
@@ -85,6 +87,8 @@ pub struct Shared {
     pub fatal: Mutex<Option<String>>,
     /// Woken when `fatal` is set.
     pub fatal_notify: tokio::sync::Notify,
+    /// The cluster's alarms as applied here (see `alarm.rs`).
+    pub alarms: alarm::AlarmStore,
 }
 
 /// A running server. Cheap to clone; every clone is the same server.
@@ -158,8 +162,12 @@ impl Server {
         fs::create_dir_all(&member_dir)?;
         let lock = lock_data_dir(&config.data_dir)?;
 
-        let store = Arc::new(Store::open(&member_dir.join("db"))?);
         let wal_dir = member_dir.join("wal");
+        if !Wal::exists(&wal_dir) {
+            // A restored snapshot may still end in etcd's sha256 trailer (see `maintenance.rs`).
+            maintenance::prepare_restored_db(&member_dir.join("db"))?;
+        }
+        let store = Arc::new(Store::open(&member_dir.join("db"))?);
         let (wal, contents, meta) = if Wal::exists(&wal_dir) {
             let (wal, contents) = Wal::open(&wal_dir, WalOptions::default())?;
             if let Some((file, offset)) = &contents.repaired_tail {
@@ -285,6 +293,7 @@ impl Server {
             stopped: AtomicBool::new(false),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
+            alarms: alarm::AlarmStore::load(store.backend())?,
         });
         shared
             .committed_index
@@ -529,6 +538,7 @@ impl Server {
         if shared.stopped.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
         }
+        self.check_quota(&op).await?;
         let (id, rx) = shared.wait.register();
         let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
         if data.len() > self.inner.config.max_request_bytes {

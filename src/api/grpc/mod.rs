@@ -7,11 +7,17 @@
 //! The same port also serves etcd's JSON gateway (`/v3/...`) and `/health`, `/version`, `/metrics`:
 //! gRPC is HTTP/2 and the gateway HTTP/1.1, and one listener speaks both.
 
+pub mod auth;
+pub mod cluster;
 pub mod kv;
+pub mod maintenance;
 
 use axum::Router;
 
+use crate::proto::etcdserverpb::auth_server::AuthServer;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::server::Server;
 
 /// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
@@ -24,5 +30,12 @@ pub fn router(server: Server) -> Router {
     tonic::service::Routes::new(
         KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max),
     )
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(server.clone()),
+    ))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        server.clone(),
+    )))
+    .add_service(AuthServer::new(auth::AuthService::new(server.clone())))
     .into_axum_router()
 }
