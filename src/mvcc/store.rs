@@ -1164,6 +1164,48 @@ mod tests {
     }
 
     #[test]
+    fn hash_kv_is_stable_per_revision_and_equal_across_stores() {
+        let (_d1, a) = open();
+        let (_d2, b) = open();
+        for s in [&a, &b] {
+            put(s, "k1", "v1"); // 2
+            put(s, "k2", "v2"); // 3
+        }
+        let at3 = a.hash_kv(3).unwrap();
+        assert_eq!(at3.revision, 3);
+        assert_eq!(at3.compact_revision, -1, "never compacted");
+        assert_eq!(at3, b.hash_kv(0).unwrap(), "same history, same hash");
+        put(&a, "k1", "v3"); // 4
+        assert_eq!(
+            a.hash_kv(3).unwrap().hash,
+            at3.hash,
+            "later writes do not matter"
+        );
+        assert_ne!(a.hash_kv(0).unwrap().hash, at3.hash);
+        assert_ne!(a.hash_kv(2).unwrap().hash, at3.hash);
+        assert!(matches!(a.hash_kv(9), Err(Error::FutureRevision)));
+        // Different writes, different whole-backend hash; the same writes, the same one, whatever
+        // the consistent index.
+        put(&b, "k1", "v3");
+        assert_eq!(a.hash().unwrap(), b.hash().unwrap());
+        b.set_consistent_index(1234);
+        assert_eq!(a.hash().unwrap(), b.hash().unwrap());
+        put(&b, "k9", "x");
+        assert_ne!(a.hash().unwrap().0, b.hash().unwrap().0);
+        // Compaction: below it is gone, at and above it both stores still agree.
+        a.compact(3, 10).unwrap();
+        b.compact(3, 11).unwrap();
+        assert!(matches!(a.hash_kv(2), Err(Error::Compacted)));
+        let ha = a.hash_kv(4).unwrap();
+        assert_eq!(ha.compact_revision, 3);
+        assert_eq!(
+            ha.hash,
+            b.hash_kv(4).unwrap().hash,
+            "b wrote more later; revision 4 agrees"
+        );
+    }
+
+    #[test]
     fn reads_stay_consistent_while_a_thread_commits() {
         let (_dir, store) = open();
         let store = Arc::new(store);
