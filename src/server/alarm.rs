@@ -10,7 +10,7 @@
 //! The quota works as etcd's does:
 //!
 //! - Before a write that can grow the backend (a put, a transaction with a put, a lease grant) is
-//!   proposed, [`Server::check_quota`] estimates its cost (etcd: the key and value plus 256 bytes of
+//!   proposed, `Server::check_quota` estimates its cost (etcd: the key and value plus 256 bytes of
 //!   overhead per put) and compares the backend's file size plus that cost with
 //!   `--quota-backend-bytes` (0 = etcd's default of 2 GiB). If it does not fit, the server proposes
 //!   `ACTIVATE NOSPACE` for itself and answers the request with `Error::NoSpace`.

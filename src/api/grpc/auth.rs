@@ -81,7 +81,6 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthDisableResponse>, Status> {
         Ok(Response::new(AuthDisableResponse {
             header: self.header(),
-            ..Default::default()
         }))
     }
 
