@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::server::compactor::Retention;
 
 /// etcd's default `--max-request-bytes`: 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -106,6 +107,13 @@ pub struct ServerArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Interpretation of --auto-compaction-retention: `periodic` (a duration) or `revision` (a count).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention: for periodic a duration (`1h`, `30m`, or a number of hours), for
+    /// revision a number of revisions. 0 disables auto compaction.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -151,6 +159,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Most operations in one transaction branch.
     pub max_txn_ops: usize,
+    /// Automatic compaction, if enabled.
+    pub auto_compaction: Option<Retention>,
     /// Backend quota in bytes.
     pub quota_backend_bytes: u64,
     /// The REST API's listen address.
@@ -208,6 +218,10 @@ impl Config {
             snapshot_count: a.snapshot_count,
             max_request_bytes,
             max_txn_ops: a.max_txn_ops,
+            auto_compaction: Retention::parse(
+                &a.auto_compaction_mode,
+                &a.auto_compaction_retention,
+            )?,
             quota_backend_bytes: a.quota_backend_bytes,
             listen_rest_url: parse_url("--listen-rest-url", &a.listen_rest_url)?,
             log_level: a.log_level,
@@ -352,6 +366,21 @@ mod tests {
         assert!(parse(&["--no-such-flag"]).is_err());
         assert!(parse(&["--initial-cluster", "other=http://127.0.0.1:2380"]).is_err());
         assert!(parse(&["--initial-cluster-state", "maybe"]).is_err());
+        assert!(parse(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "x"
+        ])
+        .is_err());
+        let c = parse(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(c.auto_compaction, Some(Retention::Revisions(10)));
     }
 
     #[test]

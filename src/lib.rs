@@ -5,6 +5,7 @@
 //! - [`api`]: the client APIs (the seed's REST API today); they validate, call the server, map errors.
 //! - [`server`]: request ids and waiters, the Raft Ready loop, the apply step.
 //! - [`mvcc`] (revisions, key index, store, redb backend), [`watch`] (watchers fed by apply),
+//!   [`lease`] (the lessor: leases, attached keys, leader-local expiry),
 //!   [`snap`] (when the applied state replaces the log's prefix).
 //! - [`wal`]: the write-ahead log that is Raft's durable storage.
 //!
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod mvcc;
 pub mod proto;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The client-facing APIs. Each one only parses and validates, calls the [`crate::server::Server`]
 //! handle, and maps results and errors to its wire format; none of them changes state itself.
 
+pub mod gateway;
 pub mod grpc;
 pub mod rest;
 
@@ -44,6 +45,8 @@ pub async fn serve(
         }));
     }
     shutdown.await;
+    // Watch streams never end on their own: tell them first, or the drain below waits forever.
+    server.begin_shutdown();
     let _ = stop_tx.send(());
     for t in tasks {
         t.await

@@ -185,6 +185,11 @@ impl WriteBatch {
         self.ops.push((table, key, None));
     }
 
+    /// Appends every write of `other`, after this batch's own.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+
     /// Number of writes in the batch.
     pub fn len(&self) -> usize {
         self.ops.len()

@@ -12,9 +12,9 @@
 //!   buffers the records plus the consistent index as one [`WriteBatch`]. Readers therefore never see an
 //!   index entry whose record is missing, nor half a transaction.
 //!
-//! History ([`Store::events`]) answers `Compacted` for `from_rev <= compact revision`, one revision
-//! stricter than etcd's watch (which accepts a start at the compact revision): compaction here deletes a
-//! tombstone *at* the compact revision, so that revision's events may be incomplete.
+//! History ([`Store::events`]) answers `Compacted` for `from_rev < compact revision`, as etcd's watch
+//! does: a start at the compact revision itself is served. As in etcd, compaction drops a tombstone at
+//! the compact revision, so a delete event at exactly that revision is not replayed.
 //!
 //! Left out: sorted ranges and min/max revision filters, range-level `limit` pushdown into the backend
 //! fetch beyond what the index already gives, and incremental compaction (one pass, under the lock).
@@ -251,6 +251,7 @@ impl Store {
             main,
             changes: Vec::new(),
             overlay: BTreeMap::new(),
+            extra: WriteBatch::new(),
         }
     }
 
@@ -301,7 +302,7 @@ impl Store {
         to_rev: i64,
     ) -> Result<Vec<Event>> {
         let state = read_lock(&self.state);
-        if state.compacted > 0 && from_rev <= state.compacted {
+        if state.compacted > 0 && from_rev < state.compacted {
             return Err(Error::Compacted);
         }
         // The first write is revision 2 (an empty store is at 1), so nothing is stored below 2.
@@ -575,6 +576,9 @@ pub struct WriteTxn<'a> {
     changes: Vec<Event>,
     /// Each written key's state after this transaction so far (`None` = deleted), for own reads.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Writes to other tables (leases, alarms) that must land in the same backend batch as this
+    /// transaction's records and consistent index.
+    extra: WriteBatch,
 }
 
 impl std::fmt::Debug for WriteTxn<'_> {
@@ -659,6 +663,12 @@ impl WriteTxn<'_> {
         Ok(existing)
     }
 
+    /// The batch for writes to other tables that must commit atomically with this transaction (and its
+    /// consistent index): a lease grant, an alarm.
+    pub fn backend_batch(&mut self) -> &mut WriteBatch {
+        &mut self.extra
+    }
+
     /// Reads like [`Store::range`]. With `revision` 0 (or [`WriteTxn::revision`] once the transaction
     /// has written) it sees this transaction's own writes; an explicit earlier revision does not.
     pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
@@ -710,6 +720,7 @@ impl WriteTxn<'_> {
             META_CONSISTENT_INDEX.to_vec(),
             consistent_index.to_be_bytes().to_vec(),
         );
+        batch.extend(self.extra);
         // Still under the state lock: no reader sees the index entries before their records.
         self.store.backend.write(batch);
         drop(state);
@@ -1044,8 +1055,10 @@ mod tests {
         store.compact(1, 0).unwrap();
         assert_eq!(store.compact_revision(), 1);
         assert!(store.range(&opts("", "\0", 1)).unwrap().kvs.is_empty());
+        // A start at the compact revision itself is served (etcd); nothing happened at revision 1.
+        assert!(store.events(b"", b"\0", 1, 1).unwrap().is_empty());
         assert!(matches!(
-            store.events(b"", b"\0", 1, 1),
+            store.events(b"", b"\0", 0, 1),
             Err(Error::Compacted)
         ));
         assert_eq!(put(&store, "a", "1"), 2);
@@ -1147,13 +1160,15 @@ mod tests {
         store.commit_backend().unwrap();
         store.compact(4, 0).unwrap();
         assert!(matches!(
-            store.events(b"a", b"", 4, 7),
+            store.events(b"a", b"", 3, 7),
             Err(Error::Compacted)
         ));
         assert!(matches!(
             store.events(b"a", b"", 2, 7),
             Err(Error::Compacted)
         ));
+        // The compact revision itself is still a valid start.
+        assert!(store.events(b"a", b"", 4, 7).is_ok());
         let after = store.events(b"a", b"", 5, 7).unwrap();
         assert_eq!(after.len(), 2);
         // The record a@4 was visible at the compact revision, so the delete still has its prev_kv.

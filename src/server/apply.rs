@@ -21,9 +21,11 @@ use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
 
 use crate::error::{Error, Result};
-use crate::mvcc::WriteTxn;
-use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
-use crate::server::kv::{self, LeaseCheck, LeaseEffect, NoLeases};
+use crate::mvcc::{WriteBatch, WriteTxn};
+use crate::proto::etcdserverpb::{
+    CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
+};
+use crate::server::kv::{self, LeaseCheck, LeaseEffect};
 use crate::server::raft_loop::RaftMsg;
 use crate::server::request::{Op, RaftRequest};
 use crate::server::wait::ApplyResult;
@@ -141,12 +143,37 @@ impl Applier {
                     header: header(store.current_revision()),
                 }))
             }
+            Some(Op::LeaseGrant(req)) => {
+                let lessor = self.shared.lessor.clone();
+                let ((id, ttl), revision) = self.write(index, |txn, _, _| {
+                    lessor.grant(req.id, req.ttl, txn.backend_batch())
+                })?;
+                Ok(ApplyResult::LeaseGrant(LeaseGrantResponse {
+                    header: header(revision),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            Some(Op::LeaseRevoke(req)) => {
+                let lessor = self.shared.lessor.clone();
+                // Every attached key goes in the same revision as the lease itself (etcd's revoke).
+                let ((), revision) = self.write(index, |txn, _, _| {
+                    let mut batch = WriteBatch::new();
+                    let keys = lessor.revoke(req.id, &mut batch)?;
+                    for key in keys {
+                        txn.delete_range(&key, &[])?;
+                    }
+                    txn.backend_batch().extend(batch);
+                    Ok(())
+                })?;
+                Ok(ApplyResult::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(revision),
+                }))
+            }
             Some(Op::Alarm(req)) => Ok(ApplyResult::Alarm(
                 self.shared.alarms.apply(&store, index, &req)?,
             )),
-            Some(Op::LeaseGrant(_)) | Some(Op::LeaseRevoke(_)) => {
-                Err(Error::Unimplemented("leases are not served yet".into()))
-            }
             None => Err(Error::InvalidArgument("empty request in Raft entry".into())),
         }
     }
@@ -162,8 +189,16 @@ impl Applier {
         let store = self.shared.store.clone();
         let mut effects = Vec::new();
         let mut txn = store.write();
-        let out = f(&mut txn, &NoLeases, &mut effects)?;
+        let lessor = self.shared.lessor.clone();
+        let out = f(&mut txn, &*lessor, &mut effects)?;
         let events = txn.end(index);
+        // Attachments change only now that the transaction has taken effect.
+        for effect in effects {
+            match effect {
+                LeaseEffect::Attach(id, key) => lessor.attach(id, &key)?,
+                LeaseEffect::Detach(id, key) => lessor.detach(id, &key),
+            }
+        }
         let revision = store.current_revision();
         if !events.is_empty() {
             self.shared.hub.notify(revision, &events);

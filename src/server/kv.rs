@@ -46,6 +46,12 @@ pub trait LeaseCheck {
     fn lease_exists(&self, id: i64) -> bool;
 }
 
+impl LeaseCheck for crate::lease::Lessor {
+    fn lease_exists(&self, id: i64) -> bool {
+        self.lookup(id)
+    }
+}
+
 /// No leases at all: every lease id is unknown.
 pub struct NoLeases;
 

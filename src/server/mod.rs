@@ -17,6 +17,7 @@
 
 pub mod alarm;
 pub mod apply;
+pub mod compactor;
 pub mod kv;
 pub mod maintenance;
 pub mod raft_loop;
@@ -37,9 +38,11 @@ use raft::storage::MemStorage;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::mvcc::Store;
+use crate::lease::{Lessor, SystemClock};
+use crate::mvcc::{RangeOptions, Store};
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::server::apply::Applier;
@@ -52,6 +55,10 @@ use crate::watch::{WatchHub, WatchRequest, Watcher};
 
 /// How long a client waits for its proposal to be applied (etcd: 5 s plus two election timeouts).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// etcd's minimum lease TTL: 1.5 election timeouts (10 ticks of 100 ms), rounded up to whole seconds.
+pub const MIN_LEASE_TTL_SECS: i64 = 2;
+/// Most expired leases revoked per round of the expiry task.
+const EXPIRED_PER_ROUND: usize = 512;
 /// How often the backend write batch is committed to redb (etcd's batch interval).
 pub const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -61,6 +68,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Watchers, fed by the apply thread.
     pub hub: Arc<WatchHub>,
+    /// Leases: granted and revoked by the apply thread, renewed and expired by the leader.
+    pub lessor: Arc<Lessor>,
     /// Parked proposers.
     pub wait: Wait,
     /// This member's id.
@@ -87,6 +96,9 @@ pub struct Shared {
     pub fatal: Mutex<Option<String>>,
     /// Woken when `fatal` is set.
     pub fatal_notify: tokio::sync::Notify,
+    /// Turns true when shutdown begins, before the listeners drain: long-lived streams (gRPC watch)
+    /// end on it, or a graceful drain would wait for them forever.
+    pub closing: tokio::sync::watch::Sender<bool>,
     /// The cluster's alarms as applied here (see `alarm.rs`).
     pub alarms: alarm::AlarmStore,
 }
@@ -154,6 +166,10 @@ impl Server {
             .await
             .map_err(|e| Error::Internal(format!("start task failed: {e}")))??;
         server.wait_caught_up().await?;
+        tokio::spawn(server.clone().expire_leases());
+        if let Some(retention) = server.config().auto_compaction {
+            tokio::spawn(server.clone().auto_compact(retention));
+        }
         Ok(server)
     }
 
@@ -168,6 +184,30 @@ impl Server {
             maintenance::prepare_restored_db(&member_dir.join("db"))?;
         }
         let store = Arc::new(Store::open(&member_dir.join("db"))?);
+        let lessor = Arc::new(Lessor::new(
+            store.backend().clone(),
+            Arc::new(SystemClock),
+            MIN_LEASE_TTL_SECS,
+        )?);
+        // Attachments are not stored with the leases: every live key names its lease.
+        let live = store.range(&RangeOptions {
+            key: vec![0],
+            range_end: vec![0],
+            keys_only: true,
+            ..Default::default()
+        })?;
+        let orphans = lessor.rebuild_attachments(
+            live.kvs
+                .into_iter()
+                .filter(|kv| kv.lease != 0)
+                .map(|kv| (kv.lease, kv.key)),
+        );
+        if !orphans.is_empty() {
+            tracing::warn!(
+                keys = orphans.len(),
+                "keys attached to leases that no longer exist"
+            );
+        }
         let (wal, contents, meta) = if Wal::exists(&wal_dir) {
             let (wal, contents) = Wal::open(&wal_dir, WalOptions::default())?;
             if let Some((file, offset)) = &contents.repaired_tail {
@@ -280,6 +320,7 @@ impl Server {
         let shared = Arc::new(Shared {
             store: store.clone(),
             hub,
+            lessor,
             wait: Wait::new(),
             member_id: meta.member_id,
             cluster_id: meta.cluster_id,
@@ -293,6 +334,7 @@ impl Server {
             stopped: AtomicBool::new(false),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
+            closing: tokio::sync::watch::channel(false).0,
             alarms: alarm::AlarmStore::load(store.backend())?,
         });
         shared
@@ -481,9 +523,121 @@ impl Server {
         Ok(resp)
     }
 
+    /// etcd's LeaseGrant, through Raft. An id of 0 gets a fresh id chosen here, before proposing, so
+    /// every replica grants the same lease.
+    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if req.id == 0 {
+            req.id = self.inner.shared.lessor.new_lease_id();
+        }
+        match self.propose(Op::LeaseGrant(req)).await? {
+            ApplyResult::LeaseGrant(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// etcd's LeaseRevoke, through Raft: the lease and every key attached to it go in one revision.
+    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        if !self.inner.shared.lessor.lookup(req.id) {
+            return Err(Error::LeaseNotFound);
+        }
+        match self.propose(Op::LeaseRevoke(req)).await? {
+            ApplyResult::LeaseRevoke(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Renews a lease (leader-local, as in etcd); its TTL, or `LeaseNotFound`.
+    pub fn lease_renew(&self, id: i64) -> Result<i64> {
+        self.inner.shared.lessor.renew(id)
+    }
+
+    /// The lessor, for the lease API's read-only calls.
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.inner.shared.lessor
+    }
+
+    /// The leader's expiry loop: sleeps until the earliest lease deadline (or a second at most), then
+    /// proposes a revoke for every expired lease, as etcd's leader does. Revokes go through Raft, so
+    /// expiry behaves the same once there are followers.
+    async fn expire_leases(self) {
+        let shared = self.inner.shared.clone();
+        while !shared.stopped.load(Ordering::Relaxed) {
+            let now = std::time::Instant::now();
+            let wait = shared
+                .lessor
+                .next_expiry()
+                .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now))
+                .min(Duration::from_secs(1));
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+            if shared.leader.load(Ordering::Relaxed) != shared.member_id {
+                continue;
+            }
+            for id in shared.lessor.expired(EXPIRED_PER_ROUND) {
+                let server = self.clone();
+                tokio::spawn(async move {
+                    match server.lease_revoke(LeaseRevokeRequest { id }).await {
+                        Ok(_) => tracing::debug!(lease_id = id, "expired lease revoked"),
+                        Err(Error::LeaseNotFound) => {}
+                        Err(e) => {
+                            tracing::warn!(lease_id = id, error = %e, "revoking an expired lease failed")
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// The auto-compaction loop: shows the compactor the revision at every sample interval and proposes
+    /// the compactions it decides on (leader only).
+    async fn auto_compact(self, retention: compactor::Retention) {
+        let shared = self.inner.shared.clone();
+        let mut c = compactor::Compactor::new(retention, std::time::Instant::now());
+        while !shared.stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(retention.sample_interval()).await;
+            if shared.leader.load(Ordering::Relaxed) != shared.member_id {
+                continue;
+            }
+            if let Some(revision) = c.observe(std::time::Instant::now(), self.revision()) {
+                match self
+                    .compact(CompactionRequest {
+                        revision,
+                        physical: false,
+                    })
+                    .await
+                {
+                    Ok(_) => tracing::info!(revision, "auto compaction"),
+                    Err(Error::Compacted) => {}
+                    Err(e) => tracing::warn!(revision, error = %e, "auto compaction failed"),
+                }
+            }
+        }
+    }
+
     /// Registers a watcher.
     pub fn watch(&self, req: WatchRequest) -> Watcher {
         self.inner.shared.hub.watch(req)
+    }
+
+    /// Announces that shutdown has begun: long-lived streams end (gRPC watch streams answer
+    /// `Unavailable`), so that the listeners' graceful drain can finish. Idempotent; [`shutdown`]
+    /// does it too.
+    ///
+    /// [`shutdown`]: Self::shutdown
+    pub fn begin_shutdown(&self) {
+        self.inner.shared.closing.send_replace(true);
+    }
+
+    /// Resolves once [`begin_shutdown`](Self::begin_shutdown) (or `shutdown`) has been called.
+    pub async fn closing(&self) {
+        let mut rx = self.inner.shared.closing.subscribe();
+        // The sender lives in `Shared`, which outlives this call: `wait_for` cannot fail.
+        let _ = rx.wait_for(|closing| *closing).await;
     }
 
     /// The current store revision.
@@ -579,6 +733,7 @@ impl Server {
 impl Inner {
     fn stop(&self) -> Result<()> {
         self.shared.stopped.store(true, Ordering::SeqCst);
+        self.shared.closing.send_replace(true);
         if let Some(tx) = self
             .raft_tx
             .lock()

@@ -151,6 +151,8 @@ impl RaftLoop {
             self.shared.leader.store(ss.leader_id, Ordering::Relaxed);
             if ss.raft_state == StateRole::Leader {
                 tracing::info!(term = self.node.raft.term, "became leader");
+                // Only the leader tracks expiry; a new leader gives every lease its full TTL.
+                self.shared.lessor.promote();
             }
         }
         // Single voter: no messages to peers yet (later issues send rd.messages() here).

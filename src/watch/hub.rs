@@ -494,7 +494,8 @@ impl WatchHub {
     /// Reads one job's events from history, at most up to `current`.
     fn read(&self, job: &Job, current: i64) -> Read {
         let compact = self.history.compact_revision();
-        if job.from <= compact {
+        // etcd: a watch may start at the compact revision itself, not below it.
+        if job.from < compact {
             return Read::Compacted(compact);
         }
         if job.from > current {

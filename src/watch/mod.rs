@@ -58,7 +58,7 @@
 //! `start_revision` above `head` it starts synced there and rule 1 holds back the revisions below
 //! it; otherwise it starts unsynced and replays from history.
 //!
-//! Compaction: if catch-up finds `next_revision <= compact_revision` the watcher gets one batch whose
+//! Compaction: if catch-up finds `next_revision < compact_revision` the watcher gets one batch whose
 //! `compact_revision` is set, and is then cancelled (its channel is closed, `recv` answers `None`), as
 //! etcd cancels a watch on a compacted revision.
 //!

@@ -16,7 +16,8 @@
 //! - Dropping a `Server` kills its child with SIGKILL and reaps it, including when the test panics; when the
 //!   test is panicking the log tail is printed so the failure explains itself.
 //!
-//! Left out on purpose: cluster setups (one member per test), TLS, and gRPC clients.
+//! Left out on purpose: cluster setups (one member per test), TLS, and gRPC clients (tests build their own from
+//! [`Server::client_url`]).
 
 #![allow(dead_code)]
 
@@ -35,6 +36,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mini-etcd");
 /// The binary to run: [`BIN`], unless `MINI_ETCD_BIN` names another build to hold to the same contract.
 pub fn bin() -> String {
     std::env::var("MINI_ETCD_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
+/// `COMPAT_REFERENCE_ETCD=/usr/bin/etcd` runs the etcd-compatibility suites (grpc_*, etcdctl, gateway)
+/// against real etcd instead of mini-etcd, to check that each assertion describes what etcd does. The server
+/// is then started with etcd's flags only, and its "REST" port is its client port (where etcd serves
+/// `/health`). The seed's REST suites do not support this mode.
+pub fn reference_etcd() -> Option<String> {
+    std::env::var("COMPAT_REFERENCE_ETCD")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// How long a server may take to answer `/health` after spawn. A safety bound, not a performance claim.
@@ -138,7 +149,7 @@ fn spawn_logged(args: &[&str], log: &Path) -> Child {
         .open(log)
         .expect("open log file");
     let err: File = out.try_clone().expect("clone log file handle");
-    let bin = bin();
+    let bin = reference_etcd().unwrap_or_else(bin);
     Command::new(&bin)
         .args(args)
         .stdin(Stdio::null())
@@ -160,6 +171,8 @@ pub struct Server {
     name: String,
     /// REST port of the current incarnation.
     rest_port: u16,
+    /// Client (etcd v3 gRPC) port of the current incarnation.
+    client_port: u16,
     /// Holds the log files; kept outside the data directory so logs never look like server state.
     log_dir: tempfile::TempDir,
     /// Log of the current incarnation (stdout and stderr together).
@@ -178,6 +191,7 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             name: "default".to_string(),
             rest_port: 0,
+            client_port: 0,
             log_dir: tempfile::tempdir().expect("tempdir for logs"),
             log: PathBuf::new(),
             starts: 0,
@@ -189,6 +203,9 @@ impl Server {
 
     /// The full argument list for a start on fresh ports; also used to start a competing process.
     fn args_with_ports(&self, rest: u16, client: u16, peer: u16) -> Vec<String> {
+        if reference_etcd().is_some() {
+            return self.reference_args(client, peer);
+        }
         let mut args = vec![
             "--name".to_string(),
             self.name.clone(),
@@ -198,8 +215,36 @@ impl Server {
             format!("http://127.0.0.1:{rest}"),
             "--listen-client-urls".to_string(),
             format!("http://127.0.0.1:{client}"),
+            "--advertise-client-urls".to_string(),
+            format!("http://127.0.0.1:{client}"),
             "--listen-peer-urls".to_string(),
             format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls".to_string(),
+            format!("http://127.0.0.1:{peer}"),
+        ];
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// etcd's own flags for the same layout (see [`reference_etcd`]).
+    fn reference_args(&self, client: u16, peer: u16) -> Vec<String> {
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut args = vec![
+            "--name".to_string(),
+            self.name.clone(),
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+            "--listen-client-urls".to_string(),
+            client_url.clone(),
+            "--advertise-client-urls".to_string(),
+            client_url,
+            "--listen-peer-urls".to_string(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".to_string(),
+            peer_url.clone(),
+            "--initial-cluster".to_string(),
+            format!("{}={peer_url}", self.name),
         ];
         args.extend(self.extra.iter().cloned());
         args
@@ -209,6 +254,10 @@ impl Server {
         assert!(self.child.is_none(), "spawn while a child is still running");
         let ports = free_ports(3);
         self.rest_port = ports[0];
+        self.client_port = ports[1];
+        if reference_etcd().is_some() {
+            self.rest_port = ports[1];
+        }
         self.starts += 1;
         self.log = self
             .log_dir
@@ -254,6 +303,16 @@ impl Server {
     /// `http://127.0.0.1:PORT` of the REST API of the current incarnation.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.rest_port)
+    }
+
+    /// `http://127.0.0.1:PORT` of the etcd v3 client API (gRPC and JSON gateway) of the current incarnation.
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:PORT` of the client API, as etcdctl's `--endpoints` and etcd-client take it.
+    pub fn client_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
     }
 
     /// A REST client for the current incarnation (get a new one after a restart: the port changes).

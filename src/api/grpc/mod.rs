@@ -10,14 +10,18 @@
 pub mod auth;
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use axum::Router;
 
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::server::Server;
 
 /// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
@@ -29,6 +33,12 @@ pub fn router(server: Server) -> Router {
     let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     tonic::service::Routes::new(
         KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max),
     )
     .add_service(MaintenanceServer::new(
         maintenance::MaintenanceService::new(server.clone()),

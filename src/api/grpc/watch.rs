@@ -1,0 +1,563 @@
+//! The Watch service: many watches over one bidirectional stream.
+//!
+//! # Shape
+//!
+//! Each call to `Watch` is a *session*: one task that reads the client's requests (create, cancel,
+//! progress) and owns the stream's table of watches, keyed by the stream-local watch id. Each
+//! watch is a second task that owns a hub [`Watcher`] and forwards its batches as `WatchResponse`s
+//! into the stream's bounded response channel. A client that reads slowly fills that channel; the
+//! forwarding tasks then wait, their `Watcher` channels fill, and the hub moves those watchers to
+//! catch-up from history. Nothing here ever blocks a writer or another stream.
+//!
+//! Ordering on the wire: the session puts a watch's `created` response into the channel *before*
+//! it spawns the forwarding task, so no event overtakes it; a cancel stops the task (and waits for
+//! it) before the `canceled` response goes in, so no event follows it.
+//!
+//! # etcd's behaviour, matched here
+//!
+//! (`server/etcdserver/api/v3rpc/watch.go`, `server/storage/mvcc/watcher.go`, `rpc.proto`.)
+//!
+//! * Ids: a create with `watch_id` 0 gets the next free id of this stream, counting from 0; a
+//!   non-zero `watch_id` is used as given. One already in use is refused with `created` and
+//!   `canceled` set, `watch_id` -1 and the reason `mvcc: duplicate watch ID provided on the
+//!   WatchStream`.
+//! * An empty key means `"\0"`, the smallest key. `range_end` `"\0"` means every key from `key` on;
+//!   any other non-empty `range_end` at or below `key` is refused as above with `mvcc: watcher
+//!   range is empty`. A negative `start_revision` is refused as above with etcd's compacted text.
+//! * The `created` response and the `canceled` response carry the store's current revision. An
+//!   event response carries the revision of its last event (etcd: the revision of the write that
+//!   produced it; for catch-up batches etcd uses the store's revision, we the last event's, which
+//!   is never ahead of what the watch has been sent).
+//! * Cancelling an id the stream does not have is ignored: no response.
+//! * A watch whose start revision was compacted gets one response with `compact_revision` set and
+//!   `canceled` true (etcd sets no `cancel_reason` there; clients derive the error from
+//!   `compact_revision`). Like etcd, the id stays taken until the client cancels it.
+//! * `progress_notify`: every progress interval (etcd: 10 minutes), a watch that was sent no events
+//!   in the last interval gets an empty response with its id and the current revision, unless its
+//!   start revision is still in the future.
+//! * A `ProgressRequest` is answered with `watch_id` -1 and the current revision.
+//! * `fragment`: only for watches created with it, a response larger than `--max-request-bytes`
+//!   with at least two events is split; every part but the last has `fragment` set.
+//! * A request with no `request_union` is ignored. A client that half-closes its side keeps
+//!   receiving (etcd's receive loop just returns); the session ends when the client goes away or
+//!   the server begins to shut down (the stream then ends with `etcdserver: server stopped`).
+//!
+//! # Left out
+//!
+//! Progress responses do not wait for every watch of the stream to be caught up (etcd 3.5 only
+//! answers when all are synced; the hub does not expose that), and a `ProgressRequest` on a stream
+//! with no watches is still answered (as in etcd 3.4). Auth checks on create come with the auth
+//! service.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{FutureExt, Stream};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::proto::etcdserverpb::watch_create_request::FilterType;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::watch_server::Watch;
+use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::proto::mvccpb;
+use crate::server::Server;
+use crate::watch::{self, EventKind, WatchBatch, Watcher};
+
+/// How often a watch created with `progress_notify` hears the current revision when idle (etcd's
+/// default progress report interval).
+pub const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// Responses buffered per stream before the forwarding tasks wait for the client to read.
+const STREAM_BUFFER: usize = 128;
+
+/// etcd's `clientv3.InvalidWatchID`: the id of refused creates and of stream-wide progress.
+const INVALID_WATCH_ID: i64 = -1;
+
+/// etcd's reason for a create with a watch id already in use on the stream.
+const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// etcd's reason for a create whose `range_end` is not above its key.
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
+/// What the response stream carries.
+type Out = Result<WatchResponse, Status>;
+
+/// The response stream of one `Watch` call.
+pub type WatchResponseStream = Pin<Box<dyn Stream<Item = Out> + Send>>;
+
+/// etcd's `Watch` service over the server handle.
+pub struct WatchService {
+    /// The server every watch is registered with.
+    server: Server,
+    /// How often idle `progress_notify` watches hear the current revision.
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    /// A Watch service for `server` with etcd's progress interval.
+    pub fn new(server: Server) -> WatchService {
+        Self::with_progress_interval(server, PROGRESS_NOTIFY_INTERVAL)
+    }
+
+    /// A Watch service whose `progress_notify` watches hear from it every `interval` (tests use a
+    /// short one).
+    pub fn with_progress_interval(server: Server, interval: Duration) -> WatchService {
+        WatchService {
+            server,
+            // A zero period would make tokio's interval panic.
+            progress_interval: interval.max(Duration::from_millis(1)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let session = Session {
+            server: self.server.clone(),
+            progress_interval: self.progress_interval,
+            tx,
+            watches: HashMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(session.run(req.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One `Watch` call: its requests, its watches, its response channel.
+struct Session {
+    /// For registering watches and reading revisions.
+    server: Server,
+    /// Handed to each `progress_notify` watch.
+    progress_interval: Duration,
+    /// The response stream; each forwarding task holds a clone.
+    tx: mpsc::Sender<Out>,
+    /// The stream's watches by stream-local id.
+    watches: HashMap<i64, WatchEntry>,
+    /// The next id to try for a create that leaves the id to us.
+    next_id: i64,
+}
+
+/// One watch of a stream. Dropping it stops the forwarding task, which drops the hub watcher.
+struct WatchEntry {
+    /// The forwarding task (`Option` only so that cancel and drop can take it). It may have ended
+    /// by itself (compaction, server stop); the id stays taken until the client cancels it, as in
+    /// etcd.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for WatchEntry {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Why a session stopped serving.
+enum End {
+    /// The client went away (or its request stream failed).
+    ClientGone,
+    /// The server is shutting down.
+    Closing,
+}
+
+impl Session {
+    #[tracing::instrument(name = "watch_stream", skip_all)]
+    async fn run(mut self, mut incoming: Streaming<WatchRequest>) {
+        let server = self.server.clone();
+        let closing = server.closing();
+        tokio::pin!(closing);
+        // False once the client half-closed: etcd keeps serving the watches until the client goes.
+        let mut reading = true;
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = &mut closing => break End::Closing,
+                () = self.tx.closed() => break End::ClientGone,
+                msg = incoming.message(), if reading => match msg {
+                    Ok(Some(req)) => {
+                        let handled = tokio::select! {
+                            biased;
+                            () = &mut closing => break End::Closing,
+                            ok = self.handle(req) => ok,
+                        };
+                        if !handled {
+                            break End::ClientGone;
+                        }
+                    }
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        tracing::debug!(%status, "watch request stream failed");
+                        break End::ClientGone;
+                    }
+                },
+            }
+        };
+        // Stop every forwarding task first: their hub watchers go with them.
+        self.watches.clear();
+        if let End::Closing = end {
+            // Best effort: a client that does not read gets its stream reset instead.
+            let _ = self.tx.try_send(Err(Error::Stopped.to_status()));
+        }
+        tracing::debug!("watch stream ended");
+    }
+
+    /// Handles one request. False when the response stream is gone.
+    async fn handle(&mut self, req: WatchRequest) -> bool {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => self.cancel(cancel.watch_id).await,
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let resp = WatchResponse {
+                    header: Some(self.server.header(self.server.revision())),
+                    watch_id: INVALID_WATCH_ID,
+                    ..Default::default()
+                };
+                self.tx.send(Ok(resp)).await.is_ok()
+            }
+            // etcd ignores a request it does not understand rather than end the stream.
+            None => true,
+        }
+    }
+
+    async fn create(&mut self, mut create: WatchCreateRequest) -> bool {
+        if create.key.is_empty() {
+            // etcd: "\0" is the smallest key.
+            create.key = vec![0];
+        }
+        let refusal = if create.start_revision < 0 {
+            Some(Error::Compacted.to_string())
+        } else if !create.range_end.is_empty()
+            && create.range_end != [0]
+            && create.key >= create.range_end
+        {
+            Some(EMPTY_RANGE.to_string())
+        } else if create.watch_id != 0 && self.watches.contains_key(&create.watch_id) {
+            Some(DUPLICATE_ID.to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            tracing::debug!(%reason, "watch create refused");
+            return self.send(self.refused(reason)).await;
+        }
+
+        let id = if create.watch_id != 0 {
+            create.watch_id
+        } else {
+            while self.watches.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        let filter_put = create.filters.contains(&(FilterType::Noput as i32));
+        let filter_delete = create.filters.contains(&(FilterType::Nodelete as i32));
+        let watcher = self.server.watch(watch::WatchRequest {
+            key: create.key,
+            range_end: create.range_end,
+            start_revision: create.start_revision,
+            prev_kv: create.prev_kv,
+            filter_put,
+            filter_delete,
+        });
+        tracing::debug!(watch_id = id, hub_id = %watcher.id(), "watch created");
+        let created = WatchResponse {
+            header: Some(self.server.header(self.server.revision())),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        // Before the task exists: nothing of this watch may overtake `created`.
+        if !self.send(created).await {
+            return false;
+        }
+        let forward = Forward {
+            id,
+            server: self.server.clone(),
+            tx: self.tx.clone(),
+            fragment: create.fragment,
+            progress: create
+                .progress_notify
+                .then_some((self.progress_interval, create.start_revision)),
+        };
+        self.watches.insert(
+            id,
+            WatchEntry {
+                task: Some(tokio::spawn(forward.run(watcher))),
+            },
+        );
+        true
+    }
+
+    async fn cancel(&mut self, id: i64) -> bool {
+        let Some(mut entry) = self.watches.remove(&id) else {
+            return true; // etcd: cancelling an unknown id is silently ignored.
+        };
+        if let Some(task) = entry.task.take() {
+            task.abort();
+            // Wait until it is gone so that no event of this watch follows `canceled`.
+            let _ = task.await;
+        }
+        tracing::debug!(watch_id = id, "watch cancelled");
+        let resp = WatchResponse {
+            header: Some(self.server.header(self.server.revision())),
+            watch_id: id,
+            canceled: true,
+            ..Default::default()
+        };
+        self.send(resp).await
+    }
+
+    /// etcd's answer to a create it refuses.
+    fn refused(&self, reason: String) -> WatchResponse {
+        WatchResponse {
+            header: Some(self.server.header(self.server.revision())),
+            watch_id: INVALID_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        }
+    }
+
+    async fn send(&self, resp: WatchResponse) -> bool {
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+}
+
+/// The forwarding task of one watch: hub batches in, `WatchResponse`s out.
+struct Forward {
+    /// The stream-local watch id.
+    id: i64,
+    /// For headers, the current revision and `--max-request-bytes`.
+    server: Server,
+    /// The stream's responses.
+    tx: mpsc::Sender<Out>,
+    /// Split large responses (the client asked for `fragment`).
+    fragment: bool,
+    /// For `progress_notify` watches: the interval, and the start revision (no progress while it is
+    /// still in the future).
+    progress: Option<(Duration, i64)>,
+}
+
+impl Forward {
+    async fn run(self, mut watcher: Watcher) {
+        let period = self.progress.map_or(PROGRESS_NOTIFY_INTERVAL, |(p, _)| p);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether events went out since the last tick (etcd then skips that progress report).
+        let mut sent_events = false;
+        loop {
+            let batch = tokio::select! {
+                batch = watcher.recv() => batch,
+                _ = ticker.tick(), if self.progress.is_some() => {
+                    // A batch already waiting is news enough, and must not be overtaken.
+                    match watcher.recv().now_or_never() {
+                        Some(batch) => batch,
+                        None => {
+                            if !std::mem::take(&mut sent_events) && !self.progress_notify().await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(batch) = batch else {
+                return; // The hub closed: the server is stopping and the session ends the stream.
+            };
+            let compacted = batch.compact_revision != 0;
+            for resp in self.responses(batch) {
+                if self.tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+            if compacted {
+                tracing::debug!(watch_id = self.id, "watch cancelled by compaction");
+                return;
+            }
+            sent_events = true;
+        }
+    }
+
+    /// Sends an empty response with the current revision. False when the stream is gone.
+    async fn progress_notify(&self) -> bool {
+        let revision = self.server.revision();
+        let start = self.progress.map_or(0, |(_, start)| start);
+        if revision < start {
+            return true; // etcd: no progress for a watch that starts in the future.
+        }
+        let resp = WatchResponse {
+            header: Some(self.server.header(revision)),
+            watch_id: self.id,
+            ..Default::default()
+        };
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+
+    /// The responses for one hub batch: one, or several fragments.
+    fn responses(&self, batch: WatchBatch) -> Vec<WatchResponse> {
+        if batch.compact_revision != 0 {
+            return vec![WatchResponse {
+                header: Some(self.server.header(self.server.revision())),
+                watch_id: self.id,
+                canceled: true,
+                compact_revision: batch.compact_revision,
+                ..Default::default()
+            }];
+        }
+        let revision = batch
+            .events
+            .last()
+            .map_or_else(|| self.server.revision(), |e| e.kv.mod_revision);
+        let resp = WatchResponse {
+            header: Some(self.server.header(revision)),
+            watch_id: self.id,
+            events: batch.events.into_iter().map(to_pb).collect(),
+            ..Default::default()
+        };
+        if self.fragment {
+            fragments(resp, self.server.config().max_request_bytes)
+        } else {
+            vec![resp]
+        }
+    }
+}
+
+/// Splits `resp` as etcd does: untouched when it is below `max_bytes` or has fewer than two events;
+/// otherwise into parts of as many events as fit below `max_bytes` (at least one each), all but the
+/// last marked `fragment`.
+fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
+        return vec![resp];
+    }
+    let mut parts = Vec::new();
+    let mut events = resp.events.into_iter().peekable();
+    let empty = WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..resp
+    };
+    while events.peek().is_some() {
+        let mut part = empty.clone();
+        while let Some(event) = events.peek() {
+            part.events.push(event.clone());
+            if part.events.len() > 1 && part.encoded_len() >= max_bytes {
+                part.events.pop();
+                break;
+            }
+            events.next();
+        }
+        parts.push(part);
+    }
+    if let Some(last) = parts.last_mut() {
+        last.fragment = false;
+    }
+    parts
+}
+
+/// The wire form of a hub event.
+fn to_pb(event: watch::Event) -> mvccpb::Event {
+    let kind = match event.kind {
+        EventKind::Put => mvccpb::event::EventType::Put,
+        EventKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(event.kv),
+        prev_kv: event.prev_kv,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value_len: usize, rev: i64) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: mvccpb::event::EventType::Put as i32,
+            kv: Some(mvccpb::KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: vec![b'x'; value_len],
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn resp(events: Vec<mvccpb::Event>) -> WatchResponse {
+        WatchResponse {
+            watch_id: 7,
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn small_response_is_not_fragmented() {
+        let r = resp(vec![put("a", 10, 2), put("b", 10, 3)]);
+        let parts = fragments(r.clone(), 1024);
+        assert_eq!(parts, vec![r]);
+    }
+
+    #[test]
+    fn single_event_is_never_split_even_when_too_large() {
+        let r = resp(vec![put("a", 4096, 2)]);
+        assert_eq!(fragments(r.clone(), 100), vec![r]);
+    }
+
+    #[test]
+    fn large_response_is_split_keeping_order_and_marking_all_but_last() {
+        let events: Vec<_> = (0..10).map(|i| put(&format!("k{i}"), 100, i + 2)).collect();
+        let parts = fragments(resp(events.clone()), 350);
+        assert!(parts.len() > 1, "{} parts", parts.len());
+        let (last, rest) = parts.split_last().expect("parts");
+        assert!(rest.iter().all(|p| p.fragment));
+        assert!(!last.fragment);
+        for p in &parts {
+            assert_eq!(p.watch_id, 7);
+            assert!(!p.events.is_empty());
+            assert!(p.events.len() == 1 || p.encoded_len() < 350);
+        }
+        let joined: Vec<_> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, events);
+    }
+
+    #[test]
+    fn events_keep_kind_and_prev_kv() {
+        let kv = mvccpb::KeyValue {
+            key: b"k".to_vec(),
+            mod_revision: 5,
+            ..Default::default()
+        };
+        let prev = mvccpb::KeyValue {
+            key: b"k".to_vec(),
+            value: b"old".to_vec(),
+            ..Default::default()
+        };
+        let e = to_pb(watch::Event {
+            kind: EventKind::Delete,
+            kv: kv.clone(),
+            prev_kv: Some(prev.clone()),
+        });
+        assert_eq!(e.r#type, mvccpb::event::EventType::Delete as i32);
+        assert_eq!(e.kv, Some(kv));
+        assert_eq!(e.prev_kv, Some(prev));
+    }
+}
