@@ -2,8 +2,8 @@
 //! the generated tonic clients (the etcd-client compatibility suite for the same services is
 //! `grpc_maintenance.rs`).
 //!
-//! The shared harness does not expose the client (gRPC) port, so this file starts its servers with a
-//! small [`Node`] of its own: the same binary, fresh ports, a data directory the test owns, a log that
+//! Written before the shared harness exposed the client port, this file starts its servers with a
+//! small [`Node`] of its own (it could move to `common::Server::client_url`): the same binary, fresh ports, a data directory the test owns, a log that
 //! failure messages quote, and SIGKILL on drop. Every wait is bounded.
 //!
 //! What is held to etcd's behaviour (observed on etcd 3.4.23): Status fields, HashKV's
