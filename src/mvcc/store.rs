@@ -436,6 +436,114 @@ impl Store {
     }
 }
 
+/// The answer to [`Store::hash_kv`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvHash {
+    /// CRC32-C over the records, in revision order.
+    pub hash: u32,
+    /// The revision hashed up to.
+    pub revision: i64,
+    /// The compact revision, -1 if the store was never compacted (etcd's convention).
+    pub compact_revision: i64,
+    /// The store's current revision when the hash was taken.
+    pub current: i64,
+}
+
+/// Hashing for corruption checks and the whole-backend writes that are not key-value transactions.
+impl Store {
+    /// etcd's HashKV: a CRC32-C over every stored record (encoded revision and value) with a main
+    /// revision `<= rev` (0 = current), walked in revision order. Compaction keeps exactly the records
+    /// still visible at its revision, so two members with the same history and the same compactions
+    /// agree. Holds the state lock shared, so no compaction runs under it; later writes do not change
+    /// the hash of an earlier revision.
+    pub fn hash_kv(&self, rev: i64) -> Result<KvHash> {
+        let state = read_lock(&self.state);
+        let rev = if rev <= 0 { state.current } else { rev };
+        if rev > state.current {
+            return Err(Error::FutureRevision);
+        }
+        if state.compacted > 0 && rev < state.compacted {
+            return Err(Error::Compacted);
+        }
+        let mut hasher = Crc32c::new();
+        // Like etcd, the table's name starts the hash.
+        hasher.update(Table::Key.name().as_bytes());
+        let end = Revision::new(rev.saturating_add(1), 0).to_bytes(false);
+        self.backend.scan(Table::Key, &[], Some(&end), |k, v| {
+            hasher.update(k);
+            hasher.update(v);
+            Ok(true)
+        })?;
+        Ok(KvHash {
+            hash: hasher.finish(),
+            revision: rev,
+            compact_revision: if state.compacted > 0 {
+                state.compacted
+            } else {
+                -1
+            },
+            current: state.current,
+        })
+    }
+
+    /// etcd's Hash: a CRC32-C over every table of the backend (name, then each key and value in key
+    /// order), leaving out the consistent index, which is a property of the member's log rather than
+    /// of the data (as etcd leaves it out). Returns the hash and the revision it covers.
+    pub fn hash(&self) -> Result<(u32, i64)> {
+        let state = read_lock(&self.state);
+        let mut hasher = Crc32c::new();
+        let mut last = None;
+        self.backend.scan_all(|table, k, v| {
+            if last != Some(table) {
+                hasher.update(table.name().as_bytes());
+                last = Some(table);
+            }
+            if table == Table::Meta && k == META_CONSISTENT_INDEX {
+                return;
+            }
+            hasher.update(k);
+            hasher.update(v);
+        })?;
+        Ok((hasher.finish(), state.current))
+    }
+
+    /// Buffers `batch` (bookkeeping in the `meta` table, such as alarms) together with the consistent
+    /// index `index`, as one backend batch: a commit never holds one without the other. Apply thread
+    /// only.
+    pub fn write_meta(&self, index: u64, mut batch: WriteBatch) {
+        let _writer = lock(&self.writer);
+        let mut state = write_lock(&self.state);
+        batch.put(
+            Table::Meta,
+            META_CONSISTENT_INDEX.to_vec(),
+            index.to_be_bytes().to_vec(),
+        );
+        self.backend.write(batch);
+        state.consistent_index = index;
+    }
+}
+
+/// CRC32-Castagnoli, fed piece by piece.
+#[derive(Debug, Default)]
+struct Crc32c {
+    /// The CRC so far.
+    crc: u32,
+}
+
+impl Crc32c {
+    fn new() -> Crc32c {
+        Crc32c::default()
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+    }
+
+    fn finish(&self) -> u32 {
+        self.crc
+    }
+}
+
 impl History for Store {
     fn current_revision(&self) -> i64 {
         Store::current_revision(self)
@@ -1068,6 +1176,48 @@ mod tests {
         let h: &dyn History = &store;
         assert_eq!((h.current_revision(), h.compact_revision()), (7, 4));
         assert_eq!(h.events(b"", b"\0", 5, 7).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn hash_kv_is_stable_per_revision_and_equal_across_stores() {
+        let (_d1, a) = open();
+        let (_d2, b) = open();
+        for s in [&a, &b] {
+            put(s, "k1", "v1"); // 2
+            put(s, "k2", "v2"); // 3
+        }
+        let at3 = a.hash_kv(3).unwrap();
+        assert_eq!(at3.revision, 3);
+        assert_eq!(at3.compact_revision, -1, "never compacted");
+        assert_eq!(at3, b.hash_kv(0).unwrap(), "same history, same hash");
+        put(&a, "k1", "v3"); // 4
+        assert_eq!(
+            a.hash_kv(3).unwrap().hash,
+            at3.hash,
+            "later writes do not matter"
+        );
+        assert_ne!(a.hash_kv(0).unwrap().hash, at3.hash);
+        assert_ne!(a.hash_kv(2).unwrap().hash, at3.hash);
+        assert!(matches!(a.hash_kv(9), Err(Error::FutureRevision)));
+        // Different writes, different whole-backend hash; the same writes, the same one, whatever
+        // the consistent index.
+        put(&b, "k1", "v3");
+        assert_eq!(a.hash().unwrap(), b.hash().unwrap());
+        b.set_consistent_index(1234);
+        assert_eq!(a.hash().unwrap(), b.hash().unwrap());
+        put(&b, "k9", "x");
+        assert_ne!(a.hash().unwrap().0, b.hash().unwrap().0);
+        // Compaction: below it is gone, at and above it both stores still agree.
+        a.compact(3, 10).unwrap();
+        b.compact(3, 11).unwrap();
+        assert!(matches!(a.hash_kv(2), Err(Error::Compacted)));
+        let ha = a.hash_kv(4).unwrap();
+        assert_eq!(ha.compact_revision, 3);
+        assert_eq!(
+            ha.hash,
+            b.hash_kv(4).unwrap().hash,
+            "b wrote more later; revision 4 agrees"
+        );
     }
 
     #[test]

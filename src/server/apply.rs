@@ -110,6 +110,10 @@ impl Applier {
 
     fn apply_request(&mut self, index: u64, op: Option<Op>) -> Result<ApplyResult> {
         let store = self.shared.store.clone();
+        if let Some(op) = &op {
+            // A NOSPACE alarm holds back writes that grow the backend (see `alarm.rs`).
+            self.shared.alarms.refuses(op)?;
+        }
         match op {
             Some(Op::Put(req)) => {
                 let (mut resp, revision) =
@@ -167,7 +171,9 @@ impl Applier {
                     header: header(revision),
                 }))
             }
-            Some(Op::Alarm(_)) => Err(Error::Unimplemented("alarms are not served yet".into())),
+            Some(Op::Alarm(req)) => Ok(ApplyResult::Alarm(
+                self.shared.alarms.apply(&store, index, &req)?,
+            )),
             None => Err(Error::InvalidArgument("empty request in Raft entry".into())),
         }
     }

@@ -15,9 +15,11 @@
 //! the store), and the backend committer (commits the store's write batch to redb every 100 ms; the WAL,
 //! not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
 
+pub mod alarm;
 pub mod apply;
 pub mod compactor;
 pub mod kv;
+pub mod maintenance;
 pub mod raft_loop;
 pub mod request;
 pub mod wait;
@@ -97,6 +99,8 @@ pub struct Shared {
     /// Turns true when shutdown begins, before the listeners drain: long-lived streams (gRPC watch)
     /// end on it, or a graceful drain would wait for them forever.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// The cluster's alarms as applied here (see `alarm.rs`).
+    pub alarms: alarm::AlarmStore,
 }
 
 /// A running server. Cheap to clone; every clone is the same server.
@@ -174,6 +178,11 @@ impl Server {
         fs::create_dir_all(&member_dir)?;
         let lock = lock_data_dir(&config.data_dir)?;
 
+        let wal_dir = member_dir.join("wal");
+        if !Wal::exists(&wal_dir) {
+            // A restored snapshot may still end in etcd's sha256 trailer (see `maintenance.rs`).
+            maintenance::prepare_restored_db(&member_dir.join("db"))?;
+        }
         let store = Arc::new(Store::open(&member_dir.join("db"))?);
         let lessor = Arc::new(Lessor::new(
             store.backend().clone(),
@@ -199,7 +208,6 @@ impl Server {
                 "keys attached to leases that no longer exist"
             );
         }
-        let wal_dir = member_dir.join("wal");
         let (wal, contents, meta) = if Wal::exists(&wal_dir) {
             let (wal, contents) = Wal::open(&wal_dir, WalOptions::default())?;
             if let Some((file, offset)) = &contents.repaired_tail {
@@ -327,6 +335,7 @@ impl Server {
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
             closing: tokio::sync::watch::channel(false).0,
+            alarms: alarm::AlarmStore::load(store.backend())?,
         });
         shared
             .committed_index
@@ -683,6 +692,7 @@ impl Server {
         if shared.stopped.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
         }
+        self.check_quota(&op).await?;
         let (id, rx) = shared.wait.register();
         let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
         if data.len() > self.inner.config.max_request_bytes {

@@ -7,14 +7,20 @@
 //! The same port also serves etcd's JSON gateway (`/v3/...`) and `/health`, `/version`, `/metrics`:
 //! gRPC is HTTP/2 and the gateway HTTP/1.1, and one listener speaks both.
 
+pub mod auth;
+pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod maintenance;
 pub mod watch;
 
 use axum::Router;
 
+use crate::proto::etcdserverpb::auth_server::AuthServer;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::server::Server;
 
@@ -34,5 +40,12 @@ pub fn router(server: Server) -> Router {
     .add_service(
         WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max),
     )
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(server.clone()),
+    ))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        server.clone(),
+    )))
+    .add_service(AuthServer::new(auth::AuthService::new(server.clone())))
     .into_axum_router()
 }

@@ -1,0 +1,130 @@
+//! The Maintenance service: Status, Hash, HashKV, Defragment, Snapshot, Alarm, MoveLeader, Downgrade.
+//!
+//! Everything here concerns this member (see `server/maintenance.rs`), except alarms, which are
+//! cluster state and change through Raft (`server/alarm.rs`).
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use crate::api::rest::ETCD_API_VERSION;
+use crate::error::Error;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use crate::server::Server;
+
+/// etcd's text when the transferee of MoveLeader is not a voting member
+/// (`ErrGRPCBadLeaderTransferee`, FailedPrecondition; observed on etcd 3.4).
+pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+
+/// etcd's `Maintenance` service over the server handle.
+pub struct MaintenanceService {
+    /// The server every call goes to.
+    server: Server,
+}
+
+impl MaintenanceService {
+    /// A Maintenance service for `server`.
+    pub fn new(server: Server) -> MaintenanceService {
+        MaintenanceService { server }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        self.server
+            .alarm(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let server = self.server.clone();
+        tokio::task::spawn_blocking(move || server.maintenance_status(ETCD_API_VERSION))
+            .await
+            .map_err(|e| Error::Internal(format!("status task failed: {e}")).to_status())?
+            .map(Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        self.server.defragment().await.map_err(|e| e.to_status())?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.server.header(self.server.revision())),
+        }))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, revision) = self.server.hash().await.map_err(|e| e.to_status())?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.server.header(revision)),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let h = self
+            .server
+            .hash_kv(req.into_inner().revision)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.server.header(h.current)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let rx = self.server.snapshot().await.map_err(|e| e.to_status())?;
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(|e| e.to_status()));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        // A single member leads itself: moving leadership to itself is a no-op, anything else names a
+        // member that does not exist.
+        let target = req.into_inner().target_id;
+        if target != self.server.shared().member_id {
+            return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE));
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.server.header(self.server.revision())),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        // etcd 3.4 has no Downgrade at all (gRPC Unimplemented); there is no older version of us to
+        // downgrade to either.
+        Err(Error::Unimplemented("etcdserver: downgrade is not supported".into()).to_status())
+    }
+}

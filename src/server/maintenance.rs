@@ -1,0 +1,418 @@
+//! Maintenance of one member: status, hashes, defragmentation, snapshots of the backend, membership
+//! as far as a single member knows it.
+//!
+//! None of this goes through Raft: each call looks at (or rewrites) this member's backend only, as in
+//! etcd. The backend does the heavy lifting (`mvcc/backend.rs`: consistent copies and defragmentation
+//! that never stop reads); this file adds the server's view and etcd's framing.
+//!
+//! # Snapshots and restoring them
+//!
+//! [`Server::snapshot`] streams a consistent copy of the backend: the backend is committed, copied
+//! from one redb read transaction into a temporary file beside the data (`member/db.snapshot.*.tmp`),
+//! and that file is sent in 32 KiB chunks whose `remaining_bytes` counts down to 0, followed, as etcd
+//! does since 3.x, by one last chunk holding the SHA-256 of everything sent before it (also with
+//! `remaining_bytes` 0). `etcdctl snapshot save` writes the whole stream, trailer included, to a file.
+//!
+//! The file is a redb database, not a bbolt one: `etcdctl snapshot restore` and `snapshot status`
+//! cannot read it. To restore, place it as `member/db` of a fresh data directory (no `member/wal`)
+//! and start the server there. [`prepare_restored_db`] then checks and strips the SHA-256 trailer if
+//! the file has one (refusing to start on a mismatch), and the server starts from the database's state:
+//! with no WAL, a new one is created, and because the backend's consistent index is ahead of it, the log
+//! restarts from the backend as its snapshot (the same path as after `mini-etcd repair`). The member
+//! keeps the id and cluster id of its own configuration, not those of the member the snapshot came
+//! from.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::mvcc::backend::DefragStats;
+use crate::mvcc::store::KvHash;
+use crate::proto::etcdserverpb::{Member, SnapshotResponse, StatusResponse};
+use crate::server::Server;
+
+/// Bytes per snapshot chunk (etcd: 32 KiB, several OS pages).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
+/// Length of the SHA-256 trailer etcd appends to a snapshot.
+pub const SHA256_BYTES: usize = 32;
+
+/// Numbers the temporary snapshot files of this process.
+static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Server {
+    /// etcd's Status for this member, with `version` filled by the caller's API level.
+    pub fn maintenance_status(&self, version: &str) -> Result<StatusResponse> {
+        let st = self.status();
+        let backend = self.shared().store.backend();
+        let mut errors = Vec::new();
+        if st.leader == 0 {
+            errors.push(Error::NoLeader.to_string());
+        }
+        errors.extend(self.shared().alarms.status_errors());
+        Ok(StatusResponse {
+            header: Some(self.header(st.revision)),
+            version: version.to_string(),
+            db_size: st.db_size as i64,
+            leader: st.leader,
+            raft_index: st.committed_index,
+            raft_term: st.term,
+            raft_applied_index: st.applied_index,
+            errors,
+            db_size_in_use: backend.size_in_use()? as i64,
+            is_learner: false,
+            db_size_quota: self.quota_backend_bytes() as i64,
+            ..Default::default()
+        })
+    }
+
+    /// etcd's Hash: CRC32-C of the whole backend, and the revision it covers.
+    pub async fn hash(&self) -> Result<(u32, i64)> {
+        let store = self.shared().store.clone();
+        blocking(move || store.hash()).await
+    }
+
+    /// etcd's HashKV at `revision` (0 = current).
+    pub async fn hash_kv(&self, revision: i64) -> Result<KvHash> {
+        let store = self.shared().store.clone();
+        blocking(move || store.hash_kv(revision)).await
+    }
+
+    /// etcd's Defragment: rewrites the backend file compactly; reads and writes go on meanwhile.
+    pub async fn defragment(&self) -> Result<DefragStats> {
+        let backend = self.shared().store.backend().clone();
+        blocking(move || backend.defragment()).await
+    }
+
+    /// etcd's Snapshot: a stream of chunks of a consistent copy of the backend, then the SHA-256
+    /// trailer (see the module docs). The copy is taken before this returns; a copy that fails ends
+    /// the stream with the error. The temporary file is removed when the stream ends or is dropped.
+    pub async fn snapshot(&self) -> Result<mpsc::Receiver<Result<SnapshotResponse>>> {
+        let backend = self.shared().store.backend().clone();
+        let tmp = TempFile(self.config().data_dir.join("member").join(format!(
+            "db.snapshot.{}.{}.tmp",
+            std::process::id(),
+            SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed)
+        )));
+        let header = self.header(self.revision());
+        let path = tmp.0.clone();
+        let total = blocking(move || backend.snapshot_to(&path)).await?;
+        tracing::info!(bytes = total, "sending a backend snapshot");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let tmp = tmp;
+            if let Err(e) = send_file(&tmp.0, total, header, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(rx)
+    }
+
+    /// This member as etcd's MemberList shows it.
+    pub fn member(&self) -> Member {
+        let cfg = self.config();
+        Member {
+            id: self.shared().member_id,
+            name: cfg.name.clone(),
+            peer_ur_ls: cfg
+                .initial_advertise_peer_urls
+                .iter()
+                .map(url_text)
+                .collect(),
+            client_ur_ls: cfg.advertise_client_urls.iter().map(url_text).collect(),
+            is_learner: false,
+        }
+    }
+}
+
+/// A URL as etcd prints member URLs: without the trailing `/` of an empty path.
+fn url_text(u: &url::Url) -> String {
+    let s = u.as_str();
+    if u.path() == "/" {
+        s.strip_suffix('/').unwrap_or(s).to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("maintenance task failed: {e}")))?
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Streams `path` (`total` bytes) in chunks, then the SHA-256 trailer. Stops quietly when the client
+/// went away.
+fn send_file(
+    path: &Path,
+    total: u64,
+    header: crate::proto::etcdserverpb::ResponseHeader,
+    tx: &mpsc::Sender<Result<SnapshotResponse>>,
+) -> Result<()> {
+    let mut file = File::open(path)?;
+    let mut sha = Sha256::new();
+    let mut sent = 0u64;
+    while sent < total {
+        let want = SNAPSHOT_CHUNK_BYTES.min((total - sent) as usize);
+        let mut buf = vec![0u8; want];
+        file.read_exact(&mut buf)?;
+        sent += want as u64;
+        sha.update(&buf);
+        let chunk = SnapshotResponse {
+            header: Some(header),
+            remaining_bytes: total - sent,
+            blob: buf,
+            ..Default::default()
+        };
+        if tx.blocking_send(Ok(chunk)).is_err() {
+            return Ok(());
+        }
+    }
+    let trailer = SnapshotResponse {
+        header: Some(header),
+        remaining_bytes: 0,
+        blob: sha.finish().to_vec(),
+        ..Default::default()
+    };
+    let _ = tx.blocking_send(Ok(trailer));
+    Ok(())
+}
+
+/// Before a start on a data directory without a WAL: if `db` ends in a SHA-256 of the rest of it
+/// (a snapshot saved by `etcdctl snapshot save`), strip that trailer so redb can open the file. A file
+/// whose last 32 bytes are not such a hash is left alone (a plain database file).
+pub fn prepare_restored_db(db: &Path) -> Result<()> {
+    let len = match std::fs::metadata(db) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if len <= SHA256_BYTES as u64 {
+        return Ok(());
+    }
+    let body = len - SHA256_BYTES as u64;
+    let mut file = File::open(db)?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = body;
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        file.read_exact(&mut buf[..n])?;
+        sha.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut trailer = [0u8; SHA256_BYTES];
+    file.read_exact(&mut trailer)?;
+    if sha.finish() != trailer {
+        return Ok(());
+    }
+    tracing::info!(
+        db = %db.display(),
+        bytes = body,
+        "restoring from a snapshot: its sha256 checksum matches; stripping it"
+    );
+    let f = File::options().write(true).open(db)?;
+    f.set_len(body)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// SHA-256 (FIPS 180-4), for the snapshot trailer etcd clients check. Small and self-contained; speed
+/// is not a concern next to the disk reads it accompanies.
+pub struct Sha256 {
+    /// The chaining state.
+    h: [u32; 8],
+    /// Bytes of an unfinished block.
+    block: [u8; 64],
+    /// How many of `block` are filled.
+    filled: usize,
+    /// Total bytes hashed.
+    len: u64,
+}
+
+const K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256 {
+    /// A fresh hash.
+    pub fn new() -> Sha256 {
+        Sha256 {
+            h: [
+                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+                0x5be0cd19,
+            ],
+            block: [0; 64],
+            filled: 0,
+            len: 0,
+        }
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        while !data.is_empty() {
+            let n = (64 - self.filled).min(data.len());
+            self.block[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == 64 {
+                let block = self.block;
+                self.compress(&block);
+                self.filled = 0;
+            }
+        }
+    }
+
+    /// The digest.
+    pub fn finish(mut self) -> [u8; 32] {
+        let bits = self.len.wrapping_mul(8);
+        self.update(&[0x80]);
+        while self.filled != 56 {
+            self.update(&[0]);
+        }
+        let mut block = self.block;
+        block[56..].copy_from_slice(&bits.to_be_bytes());
+        self.compress(&block);
+        let mut out = [0u8; 32];
+        for (o, h) in out.chunks_exact_mut(4).zip(self.h) {
+            o.copy_from_slice(&h.to_be_bytes());
+        }
+        out
+    }
+
+    fn compress(&mut self, block: &[u8; 64]) {
+        let mut w = [0u32; 64];
+        for (i, c) in block.chunks_exact(4).enumerate() {
+            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.h;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = h
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            h = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (s, v) in self.h.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *s = s.wrapping_add(v);
+        }
+    }
+}
+
+/// Writes `bytes` followed by their SHA-256, as `etcdctl snapshot save` stores a snapshot (tests).
+pub fn write_with_sha256(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut sha = Sha256::new();
+    sha.update(bytes);
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.write_all(&sha.finish())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn sha(data: &[u8]) -> String {
+        let mut s = Sha256::new();
+        s.update(data);
+        hex(&s.finish())
+    }
+
+    #[test]
+    fn sha256_known_answers() {
+        assert_eq!(
+            sha(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            sha(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+        // Fed in odd pieces: the same digest.
+        let data = vec![7u8; 1000];
+        let mut s = Sha256::new();
+        for c in data.chunks(13) {
+            s.update(c);
+        }
+        assert_eq!(hex(&s.finish()), sha(&data));
+    }
+
+    #[test]
+    fn restored_db_trailer_is_checked_and_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let body = vec![42u8; 5000];
+        write_with_sha256(&db, &body).unwrap();
+        prepare_restored_db(&db).unwrap();
+        assert_eq!(std::fs::read(&db).unwrap(), body, "trailer stripped");
+        // No trailer: left alone (a second call changes nothing).
+        prepare_restored_db(&db).unwrap();
+        assert_eq!(std::fs::read(&db).unwrap(), body);
+        prepare_restored_db(&dir.path().join("missing")).unwrap();
+    }
+
+    #[test]
+    fn member_urls_print_without_trailing_slash() {
+        let u = url::Url::parse("http://127.0.0.1:2379").unwrap();
+        assert_eq!(url_text(&u), "http://127.0.0.1:2379");
+        let u = url::Url::parse("http://127.0.0.1:2379/x").unwrap();
+        assert_eq!(url_text(&u), "http://127.0.0.1:2379/x");
+    }
+}
