@@ -444,7 +444,9 @@ async fn ctl_compaction() {
 async fn ctl_endpoint_and_member() {
     let (server, _dir) = start(&[]).await;
     ctl(&server, &["put", "k", "v"]).await;
-    let url = server.client_url();
+    // Per-endpoint commands run with a bare endpoint: see `compat::etcdctl_cmd_bare`.
+    let url = server.client_endpoint();
+    let full_url = server.client_url();
 
     let v = ctl_json(&server, &["endpoint", "status"]).await;
     let s = &v[0];
@@ -489,7 +491,7 @@ async fn ctl_endpoint_and_member() {
     let members = v["members"].as_array().expect("members");
     assert_eq!(members.len(), 1, "{v}");
     assert_eq!(members[0]["name"], "default");
-    assert_eq!(members[0]["clientURLs"][0], url.as_str());
+    assert_eq!(members[0]["clientURLs"][0], full_url.as_str());
     assert_eq!(members[0]["ID"], v["header"]["member_id"]);
     // Table form: id (hex), status, name, peer urls, client urls, is learner.
     let out = ctl(&server, &["member", "list"]).await;
@@ -497,7 +499,7 @@ async fn ctl_endpoint_and_member() {
     let peer = members[0]["peerURLs"][0].as_str().expect("peer url");
     assert_eq!(
         out,
-        format!("{id}, started, default, {peer}, {url}, false\n")
+        format!("{id}, started, default, {peer}, {full_url}, false\n")
     );
 }
 
@@ -519,7 +521,8 @@ async fn ctl_snapshot_defrag_alarm() {
         ctl(&server, &["defrag"]).await,
         format!(
             "Finished defragmenting etcd member[{}]\n",
-            server.client_url()
+            // Per-endpoint commands run with a bare endpoint: see `compat::etcdctl_cmd_bare`.
+            server.client_endpoint()
         )
     );
     assert_eq!(

@@ -57,7 +57,9 @@ pub async fn serve(
 
 /// What the client port serves: gRPC, plus etcd's plain-HTTP endpoints.
 fn client_router(server: Server) -> axum::Router {
-    grpc::router(server.clone()).merge(rest::etcd_http_router(server))
+    grpc::router(server.clone())
+        .merge(grpc::gateway_router(server.clone()))
+        .merge(rest::etcd_http_router(server))
 }
 
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> Result<tokio::net::TcpListener> {

@@ -28,6 +28,19 @@ use crate::server::Server;
 /// so that an oversize request reaches our check and gets etcd's "request is too large" text.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// etcd's JSON gateway (`/v3/...`) over the same service implementations gRPC uses.
+pub fn gateway_router(server: Server) -> Router {
+    crate::api::gateway::router(
+        std::sync::Arc::new(kv::KvService::new(server.clone())),
+        std::sync::Arc::new(watch::WatchService::new(server.clone())),
+        std::sync::Arc::new(lease::LeaseService::new(server.clone())),
+        std::sync::Arc::new(cluster::ClusterService::new(server.clone())),
+        std::sync::Arc::new(maintenance::MaintenanceService::new(server.clone())),
+        std::sync::Arc::new(auth::AuthService::new(server.clone())),
+        server.config().max_request_bytes,
+    )
+}
+
 /// Every gRPC service, as one axum router.
 pub fn router(server: Server) -> Router {
     let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
