@@ -20,6 +20,7 @@
 //! fetch beyond what the index already gives, and incremental compaction (one pass, under the lock).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -33,6 +34,8 @@ use crate::error::{Error, Result};
 
 /// `meta` key of the consistent index (the last applied Raft index), 8 bytes big-endian.
 pub const META_CONSISTENT_INDEX: &[u8] = b"consistent_index";
+/// Keys pruned under one hold of the state lock (see [`Store::prune`]).
+pub const PRUNE_CHUNK: usize = 1_000;
 /// `meta` key of the compact revision, 8 bytes big-endian (etcd's name).
 pub const META_COMPACT_REVISION: &[u8] = b"finishedCompactRev";
 
@@ -106,6 +109,8 @@ pub struct Store {
     state: RwLock<State>,
     /// One write transaction (or compaction) at a time.
     writer: Mutex<()>,
+    /// Held by a running [`Store::prune`], so two prunes never interleave.
+    pruning: Mutex<()>,
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -183,7 +188,7 @@ impl Store {
             keys = index.len(),
             "mvcc store opened"
         );
-        Ok(Store {
+        let store = Store {
             backend,
             state: RwLock::new(State {
                 index,
@@ -192,7 +197,13 @@ impl Store {
                 consistent_index,
             }),
             writer: Mutex::new(()),
-        })
+            pruning: Mutex::new(()),
+        };
+        if compacted > 0 {
+            // A prune that a crash cut short (or never started) is finished before serving.
+            store.prune(compacted)?;
+        }
+        Ok(store)
     }
 
     /// The backend, for sharing with other tables' owners.
@@ -257,8 +268,16 @@ impl Store {
 
     /// Compacts at `rev`: afterwards reads below `rev` answer `Compacted`, and every record that is not
     /// the latest visible version of its key at `rev` is deleted (a key deleted at or below `rev` loses
-    /// its whole history). Records `consistent_index` in the same batch.
+    /// its whole history). Records `consistent_index` in the same batch. Both steps, at once:
+    /// [`Store::mark_compacted`] then [`Store::prune`].
     pub fn compact(&self, rev: i64, consistent_index: u64) -> Result<()> {
+        self.mark_compacted(rev, consistent_index)?;
+        self.prune(rev)
+    }
+
+    /// The logical half of a compaction, quick and under the locks: checks `rev`, records it (and the
+    /// consistent index) so reads below it answer `Compacted` from now on. Nothing is deleted yet.
+    pub fn mark_compacted(&self, rev: i64, consistent_index: u64) -> Result<()> {
         let _writer = lock(&self.writer);
         let mut state = write_lock(&self.state);
         if rev > state.current {
@@ -267,12 +286,7 @@ impl Store {
         if rev <= state.compacted {
             return Err(Error::Compacted);
         }
-        let mut removed = Vec::new();
-        state.index.retain(|_, ki| !ki.compact(rev, &mut removed));
         let mut batch = WriteBatch::new();
-        for (r, tombstone) in &removed {
-            batch.delete(Table::Key, r.to_bytes(*tombstone));
-        }
         batch.put(
             Table::Meta,
             META_COMPACT_REVISION.to_vec(),
@@ -286,7 +300,55 @@ impl Store {
         self.backend.write(batch);
         state.compacted = rev;
         state.consistent_index = consistent_index;
-        tracing::info!(rev, removed = removed.len(), "mvcc compacted");
+        Ok(())
+    }
+
+    /// The physical half of a compaction at `rev`: drops the revisions nobody can read any more from the
+    /// key index and the backend, [`PRUNE_CHUNK`] keys at a time, releasing the locks between chunks so
+    /// reads and writes go on meanwhile (etcd compacts in batches for the same reason). It does not
+    /// change what any read at or above `rev` sees, so it may run on any thread, after
+    /// [`Store::mark_compacted`]; one prune runs at a time. A prune cut short by a crash is finished by
+    /// the next [`Store::open`].
+    pub fn prune(&self, rev: i64) -> Result<()> {
+        let _one_at_a_time = lock(&self.pruning);
+        let mut after: Option<Vec<u8>> = None;
+        let mut total = 0usize;
+        loop {
+            let mut removed = Vec::new();
+            let mut state = write_lock(&self.state);
+            let keys: Vec<Vec<u8>> = match &after {
+                None => state.index.keys().take(PRUNE_CHUNK).cloned().collect(),
+                Some(k) => state
+                    .index
+                    .range::<Vec<u8>, _>((Bound::Excluded(k), Bound::Unbounded))
+                    .take(PRUNE_CHUNK)
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            };
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            for k in &keys {
+                let emptied = state
+                    .index
+                    .get_mut(k)
+                    .is_some_and(|ki| ki.compact(rev, &mut removed));
+                if emptied {
+                    state.index.remove(k);
+                }
+            }
+            let mut batch = WriteBatch::new();
+            for (r, tombstone) in &removed {
+                batch.delete(Table::Key, r.to_bytes(*tombstone));
+            }
+            // Under the state lock, like every index change with its records.
+            self.backend.write(batch);
+            drop(state);
+            total += removed.len();
+            after = Some(last);
+            std::thread::yield_now();
+        }
+        tracing::info!(rev, removed = total, "mvcc compacted");
         Ok(())
     }
 
@@ -974,6 +1036,34 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_prune_is_finished_by_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            for v in ["1", "2", "3"] {
+                put(&store, "k", v); // revisions 2, 3, 4
+            }
+            // The logical half only, as if the process died before the background prune ran.
+            store.mark_compacted(4, 9).unwrap();
+            assert!(matches!(
+                store.range(&opts("k", "", 3)),
+                Err(Error::Compacted)
+            ));
+            store.commit_backend().unwrap();
+            assert_eq!(
+                store.backend().range(Table::Key, &[], None).unwrap().len(),
+                3
+            );
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.compact_revision(), 4);
+        let left = store.backend().range(Table::Key, &[], None).unwrap();
+        assert_eq!(left.len(), 1, "open pruned the two unreadable revisions");
+        assert_eq!(get(&store, "k", 0).unwrap().value, b"3".to_vec());
+    }
+
+    #[test]
     fn compaction_drops_old_revisions_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
@@ -1248,5 +1338,61 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         committer.join().unwrap();
+    }
+}
+
+/// Hand-run measurement of how long a compaction holds the store's locks at a time:
+/// `cargo test --release --lib compaction_pause -- --ignored --nocapture`.
+#[cfg(test)]
+mod compaction_pause {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn compaction_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let keys = 200_000;
+        for round in 0..3 {
+            let mut txn = store.write();
+            for i in 0..keys {
+                txn.put(format!("key/{i:08}").as_bytes(), &[round as u8; 256], 0)
+                    .unwrap();
+                if i % 1000 == 999 {
+                    txn.end(0);
+                    txn = store.write();
+                }
+            }
+            txn.end(0);
+            store.commit_backend().unwrap();
+        }
+        let rev = store.current_revision();
+        let t = std::time::Instant::now();
+        store.mark_compacted(rev - 1, 0).unwrap();
+        let mark = t.elapsed();
+        // Time every lock hold of the prune from a reader's side: the longest wait for a read lock.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (longest, whole) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut longest = std::time::Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = std::time::Instant::now();
+                    let _ = store.current_revision();
+                    longest = longest.max(t.elapsed());
+                }
+                longest
+            });
+            let t = std::time::Instant::now();
+            store.prune(rev - 1).unwrap();
+            let whole = t.elapsed();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (reader.join().unwrap(), whole)
+        });
+        let t = std::time::Instant::now();
+        store.commit_backend().unwrap();
+        println!(
+            "{keys} keys x 3 versions: mark {mark:?}; prune {whole:?} in all, longest reader wait {longest:?}; backend commit of the deletes {:?}",
+            t.elapsed()
+        );
     }
 }

@@ -134,10 +134,24 @@ impl Applier {
                 Ok(ApplyResult::Txn(resp))
             }
             Some(Op::Compaction(req)) => {
-                store.compact(req.revision, index)?;
+                // The logical compaction is part of applying the entry; dropping the old revisions is
+                // not, and runs beside the apply thread in small locked chunks (etcd schedules it the
+                // same way), so writes never wait for it.
+                store.mark_compacted(req.revision, index)?;
                 if req.physical {
-                    // `physical`: answer only once the compaction is on disk.
+                    // `physical`: answer only once the compaction is done and on disk.
+                    store.prune(req.revision)?;
                     store.commit_backend()?;
+                } else {
+                    let (store, rev) = (store.clone(), req.revision);
+                    std::thread::Builder::new()
+                        .name("compaction".into())
+                        .spawn(move || {
+                            if let Err(e) = store.prune(rev) {
+                                // Finished by the next start; reads are unaffected meanwhile.
+                                tracing::error!(rev, error = %e, "compaction prune failed");
+                            }
+                        })?;
                 }
                 Ok(ApplyResult::Compaction(CompactionResponse {
                     header: header(store.current_revision()),
