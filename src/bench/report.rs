@@ -75,6 +75,9 @@ pub struct WatchStats {
     pub events_received: u64,
     /// `events_expected - events_received`: events that never arrived before the grace period ended.
     pub events_lost: u64,
+    /// Event latency measured from the put's send instead of its acknowledgement (etcd's
+    /// `benchmark watch-latency` measure).
+    pub latency_from_put_sent_ms: Latency,
 }
 
 /// The result of one run, as printed by `--json`.
@@ -145,6 +148,12 @@ impl Summary {
                 s,
                 "  Watch:        {} watchers, {} puts, {} of {} events received, {} lost",
                 w.watchers, w.puts, w.events_received, w.events_expected, w.events_lost
+            );
+            let l = &w.latency_from_put_sent_ms;
+            let _ = writeln!(
+                s,
+                "  From put sent (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                l.p50, l.p90, l.p99, l.p999, l.max
             );
         }
         for (text, n) in &self.error_counts {

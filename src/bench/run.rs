@@ -301,19 +301,33 @@ async fn keepalive_loop(shared: &Shared, ch: Channel, id: i64) -> Vec<u64> {
     let mut lat = Vec::new();
     let mut lc = LeaseClient::new(ch);
     let (tx, rx) = mpsc::channel::<LeaseKeepAliveRequest>(1);
+    // The first request is queued before the call: etcd (grpc-go) sends the response headers only
+    // with its first answer, so awaiting the call before sending anything would wait forever.
+    if shared.next().await.is_none() {
+        return lat;
+    }
+    let mut t = Instant::now();
+    let _ = tx.send(LeaseKeepAliveRequest { id }).await;
     let Some(resp) = shared
         .bounded(lc.lease_keep_alive(ReceiverStream::new(rx)))
         .await
     else {
+        shared.done.fetch_add(1, Ordering::Relaxed);
         return lat;
     };
     let mut stream = resp.into_inner();
-    while shared.next().await.is_some() {
-        let t = Instant::now();
-        if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-            shared.error("keepalive stream closed by the client side".into());
-            shared.done.fetch_add(1, Ordering::Relaxed);
-            break;
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            if shared.next().await.is_none() {
+                break;
+            }
+            t = Instant::now();
+            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                shared.error("keepalive stream closed by the client side".into());
+                shared.done.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
         }
         match shared.bounded(stream.message()).await {
             Some(Some(r)) if r.ttl > 0 => lat.push(t.elapsed().as_nanos() as u64),

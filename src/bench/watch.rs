@@ -6,7 +6,9 @@
 //! the instant its answer arrived. Each stream's reader records `(watch id, revision, arrival)` for
 //! every event. After the last put the readers get a grace period (5 s, within `--timeout`) to see
 //! every expected event; then the results are joined on the revision. The latency of an event is
-//! arrival minus the put's acknowledgement, clamped at zero: the event may overtake the put's answer.
+//! arrival minus the put's acknowledgement, clamped at zero: the event often overtakes the put's
+//! answer, so the median is typically 0. The summary therefore also gives the latency from the put's
+//! send (what etcd's `benchmark watch-latency` reports).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::keys::{KeyGen, Rng};
-use super::report::{Progress, Summary, WatchStats};
+use super::report::{Latency, Progress, Summary, WatchStats};
 use super::run::Shared;
 use super::{status_text, BenchArgs, BenchError};
 use crate::proto::etcdserverpb::kv_client::KvClient;
@@ -29,7 +31,8 @@ use crate::proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
 /// How long after the last put the watchers may take to receive their events.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// One event seen by a reader: watch id, revision, arrival.
+/// One event seen by a reader: watch id, revision, arrival. Watch ids are per stream (etcd numbers
+/// them from 0 on each stream), so each reader's events are keyed by its stream too.
 type Seen = (i64, i64, Instant);
 
 pub(super) async fn run(
@@ -135,17 +138,19 @@ pub(super) async fn run(
     let started = Instant::now();
     let mut kv = KvClient::new(channels[0].clone());
     let value = Rng::new(1).bytes(args.val_size);
-    let mut acks: HashMap<i64, Instant> = HashMap::new();
+    // Revision -> (put sent, put acknowledged).
+    let mut acks: HashMap<i64, (Instant, Instant)> = HashMap::new();
     while shared.next().await.is_some() {
         let req = PutRequest {
             key: key.clone(),
             value: value.clone(),
             ..PutRequest::default()
         };
+        let sent = Instant::now();
         if let Some(resp) = shared.bounded(kv.put(req)).await {
             let ack = Instant::now();
             if let Some(h) = resp.into_inner().header {
-                acks.insert(h.revision, ack);
+                acks.insert(h.revision, (sent, ack));
             }
         }
         shared.done.fetch_add(1, Ordering::Relaxed);
@@ -162,17 +167,19 @@ pub(super) async fn run(
 
     // Join events with acknowledgements. Each (watch id, revision) counts once.
     let mut latencies = Vec::with_capacity(expected as usize);
-    let mut unique: HashSet<(i64, i64)> = HashSet::with_capacity(expected as usize);
-    for r in readers {
+    let mut from_send = Vec::with_capacity(expected as usize);
+    let mut unique: HashSet<(usize, i64, i64)> = HashSet::with_capacity(expected as usize);
+    for (stream, r) in readers.into_iter().enumerate() {
         match r.await {
             Ok((seen, error)) => {
                 if let Some(e) = error {
                     shared.error(e);
                 }
                 for (id, rev, at) in seen {
-                    if let Some(ack) = acks.get(&rev) {
-                        if unique.insert((id, rev)) {
+                    if let Some((sent, ack)) = acks.get(&rev) {
+                        if unique.insert((stream, id, rev)) {
                             latencies.push(at.saturating_duration_since(*ack).as_nanos() as u64);
+                            from_send.push(at.saturating_duration_since(*sent).as_nanos() as u64);
                         }
                     }
                 }
@@ -189,6 +196,7 @@ pub(super) async fn run(
         events_expected: expected,
         events_received: received,
         events_lost: expected.saturating_sub(received),
+        latency_from_put_sent_ms: Latency::from_nanos(from_send),
     });
     Ok(summary)
 }
