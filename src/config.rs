@@ -3,7 +3,8 @@
 //! Flag names are etcd's where the concept matches (`--name`, `--data-dir`, `--listen-client-urls`, ...)
 //! and each flag can also come from the environment variable etcd would read (`ETCD_NAME`,
 //! `ETCD_DATA_DIR`, ...), so an etcd operator's scripts and unit files carry over. Flags win over the
-//! environment. Ours alone: `--listen-rest-url` (the seed's REST API) and the `repair` subcommand.
+//! environment. Ours alone: `--listen-rest-url` (the seed's REST API) and the `repair` and `bench`
+//! subcommands.
 //!
 //! Some flags only matter once later pieces land (peers, quotas); they are accepted and validated now so
 //! that a command line written today keeps working.
@@ -47,6 +48,8 @@ pub enum Command {
         #[arg(long, env = "ETCD_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Load an etcd v3 endpoint (mini-etcd or etcd) and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of the server. Each one can also be set by the `ETCD_*` environment variable etcd uses.

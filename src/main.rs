@@ -1,4 +1,4 @@
-//! `mini-etcd`: command line -> configuration -> server start, and the `repair` subcommand.
+//! `mini-etcd`: command line -> configuration -> server start, and the `repair` and `bench` subcommands.
 
 use std::process::ExitCode;
 
@@ -17,6 +17,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    if let Some(Command::Bench(args)) = &cli.command {
+        return mini_etcd::bench::main(args);
+    }
     if let Some(Command::Repair { data_dir }) = cli.command {
         let wal_dir = data_dir.join("member").join("wal");
         return match mini_etcd::wal::repair(&wal_dir) {
