@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: the request path allocates many small, short-lived buffers (HTTP/2 frames, protobuf
+/// messages); glibc's malloc showed up as ~10% of server CPU under load, mimalloc handles this pattern
+/// with thread-local free lists.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use mini_etcd::config::{Cli, Command, Config};
 use mini_etcd::server::Server;
