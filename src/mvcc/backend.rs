@@ -238,7 +238,7 @@ impl Backend {
                 std::fs::create_dir_all(dir)?;
             }
         }
-        let db = Database::create(path)?;
+        let db = create_db(path)?;
         let txn = db.begin_write()?;
         for table in Table::ALL {
             txn.open_table(table.definition())?;
@@ -621,6 +621,18 @@ fn write_batch(db: &Database, batch: &Buffer) -> Result<()> {
     Ok(())
 }
 
+/// redb's own page cache. Its default (1 GiB) would hold a copy of most of a large store after the
+/// start-up scan, on top of the kernel's page cache; the hot set of a key-value workload is far
+/// smaller, and cold pages are one `pread` from the kernel's cache away.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Opens or creates a redb file with our settings.
+fn create_db(path: &Path) -> Result<Database> {
+    Ok(Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?)
+}
+
 /// Creates a fresh redb file at `dest` holding every table of `from`, in one write transaction.
 fn copy_into(from: &redb::ReadTransaction, dest: &Path) -> Result<Database> {
     match std::fs::remove_file(dest) {
@@ -628,7 +640,7 @@ fn copy_into(from: &redb::ReadTransaction, dest: &Path) -> Result<Database> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
-    let db = Database::create(dest)?;
+    let db = create_db(dest)?;
     let txn = db.begin_write()?;
     for table in Table::ALL {
         let src = from.open_table(table.definition())?;

@@ -111,6 +111,9 @@ pub struct Store {
     writer: Mutex<()>,
     /// Held by a running [`Store::prune`], so two prunes never interleave.
     pruning: Mutex<()>,
+    /// (lease, key) of every live key with a lease, found by the opening scan; taken once by the server
+    /// to rebuild the lessor's attachments without a second pass over the store.
+    leased_at_open: Mutex<Vec<(i64, Vec<u8>)>>,
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -166,9 +169,16 @@ impl Store {
         // As in etcd, an empty store is at revision 1, so the first write creates revision 2 (clients
         // treat revision 0 as "none" and 1 as "before any write").
         let mut current = 1;
+        // Each live key's lease, from its newest record (the lessor rebuilds its attachments from it).
+        let mut leased: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         backend.scan(Table::Key, &[], None, |k, v| {
             let (rev, tombstone) = Revision::from_bytes(k)?;
             let kv = KeyValue::decode(v)?;
+            if tombstone || kv.lease == 0 {
+                leased.remove(&kv.key);
+            } else {
+                leased.insert(kv.key.clone(), kv.lease);
+            }
             let ki = index.entry(kv.key).or_default();
             if tombstone {
                 ki.tombstone(rev);
@@ -198,12 +208,19 @@ impl Store {
             }),
             writer: Mutex::new(()),
             pruning: Mutex::new(()),
+            leased_at_open: Mutex::new(leased.into_iter().map(|(k, l)| (l, k)).collect()),
         };
         if compacted > 0 {
             // A prune that a crash cut short (or never started) is finished before serving.
             store.prune(compacted)?;
         }
         Ok(store)
+    }
+
+    /// (lease, key) of every live key that had a lease when the store was opened; empty after the
+    /// first call.
+    pub fn take_leased_at_open(&self) -> Vec<(i64, Vec<u8>)> {
+        std::mem::take(&mut *lock(&self.leased_at_open))
     }
 
     /// The backend, for sharing with other tables' owners.

@@ -39,7 +39,7 @@ use raft::storage::MemStorage;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, SystemClock};
-use crate::mvcc::{RangeOptions, Store};
+use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
@@ -190,18 +190,7 @@ impl Server {
             MIN_LEASE_TTL_SECS,
         )?);
         // Attachments are not stored with the leases: every live key names its lease.
-        let live = store.range(&RangeOptions {
-            key: vec![0],
-            range_end: vec![0],
-            keys_only: true,
-            ..Default::default()
-        })?;
-        let orphans = lessor.rebuild_attachments(
-            live.kvs
-                .into_iter()
-                .filter(|kv| kv.lease != 0)
-                .map(|kv| (kv.lease, kv.key)),
-        );
+        let orphans = lessor.rebuild_attachments(store.take_leased_at_open());
         if !orphans.is_empty() {
             tracing::warn!(
                 keys = orphans.len(),
