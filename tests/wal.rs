@@ -1,5 +1,6 @@
-//! Write-ahead log: round trips, segments, truncation, release, recovery from torn tails and damage,
-//! repair, group commit, and a committed fixture that pins the on-disk format.
+//! Write-ahead log: round trips, segments, preallocation, truncation, release, recovery from torn
+//! tails (appended and preallocated) and damage, repair, group commit, and a committed fixture that
+//! pins the on-disk format.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -68,11 +69,12 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Start offsets of the records in a segment, walking the documented header format.
+/// Start offsets of the records in a segment, walking the documented header format up to the end of
+/// the file or an all-zero header (unused, preallocated space).
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut off = 0;
-    while off + 16 <= bytes.len() {
+    while off + 16 <= bytes.len() && bytes[off..off + 16].iter().any(|&b| b != 0) {
         let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
         let pad = bytes[off + 5] as usize;
         if off + 16 + len + pad > bytes.len() {
@@ -82,6 +84,28 @@ fn record_offsets(bytes: &[u8]) -> Vec<usize> {
         off += 16 + len + pad;
     }
     out
+}
+
+/// End of the last record of a segment: its logical size, whatever space is preallocated after it.
+fn logical_end(bytes: &[u8]) -> usize {
+    let last = *record_offsets(bytes).last().unwrap();
+    let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
+    last + 16 + len + bytes[last + 5] as usize
+}
+
+/// Asserts that `seg` holds at least `end` bytes and that everything after `end` is zero.
+fn assert_zero_after(seg: &Path, end: u64) {
+    let bytes = fs::read(seg).unwrap();
+    assert!(
+        bytes.len() as u64 >= end,
+        "{} is shorter than {end}",
+        seg.display()
+    );
+    assert!(
+        bytes[end as usize..].iter().all(|&b| b == 0),
+        "non-zero bytes after {end} in {}",
+        seg.display()
+    );
 }
 
 fn corrupt_text(err: Error) -> String {
@@ -223,15 +247,17 @@ fn torn_tail_of_junk_bytes_is_cut() {
     wal.save(Some(&hs(1, 1, 3)), &entries(1..=3, 1)).unwrap();
     drop(wal);
     let seg = segments(&dir).pop().unwrap();
-    let good_len = fs::metadata(&seg).unwrap().len();
     let mut bytes = fs::read(&seg).unwrap();
+    let good_len = logical_end(&bytes) as u64;
+    // As a log that grows by appending leaves it: the file ends in a few bytes of a header.
+    bytes.truncate(good_len as usize);
     bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0x01]);
     fs::write(&seg, &bytes).unwrap();
 
     let (mut wal, c) = Wal::open(&dir, big()).unwrap();
     assert_eq!(c.repaired_tail, Some((seg.clone(), good_len)));
     assert_eq!(c.entries, entries(1..=3, 1));
-    assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
+    assert_zero_after(&seg, good_len);
     wal.save(None, &entries(4..=4, 1)).unwrap();
     drop(wal);
     let (_wal, c) = Wal::open(&dir, big()).unwrap();
@@ -256,7 +282,7 @@ fn torn_tail_of_a_short_last_record_is_cut_and_earlier_records_kept() {
 
     let (_wal, c) = Wal::open(&dir, small()).unwrap();
     assert_eq!(c.repaired_tail, Some((seg.clone(), last as u64)));
-    assert_eq!(fs::metadata(&seg).unwrap().len(), last as u64);
+    assert_zero_after(&seg, last as u64);
     // The last save wrote entry 40 then hard state commit 40; only the hard state record was torn.
     assert_eq!(c.entries, entries(1..=40, 1));
     assert_eq!(c.hard_state, hs(1, 1, 39));
@@ -270,19 +296,194 @@ fn zero_filled_tail_is_unused_space() {
     wal.save(None, &entries(1..=3, 1)).unwrap();
     drop(wal);
     let seg = segments(&dir).pop().unwrap();
-    let good_len = fs::metadata(&seg).unwrap().len();
     let mut bytes = fs::read(&seg).unwrap();
+    let good_len = logical_end(&bytes) as u64;
+    // Zeros after the last record but short of the segment size, as a log with a zero tail written
+    // without preallocation leaves it.
+    bytes.truncate(good_len as usize);
     bytes.resize(bytes.len() + 4096, 0);
     fs::write(&seg, &bytes).unwrap();
 
     let (mut wal, c) = Wal::open(&dir, big()).unwrap();
     assert_eq!(c.repaired_tail, None);
     assert_eq!(c.entries, entries(1..=3, 1));
-    assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
+    assert_zero_after(&seg, good_len);
     wal.save(None, &entries(4..=5, 1)).unwrap();
     drop(wal);
     let (_wal, c) = Wal::open(&dir, big()).unwrap();
     assert_eq!(c.entries, entries(1..=5, 1));
+}
+
+fn mid() -> WalOptions {
+    WalOptions {
+        segment_size: 64 * 1024,
+    }
+}
+
+/// An entry whose data is `n` non-zero bytes, long enough to span several 512-byte sectors.
+fn big_entry(index: u64, term: u64, n: usize) -> Entry {
+    Entry {
+        index,
+        term,
+        data: (0..n)
+            .map(|i| (i % 251 + 1) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn segments_are_preallocated_and_finished_ones_end_at_their_last_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let wal = Wal::create(&dir, META, mid()).unwrap();
+    let seg = segments(&dir).pop().unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), mid().segment_size);
+    drop(wal);
+
+    let dir = tmp.path().join("small");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    for i in 1..=60 {
+        wal.save(Some(&hs(1, 1, i - 1)), &[entry(i, 1)]).unwrap();
+    }
+    drop(wal);
+    let segs = segments(&dir);
+    assert!(segs.len() > 3);
+    for (k, seg) in segs.iter().enumerate() {
+        let bytes = fs::read(seg).unwrap();
+        let end = logical_end(&bytes);
+        if k + 1 < segs.len() {
+            assert_eq!(bytes.len(), end, "{} keeps unused space", seg.display());
+        } else {
+            assert_eq!(bytes.len() as u64, small().segment_size.max(end as u64));
+            assert_zero_after(seg, end as u64);
+        }
+    }
+}
+
+/// A log whose last save was one entry of 2000 bytes; returns its segment and the offset of that
+/// entry's record, and the offset just past it.
+fn wal_ending_in_a_big_record(dir: &Path) -> (PathBuf, usize, usize) {
+    let mut wal = Wal::create(dir, META, mid()).unwrap();
+    wal.save(Some(&hs(1, 1, 0)), &entries(1..=3, 1)).unwrap();
+    wal.save(None, &[big_entry(4, 1, 2000)]).unwrap();
+    drop(wal);
+    let seg = segments(dir).pop().unwrap();
+    let bytes = fs::read(&seg).unwrap();
+    let victim = *record_offsets(&bytes).last().unwrap();
+    (seg, victim, logical_end(&bytes))
+}
+
+#[test]
+fn torn_write_into_preallocated_space_is_cut_and_earlier_records_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let (seg, victim, end) = wal_ending_in_a_big_record(&dir);
+    // The crash left the record's header and first half; its second half never reached the disk.
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[victim + (end - victim) / 2..end].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+
+    let (mut wal, c) = Wal::open(&dir, mid()).unwrap();
+    assert_eq!(c.repaired_tail, Some((seg.clone(), victim as u64)));
+    assert_eq!(c.entries, entries(1..=3, 1));
+    assert_eq!(c.hard_state, hs(1, 1, 0));
+    assert_zero_after(&seg, victim as u64);
+    // open -> save -> crash (drop without anything else) -> open.
+    wal.save(Some(&hs(1, 1, 3)), &[big_entry(4, 1, 2000)])
+        .unwrap();
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, mid()).unwrap();
+    assert_eq!(c.repaired_tail, None);
+    let mut want = entries(1..=3, 1);
+    want.push(big_entry(4, 1, 2000));
+    assert_eq!(c.entries, want);
+    assert_eq!(c.hard_state, hs(1, 1, 3));
+}
+
+#[test]
+fn flipped_byte_in_a_preallocated_last_record_is_corrupt_not_torn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let (seg, victim, _) = wal_ending_in_a_big_record(&dir);
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[victim + 16 + 1000] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    let text = corrupt_text(Wal::open(&dir, mid()).unwrap_err());
+    assert!(text.contains(&seg.display().to_string()), "{text}");
+    assert!(text.contains(&format!("byte offset {victim}:")), "{text}");
+    assert!(text.contains("checksum mismatch"), "{text}");
+}
+
+#[test]
+fn zero_sector_with_written_bytes_after_it_is_corrupt_not_torn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let (seg, victim, end) = wal_ending_in_a_big_record(&dir);
+    // A whole zero sector inside the record, but the record's later bytes are there.
+    let sector = (victim + 16).next_multiple_of(512);
+    assert!(sector + 512 + 16 < end);
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[sector..sector + 512].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+    let text = corrupt_text(Wal::open(&dir, mid()).unwrap_err());
+    assert!(text.contains(&format!("byte offset {victim}:")), "{text}");
+}
+
+#[test]
+fn later_sector_of_a_write_whose_first_sector_was_lost_is_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, mid()).unwrap();
+    wal.save(None, &entries(1..=3, 1)).unwrap();
+    drop(wal);
+    let seg = segments(&dir).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let end = logical_end(&bytes);
+    bytes[end + 600..end + 700].fill(0x5a);
+    fs::write(&seg, &bytes).unwrap();
+
+    let (_wal, c) = Wal::open(&dir, mid()).unwrap();
+    assert_eq!(c.repaired_tail, Some((seg.clone(), end as u64)));
+    assert_eq!(c.entries, entries(1..=3, 1));
+    assert_zero_after(&seg, end as u64);
+}
+
+#[test]
+fn header_across_a_sector_boundary_with_its_second_sector_unwritten_is_a_torn_tail() {
+    use protobuf::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, mid()).unwrap();
+    let seg = segments(&dir).pop().unwrap();
+    let end_now = || logical_end(&fs::read(&seg).unwrap());
+    // Fill with one entry sized so that the next record starts 504 bytes past a sector boundary.
+    wal.save(None, &entries(1..=3, 1)).unwrap();
+    let mut need = (504 + 512 - end_now() % 512) % 512;
+    if need < 64 {
+        need += 512;
+    }
+    let filler = (0..need)
+        .map(|n| big_entry(4, 1, n))
+        .find(|e| 16 + (e.compute_size() as usize).next_multiple_of(8) == need)
+        .expect("a filler size");
+    wal.save(None, std::slice::from_ref(&filler)).unwrap();
+    let victim = end_now();
+    assert_eq!(victim % 512, 504);
+    wal.save(None, &[entry(5, 1)]).unwrap();
+    drop(wal);
+    // The first 8 header bytes landed in one sector; the next sector never did.
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[victim + 8..].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+
+    let (_wal, c) = Wal::open(&dir, mid()).unwrap();
+    assert_eq!(c.repaired_tail, Some((seg.clone(), victim as u64)));
+    let mut want = entries(1..=3, 1);
+    want.push(filler);
+    assert_eq!(c.entries, want);
 }
 
 /// Builds a log over several segments and flips one data byte of a record in the middle of the
@@ -498,6 +699,12 @@ fn fixture_bytes_are_unchanged() {
         "segment names changed; if the format change is intended, rerun with WAL_FIXTURE_REGEN=1"
     );
     for ((name, want), (_, got)) in want.iter().zip(&got) {
+        // The last segment is preallocated: the fixture's bytes, then zeros up to the segment size.
+        let (got, tail) = got.split_at(want.len().min(got.len()));
+        assert!(
+            tail.iter().all(|&b| b == 0),
+            "{name} has non-zero bytes after the fixture's end"
+        );
         assert!(
             want == got,
             "{name} differs from the fixture: the on-disk format changed. If intended, rerun \

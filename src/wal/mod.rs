@@ -24,9 +24,11 @@
 //!     16     n  data, then the padding
 //! ```
 //!
-//! Alignment keeps every header inside one sector, so the length is never half-written. The header
-//! check lets recovery trust a length before reading that many bytes: a damaged length is reported as
-//! damage, not mistaken for a record that merely runs past the end of the file.
+//! Alignment keeps the first 8 header bytes (length, type, padding) inside one sector, so the length
+//! is never half-written; the whole header crosses a 512-byte sector boundary only when it starts 504
+//! bytes past one. The header check lets recovery trust a length before reading that many bytes: a
+//! damaged length is reported as damage, not mistaken for a record that merely runs past the end of
+//! the file.
 //!
 //! The crc is *chained*: each record's checksum continues from the previous record's, so a record
 //! that is intact on its own but out of place (a stale block, a segment from another log) fails too.
@@ -42,11 +44,29 @@
 //! file, fsynced, renamed into place and the directory fsynced: a crash leaves either a complete new
 //! segment or none.
 //!
+//! # Preallocation
+//!
+//! Like etcd, every segment file is preallocated to `segment_size` when it is created (`fallocate`
+//! on Linux): a write inside allocated space does not change the file size, so its `fdatasync` has
+//! less metadata to journal. Measured on ext4 with `cargo bench --bench hot_paths -- wal/save`: a
+//! one-entry save went from about 200–260 µs to 150–165 µs; a 64-entry save (18 KB) did not change
+//! measurably, its cost being the data itself.
+//! The file size therefore says nothing about the log; the *logical end* of the last segment (the end
+//! of its last record) is kept in memory and found again by recovery, and writes go there, never with
+//! `O_APPEND`. The bytes after it read as zeros. When a segment is finished by a cut it is truncated
+//! to its logical end, so only the last segment carries unused space. Where the platform or the
+//! filesystem cannot preallocate (`EOPNOTSUPP`), segments grow by appending as before; the format is
+//! the same either way, and logs written without preallocation open and get preallocated.
+//!
 //! # Invariants
 //!
 //! - Only the last segment is ever appended to; earlier ones were fully fsynced before the cut.
-//! - One `save` is one `write` plus one `fdatasync` (group commit); the directory is fsynced after
-//!   every file creation, rename or removal.
+//! - One `save` is one `write` at the logical end plus one `fdatasync` (group commit); the directory
+//!   is fsynced after every file creation, rename or removal.
+//! - Every byte after the logical end of the last segment is zero: writes go only at the logical
+//!   end, and recovery cuts anything else there before it preallocates again. So a record that
+//!   reaches the disk only in part leaves zeros where the rest should be, which is what the torn-write
+//!   rule below relies on.
 //! - Replay: the last HardState wins; a Snapshot mark drops the entries it covers; an Entry whose index
 //!   is at or below one read before discards that entry and everything after it (Raft truncated its
 //!   log), so the entries handed back are contiguous and ascending.
@@ -55,14 +75,32 @@
 //!
 //! # Recovery
 //!
-//! - A *torn tail* — the last record of the last segment incomplete (fewer bytes than a header, or the
-//!   declared length runs past the end of the file) — is what a crash during a write leaves; that
-//!   write was never acknowledged, so [`Wal::open`] cuts it off (truncate, fsync), warns, and reports
-//!   it in [`WalContents::repaired_tail`].
+//! - A *torn tail* is what a crash during a write leaves; that write was never acknowledged, so
+//!   [`Wal::open`] cuts it off (truncate, preallocate again, fsync), warns, and reports it in
+//!   [`WalContents::repaired_tail`]. In the last segment, and never at its first record, a torn
+//!   tail is one of:
+//!   - fewer bytes than a header, or a record whose declared length runs past the end of the file
+//!     (how a crash shows when the file grows by appending);
+//!   - an all-zero header followed by non-zero bytes: a multi-sector write whose first sector never
+//!     reached the disk but a later one did;
+//!   - a header that fails its check, crosses a sector boundary, and reads zero from that boundary to
+//!     the end of the file: its first sector was written, the next never was;
+//!   - the *torn-write rule* for preallocated space: a record whose header is intact but whose
+//!     chained crc fails, such that for some 512-byte sector boundary `s` (by file offset) inside
+//!     its data, every byte from `s` to the end of the file is zero. That is, the record's data ends
+//!     in whole unwritten sectors and nothing after it was written. A crash leaves each sector of a
+//!     write either written or still zero, so this is the shape of a write cut short; a flipped bit
+//!     leaves no zero sector, and a zeroed sector with written bytes after it does not match either.
+//!     The rule is deliberately narrow: a write whose sectors landed out of order (a middle sector
+//!     lost, a later one written) is reported as damage, for the operator's [`repair`]. It can also
+//!     misjudge damage as torn only if a bit flips in the very last record *and* that record's data
+//!     genuinely ends in at least a sector of zeros; then an acknowledged last record is cut.
+//!
 //!   Trailing bytes that fill a header but fail its check are *not* taken for a torn tail: a sector
 //!   is written whole, so such bytes are damage.
-//! - An all-zero header where a record would start ends the file's records: the rest is unused space
-//!   (and is truncated away on open so appends follow the last record).
+//! - An all-zero header where a record would start ends the file's records: the rest, all zeros, is
+//!   unused space (preallocated, or left by an older version). It stays; open preallocates the
+//!   segment again and appends continue right after the last record.
 //! - Anything else is damage and `open` refuses with [`Error::Corrupt`], naming the file and byte
 //!   offset: a checksum mismatch on a complete record (even the last), an unknown record type, a
 //!   payload that does not decode, a missing segment in the sequence, a Crc record that does not
@@ -75,8 +113,8 @@
 //!
 //! # What it leaves out
 //!
-//! - No preallocation of the next segment and no background cutting: a cut happens inline, after the
-//!   save that crossed the size limit.
+//! - No preparing the next segment ahead of time and no background cutting: a cut creates and
+//!   preallocates the next segment inline, after the save that crossed the size limit.
 //! - No directory lock: the server holds the data directory lock; one process owns a WAL.
 //! - No reading of entries after open: the Raft storage keeps them in memory.
 //! - Releasing segments is up to the caller: [`Wal::release_to`] should only be given an index that a
@@ -101,7 +139,8 @@ pub use repair::{repair, RepairReport};
 /// Tuning for a [`Wal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalOptions {
-    /// A segment is cut once a write leaves it larger than this many bytes. Small values are for tests.
+    /// A segment is cut once a write leaves it larger than this many bytes, and each new segment is
+    /// preallocated to this size. Small values are for tests.
     pub segment_size: u64,
 }
 
@@ -151,7 +190,8 @@ pub struct Wal {
     segments: Vec<SegmentFile>,
     /// The last segment, open for writing at `offset`.
     file: File,
-    /// End of the last record in `file`: where the next write goes.
+    /// End of the last record in `file` (its logical end; the file itself is usually longer,
+    /// preallocated): where the next write goes.
     offset: u64,
     /// Crc of the last record written: the next record's chain value.
     last_crc: u32,
@@ -192,7 +232,7 @@ impl Wal {
         let mut buf = Vec::new();
         let crc = record::encode_record(&mut buf, 0, &Record::Crc(0))?;
         let crc = record::encode_record(&mut buf, crc, &Record::Metadata(metadata.to_vec()))?;
-        let (file, seg) = segment::create(dir, 0, 0, &buf)?;
+        let (file, seg) = segment::create(dir, 0, 0, &buf, opts.segment_size)?;
         tracing::info!(dir = %dir.display(), "created WAL");
         Ok(Wal {
             dir: dir.to_path_buf(),
@@ -241,13 +281,19 @@ impl Wal {
             .last()
             .cloned()
             .ok_or_else(|| Error::Internal("scan returned no segments".to_string()))?;
-        let mut file = OpenOptions::new().write(true).open(&last.path)?;
-        // Drop a torn tail or unused zero space so appends continue right after the last good record.
-        if file.metadata()?.len() != scan.end {
+        let file = OpenOptions::new().write(true).open(&last.path)?;
+        let len_before = file.metadata()?.len();
+        // A torn tail must go entirely: a later write may cover only part of it, leaving bytes that
+        // the next recovery would take for damage. Everything after `scan.end` is zero otherwise.
+        if repaired_tail.is_some() {
             file.set_len(scan.end)?;
+        }
+        // Preallocate what the segment has left (again, after a cut tail; for the first time for a
+        // log written before preallocation): the tail stays zero, which recovery reads as unused.
+        segment::preallocate(&file, opts.segment_size)?;
+        if repaired_tail.is_some() || file.metadata()?.len() != len_before {
             file.sync_all()?;
         }
-        file.seek(SeekFrom::Start(scan.end))?;
         let contents = WalContents {
             metadata: metadata.clone(),
             hard_state: scan.replay.hard_state.clone(),
@@ -362,7 +408,8 @@ impl Wal {
         self.sync_count
     }
 
-    /// Writes `buf` at the end of the current segment and fdatasyncs it; `crc` is its last record's.
+    /// Writes `buf` at the logical end of the current segment (inside its preallocated space when
+    /// there is room) and fdatasyncs it; `crc` is its last record's.
     fn append(&mut self, buf: &[u8], crc: u32) -> Result<()> {
         let offset = self.offset;
         let res = (|| -> Result<()> {
@@ -391,6 +438,10 @@ impl Wal {
     fn cut(&mut self) -> Result<()> {
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
         let first_index = self.last_index + 1;
+        // A finished segment ends at its last record: drop its unused preallocated space. No fsync
+        // needed: if the new size is lost in a crash, the zero tail reads as unused space, and it is
+        // no longer the last segment.
+        self.file.set_len(self.offset)?;
         let mut buf = Vec::new();
         let mut crc = record::encode_record(&mut buf, self.last_crc, &Record::Crc(self.last_crc))?;
         for rec in [
@@ -400,7 +451,8 @@ impl Wal {
         ] {
             crc = record::encode_record(&mut buf, crc, &rec)?;
         }
-        let (file, seg) = segment::create(&self.dir, seq, first_index, &buf)?;
+        let (file, seg) =
+            segment::create(&self.dir, seq, first_index, &buf, self.opts.segment_size)?;
         self.sync_count += 1;
         tracing::info!(path = %seg.path.display(), first_index, "cut WAL segment");
         self.file = file;
