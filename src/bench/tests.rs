@@ -9,11 +9,15 @@ use super::*;
 use crate::config::{Cli, Command, Config};
 use crate::server::Server;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+/// `n` distinct free ports: every listener is held until all are chosen, so no port repeats.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 fn bench_args(line: &str) -> BenchArgs {
@@ -71,7 +75,8 @@ fn durations_parse() {
 async fn workloads_run_against_mini_etcd() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config::with_data_dir(dir.path()).expect("config");
-    let (client, rest, peer) = (free_port(), free_port(), free_port());
+    let ports = free_ports(3);
+    let (client, rest, peer) = (ports[0], ports[1], ports[2]);
     let url = |p: u16| url::Url::parse(&format!("http://127.0.0.1:{p}")).expect("url");
     config.listen_client_urls = vec![url(client)];
     config.advertise_client_urls = vec![url(client)];
@@ -82,6 +87,20 @@ async fn workloads_run_against_mini_etcd() {
     let serving = tokio::spawn(crate::api::serve(server.clone(), async {
         let _ = stop_rx.await;
     }));
+
+    // `serve` binds its listeners inside the spawned task: wait (bounded) until the client port takes
+    // connections, or the first workload races the bind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", client))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client port {client} never accepted a connection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     let endpoint = format!("http://127.0.0.1:{client}");
     for line in [
@@ -119,7 +138,7 @@ async fn workloads_run_against_mini_etcd() {
 async fn an_unreachable_endpoint_is_a_connect_error() {
     let args = bench_args(&format!(
         "bench put --endpoints http://127.0.0.1:{} --no-progress --timeout 10s",
-        free_port()
+        free_ports(1)[0]
     ));
     match run(&args).await {
         Err(BenchError::Connect { .. }) => {}
