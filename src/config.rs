@@ -58,7 +58,7 @@ pub struct ServerArgs {
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
-    /// Path to the data directory [default: ./<name>.mini-etcd].
+    /// Path to the data directory [default: ./NAME.mini-etcd].
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Comma-separated URLs to listen on for client traffic (the etcd v3 gRPC API).
@@ -90,7 +90,7 @@ pub struct ServerArgs {
     )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping: `name1=url1,name2=url2`
-    /// [default: <name>=<first initial advertise peer url>].
+    /// [default: NAME=FIRST_INITIAL_ADVERTISE_PEER_URL].
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Initial cluster state: `new` or `existing`.

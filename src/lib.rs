@@ -10,7 +10,7 @@
 //! - [`wal`]: the write-ahead log that is Raft's durable storage.
 //!
 //! [`proto`] holds the etcd v3 wire types (compiled from `proto/` by `build.rs`, no system protoc).
-//! [`bench`] is the `mini-etcd bench` load generator, a client of the v3 API like any other.
+//! [`bench`](mod@bench) is the `mini-etcd bench` load generator, a client of the v3 API like any other.
 //! [`config`] turns flags and `ETCD_*` variables into a [`config::Config`]; [`error`] is the one error
 //! type.
 pub mod api;
