@@ -21,7 +21,14 @@
 
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
 use super::revision::Revision;
+
+/// A key's revisions in one generation: most keys have one, kept inline (no heap allocation).
+pub type Revs = SmallVec<[Revision; 1]>;
+/// A key's generations: most keys have one, kept inline.
+pub type Generations = SmallVec<[Generation; 1]>;
 
 /// One life of a key, from its creating put to its tombstone (if any).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +39,7 @@ pub struct Generation {
     /// compaction, which drops old revisions but not the count, so versions stay right.
     pub version: i64,
     /// The revisions of this generation, ascending; in a closed generation the last is the tombstone.
-    pub revs: Vec<Revision>,
+    pub revs: Revs,
 }
 
 /// What the index knows about a key at one revision.
@@ -50,7 +57,7 @@ pub struct KeyState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyIndex {
     /// Oldest first; the last one is open.
-    generations: Vec<Generation>,
+    generations: Generations,
 }
 
 impl Default for KeyIndex {
@@ -59,10 +66,10 @@ impl Default for KeyIndex {
     }
 }
 
-/// Pushes without over-allocating the first time: most keys keep one revision in one generation, and a
-/// `Vec`'s first growth reserves four (64 bytes for revisions), which across a million keys is most of
-/// the index's memory. Later growth doubles as usual.
-fn push_tight(v: &mut Vec<Revision>, rev: Revision) {
+/// Pushes without over-allocating when the inline slot overflows: a second revision moves the list to
+/// the heap with room for exactly two (a `Vec`-style first growth would reserve four), and later growth
+/// doubles as usual.
+fn push_tight(v: &mut Revs, rev: Revision) {
     if v.capacity() == 0 {
         v.reserve_exact(1);
     }
@@ -73,7 +80,7 @@ impl KeyIndex {
     /// A key with no history: one empty, open generation.
     pub fn new() -> KeyIndex {
         KeyIndex {
-            generations: vec![Generation::default()],
+            generations: smallvec::smallvec![Generation::default()],
         }
     }
 
@@ -257,7 +264,7 @@ mod tests {
     fn key_index_generations_and_visibility() {
         let ki = sample();
         assert_eq!(ki.generations().len(), 2);
-        assert_eq!(ki.generations()[0].revs, vec![r(2), r(4), r(6)]);
+        assert_eq!(ki.generations()[0].revs.as_slice(), [r(2), r(4), r(6)]);
         assert_eq!(ki.generations()[1].created, 8);
         assert_eq!(ki.get(1), None);
         let s = ki.get(3).unwrap();
