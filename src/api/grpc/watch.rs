@@ -3,15 +3,22 @@
 //! # Shape
 //!
 //! Each call to `Watch` is a *session*: one task that reads the client's requests (create, cancel,
-//! progress) and owns the stream's table of watches, keyed by the stream-local watch id. Each
-//! watch is a second task that owns a hub [`Watcher`] and forwards its batches as `WatchResponse`s
-//! into the stream's bounded response channel. A client that reads slowly fills that channel; the
-//! forwarding tasks then wait, their `Watcher` channels fill, and the hub moves those watchers to
-//! catch-up from history. Nothing here ever blocks a writer or another stream.
+//! progress), owns the stream's table of watches, keyed by the stream-local watch id, and forwards
+//! every watch's hub batches as `WatchResponse`s into the stream's bounded response channel. The
+//! session polls a hub [`Watcher`] only when that watcher's own waker has fired: the waker puts the
+//! watch id into the stream's [`ReadySet`] and wakes the session once. So an event that reaches a
+//! hundred watches of a stream costs one task wake-up, not a hundred (a task per watch was the
+//! biggest cost of a wide fan-out: two channel hops and a scheduler round trip per watch and
+//! event). Watches created with `progress_notify`, which need a timer of their own, keep a
+//! forwarding task each.
+//!
+//! A client that reads slowly fills the response channel; the session then waits, the `Watcher`
+//! channels fill, and the hub moves those watchers to catch-up from history. Nothing here ever
+//! blocks a writer or another stream.
 //!
 //! Ordering on the wire: the session puts a watch's `created` response into the channel *before*
-//! it spawns the forwarding task, so no event overtakes it; a cancel stops the task (and waits for
-//! it) before the `canceled` response goes in, so no event follows it.
+//! it starts forwarding the watch, so no event overtakes it; a cancel drops the watcher (or stops
+//! its task and waits for it) before the `canceled` response goes in, so no event follows it.
 //!
 //! # etcd's behaviour, matched here
 //!
@@ -51,8 +58,11 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::{FutureExt, Stream};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -130,6 +140,7 @@ impl Watch for WatchService {
             progress_interval: self.progress_interval,
             tx,
             watches: HashMap::new(),
+            ready: Arc::new(ReadySet::default()),
             next_id: 0,
         };
         tokio::spawn(session.run(req.into_inner()));
@@ -147,23 +158,92 @@ struct Session {
     tx: mpsc::Sender<Out>,
     /// The stream's watches by stream-local id.
     watches: HashMap<i64, WatchEntry>,
+    /// The ids of session-forwarded watches whose waker fired since the session last looked.
+    ready: Arc<ReadySet>,
     /// The next id to try for a create that leaves the id to us.
     next_id: i64,
 }
 
-/// One watch of a stream. Dropping it stops the forwarding task, which drops the hub watcher.
-struct WatchEntry {
-    /// The forwarding task (`Option` only so that cancel and drop can take it). It may have ended
-    /// by itself (compaction, server stop); the id stays taken until the client cancels it, as in
-    /// etcd.
+/// One watch of a stream. Dropping it drops the hub watcher (or stops the forwarding task, which
+/// drops it).
+enum WatchEntry {
+    /// Forwarded by the session itself (every watch without `progress_notify`).
+    Direct {
+        /// The hub watcher; `None` once the watch ended by itself (compaction, server stop). The id
+        /// stays taken until the client cancels it, as in etcd.
+        watcher: Option<Watcher>,
+        /// Puts this watch's id into the session's ready set when the watcher has something.
+        waker: Waker,
+        /// Turns batches into responses (its `progress` is `None`).
+        forward: Forward,
+    },
+    /// Forwarded by a task of its own (`progress_notify` watches, which need their own timer).
+    Task(WatchTask),
+}
+
+/// A watch's own forwarding task. Dropping it stops the task, which drops the hub watcher.
+struct WatchTask {
+    /// The task (`Option` only so that cancel and drop can take it). It may have ended by itself
+    /// (compaction, server stop); the id stays taken until the client cancels it, as in etcd.
     task: Option<JoinHandle<()>>,
 }
 
-impl Drop for WatchEntry {
+impl Drop for WatchTask {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// The session-forwarded watches with news, fed by their wakers, drained by the session.
+#[derive(Default)]
+struct ReadySet {
+    /// Watch ids whose waker fired, possibly repeated or no longer in the table (both harmless: the
+    /// session polls the watcher and finds nothing, or skips the id). A std mutex: held for a push
+    /// or a swap, never across an `.await`.
+    ids: Mutex<Vec<i64>>,
+    /// The session task, woken when the first id goes in.
+    waker: AtomicWaker,
+}
+
+impl ReadySet {
+    /// Marks watch `id` as worth polling and wakes the session.
+    fn mark(&self, id: i64) {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+        self.waker.wake();
+    }
+
+    /// Takes the marked ids, or registers the session to be woken when there are some.
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<i64>> {
+        self.waker.register(cx.waker());
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if ids.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(std::mem::take(&mut *ids))
+        }
+    }
+}
+
+/// The waker handed to one session-forwarded watcher.
+struct WatchWaker {
+    /// The stream-local watch id.
+    id: i64,
+    /// Where the id goes when the watcher has news.
+    ready: Arc<ReadySet>,
+}
+
+impl Wake for WatchWaker {
+    fn wake(self: Arc<Self>) {
+        self.ready.mark(self.id);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.mark(self.id);
     }
 }
 
@@ -183,11 +263,22 @@ impl Session {
         tokio::pin!(closing);
         // False once the client half-closed: etcd keeps serving the watches until the client goes.
         let mut reading = true;
+        let ready = Arc::clone(&self.ready);
         let end = loop {
             tokio::select! {
                 biased;
                 () = &mut closing => break End::Closing,
                 () = self.tx.closed() => break End::ClientGone,
+                ids = std::future::poll_fn(|cx| ready.poll_take(cx)) => {
+                    let forwarded = tokio::select! {
+                        biased;
+                        () = &mut closing => break End::Closing,
+                        ok = self.forward_ready(ids) => ok,
+                    };
+                    if !forwarded {
+                        break End::ClientGone;
+                    }
+                }
                 msg = incoming.message(), if reading => match msg {
                     Ok(Some(req)) => {
                         let handled = tokio::select! {
@@ -282,7 +373,7 @@ impl Session {
             created: true,
             ..Default::default()
         };
-        // Before the task exists: nothing of this watch may overtake `created`.
+        // Before forwarding starts: nothing of this watch may overtake `created`.
         if !self.send(created).await {
             return false;
         }
@@ -295,23 +386,79 @@ impl Session {
                 .progress_notify
                 .then_some((self.progress_interval, create.start_revision)),
         };
-        self.watches.insert(
-            id,
-            WatchEntry {
+        let entry = if forward.progress.is_some() {
+            WatchEntry::Task(WatchTask {
                 task: Some(tokio::spawn(forward.run(watcher))),
-            },
-        );
+            })
+        } else {
+            let waker = Waker::from(Arc::new(WatchWaker {
+                id,
+                ready: Arc::clone(&self.ready),
+            }));
+            // The first poll registers the waker; a batch may already be waiting.
+            self.ready.mark(id);
+            WatchEntry::Direct {
+                watcher: Some(watcher),
+                waker,
+                forward,
+            }
+        };
+        self.watches.insert(id, entry);
+        true
+    }
+
+    /// Forwards what the watches `ids` have waiting, each until its channel is empty. False when
+    /// the response stream is gone.
+    async fn forward_ready(&mut self, ids: Vec<i64>) -> bool {
+        for id in ids {
+            // Skips an id cancelled since, or forwarded by its own task.
+            while let Some(WatchEntry::Direct {
+                watcher: slot,
+                waker,
+                forward,
+            }) = self.watches.get_mut(&id)
+            {
+                let Some(watcher) = slot.as_mut() else {
+                    break; // ended
+                };
+                let batch = match watcher.poll_recv(&mut Context::from_waker(waker)) {
+                    Poll::Pending => break,
+                    Poll::Ready(batch) => batch,
+                };
+                let Some(batch) = batch else {
+                    // The hub closed: the server is stopping and the session ends the stream.
+                    *slot = None;
+                    break;
+                };
+                let compacted = batch.compact_revision != 0;
+                if compacted {
+                    tracing::debug!(watch_id = id, "watch cancelled by compaction");
+                    *slot = None;
+                }
+                for resp in forward.responses(batch) {
+                    if self.tx.send(Ok(resp)).await.is_err() {
+                        return false;
+                    }
+                }
+                if compacted {
+                    break;
+                }
+            }
+        }
         true
     }
 
     async fn cancel(&mut self, id: i64) -> bool {
-        let Some(mut entry) = self.watches.remove(&id) else {
+        let Some(entry) = self.watches.remove(&id) else {
             return true; // etcd: cancelling an unknown id is silently ignored.
         };
-        if let Some(task) = entry.task.take() {
-            task.abort();
-            // Wait until it is gone so that no event of this watch follows `canceled`.
-            let _ = task.await;
+        // A session-forwarded watch is gone with its entry; a task is stopped and awaited.
+        if let WatchEntry::Task(mut entry) = entry {
+            if let Some(task) = entry.task.take() {
+                task.abort();
+                // Wait until it is gone so that no event of this watch follows `canceled`.
+                let _ = task.await;
+            }
         }
         tracing::debug!(watch_id = id, "watch cancelled");
         let resp = WatchResponse {
@@ -340,7 +487,8 @@ impl Session {
     }
 }
 
-/// The forwarding task of one watch: hub batches in, `WatchResponse`s out.
+/// How one watch's hub batches become `WatchResponse`s; for `progress_notify` watches also the
+/// forwarding task that sends them.
 struct Forward {
     /// The stream-local watch id.
     id: i64,
