@@ -6,11 +6,12 @@
 //! progress), owns the stream's table of watches, keyed by the stream-local watch id, and forwards
 //! every watch's hub batches as `WatchResponse`s into the stream's bounded response channel. The
 //! session polls a hub [`Watcher`] only when that watcher's own waker has fired: the waker puts the
-//! watch id into the stream's [`ReadySet`] and wakes the session once. So an event that reaches a
+//! watch id into the stream's `ReadySet` and wakes the session once. So an event that reaches a
 //! hundred watches of a stream costs one task wake-up, not a hundred (a task per watch was the
 //! biggest cost of a wide fan-out: two channel hops and a scheduler round trip per watch and
-//! event). Watches created with `progress_notify`, which need a timer of their own, keep a
-//! forwarding task each.
+//! event). The responses of one round of ready watches also go into the response channel
+//! together, as one message of at most `MAX_RESPONSES_PER_SEND`. Watches created with
+//! `progress_notify`, which need a timer of their own, keep a forwarding task each.
 //!
 //! A client that reads slowly fills the response channel; the session then waits, the `Watcher`
 //! channels fill, and the hub moves those watchers to catch-up from history. Nothing here ever
@@ -63,7 +64,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
-use futures::{FutureExt, Stream};
+use futures::{FutureExt, Stream, StreamExt};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -83,8 +84,13 @@ use crate::watch::{self, EventKind, WatchBatch, Watcher};
 /// default progress report interval).
 pub const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-/// Responses buffered per stream before the forwarding tasks wait for the client to read.
-const STREAM_BUFFER: usize = 128;
+/// Messages (each one response, or up to [`MAX_RESPONSES_PER_SEND`] of them) buffered per stream
+/// before the session and the forwarding tasks wait for the client to read.
+const STREAM_BUFFER: usize = 32;
+
+/// The most responses the session hands to the response channel in one message: one channel hop
+/// per round of ready watches instead of one per response, while the buffer stays bounded.
+const MAX_RESPONSES_PER_SEND: usize = 64;
 
 /// etcd's `clientv3.InvalidWatchID`: the id of refused creates and of stream-wide progress.
 const INVALID_WATCH_ID: i64 = -1;
@@ -144,7 +150,8 @@ impl Watch for WatchService {
             next_id: 0,
         };
         tokio::spawn(session.run(req.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = ReceiverStream::new(rx).flat_map(futures::stream::iter);
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -155,7 +162,7 @@ struct Session {
     /// Handed to each `progress_notify` watch.
     progress_interval: Duration,
     /// The response stream; each forwarding task holds a clone.
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Vec<Out>>,
     /// The stream's watches by stream-local id.
     watches: HashMap<i64, WatchEntry>,
     /// The ids of session-forwarded watches whose waker fired since the session last looked.
@@ -302,7 +309,7 @@ impl Session {
         self.watches.clear();
         if let End::Closing = end {
             // Best effort: a client that does not read gets its stream reset instead.
-            let _ = self.tx.try_send(Err(Error::Stopped.to_status()));
+            let _ = self.tx.try_send(vec![Err(Error::Stopped.to_status())]);
         }
         tracing::debug!("watch stream ended");
     }
@@ -318,7 +325,7 @@ impl Session {
                     watch_id: INVALID_WATCH_ID,
                     ..Default::default()
                 };
-                self.tx.send(Ok(resp)).await.is_ok()
+                self.tx.send(vec![Ok(resp)]).await.is_ok()
             }
             // etcd ignores a request it does not understand rather than end the stream.
             None => true,
@@ -407,9 +414,10 @@ impl Session {
         true
     }
 
-    /// Forwards what the watches `ids` have waiting, each until its channel is empty. False when
-    /// the response stream is gone.
+    /// Forwards what the watches `ids` have waiting, each until its channel is empty, in messages
+    /// of up to [`MAX_RESPONSES_PER_SEND`] responses. False when the response stream is gone.
     async fn forward_ready(&mut self, ids: Vec<i64>) -> bool {
+        let mut out: Vec<Out> = Vec::new();
         for id in ids {
             // Skips an id cancelled since, or forwarded by its own task.
             while let Some(WatchEntry::Direct {
@@ -435,17 +443,18 @@ impl Session {
                     tracing::debug!(watch_id = id, "watch cancelled by compaction");
                     *slot = None;
                 }
-                for resp in forward.responses(batch) {
-                    if self.tx.send(Ok(resp)).await.is_err() {
-                        return false;
-                    }
+                out.extend(forward.responses(batch).into_iter().map(Ok));
+                if out.len() >= MAX_RESPONSES_PER_SEND
+                    && self.tx.send(std::mem::take(&mut out)).await.is_err()
+                {
+                    return false;
                 }
                 if compacted {
                     break;
                 }
             }
         }
-        true
+        out.is_empty() || self.tx.send(out).await.is_ok()
     }
 
     async fn cancel(&mut self, id: i64) -> bool {
@@ -483,7 +492,7 @@ impl Session {
     }
 
     async fn send(&self, resp: WatchResponse) -> bool {
-        self.tx.send(Ok(resp)).await.is_ok()
+        self.tx.send(vec![Ok(resp)]).await.is_ok()
     }
 }
 
@@ -495,7 +504,7 @@ struct Forward {
     /// For headers, the current revision and `--max-request-bytes`.
     server: Server,
     /// The stream's responses.
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Vec<Out>>,
     /// Split large responses (the client asked for `fragment`).
     fragment: bool,
     /// For `progress_notify` watches: the interval, and the start revision (no progress while it is
@@ -531,7 +540,7 @@ impl Forward {
             };
             let compacted = batch.compact_revision != 0;
             for resp in self.responses(batch) {
-                if self.tx.send(Ok(resp)).await.is_err() {
+                if self.tx.send(vec![Ok(resp)]).await.is_err() {
                     return;
                 }
             }
@@ -555,7 +564,7 @@ impl Forward {
             watch_id: self.id,
             ..Default::default()
         };
-        self.tx.send(Ok(resp)).await.is_ok()
+        self.tx.send(vec![Ok(resp)]).await.is_ok()
     }
 
     /// The responses for one hub batch: one, or several fragments.
