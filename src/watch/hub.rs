@@ -293,52 +293,58 @@ impl WatchHub {
         }
         st.notified_revision = st.notified_revision.max(revision);
 
-        // Collect each matching synced watcher's events of this revision, in transaction order.
-        let mut matched: HashMap<WatchId, Vec<&Event>> = HashMap::new();
-        for event in events {
-            if let Some(ids) = st.synced_keys.get(&event.kv.key) {
-                for id in ids {
-                    matched.entry(*id).or_default().push(event);
+        let mut fell_behind = Vec::new();
+        let mut gone = Vec::new();
+        let State {
+            watchers,
+            synced_keys,
+            synced_ranges,
+            ..
+        } = &mut *st;
+        if let [event] = events {
+            // One event, the common case: each matching watcher gets just it, so no grouping map.
+            let exact = synced_keys.get(&event.kv.key).into_iter().flatten();
+            for id in exact.chain(synced_ranges.iter()) {
+                let Some(entry) = watchers.get_mut(id) else {
+                    continue;
+                };
+                if !entry.range_end.is_empty()
+                    && !in_range(&event.kv.key, &entry.key, &entry.range_end)
+                {
+                    continue;
+                }
+                match deliver(entry, revision, std::iter::once(event)) {
+                    Delivery::Done => {}
+                    Delivery::Full => fell_behind.push(*id),
+                    Delivery::Closed => gone.push(*id),
                 }
             }
-            for id in &st.synced_ranges {
-                if let Some(entry) = st.watchers.get(id) {
-                    if in_range(&event.kv.key, &entry.key, &entry.range_end) {
+        } else {
+            // Collect each matching synced watcher's events of this revision, in transaction order.
+            let mut matched: HashMap<WatchId, Vec<&Event>> = HashMap::new();
+            for event in events {
+                if let Some(ids) = synced_keys.get(&event.kv.key) {
+                    for id in ids {
                         matched.entry(*id).or_default().push(event);
                     }
                 }
-            }
-        }
-
-        let mut fell_behind = Vec::new();
-        let mut gone = Vec::new();
-        for (id, matched_events) in matched {
-            let Some(entry) = st.watchers.get_mut(&id) else {
-                continue;
-            };
-            // Rule 1: already sent from history (or below a future start revision).
-            if revision < entry.next_revision {
-                continue;
-            }
-            let out: Vec<Event> = matched_events
-                .into_iter()
-                .filter_map(|e| entry.prepare(e))
-                .collect();
-            if out.is_empty() {
-                entry.next_revision = revision + 1;
-                continue;
-            }
-            match entry.tx.try_send(WatchBatch {
-                events: out,
-                compact_revision: 0,
-            }) {
-                Ok(()) => entry.next_revision = revision + 1,
-                Err(TrySendError::Full(_)) => {
-                    // This revision was not sent: catch-up starts from it.
-                    entry.next_revision = revision;
-                    fell_behind.push(id);
+                for id in synced_ranges.iter() {
+                    if let Some(entry) = watchers.get(id) {
+                        if in_range(&event.kv.key, &entry.key, &entry.range_end) {
+                            matched.entry(*id).or_default().push(event);
+                        }
+                    }
                 }
-                Err(TrySendError::Closed(_)) => gone.push(id),
+            }
+            for (id, matched_events) in matched {
+                let Some(entry) = watchers.get_mut(&id) else {
+                    continue;
+                };
+                match deliver(entry, revision, matched_events) {
+                    Delivery::Done => {}
+                    Delivery::Full => fell_behind.push(id),
+                    Delivery::Closed => gone.push(id),
+                }
             }
         }
         let woke = !fell_behind.is_empty();
@@ -524,6 +530,53 @@ impl Drop for WatchHub {
     fn drop(&mut self) {
         // Let the catch-up task notice at once that the hub is gone.
         self.wake.notify_one();
+    }
+}
+
+/// What `deliver` did with one watcher's events of a live revision.
+enum Delivery {
+    /// Sent, or nothing to send (already sent from history, or all filtered out).
+    Done,
+    /// The channel is full: `next_revision` is the revision, and the watcher must become unsynced.
+    Full,
+    /// The reader is gone: the watcher must be removed.
+    Closed,
+}
+
+/// Sends a synced watcher its (filtered) events of live `revision`, keeping rule 1 of the module
+/// docs: below `next_revision` nothing is sent, and `next_revision` ends past what was sent, or at
+/// `revision` when the channel was full.
+fn deliver<'a>(
+    entry: &mut Entry,
+    revision: i64,
+    matched: impl IntoIterator<Item = &'a Event>,
+) -> Delivery {
+    // Rule 1: already sent from history (or below a future start revision).
+    if revision < entry.next_revision {
+        return Delivery::Done;
+    }
+    let out: Vec<Event> = matched
+        .into_iter()
+        .filter_map(|e| entry.prepare(e))
+        .collect();
+    if out.is_empty() {
+        entry.next_revision = revision + 1;
+        return Delivery::Done;
+    }
+    match entry.tx.try_send(WatchBatch {
+        events: out,
+        compact_revision: 0,
+    }) {
+        Ok(()) => {
+            entry.next_revision = revision + 1;
+            Delivery::Done
+        }
+        Err(TrySendError::Full(_)) => {
+            // This revision was not sent: catch-up starts from it.
+            entry.next_revision = revision;
+            Delivery::Full
+        }
+        Err(TrySendError::Closed(_)) => Delivery::Closed,
     }
 }
 

@@ -73,7 +73,9 @@
 //! # Matching
 //!
 //! Synced exact-key watchers (empty `range_end`) sit in a `HashMap` from key to watcher ids, so a put
-//! on one key reaches a thousand watchers of that key with one look-up. Range watchers are checked one
+//! on one key reaches a thousand watchers of that key with one look-up. A single-event revision
+//! (the common case) goes straight to each matching watcher; only a multi-event transaction first
+//! groups its events per watcher. Range watchers are checked one
 //! by one against each event. Ranges follow etcd: an empty `range_end` means exactly `key`,
 //! `range_end == [0]` means every key `>= key`, otherwise `key <= k < range_end`.
 //!

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use tokio::sync::mpsc;
 
@@ -40,18 +41,24 @@ impl Watcher {
     /// The next batch of events, in revision order. `None` once the watch has ended: the hub was
     /// closed, or a batch with a non-zero `compact_revision` was delivered.
     pub async fn recv(&mut self) -> Option<WatchBatch> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) as a poll: lets one task serve many watchers, each with its own waker,
+    /// instead of one task per watcher.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<WatchBatch>> {
         if self.hub.is_closed() {
-            return None;
+            return Poll::Ready(None);
         }
-        let batch = self.rx.recv().await;
+        let batch = ready!(self.rx.poll_recv(cx));
         // `close` drops the senders; batches still buffered are not delivered after it.
         if self.hub.is_closed() {
-            return None;
+            return Poll::Ready(None);
         }
         if self.slow.load(Ordering::Acquire) {
             self.hub.wake_catch_up();
         }
-        batch
+        Poll::Ready(batch)
     }
 }
 

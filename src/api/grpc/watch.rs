@@ -3,15 +3,23 @@
 //! # Shape
 //!
 //! Each call to `Watch` is a *session*: one task that reads the client's requests (create, cancel,
-//! progress) and owns the stream's table of watches, keyed by the stream-local watch id. Each
-//! watch is a second task that owns a hub [`Watcher`] and forwards its batches as `WatchResponse`s
-//! into the stream's bounded response channel. A client that reads slowly fills that channel; the
-//! forwarding tasks then wait, their `Watcher` channels fill, and the hub moves those watchers to
-//! catch-up from history. Nothing here ever blocks a writer or another stream.
+//! progress), owns the stream's table of watches, keyed by the stream-local watch id, and forwards
+//! every watch's hub batches as `WatchResponse`s into the stream's bounded response channel. The
+//! session polls a hub [`Watcher`] only when that watcher's own waker has fired: the waker puts the
+//! watch id into the stream's `ReadySet` and wakes the session once. So an event that reaches a
+//! hundred watches of a stream costs one task wake-up, not a hundred (a task per watch was the
+//! biggest cost of a wide fan-out: two channel hops and a scheduler round trip per watch and
+//! event). The responses of one round of ready watches also go into the response channel
+//! together, as one message of at most `MAX_RESPONSES_PER_SEND`. Watches created with
+//! `progress_notify`, which need a timer of their own, keep a forwarding task each.
+//!
+//! A client that reads slowly fills the response channel; the session then waits, the `Watcher`
+//! channels fill, and the hub moves those watchers to catch-up from history. Nothing here ever
+//! blocks a writer or another stream.
 //!
 //! Ordering on the wire: the session puts a watch's `created` response into the channel *before*
-//! it spawns the forwarding task, so no event overtakes it; a cancel stops the task (and waits for
-//! it) before the `canceled` response goes in, so no event follows it.
+//! it starts forwarding the watch, so no event overtakes it; a cancel drops the watcher (or stops
+//! its task and waits for it) before the `canceled` response goes in, so no event follows it.
 //!
 //! # etcd's behaviour, matched here
 //!
@@ -51,9 +59,12 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream};
+use futures::task::AtomicWaker;
+use futures::{FutureExt, Stream, StreamExt};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -73,8 +84,13 @@ use crate::watch::{self, EventKind, WatchBatch, Watcher};
 /// default progress report interval).
 pub const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-/// Responses buffered per stream before the forwarding tasks wait for the client to read.
-const STREAM_BUFFER: usize = 128;
+/// Messages (each one response, or up to [`MAX_RESPONSES_PER_SEND`] of them) buffered per stream
+/// before the session and the forwarding tasks wait for the client to read.
+const STREAM_BUFFER: usize = 32;
+
+/// The most responses the session hands to the response channel in one message: one channel hop
+/// per round of ready watches instead of one per response, while the buffer stays bounded.
+const MAX_RESPONSES_PER_SEND: usize = 64;
 
 /// etcd's `clientv3.InvalidWatchID`: the id of refused creates and of stream-wide progress.
 const INVALID_WATCH_ID: i64 = -1;
@@ -130,10 +146,12 @@ impl Watch for WatchService {
             progress_interval: self.progress_interval,
             tx,
             watches: HashMap::new(),
+            ready: Arc::new(ReadySet::default()),
             next_id: 0,
         };
         tokio::spawn(session.run(req.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = ReceiverStream::new(rx).flat_map(futures::stream::iter);
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -144,26 +162,95 @@ struct Session {
     /// Handed to each `progress_notify` watch.
     progress_interval: Duration,
     /// The response stream; each forwarding task holds a clone.
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Vec<Out>>,
     /// The stream's watches by stream-local id.
     watches: HashMap<i64, WatchEntry>,
+    /// The ids of session-forwarded watches whose waker fired since the session last looked.
+    ready: Arc<ReadySet>,
     /// The next id to try for a create that leaves the id to us.
     next_id: i64,
 }
 
-/// One watch of a stream. Dropping it stops the forwarding task, which drops the hub watcher.
-struct WatchEntry {
-    /// The forwarding task (`Option` only so that cancel and drop can take it). It may have ended
-    /// by itself (compaction, server stop); the id stays taken until the client cancels it, as in
-    /// etcd.
+/// One watch of a stream. Dropping it drops the hub watcher (or stops the forwarding task, which
+/// drops it).
+enum WatchEntry {
+    /// Forwarded by the session itself (every watch without `progress_notify`).
+    Direct {
+        /// The hub watcher; `None` once the watch ended by itself (compaction, server stop). The id
+        /// stays taken until the client cancels it, as in etcd.
+        watcher: Option<Watcher>,
+        /// Puts this watch's id into the session's ready set when the watcher has something.
+        waker: Waker,
+        /// Turns batches into responses (its `progress` is `None`).
+        forward: Forward,
+    },
+    /// Forwarded by a task of its own (`progress_notify` watches, which need their own timer).
+    Task(WatchTask),
+}
+
+/// A watch's own forwarding task. Dropping it stops the task, which drops the hub watcher.
+struct WatchTask {
+    /// The task (`Option` only so that cancel and drop can take it). It may have ended by itself
+    /// (compaction, server stop); the id stays taken until the client cancels it, as in etcd.
     task: Option<JoinHandle<()>>,
 }
 
-impl Drop for WatchEntry {
+impl Drop for WatchTask {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// The session-forwarded watches with news, fed by their wakers, drained by the session.
+#[derive(Default)]
+struct ReadySet {
+    /// Watch ids whose waker fired, possibly repeated or no longer in the table (both harmless: the
+    /// session polls the watcher and finds nothing, or skips the id). A std mutex: held for a push
+    /// or a swap, never across an `.await`.
+    ids: Mutex<Vec<i64>>,
+    /// The session task, woken when the first id goes in.
+    waker: AtomicWaker,
+}
+
+impl ReadySet {
+    /// Marks watch `id` as worth polling and wakes the session.
+    fn mark(&self, id: i64) {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+        self.waker.wake();
+    }
+
+    /// Takes the marked ids, or registers the session to be woken when there are some.
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<i64>> {
+        self.waker.register(cx.waker());
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if ids.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(std::mem::take(&mut *ids))
+        }
+    }
+}
+
+/// The waker handed to one session-forwarded watcher.
+struct WatchWaker {
+    /// The stream-local watch id.
+    id: i64,
+    /// Where the id goes when the watcher has news.
+    ready: Arc<ReadySet>,
+}
+
+impl Wake for WatchWaker {
+    fn wake(self: Arc<Self>) {
+        self.ready.mark(self.id);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.mark(self.id);
     }
 }
 
@@ -183,11 +270,22 @@ impl Session {
         tokio::pin!(closing);
         // False once the client half-closed: etcd keeps serving the watches until the client goes.
         let mut reading = true;
+        let ready = Arc::clone(&self.ready);
         let end = loop {
             tokio::select! {
                 biased;
                 () = &mut closing => break End::Closing,
                 () = self.tx.closed() => break End::ClientGone,
+                ids = std::future::poll_fn(|cx| ready.poll_take(cx)) => {
+                    let forwarded = tokio::select! {
+                        biased;
+                        () = &mut closing => break End::Closing,
+                        ok = self.forward_ready(ids) => ok,
+                    };
+                    if !forwarded {
+                        break End::ClientGone;
+                    }
+                }
                 msg = incoming.message(), if reading => match msg {
                     Ok(Some(req)) => {
                         let handled = tokio::select! {
@@ -211,7 +309,7 @@ impl Session {
         self.watches.clear();
         if let End::Closing = end {
             // Best effort: a client that does not read gets its stream reset instead.
-            let _ = self.tx.try_send(Err(Error::Stopped.to_status()));
+            let _ = self.tx.try_send(vec![Err(Error::Stopped.to_status())]);
         }
         tracing::debug!("watch stream ended");
     }
@@ -227,7 +325,7 @@ impl Session {
                     watch_id: INVALID_WATCH_ID,
                     ..Default::default()
                 };
-                self.tx.send(Ok(resp)).await.is_ok()
+                self.tx.send(vec![Ok(resp)]).await.is_ok()
             }
             // etcd ignores a request it does not understand rather than end the stream.
             None => true,
@@ -282,7 +380,7 @@ impl Session {
             created: true,
             ..Default::default()
         };
-        // Before the task exists: nothing of this watch may overtake `created`.
+        // Before forwarding starts: nothing of this watch may overtake `created`.
         if !self.send(created).await {
             return false;
         }
@@ -295,23 +393,81 @@ impl Session {
                 .progress_notify
                 .then_some((self.progress_interval, create.start_revision)),
         };
-        self.watches.insert(
-            id,
-            WatchEntry {
+        let entry = if forward.progress.is_some() {
+            WatchEntry::Task(WatchTask {
                 task: Some(tokio::spawn(forward.run(watcher))),
-            },
-        );
+            })
+        } else {
+            let waker = Waker::from(Arc::new(WatchWaker {
+                id,
+                ready: Arc::clone(&self.ready),
+            }));
+            // The first poll registers the waker; a batch may already be waiting.
+            self.ready.mark(id);
+            WatchEntry::Direct {
+                watcher: Some(watcher),
+                waker,
+                forward,
+            }
+        };
+        self.watches.insert(id, entry);
         true
     }
 
+    /// Forwards what the watches `ids` have waiting, each until its channel is empty, in messages
+    /// of up to [`MAX_RESPONSES_PER_SEND`] responses. False when the response stream is gone.
+    async fn forward_ready(&mut self, ids: Vec<i64>) -> bool {
+        let mut out: Vec<Out> = Vec::new();
+        for id in ids {
+            // Skips an id cancelled since, or forwarded by its own task.
+            while let Some(WatchEntry::Direct {
+                watcher: slot,
+                waker,
+                forward,
+            }) = self.watches.get_mut(&id)
+            {
+                let Some(watcher) = slot.as_mut() else {
+                    break; // ended
+                };
+                let batch = match watcher.poll_recv(&mut Context::from_waker(waker)) {
+                    Poll::Pending => break,
+                    Poll::Ready(batch) => batch,
+                };
+                let Some(batch) = batch else {
+                    // The hub closed: the server is stopping and the session ends the stream.
+                    *slot = None;
+                    break;
+                };
+                let compacted = batch.compact_revision != 0;
+                if compacted {
+                    tracing::debug!(watch_id = id, "watch cancelled by compaction");
+                    *slot = None;
+                }
+                out.extend(forward.responses(batch).into_iter().map(Ok));
+                if out.len() >= MAX_RESPONSES_PER_SEND
+                    && self.tx.send(std::mem::take(&mut out)).await.is_err()
+                {
+                    return false;
+                }
+                if compacted {
+                    break;
+                }
+            }
+        }
+        out.is_empty() || self.tx.send(out).await.is_ok()
+    }
+
     async fn cancel(&mut self, id: i64) -> bool {
-        let Some(mut entry) = self.watches.remove(&id) else {
+        let Some(entry) = self.watches.remove(&id) else {
             return true; // etcd: cancelling an unknown id is silently ignored.
         };
-        if let Some(task) = entry.task.take() {
-            task.abort();
-            // Wait until it is gone so that no event of this watch follows `canceled`.
-            let _ = task.await;
+        // A session-forwarded watch is gone with its entry; a task is stopped and awaited.
+        if let WatchEntry::Task(mut entry) = entry {
+            if let Some(task) = entry.task.take() {
+                task.abort();
+                // Wait until it is gone so that no event of this watch follows `canceled`.
+                let _ = task.await;
+            }
         }
         tracing::debug!(watch_id = id, "watch cancelled");
         let resp = WatchResponse {
@@ -336,18 +492,19 @@ impl Session {
     }
 
     async fn send(&self, resp: WatchResponse) -> bool {
-        self.tx.send(Ok(resp)).await.is_ok()
+        self.tx.send(vec![Ok(resp)]).await.is_ok()
     }
 }
 
-/// The forwarding task of one watch: hub batches in, `WatchResponse`s out.
+/// How one watch's hub batches become `WatchResponse`s; for `progress_notify` watches also the
+/// forwarding task that sends them.
 struct Forward {
     /// The stream-local watch id.
     id: i64,
     /// For headers, the current revision and `--max-request-bytes`.
     server: Server,
     /// The stream's responses.
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Vec<Out>>,
     /// Split large responses (the client asked for `fragment`).
     fragment: bool,
     /// For `progress_notify` watches: the interval, and the start revision (no progress while it is
@@ -383,7 +540,7 @@ impl Forward {
             };
             let compacted = batch.compact_revision != 0;
             for resp in self.responses(batch) {
-                if self.tx.send(Ok(resp)).await.is_err() {
+                if self.tx.send(vec![Ok(resp)]).await.is_err() {
                     return;
                 }
             }
@@ -407,7 +564,7 @@ impl Forward {
             watch_id: self.id,
             ..Default::default()
         };
-        self.tx.send(Ok(resp)).await.is_ok()
+        self.tx.send(vec![Ok(resp)]).await.is_ok()
     }
 
     /// The responses for one hub batch: one, or several fragments.
