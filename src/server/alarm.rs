@@ -34,7 +34,6 @@ use crate::proto::etcdserverpb::{
     request_op, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, TxnRequest,
 };
 use crate::server::request::Op;
-use crate::server::wait::ApplyResult;
 use crate::server::Server;
 
 /// etcd's default `--quota-backend-bytes` (used when the flag is 0): 2 GiB.
@@ -292,14 +291,7 @@ impl Server {
                 alarms: self.shared().alarms.get(req.alarm),
             }
         } else {
-            match self.propose(Op::Alarm(req)).await? {
-                ApplyResult::Alarm(resp) => resp,
-                other => {
-                    return Err(Error::Internal(format!(
-                        "apply returned a result of the wrong kind: {other:?}"
-                    )))
-                }
-            }
+            self.propose_for(Op::Alarm(req)).await?
         };
         resp.header = Some(self.header(self.revision()));
         Ok(resp)

@@ -436,25 +436,13 @@ impl Server {
     /// etcd's Put, through Raft; answers once applied.
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
         kv::check_put(&req)?;
-        match self.propose(Op::Put(req)).await? {
-            ApplyResult::Put(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(resp)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(Op::Put(req)).await
     }
 
     /// etcd's DeleteRange, through Raft; answers once applied.
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         kv::check_delete(&req)?;
-        match self.propose(Op::DeleteRange(req)).await? {
-            ApplyResult::DeleteRange(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(resp)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(Op::DeleteRange(req)).await
     }
 
     /// etcd's Txn. A transaction that writes goes through Raft; a read-only one is evaluated on the
@@ -480,24 +468,12 @@ impl Server {
             self.fill(&mut resp.header);
             return Ok(resp);
         }
-        match self.propose(Op::Txn(req)).await? {
-            ApplyResult::Txn(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(resp)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(Op::Txn(req)).await
     }
 
     /// etcd's Compact, through Raft. Errors as etcd does for a future or already-compacted revision.
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
-        match self.propose(Op::Compaction(req)).await? {
-            ApplyResult::Compaction(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(resp)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(Op::Compaction(req)).await
     }
 
     /// etcd's Range, read from the store. Serializable and linearizable reads are the same on a single
@@ -518,13 +494,7 @@ impl Server {
         if req.id == 0 {
             req.id = self.inner.shared.lessor.new_lease_id();
         }
-        match self.propose(Op::LeaseGrant(req)).await? {
-            ApplyResult::LeaseGrant(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(resp)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(Op::LeaseGrant(req)).await
     }
 
     /// etcd's LeaseRevoke, through Raft: the lease and every key attached to it go in one revision.
@@ -532,13 +502,7 @@ impl Server {
         if !self.inner.shared.lessor.lookup(req.id) {
             return Err(Error::LeaseNotFound);
         }
-        match self.propose(Op::LeaseRevoke(req)).await? {
-            ApplyResult::LeaseRevoke(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(resp)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(Op::LeaseRevoke(req)).await
     }
 
     /// Renews a lease (leader-local, as in etcd); its TTL, or `LeaseNotFound`.
@@ -676,6 +640,17 @@ impl Server {
         }
     }
 
+    /// Proposes `op` and waits for its response of kind `T`, with the header completed.
+    pub(crate) async fn propose_for<T: Applied>(&self, op: Op) -> Result<T> {
+        let mut resp = T::take(self.propose(op).await?).map_err(|other| {
+            Error::Internal(format!(
+                "apply returned a result of the wrong kind: {other:?}"
+            ))
+        })?;
+        self.fill(resp.header());
+        Ok(resp)
+    }
+
     async fn propose(&self, op: Op) -> Result<ApplyResult> {
         let shared = &self.inner.shared;
         if shared.stopped.load(Ordering::Relaxed) {
@@ -764,9 +739,39 @@ impl Inner {
     }
 }
 
-fn unexpected(r: ApplyResult) -> Error {
-    Error::Internal(format!("apply returned a result of the wrong kind: {r:?}"))
+/// A response the apply step hands back for one kind of proposal, with its header to complete.
+pub(crate) trait Applied: Sized {
+    /// The response, if `r` is of this kind; `r` back otherwise.
+    fn take(r: ApplyResult) -> std::result::Result<Self, ApplyResult>;
+    /// Its response header.
+    fn header(&mut self) -> &mut Option<ResponseHeader>;
 }
+
+macro_rules! applied {
+    ($($variant:ident => $response:ty),* $(,)?) => {$(
+        impl Applied for $response {
+            fn take(r: ApplyResult) -> std::result::Result<Self, ApplyResult> {
+                match r {
+                    ApplyResult::$variant(resp) => Ok(resp),
+                    other => Err(other),
+                }
+            }
+            fn header(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        }
+    )*};
+}
+
+applied!(
+    Put => PutResponse,
+    DeleteRange => DeleteRangeResponse,
+    Txn => TxnResponse,
+    Compaction => CompactionResponse,
+    LeaseGrant => LeaseGrantResponse,
+    LeaseRevoke => LeaseRevokeResponse,
+    Alarm => crate::proto::etcdserverpb::AlarmResponse,
+);
 
 /// Spawns a server thread whose error stops the node: it is recorded as fatal and everyone waiting is
 /// told the server stopped.
