@@ -310,23 +310,19 @@ fn compare(r: &impl KvRead, c: &Compare) -> Result<bool> {
 
 fn compare_kv(c: &Compare, target: compare::CompareTarget, kv: &KeyValue) -> bool {
     use compare::{CompareResult, CompareTarget, TargetUnion};
-    let int = |v: i64| -> i64 {
-        match (&c.target_union, target) {
-            (Some(TargetUnion::Version(x)), CompareTarget::Version)
-            | (Some(TargetUnion::CreateRevision(x)), CompareTarget::Create)
-            | (Some(TargetUnion::ModRevision(x)), CompareTarget::Mod)
-            | (Some(TargetUnion::Lease(x)), CompareTarget::Lease) => {
-                let _ = v;
-                *x
-            }
-            _ => 0,
-        }
+    // The operand: the union's value when it matches the target, else the target's zero value.
+    let operand = match (&c.target_union, target) {
+        (Some(TargetUnion::Version(x)), CompareTarget::Version)
+        | (Some(TargetUnion::CreateRevision(x)), CompareTarget::Create)
+        | (Some(TargetUnion::ModRevision(x)), CompareTarget::Mod)
+        | (Some(TargetUnion::Lease(x)), CompareTarget::Lease) => *x,
+        _ => 0,
     };
     let ord = match target {
-        CompareTarget::Version => kv.version.cmp(&int(0)),
-        CompareTarget::Create => kv.create_revision.cmp(&int(0)),
-        CompareTarget::Mod => kv.mod_revision.cmp(&int(0)),
-        CompareTarget::Lease => kv.lease.cmp(&int(0)),
+        CompareTarget::Version => kv.version.cmp(&operand),
+        CompareTarget::Create => kv.create_revision.cmp(&operand),
+        CompareTarget::Mod => kv.mod_revision.cmp(&operand),
+        CompareTarget::Lease => kv.lease.cmp(&operand),
         CompareTarget::Value => {
             let want: &[u8] = match &c.target_union {
                 Some(TargetUnion::Value(v)) => v,

@@ -337,10 +337,10 @@ impl Wal {
         let mut buf = Vec::new();
         let mut crc = self.last_crc;
         for e in entries {
-            crc = record::encode_record(&mut buf, crc, &Record::Entry(e.clone()))?;
+            crc = record::encode_proto(&mut buf, crc, record::RecordType::Entry, e)?;
         }
         if let Some(hs) = hard_state {
-            crc = record::encode_record(&mut buf, crc, &Record::HardState(hs.clone()))?;
+            crc = record::encode_proto(&mut buf, crc, record::RecordType::HardState, hs)?;
         }
         self.append(&buf, crc)?;
         if let Some(hs) = hard_state {

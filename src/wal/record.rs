@@ -107,6 +107,17 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, prev: u32, rec: &Record) -> Resul
     encode(buf, prev, ty, &data)
 }
 
+/// Encodes a protobuf message (an `Entry` or `HardState`) as a record of type `ty`, by reference: the
+/// save path writes every entry it is handed and must not copy them first.
+pub(crate) fn encode_proto<M: Message>(
+    buf: &mut Vec<u8>,
+    prev: u32,
+    ty: RecordType,
+    m: &M,
+) -> Result<u32> {
+    encode(buf, prev, ty, &proto_bytes(m)?)
+}
+
 fn proto_bytes<M: Message>(m: &M) -> Result<Vec<u8>> {
     m.write_to_bytes()
         .map_err(|e| Error::Internal(format!("encoding a WAL record: {e}")))
