@@ -10,12 +10,12 @@
 //! that a command line written today keeps working.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::server::compactor::Retention;
 
 /// etcd's default `--max-request-bytes`: 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -336,6 +336,70 @@ fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<Url>)>> {
         return Err(Error::InvalidArgument("--initial-cluster is empty".into()));
     }
     Ok(members)
+}
+
+/// What auto compaction keeps (`--auto-compaction-mode` / `--auto-compaction-retention`); the
+/// server's compactor (`server::compactor`) acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions of history.
+    Revisions(i64),
+}
+
+impl Retention {
+    /// Parses etcd's flags; `None` when auto compaction is off (retention 0).
+    pub fn parse(mode: &str, retention: &str) -> Result<Option<Retention>> {
+        let retention = retention.trim();
+        match mode {
+            "periodic" => {
+                let d = parse_duration(retention).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--auto-compaction-retention: {retention:?} is not a duration (e.g. 1h, 30m, or hours)"
+                    ))
+                })?;
+                Ok((!d.is_zero()).then_some(Retention::Periodic(d)))
+            }
+            "revision" => {
+                let n: i64 = retention.parse().map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "--auto-compaction-retention: {retention:?} is not a number of revisions"
+                    ))
+                })?;
+                if n < 0 {
+                    return Err(Error::InvalidArgument(
+                        "--auto-compaction-retention must not be negative".into(),
+                    ));
+                }
+                Ok((n > 0).then_some(Retention::Revisions(n)))
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "--auto-compaction-mode must be periodic or revision, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// `1h`, `30m`, `45s`, `500ms`, or a bare number of hours (etcd's periodic retention).
+fn parse_duration(s: &str) -> Option<Duration> {
+    if let Ok(hours) = s.parse::<f64>() {
+        return (hours.is_finite() && hours >= 0.0)
+            .then(|| Duration::from_secs_f64(hours * 3600.0));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]

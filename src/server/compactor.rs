@@ -14,52 +14,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
-
 /// How often the revision-mode compactor looks (etcd: 5 minutes).
 pub const REVISION_MODE_INTERVAL: Duration = Duration::from_secs(300);
 
-/// What to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retention {
-    /// Keep this much time of history.
-    Periodic(Duration),
-    /// Keep this many revisions of history.
-    Revisions(i64),
-}
+pub use crate::config::Retention;
 
 impl Retention {
-    /// Parses etcd's flags; `None` when auto compaction is off (retention 0).
-    pub fn parse(mode: &str, retention: &str) -> Result<Option<Retention>> {
-        let retention = retention.trim();
-        match mode {
-            "periodic" => {
-                let d = parse_duration(retention).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "--auto-compaction-retention: {retention:?} is not a duration (e.g. 1h, 30m, or hours)"
-                    ))
-                })?;
-                Ok((!d.is_zero()).then_some(Retention::Periodic(d)))
-            }
-            "revision" => {
-                let n: i64 = retention.parse().map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "--auto-compaction-retention: {retention:?} is not a number of revisions"
-                    ))
-                })?;
-                if n < 0 {
-                    return Err(Error::InvalidArgument(
-                        "--auto-compaction-retention must not be negative".into(),
-                    ));
-                }
-                Ok((n > 0).then_some(Retention::Revisions(n)))
-            }
-            other => Err(Error::InvalidArgument(format!(
-                "--auto-compaction-mode must be periodic or revision, got {other:?}"
-            ))),
-        }
-    }
-
     /// How often the compactor should be shown the store's revision.
     pub fn sample_interval(&self) -> Duration {
         match self {
@@ -71,27 +31,6 @@ impl Retention {
 
 fn period(retention: Duration) -> Duration {
     retention.min(Duration::from_secs(3600))
-}
-
-/// `1h`, `30m`, `45s`, `500ms`, or a bare number of hours (etcd's periodic retention).
-fn parse_duration(s: &str) -> Option<Duration> {
-    if let Ok(hours) = s.parse::<f64>() {
-        return (hours.is_finite() && hours >= 0.0)
-            .then(|| Duration::from_secs_f64(hours * 3600.0));
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
 }
 
 /// The compaction decision.
