@@ -32,9 +32,13 @@
 //! The [`backend`] module explains the batching and why reads check the in-memory buffers before they
 //! open a redb snapshot.
 //!
-//! Left out (for now): sorting and min/max revision filters on range (the API layer adds them on top of
-//! [`RangeResult`]), leases' own table and the lessor, hashing for corruption checks, and background
-//! (incremental) compaction: [`Store::compact`] does the whole job while holding the state lock.
+//! Compaction has two halves: [`Store::mark_compacted`] (quick, under the locks: reads below the
+//! revision answer `Compacted` from then on) and [`Store::prune`] (drops unreadable revisions in small
+//! locked chunks, on any thread; an interrupted prune is finished by the next open). Hashing (`Hash`,
+//! `HashKV`) lives in the store too.
+//!
+//! Left out: sorting and min/max revision filters on range (`server::kv` adds them on top of
+//! [`RangeResult`]), and the lessor, which keeps its own table in the same backend.
 
 pub mod backend;
 pub mod key_index;
