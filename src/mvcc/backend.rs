@@ -212,6 +212,10 @@ pub struct Backend {
     defrag_lock: Mutex<()>,
     /// The file's path, for [`Backend::size_bytes`].
     path: PathBuf,
+    /// The file's size as of the last commit (or open, or defragmentation): the quota check reads
+    /// it on every write, so it must not cost a `stat`. The file only changes size when redb
+    /// commits, so between commits this is exact.
+    file_size: std::sync::atomic::AtomicU64,
     /// Pending and committing writes; held only for short in-memory work, never across redb I/O.
     buffers: Mutex<Buffers>,
     /// Serializes commits so only one batch is ever in the committing slot.
@@ -245,11 +249,13 @@ impl Backend {
         }
         txn.commit()?;
         tracing::info!(path = %path.display(), "backend opened");
+        let file_size = std::fs::metadata(path)?.len();
         Ok(Backend {
             db: RwLock::new(Arc::new(db)),
             journal: Mutex::new(None),
             defrag_lock: Mutex::new(()),
             path: path.to_path_buf(),
+            file_size: std::sync::atomic::AtomicU64::new(file_size),
             buffers: Mutex::new(Buffers::default()),
             commit_lock: Mutex::new(()),
         })
@@ -294,6 +300,7 @@ impl Backend {
             batch
         };
         let result = write_batch(&self.db(), &batch);
+        self.refresh_size();
         if result.is_ok() {
             if let Some(journal) = lock(&self.journal).as_mut() {
                 journal.push(Arc::clone(&batch));
@@ -455,9 +462,21 @@ impl Backend {
         Ok(out)
     }
 
-    /// Size of the backend file in bytes.
+    /// Size of the backend file in bytes, as of the last commit.
     pub fn size_bytes(&self) -> Result<u64> {
-        Ok(std::fs::metadata(&self.path)?.len())
+        Ok(self.file_size.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Re-reads the file's size after redb changed the file.
+    fn refresh_size(&self) {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => self
+                .file_size
+                .store(m.len(), std::sync::atomic::Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot stat the backend file")
+            }
+        }
     }
 
     /// Bytes of the file that hold live pages (etcd's `dbSizeInUse`): the allocated pages, the rest of
@@ -580,6 +599,7 @@ impl Backend {
         std::fs::rename(tmp, &self.path)?;
         sync_dir(&self.path)?;
         *self.db.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(copy);
+        self.refresh_size();
         Ok(held.elapsed())
     }
 }

@@ -691,12 +691,39 @@ impl WriteTxn<'_> {
         Ok(self.store.range(&opts)?.kvs.into_iter().next())
     }
 
-    /// Puts `value` under `key` (attached to `lease`, 0 for none); returns the previous key-value.
-    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
-        let prev = self.current_kv(key)?;
+    /// The key's creating revision and version as this transaction sees it, from the index (or this
+    /// transaction's own writes) alone: no backend read.
+    fn current_state(&self, key: &[u8]) -> Option<(i64, i64)> {
+        if let Some(own) = self.overlay.get(key) {
+            return own.as_ref().map(|kv| (kv.create_revision, kv.version));
+        }
+        let state = read_lock(&self.store.state);
+        let ki = state.index.get(key)?;
+        ki.get(state.current).map(|s| (s.created, s.version))
+    }
+
+    /// Puts `value` under `key` (attached to `lease`, 0 for none). With `read_prev` it reads and
+    /// returns the record it replaces (and its event carries it as `prev_kv`); without, it takes the
+    /// creating revision and version from the index and returns `None`, sparing a backend read on
+    /// the common path. The watch stream fetches a `prev_kv` lazily for watchers that asked for one,
+    /// as etcd does.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        read_prev: bool,
+    ) -> Result<Option<KeyValue>> {
         let rev = self.next_revision();
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
+        let (prev, existing) = if read_prev {
+            let prev = self.current_kv(key)?;
+            let existing = prev.as_ref().map(|p| (p.create_revision, p.version));
+            (prev, existing)
+        } else {
+            (None, self.current_state(key))
+        };
+        let (create_revision, version) = match existing {
+            Some((created, version)) => (created, version + 1),
             None => (rev.main, 1),
         };
         let kv = KeyValue {
@@ -819,7 +846,7 @@ mod tests {
 
     fn put(store: &Store, key: &str, value: &str) -> i64 {
         let mut txn = store.write();
-        txn.put(key.as_bytes(), value.as_bytes(), 0).unwrap();
+        txn.put(key.as_bytes(), value.as_bytes(), 0, true).unwrap();
         let rev = txn.revision();
         txn.end(rev as u64);
         rev
@@ -891,7 +918,7 @@ mod tests {
             (2, 4, 2, b"2".as_slice())
         );
         let mut txn = store.write();
-        let prev = txn.put(b"a", b"3", 7).unwrap().unwrap();
+        let prev = txn.put(b"a", b"3", 7, true).unwrap().unwrap();
         assert_eq!(prev.value, b"2");
         txn.end(9);
         let a = get(&store, "a", 0).unwrap();
@@ -899,6 +926,62 @@ mod tests {
         assert_eq!(store.current_revision(), 5);
         assert_eq!(store.consistent_index(), 9);
         assert_eq!(get(&store, "missing", 0), None);
+    }
+
+    #[test]
+    fn put_without_reading_prev_takes_versions_from_the_index() {
+        // The same history written twice, once reading each replaced record and once not: every
+        // record must come out the same, and only the reading puts return the replaced record.
+        let keys = ["a", "b"];
+        let mut stores = Vec::new();
+        for read_prev in [true, false] {
+            let (dir, s) = open();
+            let mut prevs = Vec::new();
+            let mut step = |key: &str, value: &str| {
+                let mut txn = s.write();
+                prevs.push(
+                    txn.put(key.as_bytes(), value.as_bytes(), 0, read_prev)
+                        .unwrap(),
+                );
+                txn.end(0);
+            };
+            step("a", "1");
+            step("a", "2");
+            step("b", "1");
+            let mut txn = s.write();
+            txn.delete_range(b"a", b"").unwrap();
+            txn.end(0);
+            step("a", "3");
+            // Two puts of one key in one transaction: the second sees the first (the overlay).
+            let mut txn = s.write();
+            prevs.push(txn.put(b"b", b"2", 0, read_prev).unwrap());
+            prevs.push(txn.put(b"b", b"3", 0, read_prev).unwrap());
+            txn.end(0);
+            let got: Vec<_> = prevs
+                .iter()
+                .map(|p| p.as_ref().map(|kv| kv.value.clone()))
+                .collect();
+            if read_prev {
+                let v = |x: &str| Some(x.as_bytes().to_vec());
+                assert_eq!(got, vec![None, v("1"), None, None, v("1"), v("2")]);
+            } else {
+                assert!(got.iter().all(Option::is_none));
+            }
+            stores.push((dir, s));
+        }
+        for key in keys {
+            for rev in 0..=7 {
+                assert_eq!(
+                    get(&stores[0].1, key, rev),
+                    get(&stores[1].1, key, rev),
+                    "{key} at {rev}"
+                );
+            }
+        }
+        let a = get(&stores[1].1, "a", 0).unwrap();
+        assert_eq!((a.create_revision, a.version), (6, 1));
+        let b = get(&stores[1].1, "b", 0).unwrap();
+        assert_eq!((b.create_revision, b.version, b.mod_revision), (4, 3, 7));
     }
 
     #[test]
@@ -990,9 +1073,9 @@ mod tests {
         put(&store, "x", "old"); // 2
         let mut txn = store.write();
         assert_eq!(txn.revision(), 3);
-        txn.put(b"a", b"1", 0).unwrap();
-        txn.put(b"b", b"2", 0).unwrap();
-        let prev = txn.put(b"a", b"1bis", 0).unwrap().unwrap();
+        txn.put(b"a", b"1", 0, true).unwrap();
+        txn.put(b"b", b"2", 0, true).unwrap();
+        let prev = txn.put(b"a", b"1bis", 0, true).unwrap().unwrap();
         assert_eq!((prev.value.as_slice(), prev.version), (b"1".as_slice(), 1));
         let gone = txn.delete_range(b"x", b"").unwrap();
         assert_eq!(gone[0].value, b"old");
@@ -1046,7 +1129,7 @@ mod tests {
         assert_eq!((store.current_revision(), store.consistent_index()), (3, 6));
         // A dropped txn leaves no trace.
         let mut txn = store.write();
-        txn.put(b"z", b"z", 0).unwrap();
+        txn.put(b"z", b"z", 0, true).unwrap();
         drop(txn);
         assert_eq!(get(&store, "z", 0), None);
         assert_eq!(store.current_revision(), 3);
@@ -1185,7 +1268,7 @@ mod tests {
             delete(&store, "b", "");
             put(&store, "b", "3");
             let mut txn = store.write();
-            txn.put(b"c", b"c", 5).unwrap();
+            txn.put(b"c", b"c", 5, true).unwrap();
             txn.delete_range(b"a", b"").unwrap();
             txn.end(42);
             store.set_consistent_index(43);
@@ -1373,8 +1456,13 @@ mod compaction_pause {
         for round in 0..3 {
             let mut txn = store.write();
             for i in 0..keys {
-                txn.put(format!("key/{i:08}").as_bytes(), &[round as u8; 256], 0)
-                    .unwrap();
+                txn.put(
+                    format!("key/{i:08}").as_bytes(),
+                    &[round as u8; 256],
+                    0,
+                    false,
+                )
+                .unwrap();
                 if i % 1000 == 999 {
                     txn.end(0);
                     txn = store.write();

@@ -94,15 +94,19 @@ impl Applier {
             store.set_consistent_index(e.index);
         } else {
             let req = RaftRequest::decode(&e.data[..])?;
-            let result = self.apply_request(e.index, req.op);
-            match result {
-                Ok(r) => self.shared.wait.trigger(req.id, Ok(r)),
+            let result = match self.apply_request(e.index, req.op) {
+                Ok(r) => Ok(r),
                 Err(err) if err.is_deterministic() => {
                     store.set_consistent_index(e.index);
-                    self.shared.wait.trigger(req.id, Err(err));
+                    Err(err)
                 }
                 Err(err) => return Err(err),
-            }
+            };
+            // Applied before the client hears of it: a status read right after the reply must
+            // count this entry.
+            self.shared.applied_index.store(e.index, Ordering::Relaxed);
+            self.shared.wait.trigger(req.id, result);
+            return Ok(());
         }
         self.shared.applied_index.store(e.index, Ordering::Relaxed);
         Ok(())

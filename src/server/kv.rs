@@ -44,11 +44,17 @@ impl KvRead for WriteTxn<'_> {
 pub trait LeaseCheck {
     /// True when lease `id` exists.
     fn lease_exists(&self, id: i64) -> bool;
+    /// False only when no lease exists at all, so that no key can be attached to one.
+    fn any_leases(&self) -> bool;
 }
 
 impl LeaseCheck for crate::lease::Lessor {
     fn lease_exists(&self, id: i64) -> bool {
         self.lookup(id)
+    }
+
+    fn any_leases(&self) -> bool {
+        !self.is_empty()
     }
 }
 
@@ -57,6 +63,10 @@ pub struct NoLeases;
 
 impl LeaseCheck for NoLeases {
     fn lease_exists(&self, _id: i64) -> bool {
+        false
+    }
+
+    fn any_leases(&self) -> bool {
         false
     }
 }
@@ -180,7 +190,11 @@ pub fn put(
     if lease != 0 && !leases.lease_exists(lease) {
         return Err(Error::LeaseNotFound);
     }
-    let prev = txn.put(&req.key, &value, lease)?;
+    // The replaced record is read only when something needs it: the client's `prev_kv`, or its lease
+    // (to move the key between leases). With no lease in existence no key holds one, so a plain put
+    // takes its versions from the index alone.
+    let read_prev = req.prev_kv || leases.any_leases();
+    let prev = txn.put(&req.key, &value, lease, read_prev)?;
     let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
     if prev_lease != lease {
         if prev_lease != 0 {

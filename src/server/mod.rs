@@ -593,6 +593,22 @@ impl Server {
         let _ = rx.wait_for(|closing| *closing).await;
     }
 
+    /// The record a put replaced, for a watcher that asked for `prev_kv`: puts read it only when
+    /// something needs it (see `WriteTxn::put`), so the watch stream fetches it here, as etcd's does.
+    /// `None` for a put that created its key, or once compaction removed the record.
+    pub fn replaced_record(&self, put: &crate::mvcc::KeyValue) -> Option<crate::mvcc::KeyValue> {
+        if put.version <= 1 {
+            return None;
+        }
+        let opts = crate::mvcc::RangeOptions {
+            key: put.key.clone(),
+            revision: put.mod_revision - 1,
+            ..Default::default()
+        };
+        let found = self.inner.shared.store.range(&opts).ok()?;
+        found.kvs.into_iter().next()
+    }
+
     /// The current store revision.
     pub fn revision(&self) -> i64 {
         self.inner.shared.store.current_revision()

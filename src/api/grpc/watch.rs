@@ -389,6 +389,7 @@ impl Session {
             server: self.server.clone(),
             tx: self.tx.clone(),
             fragment: create.fragment,
+            prev_kv: create.prev_kv,
             progress: create
                 .progress_notify
                 .then_some((self.progress_interval, create.start_revision)),
@@ -507,6 +508,8 @@ struct Forward {
     tx: mpsc::Sender<Vec<Out>>,
     /// Split large responses (the client asked for `fragment`).
     fragment: bool,
+    /// The client asked for `prev_kv`: put events that arrive without it get it fetched.
+    prev_kv: bool,
     /// For `progress_notify` watches: the interval, and the start revision (no progress while it is
     /// still in the future).
     progress: Option<(Duration, i64)>,
@@ -567,6 +570,15 @@ impl Forward {
         self.tx.send(vec![Ok(resp)]).await.is_ok()
     }
 
+    /// `event`, with the record it replaced when this watch wants `prev_kv` and the put did not read
+    /// it (deletes always carry theirs).
+    fn with_prev_kv(&self, mut event: watch::Event) -> watch::Event {
+        if self.prev_kv && event.kind == EventKind::Put && event.prev_kv.is_none() {
+            event.prev_kv = self.server.replaced_record(&event.kv);
+        }
+        event
+    }
+
     /// The responses for one hub batch: one, or several fragments.
     fn responses(&self, batch: WatchBatch) -> Vec<WatchResponse> {
         if batch.compact_revision != 0 {
@@ -585,7 +597,11 @@ impl Forward {
         let resp = WatchResponse {
             header: Some(self.server.header(revision)),
             watch_id: self.id,
-            events: batch.events.into_iter().map(to_pb).collect(),
+            events: batch
+                .events
+                .into_iter()
+                .map(|e| to_pb(self.with_prev_kv(e)))
+                .collect(),
             ..Default::default()
         };
         if self.fragment {
