@@ -96,7 +96,7 @@ impl State {
 /// The lease table of one member. `Send + Sync`; share it through an `Arc`.
 ///
 /// Apply-path methods ([`grant`](Lessor::grant), [`revoke`](Lessor::revoke),
-/// [`attach`](Lessor::attach), [`detach`](Lessor::detach)) are called only by the apply thread, in log
+/// [`attach`](Lessor::attach), [`detach`](Lessor::detach)) are called only by the apply step, in log
 /// order, and change the same state on every member. Leader-local methods ([`renew`](Lessor::renew),
 /// [`expired`](Lessor::expired), [`promote`](Lessor::promote), ...) touch only expiries.
 pub struct Lessor {

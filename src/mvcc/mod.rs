@@ -15,7 +15,7 @@
 //!
 //! Invariants:
 //!
-//! - Only the apply thread writes, through [`Store::write`]; one [`WriteTxn`] at a time. All changes of
+//! - Only the apply step writes, through [`Store::write`]; one [`WriteTxn`] at a time. All changes of
 //!   one transaction share one main revision with increasing `sub`; a transaction that changes nothing
 //!   (including deleting missing keys) takes no revision.
 //! - A transaction's records and the consistent index (the Raft index it applied) reach the backend in

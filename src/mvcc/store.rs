@@ -7,7 +7,7 @@
 //!   lookup *and* backend fetch, so compaction (which takes it exclusively) can never delete a record a
 //!   read has already chosen.
 //! - [`WriteTxn`] holds the store's writer mutex for its whole life, so there is one writer at a time
-//!   (the apply thread). Its changes are staged privately, readable by [`WriteTxn::range`], and become
+//!   (the apply step). Its changes are staged privately, readable by [`WriteTxn::range`], and become
 //!   visible only in [`WriteTxn::end`], which takes the state lock exclusively, updates the index and
 //!   buffers the records plus the consistent index as one [`WriteBatch`]. Readers therefore never see an
 //!   index entry whose record is missing, nor half a transaction.

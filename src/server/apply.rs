@@ -14,7 +14,7 @@
 //! and a snapshot every `--snapshot-count` entries.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -35,20 +35,10 @@ use crate::snap::SnapshotPolicy;
 /// Commit the backend batch early when it holds this many writes (etcd: 10,000).
 pub const BACKEND_BATCH_LIMIT: usize = 10_000;
 
-/// What the Raft loop hands to the apply thread.
-pub enum ApplyMsg {
-    /// Committed entries, in log order.
-    Entries(Vec<Entry>),
-    /// No more entries will come.
-    Stop,
-}
-
-/// The apply thread's state.
+/// The apply step's state, owned by the Raft loop.
 pub struct Applier {
     /// Shared server state (store, hub, waiters, counters).
     pub shared: Arc<Shared>,
-    /// Committed entries arrive here.
-    pub rx: Receiver<ApplyMsg>,
     /// To ask the Raft loop for a snapshot.
     pub raft_tx: Sender<RaftMsg>,
     /// When to snapshot.
@@ -56,29 +46,28 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Runs until `Stop`. An error is fatal for the node.
-    pub fn run(mut self) -> Result<()> {
-        while let Ok(msg) = self.rx.recv() {
-            match msg {
-                ApplyMsg::Entries(entries) => {
-                    for e in &entries {
-                        self.apply_entry(e)?;
-                    }
-                    if self.shared.store.backend_pending() >= BACKEND_BATCH_LIMIT {
-                        self.shared.store.commit_backend()?;
-                    }
-                    let applied = self.shared.applied_index.load(Ordering::Relaxed);
-                    if self.snapshots.due(applied) {
-                        // The backend must durably hold everything the snapshot claims before the
-                        // WAL below it may go.
-                        self.shared.store.commit_backend()?;
-                        self.snapshots.taken(applied);
-                        let _ = self.raft_tx.send(RaftMsg::Snapshot { index: applied });
-                    }
-                }
-                ApplyMsg::Stop => break,
-            }
+    /// Applies one batch of committed entries, in order, then does the chores they make due. An
+    /// error is fatal for the node.
+    pub fn apply_batch(&mut self, entries: &[Entry]) -> Result<()> {
+        for e in entries {
+            self.apply_entry(e)?;
         }
+        if self.shared.store.backend_pending() >= BACKEND_BATCH_LIMIT {
+            self.shared.store.commit_backend()?;
+        }
+        let applied = self.shared.applied_index.load(Ordering::Relaxed);
+        if self.snapshots.due(applied) {
+            // The backend must durably hold everything the snapshot claims before the
+            // WAL below it may go.
+            self.shared.store.commit_backend()?;
+            self.snapshots.taken(applied);
+            let _ = self.raft_tx.send(RaftMsg::Snapshot { index: applied });
+        }
+        Ok(())
+    }
+
+    /// After the last batch: the backend holds everything applied.
+    pub fn finish(&mut self) -> Result<()> {
         self.shared.store.commit_backend()
     }
 
@@ -139,7 +128,7 @@ impl Applier {
             }
             Some(Op::Compaction(req)) => {
                 // The logical compaction is part of applying the entry; dropping the old revisions is
-                // not, and runs beside the apply thread in small locked chunks (etcd schedules it the
+                // not, and runs beside the apply step in small locked chunks (etcd schedules it the
                 // same way), so writes never wait for it.
                 store.mark_compacted(req.revision, index)?;
                 if req.physical {

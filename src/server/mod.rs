@@ -3,7 +3,7 @@
 //! Every write takes the same path, even on a single node: the API calls [`Server::put`] (or delete,
 //! compact); the request gets an id and a parked waiter (`wait.rs`), is encoded (`request.rs`) and
 //! proposed to the Raft loop (`raft_loop.rs`), which appends it to the WAL and fsyncs; once Raft commits
-//! it the apply thread (`apply.rs`) applies it to the MVCC store, feeds the watch hub and wakes the
+//! it the apply step (`apply.rs`, on the Raft loop's thread) applies it to the MVCC store, feeds the watch hub and wakes the
 //! waiter. The client is answered only then, or with an error when the proposal is dropped, times out,
 //! or the server stops: nothing hangs.
 //!
@@ -11,9 +11,9 @@
 //! only after it is applied, and the server serves nothing until the entries committed before a restart
 //! have been applied again. With peers, reads will go through Raft's read index first.
 //!
-//! Three threads do the work: the Raft loop (owns Raft and the WAL), the apply thread (owns writes to
-//! the store), and the backend committer (commits the store's write batch to redb every 100 ms; the WAL,
-//! not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
+//! Two threads do the work: the Raft loop (owns Raft and the WAL, and applies committed entries: the
+//! only writer of the store), and the backend committer (commits the store's write batch to redb every
+//! 100 ms; the WAL, not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
 
 pub mod alarm;
 pub mod apply;
@@ -64,11 +64,11 @@ pub const BACKEND_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// State shared by the API tasks and the server's threads.
 pub struct Shared {
-    /// The MVCC key-value store (written only by the apply thread).
+    /// The MVCC key-value store (written only by the apply step).
     pub store: Arc<Store>,
-    /// Watchers, fed by the apply thread.
+    /// Watchers, fed by the apply step.
     pub hub: Arc<WatchHub>,
-    /// Leases: granted and revoked by the apply thread, renewed and expired by the leader.
+    /// Leases: granted and revoked by the apply step, renewed and expired by the leader.
     pub lessor: Arc<Lessor>,
     /// Parked proposers.
     pub wait: Wait,
@@ -80,7 +80,7 @@ pub struct Shared {
     pub term: AtomicU64,
     /// The current leader's id (0: none known).
     pub leader: AtomicU64,
-    /// Highest index handed to the apply thread.
+    /// Highest committed index.
     pub committed_index: AtomicU64,
     /// Highest index applied to the store.
     pub applied_index: AtomicU64,
@@ -135,7 +135,7 @@ pub struct Status {
     pub leader: u64,
     /// Raft term.
     pub term: u64,
-    /// Highest committed index seen by the apply queue.
+    /// Highest committed index.
     pub committed_index: u64,
     /// Highest applied index.
     pub applied_index: u64,
@@ -158,7 +158,7 @@ pub struct Status {
 }
 
 impl Server {
-    /// Opens (or creates) the data directory and starts the Raft loop, the apply thread and the backend
+    /// Opens (or creates) the data directory and starts the Raft loop and the backend
     /// committer. Returns once the state committed before a restart has been applied again.
     pub async fn start(config: Config) -> Result<Server> {
         let cfg = config.clone();
@@ -331,28 +331,24 @@ impl Server {
             .store(commit_at_start, Ordering::Relaxed);
 
         let (raft_tx, raft_rx) = mpsc::channel();
-        let (apply_tx, apply_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let mut threads = Vec::new();
 
+        let applier = Applier {
+            shared: shared.clone(),
+            raft_tx: raft_tx.clone(),
+            snapshots: SnapshotPolicy::new(config.snapshot_count, snap.index.max(consistent_index)),
+        };
         let raft_loop = RaftLoop {
             node,
             wal,
             rx: raft_rx,
-            apply_tx,
+            applier,
             shared: shared.clone(),
         };
         threads.push(spawn_named("raft", shared.clone(), move || {
             raft_loop.run()
         })?);
-
-        let applier = Applier {
-            shared: shared.clone(),
-            rx: apply_rx,
-            raft_tx: raft_tx.clone(),
-            snapshots: SnapshotPolicy::new(config.snapshot_count, snap.index.max(consistent_index)),
-        };
-        threads.push(spawn_named("apply", shared.clone(), move || applier.run())?);
 
         let committer_store = store.clone();
         threads.push(spawn_named("backend-commit", shared.clone(), move || {
@@ -700,7 +696,7 @@ impl Server {
         }
     }
 
-    /// Stops the server: no new proposals, the Raft loop and apply thread drain and stop, the backend
+    /// Stops the server: no new proposals, the Raft loop drains and stops, the backend
     /// is committed, waiters left over are answered `Stopped`, watchers end.
     pub async fn shutdown(&self) -> Result<()> {
         let inner = self.inner.clone();

@@ -283,7 +283,7 @@ impl WatchHub {
 
     /// Fans out the events of one write transaction at `revision` to the synced watchers.
     ///
-    /// Called by the apply thread once per revision, in increasing order, after the store shows
+    /// Called by the apply step once per revision, in increasing order, after the store shows
     /// `revision`. Never blocks on a watcher: a watcher whose channel is full is moved to the unsynced
     /// set and later caught up from history.
     pub fn notify(&self, revision: i64, events: &[Event]) {

@@ -6,7 +6,7 @@
 //! Two sources feed a watcher, and the whole design is about handing a watcher from one to the other
 //! without a gap or a duplicate:
 //!
-//! * **Live:** the single apply thread calls [`WatchHub::notify`] after each write transaction, *after*
+//! * **Live:** the single apply step calls [`WatchHub::notify`] after each write transaction, *after*
 //!   the store shows that revision. `notify` fans the transaction's events out to the *synced*
 //!   watchers with a non-blocking `try_send` into each watcher's bounded channel. It never waits: a
 //!   writer must not be slowed down by a client that reads slowly.
@@ -41,7 +41,7 @@
 //!    revision `<= notified_revision` has already run (and anything it carried is also in history
 //!    up to `R`); a `notify` for revision `> R` that has not run yet must take the lock after us and
 //!    finds the watcher synced with `next_revision = R + 1`, so it delivers; a late `notify` for a
-//!    revision `<= R` (the store already showed it, the apply thread had not yet called us) is
+//!    revision `<= R` (the store already showed it, the apply step had not yet called us) is
 //!    dropped by rule 1. If instead `notified_revision > R`, events in `(R, notified_revision]` were
 //!    fanned out while the watcher was unsynced; it stays unsynced and the next round (run at once)
 //!    reads them from history.

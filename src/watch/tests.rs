@@ -119,7 +119,7 @@ impl History for FakeHistory {
     }
 }
 
-/// A store and its hub, wired like the apply thread: write, then notify.
+/// A store and its hub, wired like the apply step: write, then notify.
 struct Fixture {
     history: Arc<FakeHistory>,
     hub: Arc<WatchHub>,
@@ -136,14 +136,14 @@ impl Fixture {
         Fixture { history, hub }
     }
 
-    /// Applies a transaction and notifies the hub, as the apply thread does.
+    /// Applies a transaction and notifies the hub, as the apply step does.
     fn commit(&self, ops: &[Op]) -> i64 {
         let (rev, events) = self.history.apply(ops);
         self.hub.notify(rev, &events);
         rev
     }
 
-    /// Applies a transaction without notifying (the apply thread has not got to it yet).
+    /// Applies a transaction without notifying (the apply step has not got to it yet).
     fn apply_only(&self, ops: &[Op]) -> (i64, Vec<Event>) {
         self.history.apply(ops)
     }
@@ -273,7 +273,7 @@ async fn replay_with_writes_landing_during_catch_up() {
     for _ in 0..3 {
         f.commit(&[Op::Put("k", "v")]);
     }
-    // Inside the catch-up's history read (it has already read current = 3), the apply thread writes
+    // Inside the catch-up's history read (it has already read current = 3), the apply step writes
     // and notifies revision 4 while the watcher is still unsynced: hand-over must not happen at 3.
     let hook_history = f.history.clone();
     let hook_hub = f.hub.clone();
@@ -314,7 +314,7 @@ async fn late_notify_after_hand_over_is_not_duplicated() {
     let f = Fixture::new();
     f.commit(&[Op::Put("k", "1")]);
     f.commit(&[Op::Put("k", "2")]);
-    // Revision 3 is in the store, but the apply thread has not called notify yet.
+    // Revision 3 is in the store, but the apply step has not called notify yet.
     let (rev3, events3) = f.apply_only(&[Op::Put("k", "3")]);
     let mut w = f.watch("k", b"", 1);
     assert_eq!(revs(&take(&mut w, 3).await), [1, 2, 3]);
@@ -553,7 +553,7 @@ async fn close_ends_every_watcher() {
     assert_eq!(f.hub.watcher_count(), 0);
 }
 
-/// The apply thread writes continuously while watchers join with past start revisions and read at
+/// The apply step writes continuously while watchers join with past start revisions and read at
 /// different speeds through tiny channels: every watcher must see exactly its revisions, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_and_catch_up_keep_every_stream_exact() {
