@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
-use super::{in_range, Event, EventKind, History, WatchBatch, WatchId, WatchRequest, Watcher};
+use super::watcher::{Queued, Shared, SharedEvents};
+use super::{in_range, Event, EventKind, History, WatchId, WatchRequest, Watcher};
 use crate::error::Error;
 
 /// Tuning knobs of the hub. The defaults suit a server; tests shrink them to provoke slow watchers.
@@ -17,6 +18,11 @@ use crate::error::Error;
 pub struct WatchConfig {
     /// Batches a watcher's channel holds before the watcher counts as slow and falls back to history.
     pub channel_capacity: usize,
+    /// Events a watcher may have queued (in all its batches together) before it counts as slow. An
+    /// empty channel always takes one batch, so a single revision larger than this still arrives.
+    /// The events themselves are shared between watchers; this bounds the references and, with
+    /// the stream layer's byte budget, how much a slow reader can hold up.
+    pub max_queued_events: usize,
     /// How often the catch-up task runs when nothing wakes it (etcd syncs unsynced watchers every
     /// 100 ms).
     pub catch_up_interval: Duration,
@@ -32,6 +38,7 @@ impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
             channel_capacity: 128,
+            max_queued_events: 1024,
             catch_up_interval: Duration::from_millis(100),
             max_catch_up_revisions: 1000,
             max_batch_events: 1000,
@@ -83,41 +90,48 @@ struct Entry {
     key: Vec<u8>,
     /// The end of the range (etcd conventions, see [`in_range`]).
     range_end: Vec<u8>,
-    /// Keep `prev_kv` in sent events.
-    prev_kv: bool,
     /// Drop put events.
     filter_put: bool,
     /// Drop delete events.
     filter_delete: bool,
     /// Every matching event below this revision is in the channel, none at or above it.
     next_revision: i64,
-    /// Where batches go; bounded so a slow reader cannot grow memory without limit.
-    tx: mpsc::Sender<WatchBatch>,
-    /// True while unsynced; shared with the `Watcher` so its `recv` can wake the catch-up task once
-    /// there is room in the channel again.
-    slow: Arc<AtomicBool>,
+    /// Where batches go; bounded (in batches, and in events by `shared.queued`) so a slow reader
+    /// cannot grow memory without limit.
+    tx: mpsc::Sender<Queued>,
+    /// Shared with the `Watcher`: `slow` is true while unsynced, so its `recv` can wake the catch-up
+    /// task once there is room again; `queued` counts the events in the channel.
+    shared: Arc<Shared>,
 }
 
 impl Entry {
-    /// This watcher's copy of `event`, or `None` if its filters drop it.
-    fn prepare(&self, event: &Event) -> Option<Event> {
-        let dropped = match event.kind {
-            EventKind::Put => self.filter_put,
-            EventKind::Delete => self.filter_delete,
-        };
-        if dropped {
-            return None;
+    /// Whether this watcher's filters keep `event`. (`prev_kv` is dropped by the `Watcher` when it
+    /// hands the event out, so the hub queues the shared event as it is.)
+    fn accepts(&self, event: &Event) -> bool {
+        match event.kind {
+            EventKind::Put => !self.filter_put,
+            EventKind::Delete => !self.filter_delete,
         }
-        Some(Event {
-            kind: event.kind,
-            kv: event.kv.clone(),
-            // etcd sends prev_kv only to watchers that asked for it.
-            prev_kv: if self.prev_kv {
-                event.prev_kv.clone()
-            } else {
-                None
-            },
-        })
+    }
+
+    /// Whether `n` more events may be queued: always into an empty channel, else within `max`.
+    fn has_room(&self, n: usize, max: usize) -> bool {
+        let queued = self.shared.queued.load(Ordering::Acquire);
+        queued == 0 || queued + n <= max
+    }
+
+    /// Queues `events` (counted first, so the reader's decrement can never run ahead of it).
+    fn try_send(&self, events: SharedEvents) -> Result<(), TrySendError<Queued>> {
+        let n = events.len();
+        self.shared.queued.fetch_add(n, Ordering::AcqRel);
+        let sent = self.tx.try_send(Queued {
+            events,
+            compact_revision: 0,
+        });
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+        sent
     }
 }
 
@@ -128,7 +142,7 @@ impl State {
             return;
         };
         self.unsynced.remove(&id);
-        entry.slow.store(false, Ordering::Release);
+        entry.shared.slow.store(false, Ordering::Release);
         if entry.range_end.is_empty() {
             self.synced_keys
                 .entry(entry.key.clone())
@@ -144,7 +158,7 @@ impl State {
         let Some(entry) = self.watchers.get(&id) else {
             return;
         };
-        entry.slow.store(true, Ordering::Release);
+        entry.shared.slow.store(true, Ordering::Release);
         Self::unindex(&mut self.synced_keys, &mut self.synced_ranges, id, entry);
         self.unsynced.insert(id);
     }
@@ -189,10 +203,17 @@ struct Job {
     from: i64,
 }
 
+/// Catch-up jobs sharing one history read: key, range end, lowest `from`, job indexes.
+type Cluster<'a> = (&'a [u8], &'a [u8], i64, Vec<usize>);
+
 /// What a catch-up round read from history for one job.
 enum Read {
-    /// Every event on the watcher's range in `[job.from, to]`.
-    Events { events: Vec<Event>, to: i64 },
+    /// Every event on the watcher's range in `[job.from, to]` (and maybe earlier ones, which are
+    /// skipped): one read shared by every job on the same range.
+    Events {
+        events: Arc<Vec<Arc<Event>>>,
+        to: i64,
+    },
     /// `job.from` has been compacted away; the value is the store's compact revision.
     Compacted(i64),
     /// History failed; retry on a later round.
@@ -218,6 +239,7 @@ impl WatchHub {
             channel_capacity: config.channel_capacity.max(1),
             max_catch_up_revisions: config.max_catch_up_revisions.max(1),
             max_batch_events: config.max_batch_events.max(1),
+            max_queued_events: config.max_queued_events.max(1),
             ..config
         };
         let hub = Arc::new(WatchHub {
@@ -237,8 +259,8 @@ impl WatchHub {
     pub fn watch(self: &Arc<Self>, req: WatchRequest) -> Watcher {
         let (tx, rx) = mpsc::channel(self.config.channel_capacity);
         let id = WatchId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let slow = Arc::new(AtomicBool::new(false));
-        let watcher = Watcher::new(id, Arc::clone(self), rx, Arc::clone(&slow));
+        let shared = Arc::new(Shared::default());
+        let watcher = Watcher::new(id, Arc::clone(self), rx, Arc::clone(&shared), req.prev_kv);
 
         // Read before taking the lock: the hub never calls into the store while holding its lock.
         // Race-free because the decision below also takes `notified_revision` into account (module
@@ -260,12 +282,11 @@ impl WatchHub {
             Entry {
                 key: req.key,
                 range_end: req.range_end,
-                prev_kv: req.prev_kv,
                 filter_put: req.filter_put,
                 filter_delete: req.filter_delete,
                 next_revision,
                 tx,
-                slow,
+                shared,
             },
         );
         if synced {
@@ -295,6 +316,10 @@ impl WatchHub {
 
         let mut fell_behind = Vec::new();
         let mut gone = Vec::new();
+        let max_queued = self.config.max_queued_events;
+        // Each event is copied once, for the first watcher that wants it; every other watcher
+        // queues a reference to that copy.
+        let mut shared: Vec<Option<Arc<Event>>> = vec![None; events.len()];
         let State {
             watchers,
             synced_keys,
@@ -304,6 +329,7 @@ impl WatchHub {
         if let [event] = events {
             // One event, the common case: each matching watcher gets just it, so no grouping map.
             let exact = synced_keys.get(&event.kv.key).into_iter().flatten();
+            let copy = &mut shared[0];
             for id in exact.chain(synced_ranges.iter()) {
                 let Some(entry) = watchers.get_mut(id) else {
                     continue;
@@ -313,7 +339,8 @@ impl WatchHub {
                 {
                     continue;
                 }
-                match deliver(entry, revision, std::iter::once(event)) {
+                let event = copy.get_or_insert_with(|| Arc::new(event.clone()));
+                match deliver(entry, revision, std::iter::once(&*event), max_queued) {
                     Delivery::Done => {}
                     Delivery::Full => fell_behind.push(*id),
                     Delivery::Closed => gone.push(*id),
@@ -321,17 +348,18 @@ impl WatchHub {
             }
         } else {
             // Collect each matching synced watcher's events of this revision, in transaction order.
-            let mut matched: HashMap<WatchId, Vec<&Event>> = HashMap::new();
-            for event in events {
+            let mut matched: HashMap<WatchId, Vec<Arc<Event>>> = HashMap::new();
+            for (event, copy) in events.iter().zip(shared.iter_mut()) {
+                let mut copy = || Arc::clone(copy.get_or_insert_with(|| Arc::new(event.clone())));
                 if let Some(ids) = synced_keys.get(&event.kv.key) {
                     for id in ids {
-                        matched.entry(*id).or_default().push(event);
+                        matched.entry(*id).or_default().push(copy());
                     }
                 }
                 for id in synced_ranges.iter() {
                     if let Some(entry) = watchers.get(id) {
                         if in_range(&event.kv.key, &entry.key, &entry.range_end) {
-                            matched.entry(*id).or_default().push(event);
+                            matched.entry(*id).or_default().push(copy());
                         }
                     }
                 }
@@ -340,7 +368,7 @@ impl WatchHub {
                 let Some(entry) = watchers.get_mut(&id) else {
                     continue;
                 };
-                match deliver(entry, revision, matched_events) {
+                match deliver(entry, revision, matched_events.iter(), max_queued) {
                     Delivery::Done => {}
                     Delivery::Full => fell_behind.push(id),
                     Delivery::Closed => gone.push(id),
@@ -439,7 +467,7 @@ impl WatchHub {
         // 2. Without the lock: read history. `current` is read first; every revision up to it is
         // in the store (rule 2).
         let current = self.history.current_revision();
-        let reads: Vec<Read> = jobs.iter().map(|job| self.read(job, current)).collect();
+        let reads = self.read_all(&jobs, current);
 
         // 3. Under the lock: send, advance, hand over.
         let mut again = false;
@@ -462,8 +490,8 @@ impl WatchHub {
             match read {
                 Read::Failed => {}
                 Read::Compacted(compact_revision) => {
-                    let batch = WatchBatch {
-                        events: Vec::new(),
+                    let batch = Queued {
+                        events: SharedEvents::new(),
                         compact_revision,
                     };
                     match entry.tx.try_send(batch) {
@@ -477,7 +505,9 @@ impl WatchHub {
                     }
                 }
                 Read::Events { events, to } => {
-                    match send_batches(entry, events, self.config.max_batch_events) {
+                    let (max_events, max_queued) =
+                        (self.config.max_batch_events, self.config.max_queued_events);
+                    match send_batches(entry, &events, max_events, max_queued) {
                         Sent::All => {
                             entry.next_revision = to + 1;
                             // Rule 3: every revision above `to` is still to be notified.
@@ -497,32 +527,77 @@ impl WatchHub {
         again
     }
 
-    /// Reads one job's events from history, at most up to `current`.
-    fn read(&self, job: &Job, current: i64) -> Read {
+    /// Reads every job's events from history, at most up to `current`. Jobs on the same range
+    /// share reads: sorted by `from`, they form clusters whose `from`s all lie within one window of
+    /// `max_catch_up_revisions` starting at the cluster's lowest, and each cluster is read once
+    /// (a thousand watchers of one key that fell behind together cost one read and one copy of each
+    /// event, not a thousand). Every job's window holds at least its own `from`, so each makes
+    /// progress.
+    fn read_all(&self, jobs: &[Job], current: i64) -> Vec<Read> {
         let compact = self.history.compact_revision();
-        // etcd: a watch may start at the compact revision itself, not below it.
-        if job.from < compact {
-            return Read::Compacted(compact);
-        }
-        if job.from > current {
-            // Nothing new in the store yet; an empty read lets the watcher hand over.
-            return Read::Events {
-                events: Vec::new(),
-                to: job.from - 1,
-            };
-        }
-        let to = current.min(
-            job.from
-                .saturating_add(self.config.max_catch_up_revisions - 1),
-        );
-        match self.history.events(&job.key, &job.range_end, job.from, to) {
-            Ok(events) => Read::Events { events, to },
-            Err(Error::Compacted) => Read::Compacted(self.history.compact_revision()),
-            Err(e) => {
-                tracing::warn!(watch_id = %job.id, rev = job.from, error = %e, "watch catch-up failed");
-                Read::Failed
+        let window = self.config.max_catch_up_revisions;
+        let mut reads: Vec<Option<Read>> = jobs.iter().map(|_| None).collect();
+        // Jobs needing a read, grouped by range.
+        let mut ranges: HashMap<(&[u8], &[u8]), Vec<usize>> = HashMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if job.from < compact {
+                // etcd: a watch may start at the compact revision itself, not below it.
+                reads[i] = Some(Read::Compacted(compact));
+            } else if job.from > current {
+                // Nothing new in the store yet; an empty read lets the watcher hand over.
+                reads[i] = Some(Read::Events {
+                    events: Arc::default(),
+                    to: job.from - 1,
+                });
+            } else {
+                ranges
+                    .entry((&job.key, &job.range_end))
+                    .or_default()
+                    .push(i);
             }
         }
+        let mut clusters: Vec<Cluster<'_>> = Vec::new();
+        for ((key, range_end), mut members) in ranges {
+            members.sort_by_key(|&i| jobs[i].from);
+            for i in members {
+                match clusters.last_mut() {
+                    Some((k, r, from, cluster))
+                        if *k == key
+                            && *r == range_end
+                            && jobs[i].from <= from.saturating_add(window - 1) =>
+                    {
+                        cluster.push(i)
+                    }
+                    _ => clusters.push((key, range_end, jobs[i].from, vec![i])),
+                }
+            }
+        }
+        for (key, range_end, from, members) in clusters {
+            let to = current.min(from.saturating_add(window - 1));
+            let read = match self.history.events(key, range_end, from, to) {
+                Ok(events) => Ok(Arc::new(events.into_iter().map(Arc::new).collect())),
+                Err(Error::Compacted) => Err(Some(self.history.compact_revision())),
+                Err(e) => {
+                    tracing::warn!(rev = from, error = %e, "watch catch-up failed");
+                    Err(None)
+                }
+            };
+            for i in members {
+                let job = &jobs[i];
+                reads[i] = Some(match &read {
+                    Ok(events) => Read::Events {
+                        events: Arc::clone(events),
+                        to,
+                    },
+                    Err(Some(compact)) if job.from < *compact => Read::Compacted(*compact),
+                    Err(_) => Read::Failed,
+                });
+            }
+        }
+        reads
+            .into_iter()
+            .map(|r| r.unwrap_or(Read::Failed))
+            .collect()
     }
 }
 
@@ -545,28 +620,31 @@ enum Delivery {
 
 /// Sends a synced watcher its (filtered) events of live `revision`, keeping rule 1 of the module
 /// docs: below `next_revision` nothing is sent, and `next_revision` ends past what was sent, or at
-/// `revision` when the channel was full.
+/// `revision` when the channel was full (in batches, or in events: `max_queued`).
 fn deliver<'a>(
     entry: &mut Entry,
     revision: i64,
-    matched: impl IntoIterator<Item = &'a Event>,
+    matched: impl IntoIterator<Item = &'a Arc<Event>>,
+    max_queued: usize,
 ) -> Delivery {
     // Rule 1: already sent from history (or below a future start revision).
     if revision < entry.next_revision {
         return Delivery::Done;
     }
-    let out: Vec<Event> = matched
+    let out: SharedEvents = matched
         .into_iter()
-        .filter_map(|e| entry.prepare(e))
+        .filter(|e| entry.accepts(e))
+        .cloned()
         .collect();
     if out.is_empty() {
         entry.next_revision = revision + 1;
         return Delivery::Done;
     }
-    match entry.tx.try_send(WatchBatch {
-        events: out,
-        compact_revision: 0,
-    }) {
+    if !entry.has_room(out.len(), max_queued) {
+        entry.next_revision = revision;
+        return Delivery::Full;
+    }
+    match entry.try_send(out) {
         Ok(()) => {
             entry.next_revision = revision + 1;
             Delivery::Done
@@ -590,28 +668,38 @@ enum Sent {
     Closed,
 }
 
-/// Filters `events` (all on the watcher's range, in revision order) for `entry` and sends them in
-/// batches of at most `max_events`, cut only between revisions. Advances `entry.next_revision` past
-/// each batch sent.
-fn send_batches(entry: &mut Entry, events: Vec<Event>, max_events: usize) -> Sent {
-    let mut batch: Vec<Event> = Vec::new();
+/// Filters `events` (all on the watcher's range, in revision order; those below `next_revision`
+/// are skipped) for `entry` and sends them in batches of at most `max_events`, cut only between
+/// revisions, while the watcher has room for them (`max_queued` events in all). Advances
+/// `entry.next_revision` past each batch sent.
+fn send_batches(
+    entry: &mut Entry,
+    events: &[Arc<Event>],
+    max_events: usize,
+    max_queued: usize,
+) -> Sent {
+    let mut batch = SharedEvents::new();
+    let (from, filter_put, filter_delete) =
+        (entry.next_revision, entry.filter_put, entry.filter_delete);
     let mut iter = events
         .iter()
-        .filter(|e| e.revision() >= entry.next_revision)
-        .filter_map(|e| entry.prepare(e))
-        .collect::<Vec<_>>()
-        .into_iter()
+        .filter(|e| {
+            e.revision() >= from
+                && match e.kind {
+                    EventKind::Put => !filter_put,
+                    EventKind::Delete => !filter_delete,
+                }
+        })
         .peekable();
     while let Some(event) = iter.next() {
         let revision = event.revision();
-        batch.push(event);
+        batch.push(Arc::clone(event));
         let revision_ends = iter.peek().is_none_or(|next| next.revision() != revision);
         if revision_ends && (batch.len() >= max_events || iter.peek().is_none()) {
-            let events = std::mem::take(&mut batch);
-            match entry.tx.try_send(WatchBatch {
-                events,
-                compact_revision: 0,
-            }) {
+            if !entry.has_room(batch.len(), max_queued) {
+                return Sent::Full;
+            }
+            match entry.try_send(std::mem::take(&mut batch)) {
                 Ok(()) => entry.next_revision = revision + 1,
                 Err(TrySendError::Full(_)) => return Sent::Full,
                 Err(TrySendError::Closed(_)) => return Sent::Closed,

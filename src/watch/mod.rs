@@ -62,6 +62,17 @@
 //! `compact_revision` is set, and is then cancelled (its channel is closed, `recv` answers `None`), as
 //! etcd cancels a watch on a compacted revision.
 //!
+//! # Memory
+//!
+//! What a watcher has queued is bounded twice: in batches (the channel's capacity) and in events
+//! ([`WatchConfig::max_queued_events`]; an empty channel always takes one batch, so a revision
+//! larger than that still arrives). A watcher over either bound is slow and goes to catch-up. The
+//! queued events are shared: `notify` copies each event once for all the watchers it reaches, and
+//! catch-up reads history once for every unsynced watcher of a range whose `next_revision`s lie
+//! within one window, so a thousand watchers of a key that fell behind together cost one read and
+//! one copy, not a thousand (before, one round could hold several hundred thousand copies). The
+//! [`Watcher`] makes the reader's own copy as it hands a batch out.
+//!
 //! # Locking
 //!
 //! One `std::sync::Mutex` guards the watcher table. Its critical sections are short (index look-ups,
@@ -83,8 +94,7 @@
 //!
 //! A cap on watchers per catch-up round (etcd syncs at most 512 at a time); an interval tree for
 //! range watchers (a linear scan is fine for a handful of range watchers);
-//! sharing one history read between unsynced watchers of the same range and revision (etcd groups
-//! them); progress notifications; fragmenting huge batches; watch ids per gRPC stream (the stream
+//! progress notifications; fragmenting huge batches; watch ids per gRPC stream (the stream
 //! layer assigns those; [`WatchId`] here is hub-wide); and the response header, which the API layer
 //! fills in.
 

@@ -475,6 +475,41 @@ async fn compacted_start_gets_notice_then_ends() {
 }
 
 #[tokio::test]
+async fn watchers_that_stop_reading_hold_a_bounded_queue_and_still_get_everything() {
+    let f = Fixture::with_config(WatchConfig {
+        channel_capacity: 128,
+        max_queued_events: 10,
+        max_catch_up_revisions: 50,
+        max_batch_events: 4,
+        ..WatchConfig::default()
+    });
+    let mut watchers: Vec<Watcher> = (0..20).map(|_| f.watch("k", b"", 0)).collect();
+    for _ in 0..300 {
+        f.commit(&[Op::Put("k", "v")]);
+    }
+    // Nobody read: live fan-out stopped at the event budget, not at the channel's 128 batches.
+    for w in &watchers {
+        assert!(w.queued_events() <= 10, "{} queued", w.queued_events());
+    }
+    assert_eq!(f.hub.slow_watcher_count(), 20);
+    // Reading again, every watcher gets every revision in order, catch-up never exceeding the
+    // budget either (a batch of at most 4 goes into an empty channel, else within 10).
+    for w in &mut watchers {
+        let mut seen = Vec::new();
+        while seen.len() < 300 {
+            assert!(w.queued_events() <= 10, "{} queued", w.queued_events());
+            let batch = next_batch(w).await.expect("watch ended early");
+            seen.extend(revs(&batch.events));
+        }
+        assert_eq!(seen, (1..=300).collect::<Vec<i64>>());
+    }
+    let rev = f.commit(&[Op::Put("k", "live")]);
+    for w in &mut watchers {
+        assert_eq!(revs(&take(w, 1).await), [rev]);
+    }
+}
+
+#[tokio::test]
 async fn slow_watcher_overtaken_by_compaction() {
     let f = Fixture::with_config(WatchConfig {
         channel_capacity: 2,

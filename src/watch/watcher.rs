@@ -1,12 +1,40 @@
-//! The receiving end of one watch.
+//! The receiving end of one watch, and what the hub queues for it.
+//!
+//! The hub queues references ([`Queued`]): an event that reaches a thousand watchers is copied
+//! once and shared, so a watcher's queue costs a pointer per event, not a copy of the key and
+//! value. The watcher turns them into owned events ([`WatchBatch`]) as it hands them out, dropping
+//! `prev_kv` unless the watch asked for it; that copy is the reader's, made only when it reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 
-use super::{WatchBatch, WatchHub, WatchId};
+use super::{Event, WatchBatch, WatchHub, WatchId};
+
+/// The events of one queued batch, shared with the other watchers that got them (one inline: a
+/// live revision of one event, the common case, needs no allocation).
+pub(super) type SharedEvents = SmallVec<[Arc<Event>; 1]>;
+
+/// One batch in a watcher's channel.
+pub(super) struct Queued {
+    /// The events, in revision order; empty for a compaction notice.
+    pub(super) events: SharedEvents,
+    /// Non-zero for a compaction notice (see [`WatchBatch::compact_revision`]).
+    pub(super) compact_revision: i64,
+}
+
+/// State the hub and a watcher share.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// True while the hub has this watcher in its unsynced set: after each read there is room in
+    /// the channel, so catch-up is worth waking.
+    pub(super) slow: AtomicBool,
+    /// Events in the channel: added by the hub before it sends, subtracted here on receipt.
+    pub(super) queued: AtomicUsize,
+}
 
 /// One watch, as handed to a client stream. Read it with [`recv`](Self::recv); drop it to cancel the
 /// watch (the hub forgets it at once).
@@ -16,10 +44,11 @@ pub struct Watcher {
     /// The hub, to unregister on drop, to see `close`, and to wake catch-up.
     hub: Arc<WatchHub>,
     /// Batches from `notify` (live) and from catch-up (history), never both at once for one watcher.
-    rx: mpsc::Receiver<WatchBatch>,
-    /// True while the hub has this watcher in its unsynced set: after each read there is room in the
-    /// channel, so catch-up is worth waking.
-    slow: Arc<AtomicBool>,
+    rx: mpsc::Receiver<Queued>,
+    /// The slow flag and the queued-event count, shared with the hub.
+    shared: Arc<Shared>,
+    /// Hand out each event's `prev_kv` (the watch asked for it).
+    prev_kv: bool,
 }
 
 impl Watcher {
@@ -27,15 +56,28 @@ impl Watcher {
     pub(super) fn new(
         id: WatchId,
         hub: Arc<WatchHub>,
-        rx: mpsc::Receiver<WatchBatch>,
-        slow: Arc<AtomicBool>,
+        rx: mpsc::Receiver<Queued>,
+        shared: Arc<Shared>,
+        prev_kv: bool,
     ) -> Watcher {
-        Watcher { id, hub, rx, slow }
+        Watcher {
+            id,
+            hub,
+            rx,
+            shared,
+            prev_kv,
+        }
     }
 
     /// The hub-wide id of this watch.
     pub fn id(&self) -> WatchId {
         self.id
+    }
+
+    /// The events waiting in this watcher's channel (at most `WatchConfig::max_queued_events`,
+    /// or one batch); a gauge for tests and metrics.
+    pub fn queued_events(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
     }
 
     /// The next batch of events, in revision order. `None` once the watch has ended: the hub was
@@ -55,10 +97,33 @@ impl Watcher {
         if self.hub.is_closed() {
             return Poll::Ready(None);
         }
-        if self.slow.load(Ordering::Acquire) {
+        let Some(queued) = batch else {
+            return Poll::Ready(None);
+        };
+        self.shared
+            .queued
+            .fetch_sub(queued.events.len(), Ordering::AcqRel);
+        if self.shared.slow.load(Ordering::Acquire) {
             self.hub.wake_catch_up();
         }
-        Poll::Ready(batch)
+        let events = queued
+            .events
+            .iter()
+            .map(|e| Event {
+                kind: e.kind,
+                kv: e.kv.clone(),
+                // etcd sends prev_kv only to watchers that asked for it.
+                prev_kv: if self.prev_kv {
+                    e.prev_kv.clone()
+                } else {
+                    None
+                },
+            })
+            .collect();
+        Poll::Ready(Some(WatchBatch {
+            events,
+            compact_revision: queued.compact_revision,
+        }))
     }
 }
 

@@ -17,6 +17,14 @@
 //! channels fill, and the hub moves those watchers to catch-up from history. Nothing here ever
 //! blocks a writer or another stream.
 //!
+//! The response channel is bounded twice: in messages, and in bytes. Counting messages alone let a
+//! stream hold 32 messages of 64 responses of up to a thousand catch-up events each; so every
+//! message carrying events first takes its encoded size (capped at the budget) from the stream's
+//! [`STREAM_BYTE_BUDGET`], given back when the response stream hands the message to tonic to be
+//! encoded. What a slow client can hold up per stream is then that budget, tonic's encode buffer
+//! and h2's send buffer (hyper's default `max_send_buf_size`, 400 KiB), however large the windows
+//! the client grants; the rest waits in history, where it is anyway.
+//!
 //! Ordering on the wire: the session puts a watch's `created` response into the channel *before*
 //! it starts forwarding the watch, so no event overtakes it; a cancel drops the watcher (or stops
 //! its task and waits for it) before the `canceled` response goes in, so no event follows it.
@@ -66,7 +74,7 @@ use std::time::Duration;
 use futures::task::AtomicWaker;
 use futures::{FutureExt, Stream, StreamExt};
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -92,6 +100,14 @@ const STREAM_BUFFER: usize = 32;
 /// per round of ready watches instead of one per response, while the buffer stays bounded.
 const MAX_RESPONSES_PER_SEND: usize = 64;
 
+/// The most encoded bytes of event responses a stream's response channel holds (see the module
+/// docs). A single message larger than this still goes, alone.
+const STREAM_BYTE_BUDGET: usize = 256 * 1024;
+
+/// The session ends a message early once its responses reach this many encoded bytes, so one
+/// message never takes the whole budget while the client could already be reading.
+const MAX_BYTES_PER_SEND: usize = 64 * 1024;
+
 /// etcd's `clientv3.InvalidWatchID`: the id of refused creates and of stream-wide progress.
 const INVALID_WATCH_ID: i64 = -1;
 
@@ -103,6 +119,54 @@ const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
 /// What the response stream carries.
 type Out = Result<WatchResponse, Status>;
+
+/// One message of the response channel: responses, and the share of the stream's byte budget they
+/// hold until the response stream takes them.
+struct Message {
+    /// The responses, in order.
+    responses: Vec<Out>,
+    /// Given back to the budget when the message leaves the channel.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// The sending side of a stream's response channel, with its byte budget.
+#[derive(Clone)]
+struct Responses {
+    /// The channel (bounded in messages).
+    tx: mpsc::Sender<Message>,
+    /// The byte budget (see the module docs).
+    budget: Arc<Semaphore>,
+}
+
+impl Responses {
+    /// Sends small control responses (created, canceled, progress) outside the byte budget. False
+    /// when the stream is gone.
+    async fn send(&self, responses: Vec<Out>) -> bool {
+        self.tx
+            .send(Message {
+                responses,
+                _budget: None,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Sends event responses of `bytes` encoded bytes, first waiting for that much of the budget
+    /// (at most all of it). False when the stream is gone.
+    async fn send_counted(&self, responses: Vec<Out>, bytes: usize) -> bool {
+        let permits = u32::try_from(bytes.clamp(1, STREAM_BYTE_BUDGET)).unwrap_or(u32::MAX);
+        let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(permits).await else {
+            return false; // never closed, but a closed budget means nothing more can go
+        };
+        self.tx
+            .send(Message {
+                responses,
+                _budget: Some(permit),
+            })
+            .await
+            .is_ok()
+    }
+}
 
 /// The response stream of one `Watch` call.
 pub type WatchResponseStream = Pin<Box<dyn Stream<Item = Out> + Send>>;
@@ -144,13 +208,18 @@ impl Watch for WatchService {
         let session = Session {
             server: self.server.clone(),
             progress_interval: self.progress_interval,
-            tx,
+            tx: Responses {
+                tx,
+                budget: Arc::new(Semaphore::new(STREAM_BYTE_BUDGET)),
+            },
             watches: HashMap::new(),
             ready: Arc::new(ReadySet::default()),
             next_id: 0,
         };
         tokio::spawn(session.run(req.into_inner()));
-        let responses = ReceiverStream::new(rx).flat_map(futures::stream::iter);
+        // The message's permit goes back to the budget here, as tonic takes it to encode.
+        let responses =
+            ReceiverStream::new(rx).flat_map(|m: Message| futures::stream::iter(m.responses));
         Ok(Response::new(Box::pin(responses)))
     }
 }
@@ -162,7 +231,7 @@ struct Session {
     /// Handed to each `progress_notify` watch.
     progress_interval: Duration,
     /// The response stream; each forwarding task holds a clone.
-    tx: mpsc::Sender<Vec<Out>>,
+    tx: Responses,
     /// The stream's watches by stream-local id.
     watches: HashMap<i64, WatchEntry>,
     /// The ids of session-forwarded watches whose waker fired since the session last looked.
@@ -275,7 +344,7 @@ impl Session {
             tokio::select! {
                 biased;
                 () = &mut closing => break End::Closing,
-                () = self.tx.closed() => break End::ClientGone,
+                () = self.tx.tx.closed() => break End::ClientGone,
                 ids = std::future::poll_fn(|cx| ready.poll_take(cx)) => {
                     let forwarded = tokio::select! {
                         biased;
@@ -309,7 +378,10 @@ impl Session {
         self.watches.clear();
         if let End::Closing = end {
             // Best effort: a client that does not read gets its stream reset instead.
-            let _ = self.tx.try_send(vec![Err(Error::Stopped.to_status())]);
+            let _ = self.tx.tx.try_send(Message {
+                responses: vec![Err(Error::Stopped.to_status())],
+                _budget: None,
+            });
         }
         tracing::debug!("watch stream ended");
     }
@@ -325,7 +397,7 @@ impl Session {
                     watch_id: INVALID_WATCH_ID,
                     ..Default::default()
                 };
-                self.tx.send(vec![Ok(resp)]).await.is_ok()
+                self.tx.send(vec![Ok(resp)]).await
             }
             // etcd ignores a request it does not understand rather than end the stream.
             None => true,
@@ -416,9 +488,11 @@ impl Session {
     }
 
     /// Forwards what the watches `ids` have waiting, each until its channel is empty, in messages
-    /// of up to [`MAX_RESPONSES_PER_SEND`] responses. False when the response stream is gone.
+    /// of up to [`MAX_RESPONSES_PER_SEND`] responses or [`MAX_BYTES_PER_SEND`] bytes, each within
+    /// the stream's byte budget. False when the response stream is gone.
     async fn forward_ready(&mut self, ids: Vec<i64>) -> bool {
         let mut out: Vec<Out> = Vec::new();
+        let mut out_bytes = 0;
         for id in ids {
             // Skips an id cancelled since, or forwarded by its own task.
             while let Some(WatchEntry::Direct {
@@ -444,9 +518,15 @@ impl Session {
                     tracing::debug!(watch_id = id, "watch cancelled by compaction");
                     *slot = None;
                 }
-                out.extend(forward.responses(batch).into_iter().map(Ok));
-                if out.len() >= MAX_RESPONSES_PER_SEND
-                    && self.tx.send(std::mem::take(&mut out)).await.is_err()
+                for resp in forward.responses(batch) {
+                    out_bytes += resp.encoded_len();
+                    out.push(Ok(resp));
+                }
+                if (out.len() >= MAX_RESPONSES_PER_SEND || out_bytes >= MAX_BYTES_PER_SEND)
+                    && !self
+                        .tx
+                        .send_counted(std::mem::take(&mut out), std::mem::take(&mut out_bytes))
+                        .await
                 {
                     return false;
                 }
@@ -455,7 +535,7 @@ impl Session {
                 }
             }
         }
-        out.is_empty() || self.tx.send(out).await.is_ok()
+        out.is_empty() || self.tx.send_counted(out, out_bytes).await
     }
 
     async fn cancel(&mut self, id: i64) -> bool {
@@ -493,7 +573,7 @@ impl Session {
     }
 
     async fn send(&self, resp: WatchResponse) -> bool {
-        self.tx.send(vec![Ok(resp)]).await.is_ok()
+        self.tx.send(vec![Ok(resp)]).await
     }
 }
 
@@ -505,7 +585,7 @@ struct Forward {
     /// For headers, the current revision and `--max-request-bytes`.
     server: Server,
     /// The stream's responses.
-    tx: mpsc::Sender<Vec<Out>>,
+    tx: Responses,
     /// Split large responses (the client asked for `fragment`).
     fragment: bool,
     /// The client asked for `prev_kv`: put events that arrive without it get it fetched.
@@ -543,7 +623,8 @@ impl Forward {
             };
             let compacted = batch.compact_revision != 0;
             for resp in self.responses(batch) {
-                if self.tx.send(vec![Ok(resp)]).await.is_err() {
+                let bytes = resp.encoded_len();
+                if !self.tx.send_counted(vec![Ok(resp)], bytes).await {
                     return;
                 }
             }
@@ -567,7 +648,7 @@ impl Forward {
             watch_id: self.id,
             ..Default::default()
         };
-        self.tx.send(vec![Ok(resp)]).await.is_ok()
+        self.tx.send(vec![Ok(resp)]).await
     }
 
     /// `event`, with the record it replaced when this watch wants `prev_kv` and the put did not read
