@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// etcd's default `--snapshot-count`.
 pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+/// etcd's default `--experimental-snapshot-catchup-entries`.
+pub const DEFAULT_SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
 
 /// The `mini-etcd` command line.
 #[derive(Debug, Parser)]
@@ -107,6 +109,10 @@ pub struct ServerArgs {
     /// segments are released.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = DEFAULT_SNAPSHOT_COUNT, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_count: u64,
+    /// Number of applied Raft entries kept in memory up to the applied index, for a slow follower to
+    /// catch up from; older ones stay only in the WAL, until a snapshot releases them.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = DEFAULT_SNAPSHOT_CATCHUP_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -158,6 +164,8 @@ pub struct Config {
     pub initial_cluster_token: String,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Applied Raft entries kept in memory behind the applied index.
+    pub snapshot_catchup_entries: u64,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
     /// Most operations in one transaction branch.
@@ -219,6 +227,7 @@ impl Config {
             initial_cluster_new: a.initial_cluster_state == "new",
             initial_cluster_token: a.initial_cluster_token,
             snapshot_count: a.snapshot_count,
+            snapshot_catchup_entries: a.experimental_snapshot_catchup_entries,
             max_request_bytes,
             max_txn_ops: a.max_txn_ops,
             auto_compaction: Retention::parse(
@@ -421,6 +430,7 @@ mod tests {
         assert_eq!(c.listen_rest_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(c.listen_client_urls[0].port(), Some(2379));
         assert_eq!(c.snapshot_count, 100_000);
+        assert_eq!(c.snapshot_catchup_entries, 5_000);
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.initial_cluster[0].0, "default");
     }

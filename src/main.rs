@@ -81,6 +81,7 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> mini_etcd::Result<()> {
     let server = Server::start(config).await?;
+    release_freed_memory();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = server.clone();
     tokio::spawn(async move {
@@ -99,6 +100,20 @@ async fn run(config: Config) -> mini_etcd::Result<()> {
     stopped?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Start-up (reading the WAL, rebuilding the key index) frees much more than the server then holds:
+/// about 100 MB for a million keys. mimalloc hands freed memory back to the OS only after a delay, and
+/// checks that delay on later allocations, which an idle server does not make; so the resident size
+/// would stay at the start-up peak. Forcing a collection once returns it.
+fn release_freed_memory() {
+    // mimalloc's C API, linked in with the allocator (the `mimalloc` crate does not wrap this call).
+    extern "C" {
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: mi_collect takes no pointers; it walks mimalloc's own structures and may be called from
+    // any thread at any time.
+    unsafe { mi_collect(true) }
 }
 
 /// SIGTERM or Ctrl-C.

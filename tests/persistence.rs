@@ -1,6 +1,7 @@
 //! Durability across clean restarts: what a server acknowledged before SIGTERM is there, with the same
 //! revisions, after it starts again on the same data directory; the data directory is exclusive to one
-//! process; and with frequent snapshots the WAL does not grow without bound.
+//! process; with frequent snapshots the WAL does not grow without bound; and the in-memory Raft log
+//! holds only the catch-up window while the WAL still replays everything.
 
 mod common;
 
@@ -153,5 +154,45 @@ async fn snapshots_bound_the_wal_and_restart_restores_everything() {
         assert_eq!((&kv.value, kv.mod_revision), (value, *rev), "{key}");
     }
     assert_eq!(rest.put("after", "x").await, last_rev + 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_log_keeps_only_the_catch_up_window_and_the_wal_replays_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No snapshot during the test: every entry stays in the WAL, only the last ones in memory.
+    let args = ["--experimental-snapshot-catchup-entries", "50"];
+    let mut server = Server::start(dir.path(), &args).await;
+    let rest = server.rest();
+
+    let written = write_keys(&rest, "w/", 600, 8).await;
+    let applied = rest.gauge("etcd_server_proposals_applied_total").await;
+    let first = rest.gauge("mini_etcd_raft_log_first_index").await;
+    assert!(applied >= 600, "applied index {applied} after 600 writes");
+    // Trimmed a window at a time: between one and two windows stay behind the applied index.
+    assert!(
+        first > applied - 2 * 50 && first <= applied - 50 + 1,
+        "in-memory log starts at {first} with {applied} applied and a window of 50"
+    );
+    assert_eq!(rest.gauge("mini_etcd_snapshot_index").await, 0);
+
+    // A crash: what the backend had not committed yet comes back from the WAL, whose entries the
+    // in-memory trimming never touched.
+    server.kill9();
+    server.restart().await;
+    let rest = server.rest();
+    let after = read_keys(&rest, written.keys().cloned()).await;
+    for (key, (value, rev)) in &written {
+        let kv = after[key]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{key} lost after restart"));
+        assert_eq!((&kv.value, kv.mod_revision), (value, *rev), "{key}");
+    }
+    let first = rest.gauge("mini_etcd_raft_log_first_index").await;
+    let applied = rest.gauge("etcd_server_proposals_applied_total").await;
+    assert!(
+        first > 1 && first + 2 * 50 > applied && first <= applied,
+        "after restart the in-memory log starts at {first}: only the window behind {applied} is loaded"
+    );
     server.stop().await;
 }

@@ -91,7 +91,7 @@ pub trait History: Send + Sync + 'static {
 #[derive(Debug, Default)]
 struct State {
     /// Key -> its generations of revisions.
-    index: BTreeMap<Vec<u8>, KeyIndex>,
+    index: BTreeMap<Box<[u8]>, KeyIndex>,
     /// The revision of the last write transaction that wrote something; 1 before any write.
     current: i64,
     /// Reads below this revision answer `Compacted`; 0 = never compacted.
@@ -165,7 +165,7 @@ impl Store {
     pub fn with_backend(backend: Arc<Backend>) -> Result<Store> {
         let consistent_index = read_meta_u64(&backend, META_CONSISTENT_INDEX)?;
         let compacted = read_meta_u64(&backend, META_COMPACT_REVISION)? as i64;
-        let mut index: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
+        let mut index: BTreeMap<Box<[u8]>, KeyIndex> = BTreeMap::new();
         // As in etcd, an empty store is at revision 1, so the first write creates revision 2 (clients
         // treat revision 0 as "none" and 1 as "before any write").
         let mut current = 1;
@@ -179,7 +179,7 @@ impl Store {
             } else {
                 leased.insert(kv.key.clone(), kv.lease);
             }
-            let ki = index.entry(kv.key).or_default();
+            let ki = index.entry(kv.key.into_boxed_slice()).or_default();
             if tombstone {
                 ki.tombstone(rev);
             } else {
@@ -328,16 +328,16 @@ impl Store {
     /// the next [`Store::open`].
     pub fn prune(&self, rev: i64) -> Result<()> {
         let _one_at_a_time = lock(&self.pruning);
-        let mut after: Option<Vec<u8>> = None;
+        let mut after: Option<Box<[u8]>> = None;
         let mut total = 0usize;
         loop {
             let mut removed = Vec::new();
             let mut state = write_lock(&self.state);
-            let keys: Vec<Vec<u8>> = match &after {
+            let keys: Vec<Box<[u8]>> = match &after {
                 None => state.index.keys().take(PRUNE_CHUNK).cloned().collect(),
                 Some(k) => state
                     .index
-                    .range::<Vec<u8>, _>((Bound::Excluded(k), Bound::Unbounded))
+                    .range::<[u8], _>((Bound::Excluded(&**k), Bound::Unbounded))
                     .take(PRUNE_CHUNK)
                     .map(|(k, _)| k.clone())
                     .collect(),
@@ -401,7 +401,12 @@ impl Store {
             if !range.contains(&kv.key) {
                 return Ok(true);
             }
-            prev_revs.push(state.index.get(&kv.key).and_then(|ki| ki.prev_of(rev)));
+            prev_revs.push(
+                state
+                    .index
+                    .get(kv.key.as_slice())
+                    .and_then(|ki| ki.prev_of(rev)),
+            );
             let kind = if tombstone {
                 EventKind::Delete
             } else {
@@ -458,7 +463,7 @@ impl Store {
         let stored = state
             .index
             .range::<[u8], _>(bounds)
-            .filter_map(|(k, ki)| ki.get(rev).map(|s| (k.as_slice(), Hit::Stored(s.modified))));
+            .filter_map(|(k, ki)| ki.get(rev).map(|s| (&**k, Hit::Stored(s.modified))));
         let hits: Vec<(&[u8], Hit<'_>)> = match overlay {
             None => stored.collect(),
             Some(own) => {
@@ -806,7 +811,7 @@ impl WriteTxn<'_> {
         let mut state = write_lock(&self.store.state);
         for (sub, ev) in self.changes.iter().enumerate() {
             let rev = Revision::new(self.main, sub as i64);
-            let ki = state.index.entry(ev.kv.key.clone()).or_default();
+            let ki = state.index.entry(ev.kv.key.as_slice().into()).or_default();
             match ev.kind {
                 EventKind::Put => ki.put(rev, ev.kv.create_revision, ev.kv.version),
                 EventKind::Delete => ki.tombstone(rev),

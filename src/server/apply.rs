@@ -55,13 +55,16 @@ impl Applier {
         if self.shared.store.backend_pending() >= BACKEND_BATCH_LIMIT {
             self.shared.store.commit_backend()?;
         }
-        let applied = self.shared.applied_index.load(Ordering::Relaxed);
-        if self.snapshots.due(applied) {
+        // Every entry of the batch is applied: the last one is the applied index.
+        if let Some(last) = entries.last().filter(|e| self.snapshots.due(e.index)) {
             // The backend must durably hold everything the snapshot claims before the
             // WAL below it may go.
             self.shared.store.commit_backend()?;
-            self.snapshots.taken(applied);
-            let _ = self.raft_tx.send(RaftMsg::Snapshot { index: applied });
+            self.snapshots.taken(last.index);
+            let _ = self.raft_tx.send(RaftMsg::Snapshot {
+                index: last.index,
+                term: last.term,
+            });
         }
         Ok(())
     }

@@ -86,6 +86,8 @@ pub struct Shared {
     pub applied_index: AtomicU64,
     /// Index of the last snapshot.
     pub snapshot_index: AtomicU64,
+    /// First Raft index still held in memory (older entries are only in the WAL).
+    pub log_first_index: AtomicU64,
     /// WAL fsyncs so far (metrics: writes per fsync shows group commit at work).
     pub wal_syncs: AtomicU64,
     /// Proposals made so far.
@@ -141,6 +143,8 @@ pub struct Status {
     pub applied_index: u64,
     /// Last snapshot index.
     pub snapshot_index: u64,
+    /// First Raft index held in memory.
+    pub log_first_index: u64,
     /// Store revision.
     pub revision: i64,
     /// Compacted revision.
@@ -252,6 +256,7 @@ impl Server {
             contents.entries.clear();
             contents.snapshot = mark;
         }
+        let entries = std::mem::take(&mut contents.entries);
         let snap = &contents.snapshot;
         if consistent_index < snap.index {
             return Err(Error::Corrupt(format!(
@@ -264,17 +269,27 @@ impl Server {
         let storage = MemStorage::new();
         {
             let mut core = storage.wl();
-            if snap.index > 0 {
+            // Only the catch-up window behind the applied index goes into memory (see
+            // `raft_loop.rs`); the entry before it becomes the storage's starting point, so that its
+            // term stays known, much as a snapshot there would be.
+            let keep_from =
+                raft_loop::catch_up_start(consistent_index, config.snapshot_catchup_entries);
+            let (older, kept) =
+                entries.split_at(entries.iter().take_while(|e| e.index < keep_from).count());
+            let base = older
+                .last()
+                .map_or((snap.index, snap.term), |e| (e.index, e.term));
+            if base.0 > 0 {
                 let mut s = Snapshot::default();
-                s.mut_metadata().index = snap.index;
-                s.mut_metadata().term = snap.term;
+                s.mut_metadata().index = base.0;
+                s.mut_metadata().term = base.1;
                 s.mut_metadata().set_conf_state(snap.conf_state.clone());
                 core.apply_snapshot(s)?;
             } else {
                 core.set_conf_state(snap.conf_state.clone());
             }
-            core.append(&contents.entries)?;
-            let last_index = contents.entries.last().map_or(snap.index, |e| e.index);
+            core.append(kept)?;
+            let last_index = entries.last().map_or(snap.index, |e| e.index);
             let mut hs = contents.hard_state.clone();
             // The commit index in the WAL may lag what was applied (it is persisted with the next
             // Ready); anything the backend applied was committed.
@@ -285,7 +300,10 @@ impl Server {
                 .min(last_index);
             core.set_hardstate(hs);
         }
+        // The entries outside the window go now; those kept share their data with the storage.
+        drop(entries);
         let commit_at_start = storage.rl().hard_state().commit;
+        let log_first_index = raft::Storage::first_index(&storage)?;
 
         let raft_config = raft::Config {
             id: meta.member_id,
@@ -318,6 +336,7 @@ impl Server {
             committed_index: AtomicU64::new(consistent_index),
             applied_index: AtomicU64::new(consistent_index),
             snapshot_index: AtomicU64::new(snap.index),
+            log_first_index: AtomicU64::new(log_first_index),
             wal_syncs: AtomicU64::new(0),
             proposals: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -345,6 +364,7 @@ impl Server {
             rx: raft_rx,
             applier,
             shared: shared.clone(),
+            catch_up: config.snapshot_catchup_entries,
         };
         threads.push(spawn_named("raft", shared.clone(), move || {
             raft_loop.run()
@@ -621,6 +641,7 @@ impl Server {
             committed_index: s.committed_index.load(Ordering::Relaxed),
             applied_index: s.applied_index.load(Ordering::Relaxed),
             snapshot_index: s.snapshot_index.load(Ordering::Relaxed),
+            log_first_index: s.log_first_index.load(Ordering::Relaxed),
             revision: s.store.current_revision(),
             compact_revision: s.store.compact_revision(),
             db_size: s.store.backend().size_bytes().unwrap_or(0),

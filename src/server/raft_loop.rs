@@ -15,6 +15,14 @@
 //! per put. Applying a batch of plain puts takes a few microseconds per entry, against ~150-300 µs
 //! for the fsync.
 //!
+//! Raft keeps the log in raft-rs's `MemStorage`, but only the part it can still need: the entries not
+//! yet applied and a catch-up window of `--experimental-snapshot-catchup-entries` applied ones before
+//! them (etcd keeps 5,000 after a snapshot for a slow follower). Older entries live only in the WAL
+//! until a snapshot releases their segments, and a restart reads them from there. The window is
+//! trimmed a window's worth at a time, because trimming moves the kept entries to the front of the
+X
+//! not from the storage, which may have dropped it.
+//!
 //! Left out until peers exist: sending messages, receiving snapshots, read index.
 
 use std::sync::atomic::Ordering;
@@ -50,6 +58,8 @@ pub enum RaftMsg {
     Snapshot {
         /// The applied index the snapshot covers.
         index: u64,
+        /// The term of the entry at `index`.
+        term: u64,
     },
     /// Stop the loop.
     Stop,
@@ -67,6 +77,28 @@ pub struct RaftLoop {
     pub applier: Applier,
     /// State shared with the rest of the server.
     pub shared: Arc<Shared>,
+    /// Applied entries kept in memory (`--experimental-snapshot-catchup-entries`).
+    pub catch_up: u64,
+}
+
+/// The first index of the in-memory log once `applied` is applied: the last `catch_up` applied entries
+/// stay (at least the entry at `applied`, whose term Raft needs as the log's last applied term).
+pub fn catch_up_start(applied: u64, catch_up: u64) -> u64 {
+    applied.saturating_sub(catch_up.max(1)) + 1
+}
+
+/// Drops the entries of `store` before the catch-up window behind `applied`, once a whole window's
+/// worth has accumulated; returns the first index held afterwards. Never drops an entry after
+/// `applied`, nor the last entry.
+pub fn trim_log(store: &MemStorage, applied: u64, catch_up: u64) -> Result<u64> {
+    let first = raft::Storage::first_index(store)?;
+    let last = raft::Storage::last_index(store)?;
+    let keep_from = catch_up_start(applied, catch_up).min(last);
+    if keep_from >= first.saturating_add(catch_up.max(1)) {
+        store.wl().compact(keep_from)?;
+        return Ok(keep_from);
+    }
+    Ok(first)
 }
 
 impl RaftLoop {
@@ -114,15 +146,15 @@ impl RaftLoop {
                     self.shared.wait.trigger(id, Err(Error::from(e)));
                 }
             }
-            RaftMsg::Snapshot { index } => self.snapshot(index)?,
+            RaftMsg::Snapshot { index, term } => self.snapshot(index, term)?,
             RaftMsg::Stop => return Ok(true),
         }
         Ok(false)
     }
 
-    fn snapshot(&mut self, index: u64) -> Result<()> {
-        let store = self.node.raft.raft_log.store.clone();
-        let term = raft::Storage::term(&store, index)?;
+    /// Records a snapshot at `index` (of term `term`) and releases the WAL below it. The in-memory log
+    /// is left to `trim_log`: it keeps its catch-up window across snapshots, as etcd does.
+    fn snapshot(&mut self, index: u64, term: u64) -> Result<()> {
         let mark = SnapshotMark {
             index,
             term,
@@ -130,8 +162,6 @@ impl RaftLoop {
         };
         // The mark is durable before any segment goes: a restart then starts from it.
         self.wal.save_snapshot(&mark)?;
-        // Keep the entry at `index` itself, so the log's last term stays known to Raft.
-        store.wl().compact(index)?;
         let released = self.wal.release_to(index + 1)?;
         tracing::info!(
             index,
@@ -185,6 +215,8 @@ impl RaftLoop {
         }
         self.send_committed(light.take_committed_entries())?;
         self.node.advance_apply();
+        let first = trim_log(&store, self.node.raft.raft_log.applied, self.catch_up)?;
+        self.shared.log_first_index.store(first, Ordering::Relaxed);
         Ok(())
     }
 
@@ -196,5 +228,70 @@ impl RaftLoop {
             self.applier.apply_batch(&entries)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(first: u64, last: u64) -> MemStorage {
+        let store = MemStorage::new();
+        let entries: Vec<Entry> = (first..=last)
+            .map(|index| Entry {
+                index,
+                term: 1 + index / 1000,
+                ..Default::default()
+            })
+            .collect();
+        store.wl().append(&entries).expect("append");
+        store
+    }
+
+    #[test]
+    fn catch_up_start_keeps_the_applied_entry() {
+        assert_eq!(catch_up_start(0, 5000), 1);
+        assert_eq!(catch_up_start(4999, 5000), 1);
+        assert_eq!(catch_up_start(5000, 5000), 1);
+        assert_eq!(catch_up_start(5001, 5000), 2);
+        assert_eq!(catch_up_start(10, 0), 10);
+    }
+
+    #[test]
+    fn trim_keeps_the_window_and_everything_unapplied() {
+        let store = log(1, 12_000);
+        // Less than a window to drop: nothing moves.
+        assert_eq!(trim_log(&store, 9_000, 5_000).expect("trim"), 1);
+        // A window's worth: keep the 5,000 entries up to the applied index, and the unapplied ones.
+        assert_eq!(trim_log(&store, 10_000, 5_000).expect("trim"), 5_001);
+        assert_eq!(raft::Storage::first_index(&store).expect("first"), 5_001);
+        assert_eq!(raft::Storage::last_index(&store).expect("last"), 12_000);
+        assert_eq!(raft::Storage::term(&store, 10_000).expect("term"), 11);
+        assert_eq!(raft::Storage::term(&store, 12_000).expect("term"), 13);
+        assert!(
+            raft::Storage::term(&store, 5_000).is_err(),
+            "5,000 was dropped"
+        );
+        // The next trim waits for another window.
+        assert_eq!(trim_log(&store, 10_001, 5_000).expect("trim"), 5_001);
+        assert_eq!(trim_log(&store, 12_000, 5_000).expect("trim"), 5_001);
+        let entries = raft::Storage::entries(
+            &store,
+            5_001,
+            12_001,
+            None,
+            raft::storage::GetEntriesContext::empty(false),
+        )
+        .expect("entries");
+        assert_eq!(entries.len(), 7_000);
+    }
+
+    #[test]
+    fn trim_never_drops_the_last_entry() {
+        let store = log(1, 100);
+        assert_eq!(trim_log(&store, 100, 1).expect("trim"), 100);
+        assert_eq!(raft::Storage::term(&store, 100).expect("term"), 1);
+        // Even when asked beyond it.
+        assert_eq!(trim_log(&store, 500, 1).expect("trim"), 100);
     }
 }

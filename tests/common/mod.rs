@@ -711,11 +711,16 @@ impl Rest {
 
     /// The value of the `mini_etcd_watchers` gauge from `/metrics`.
     pub async fn watchers(&self) -> i64 {
+        self.gauge("mini_etcd_watchers").await
+    }
+
+    /// The value of the gauge `name` from `/metrics`.
+    pub async fn gauge(&self, name: &str) -> i64 {
         let resp = self.call(reqwest::Method::GET, "/metrics", None).await;
         assert_eq!(resp.status, 200, "GET /metrics: {:?}", resp.body);
-        parse_gauge(&resp.body, "mini_etcd_watchers").unwrap_or_else(|| {
+        parse_gauge(&resp.body, name).unwrap_or_else(|| {
             panic!(
-                "/metrics has no `mini_etcd_watchers N` line:\n{}",
+                "/metrics has no `{name} N` line:\n{}",
                 tail(&resp.body, 4000)
             )
         })

@@ -80,6 +80,12 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         s.snapshot_index.to_string(),
     );
     metric(
+        "mini_etcd_raft_log_first_index",
+        "gauge",
+        "The first Raft index held in memory; older entries are only in the WAL.",
+        s.log_first_index.to_string(),
+    );
+    metric(
         "mini_etcd_proposals_total",
         "counter",
         "Proposals made by this member.",
