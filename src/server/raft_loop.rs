@@ -20,7 +20,7 @@
 //! them (etcd keeps 5,000 after a snapshot for a slow follower). Older entries live only in the WAL
 //! until a snapshot releases their segments, and a restart reads them from there. The window is
 //! trimmed a window's worth at a time, because trimming moves the kept entries to the front of the
-X
+//! storage's vector. A snapshot therefore takes its term from the apply step, which saw the entry,
 //! not from the storage, which may have dropped it.
 //!
 //! Left out until peers exist: sending messages, receiving snapshots, read index.
