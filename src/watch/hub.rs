@@ -448,15 +448,18 @@ impl WatchHub {
             if st.closed {
                 return false;
             }
+            let max_queued = self.config.max_queued_events;
             st.unsynced
                 .iter()
-                .filter_map(|id| {
-                    st.watchers.get(id).map(|e| Job {
-                        id: *id,
-                        key: e.key.clone(),
-                        range_end: e.range_end.clone(),
-                        from: e.next_revision,
-                    })
+                .filter_map(|id| st.watchers.get(id).map(|e| (id, e)))
+                // A watcher whose queue is full gets nothing this round (its reader wakes the next
+                // one when it makes room): reading history for it would be wasted.
+                .filter(|(_, e)| e.tx.capacity() > 0 && e.has_room(1, max_queued))
+                .map(|(id, e)| Job {
+                    id: *id,
+                    key: e.key.clone(),
+                    range_end: e.range_end.clone(),
+                    from: e.next_revision,
                 })
                 .collect()
         };
@@ -678,32 +681,47 @@ fn send_batches(
     max_events: usize,
     max_queued: usize,
 ) -> Sent {
-    let mut batch = SharedEvents::new();
     let (from, filter_put, filter_delete) =
         (entry.next_revision, entry.filter_put, entry.filter_delete);
-    let mut iter = events
+    // Events are in revision order: skip what this watcher already has without walking it.
+    let start = events.partition_point(|e| e.revision() < from);
+    let mut iter = events[start..]
         .iter()
-        .filter(|e| {
-            e.revision() >= from
-                && match e.kind {
-                    EventKind::Put => !filter_put,
-                    EventKind::Delete => !filter_delete,
-                }
+        .filter(|e| match e.kind {
+            EventKind::Put => !filter_put,
+            EventKind::Delete => !filter_delete,
         })
         .peekable();
-    while let Some(event) = iter.next() {
-        let revision = event.revision();
-        batch.push(Arc::clone(event));
-        let revision_ends = iter.peek().is_none_or(|next| next.revision() != revision);
-        if revision_ends && (batch.len() >= max_events || iter.peek().is_none()) {
-            if !entry.has_room(batch.len(), max_queued) {
-                return Sent::Full;
+    while iter.peek().is_some() {
+        // Build only what the queue can take now: a batch that would be refused is work thrown
+        // away, and with many slow watchers that waste is most of a catch-up round.
+        if entry.tx.capacity() == 0 || !entry.has_room(1, max_queued) {
+            return Sent::Full;
+        }
+        let queued = entry.shared.queued.load(Ordering::Acquire);
+        let limit = if queued == 0 {
+            max_events
+        } else {
+            max_events.min(max_queued.saturating_sub(queued)).max(1)
+        };
+        let mut batch = SharedEvents::new();
+        let mut revision = 0;
+        while let Some(event) = iter.next() {
+            revision = event.revision();
+            batch.push(Arc::clone(event));
+            // A batch ends only where a revision ends.
+            if batch.len() >= limit && iter.peek().is_none_or(|next| next.revision() != revision) {
+                break;
             }
-            match entry.try_send(std::mem::take(&mut batch)) {
-                Ok(()) => entry.next_revision = revision + 1,
-                Err(TrySendError::Full(_)) => return Sent::Full,
-                Err(TrySendError::Closed(_)) => return Sent::Closed,
-            }
+        }
+        // One revision may hold more events than the limit: re-check the whole batch.
+        if !entry.has_room(batch.len(), max_queued) {
+            return Sent::Full;
+        }
+        match entry.try_send(batch) {
+            Ok(()) => entry.next_revision = revision + 1,
+            Err(TrySendError::Full(_)) => return Sent::Full,
+            Err(TrySendError::Closed(_)) => return Sent::Closed,
         }
     }
     Sent::All
