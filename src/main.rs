@@ -13,6 +13,7 @@ use mini_etcd::config::{Cli, Command, Config};
 use mini_etcd::server::Server;
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let level = cli.server.log_level.clone();
     tracing_subscriber::fmt()
@@ -114,6 +115,25 @@ fn release_freed_memory() {
     // SAFETY: mi_collect takes no pointers; it walks mimalloc's own structures and may be called from
     // any thread at any time.
     unsafe { mi_collect(true) }
+}
+
+/// Turns transparent huge pages off for this process, as Redis and MongoDB advise for theirs.
+/// mimalloc marks its arenas `MADV_HUGEPAGE`, so where the system allows THP on request (Debian's
+/// default, `madvise`) a page touched for a few KiB becomes 2 MiB: resident whole and zeroed whole on
+/// every fault after a purge. Under watch saturation that was ~10% of the server's CPU (in
+/// `clear_page_erms`) and 40-60 MB of its peak resident size. Not fatal if refused.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag on this process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            eprintln!(
+                "mini-etcd: could not turn transparent huge pages off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// SIGTERM or Ctrl-C.
