@@ -406,6 +406,48 @@ async fn prev_kv_only_when_asked() {
     }
 }
 
+/// A watch that starts in the past is caught up from history, which is read without `prev_kv`; a
+/// watch that asked for it must still get the replaced record on every replayed put and delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prev_kv_on_replayed_history() {
+    let (_dir, server) = fresh(&[]).await;
+    let mut c = Clients::connect(&server.client_url()).await;
+    c.put("k", b"v1").await; // 2
+    c.put("k", b"v2").await; // 3
+    c.delete("k", b"").await; // 4
+    c.put("k", b"v3").await; // 5: a new life of the key
+    let mut s = c.stream().await;
+    let id = s
+        .watch(WatchCreateRequest {
+            start_revision: 2,
+            prev_kv: true,
+            ..key_watch("k")
+        })
+        .await;
+    let evs = s.events(4).await;
+    let got: Vec<_> = evs
+        .iter()
+        .map(|(w, e)| {
+            assert_eq!(*w, id);
+            let prev = e
+                .prev_kv
+                .as_ref()
+                .map(|p| (p.value.clone(), p.mod_revision));
+            (summary(e), prev)
+        })
+        .collect();
+    let v = |x: &str, rev: i64| Some((x.as_bytes().to_vec(), rev));
+    assert_eq!(
+        got,
+        vec![
+            ((EventType::Put, "k".into(), "v1".into(), 2), None),
+            ((EventType::Put, "k".into(), "v2".into(), 3), v("v1", 2)),
+            ((EventType::Delete, "k".into(), "".into(), 4), v("v2", 3)),
+            ((EventType::Put, "k".into(), "v3".into(), 5), None),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_drop_puts_or_deletes() {
     let (_dir, server) = fresh(&[]).await;

@@ -77,7 +77,9 @@ pub trait History: Send + Sync + 'static {
     /// The revision the store was last compacted at (0 if never).
     fn compact_revision(&self) -> i64;
     /// Every event on `[key, range_end)` (etcd's range-end forms) with `from_rev <= main <= to_rev`, in
-    /// revision order.
+    /// revision order, without `prev_kv`: most watchers never ask for it, and one that does gets it
+    /// from its watch stream (as etcd's stream fetches it), so a catch-up read does not pay a backend
+    /// read per event for it.
     fn events(
         &self,
         key: &[u8],
@@ -380,6 +382,19 @@ impl Store {
         from_rev: i64,
         to_rev: i64,
     ) -> Result<Vec<Event>> {
+        self.read_events(key, range_end, from_rev, to_rev, true)
+    }
+
+    /// [`Store::events`], reading each event's `prev_kv` only when `with_prev_kv`: that is one more
+    /// backend read per event.
+    fn read_events(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from_rev: i64,
+        to_rev: i64,
+        with_prev_kv: bool,
+    ) -> Result<Vec<Event>> {
         let state = read_lock(&self.state);
         if state.compacted > 0 && from_rev < state.compacted {
             return Err(Error::Compacted);
@@ -401,12 +416,14 @@ impl Store {
             if !range.contains(&kv.key) {
                 return Ok(true);
             }
-            prev_revs.push(
-                state
-                    .index
-                    .get(kv.key.as_slice())
-                    .and_then(|ki| ki.prev_of(rev)),
-            );
+            if with_prev_kv {
+                prev_revs.push(
+                    state
+                        .index
+                        .get(kv.key.as_slice())
+                        .and_then(|ki| ki.prev_of(rev)),
+                );
+            }
             let kind = if tombstone {
                 EventKind::Delete
             } else {
@@ -644,7 +661,7 @@ impl History for Store {
         from_rev: i64,
         to_rev: i64,
     ) -> Result<Vec<Event>> {
-        Store::events(self, key, range_end, from_rev, to_rev)
+        self.read_events(key, range_end, from_rev, to_rev, false)
     }
 }
 

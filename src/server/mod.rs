@@ -609,16 +609,22 @@ impl Server {
         let _ = rx.wait_for(|closing| *closing).await;
     }
 
-    /// The record a put replaced, for a watcher that asked for `prev_kv`: puts read it only when
-    /// something needs it (see `WriteTxn::put`), so the watch stream fetches it here, as etcd's does.
-    /// `None` for a put that created its key, or once compaction removed the record.
-    pub fn replaced_record(&self, put: &crate::mvcc::KeyValue) -> Option<crate::mvcc::KeyValue> {
-        if put.version <= 1 {
+    /// The record an event's change replaced, for a watcher that asked for `prev_kv`: puts read it
+    /// only when something needs it (see `WriteTxn::put`) and history reads for catch-up skip it, so
+    /// the watch stream fetches it here, as etcd's does. `None` for a put that created its key, or
+    /// once compaction removed the record.
+    pub fn replaced_record(
+        &self,
+        changed: &crate::mvcc::KeyValue,
+    ) -> Option<crate::mvcc::KeyValue> {
+        // A put at version 1 created its key; a delete's tombstone carries version 0 and always
+        // replaced a live record.
+        if changed.version == 1 {
             return None;
         }
         let opts = crate::mvcc::RangeOptions {
-            key: put.key.clone(),
-            revision: put.mod_revision - 1,
+            key: changed.key.clone(),
+            revision: changed.mod_revision - 1,
             ..Default::default()
         };
         let found = self.inner.shared.store.range(&opts).ok()?;

@@ -651,10 +651,10 @@ impl Forward {
         self.tx.send(vec![Ok(resp)]).await
     }
 
-    /// `event`, with the record it replaced when this watch wants `prev_kv` and the put did not read
-    /// it (deletes always carry theirs).
+    /// `event`, with the record it replaced when this watch wants `prev_kv` and the event came without
+    /// it (a plain put does not read it, nor does a catch-up read of history).
     fn with_prev_kv(&self, mut event: watch::Event) -> watch::Event {
-        if self.prev_kv && event.kind == EventKind::Put && event.prev_kv.is_none() {
+        if self.prev_kv && event.prev_kv.is_none() {
             event.prev_kv = self.server.replaced_record(&event.kv);
         }
         event
