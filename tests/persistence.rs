@@ -53,6 +53,18 @@ async fn read_keys(
         .await
 }
 
+/// Asserts that every key of `written` is there with its value and put revision; `when` names the
+/// event it survived.
+async fn assert_all_present(rest: &Rest, written: &BTreeMap<String, (String, i64)>, when: &str) {
+    let after = read_keys(rest, written.keys().cloned()).await;
+    for (key, (value, rev)) in written {
+        let kv = after[key]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{key} lost after {when}"));
+        assert_eq!((&kv.value, kv.mod_revision), (value, *rev), "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_restart_keeps_every_key_and_revision() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -146,13 +158,7 @@ async fn snapshots_bound_the_wal_and_restart_restores_everything() {
 
     server.restart().await;
     let rest = server.rest();
-    let after = read_keys(&rest, written.keys().cloned()).await;
-    for (key, (value, rev)) in &written {
-        let kv = after[key]
-            .as_ref()
-            .unwrap_or_else(|| panic!("{key} lost after snapshot + restart"));
-        assert_eq!((&kv.value, kv.mod_revision), (value, *rev), "{key}");
-    }
+    assert_all_present(&rest, &written, "snapshot + restart").await;
     assert_eq!(rest.put("after", "x").await, last_rev + 1);
     server.stop().await;
 }
@@ -181,13 +187,7 @@ async fn memory_log_keeps_only_the_catch_up_window_and_the_wal_replays_the_rest(
     server.kill9();
     server.restart().await;
     let rest = server.rest();
-    let after = read_keys(&rest, written.keys().cloned()).await;
-    for (key, (value, rev)) in &written {
-        let kv = after[key]
-            .as_ref()
-            .unwrap_or_else(|| panic!("{key} lost after restart"));
-        assert_eq!((&kv.value, kv.mod_revision), (value, *rev), "{key}");
-    }
+    assert_all_present(&rest, &written, "restart").await;
     let first = rest.gauge("mini_etcd_raft_log_first_index").await;
     let applied = rest.gauge("etcd_server_proposals_applied_total").await;
     assert!(
