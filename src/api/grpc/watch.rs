@@ -588,7 +588,7 @@ struct Forward {
     tx: Responses,
     /// Split large responses (the client asked for `fragment`).
     fragment: bool,
-    /// The client asked for `prev_kv`: put events that arrive without it get it fetched.
+    /// The client asked for `prev_kv`: events that arrive without it get it fetched.
     prev_kv: bool,
     /// For `progress_notify` watches: the interval, and the start revision (no progress while it is
     /// still in the future).
