@@ -14,7 +14,6 @@
 //! and a snapshot every `--snapshot-count` entries.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -26,7 +25,6 @@ use crate::proto::etcdserverpb::{
     CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
 };
 use crate::server::kv::{self, LeaseCheck, LeaseEffect};
-use crate::server::raft_loop::RaftMsg;
 use crate::server::request::{Op, RaftRequest};
 use crate::server::wait::ApplyResult;
 use crate::server::Shared;
@@ -39,16 +37,24 @@ pub const BACKEND_BATCH_LIMIT: usize = 10_000;
 pub struct Applier {
     /// Shared server state (store, hub, waiters, counters).
     pub shared: Arc<Shared>,
-    /// To ask the Raft loop for a snapshot.
-    pub raft_tx: Sender<RaftMsg>,
     /// When to snapshot.
     pub snapshots: SnapshotPolicy,
 }
 
+/// A snapshot that applied entries made due. The backend already durably holds everything up to
+/// `index`, so the Raft loop may record the snapshot and release the WAL below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotDue {
+    /// The applied index the snapshot covers.
+    pub index: u64,
+    /// The term of the entry at `index`.
+    pub term: u64,
+}
+
 impl Applier {
-    /// Applies one batch of committed entries, in order, then does the chores they make due. An
-    /// error is fatal for the node.
-    pub fn apply_batch(&mut self, entries: &[Entry]) -> Result<()> {
+    /// Applies one batch of committed entries, in order, then does the chores they make due; returns
+    /// the snapshot they made due, if any. An error is fatal for the node.
+    pub fn apply_batch(&mut self, entries: &[Entry]) -> Result<Option<SnapshotDue>> {
         for e in entries {
             self.apply_entry(e)?;
         }
@@ -61,17 +67,12 @@ impl Applier {
             // WAL below it may go.
             self.shared.store.commit_backend()?;
             self.snapshots.taken(last.index);
-            let _ = self.raft_tx.send(RaftMsg::Snapshot {
+            return Ok(Some(SnapshotDue {
                 index: last.index,
                 term: last.term,
-            });
+            }));
         }
-        Ok(())
-    }
-
-    /// After the last batch: the backend holds everything applied.
-    pub fn finish(&mut self) -> Result<()> {
-        self.shared.store.commit_backend()
+        Ok(None)
     }
 
     fn apply_entry(&mut self, e: &Entry) -> Result<()> {

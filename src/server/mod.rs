@@ -355,7 +355,6 @@ impl Server {
 
         let applier = Applier {
             shared: shared.clone(),
-            raft_tx: raft_tx.clone(),
             snapshots: SnapshotPolicy::new(config.snapshot_count, snap.index.max(consistent_index)),
         };
         let raft_loop = RaftLoop {

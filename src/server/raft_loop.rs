@@ -1,8 +1,7 @@
 //! The Raft Ready loop: the one thread that owns the consensus state and the WAL.
 //!
-//! Each turn it takes every message that is waiting (proposals, snapshot requests), so all proposals
-//! that arrived during the previous fsync are appended together and share the next one: that is the
-//! group commit. The order inside a turn is raft-rs's: committed entries are applied, new entries and
+//! Each turn it takes every proposal that is waiting, so all proposals that arrived during the
+//! previous fsync are appended together and share the next one: that is the group commit. The order inside a turn is raft-rs's: committed entries are applied, new entries and
 //! the hard state are written to the WAL and fsynced, and only then does `advance` let Raft count them
 //! as persisted. On a single voter an entry commits only once it is persisted, so nothing is applied,
 //! and therefore nothing is acknowledged, before its fsync.
@@ -13,7 +12,8 @@
 //! two cores) those wake-ups cost more CPU, and more waiting for a core, than the overlap saves:
 //! measured under `benchmark put --clients 64`, about a quarter fewer context switches and less CPU
 //! per put. Applying a batch of plain puts takes a few microseconds per entry, against ~150-300 µs
-//! for the fsync.
+//! for the fsync. When the applied entries make a snapshot due, it is recorded at the end of the same
+//! turn.
 //!
 //! Raft keeps the log in raft-rs's `MemStorage`, but only the part it can still need: the entries not
 //! yet applied and a catch-up window of `--experimental-snapshot-catchup-entries` applied ones before
@@ -35,7 +35,7 @@ use raft::storage::MemStorage;
 use raft::StateRole;
 
 use crate::error::{Error, Result};
-use crate::server::apply::Applier;
+use crate::server::apply::{Applier, SnapshotDue};
 use crate::server::Shared;
 use crate::wal::{SnapshotMark, Wal};
 
@@ -52,14 +52,6 @@ pub enum RaftMsg {
         id: u64,
         /// The encoded request.
         data: Vec<u8>,
-    },
-    /// The backend durably holds everything up to `index`: record a snapshot there and release the
-    /// WAL segments below it.
-    Snapshot {
-        /// The applied index the snapshot covers.
-        index: u64,
-        /// The term of the entry at `index`.
-        term: u64,
     },
     /// Stop the loop.
     Stop,
@@ -134,7 +126,8 @@ impl RaftLoop {
                 break;
             }
         }
-        self.applier.finish()
+        // The backend commit that makes a clean stop quick to restart is the server's (`Inner::stop`).
+        Ok(())
     }
 
     /// Handles one message; true means stop.
@@ -146,7 +139,6 @@ impl RaftLoop {
                     self.shared.wait.trigger(id, Err(Error::from(e)));
                 }
             }
-            RaftMsg::Snapshot { index, term } => self.snapshot(index, term)?,
             RaftMsg::Stop => return Ok(true),
         }
         Ok(false)
@@ -194,7 +186,7 @@ impl RaftLoop {
                 "received a Raft snapshot, which a single-node cluster never sends".into(),
             ));
         }
-        self.send_committed(rd.take_committed_entries())?;
+        let mut snapshot = self.apply_committed(rd.take_committed_entries())?;
 
         // Persist before acknowledging: one write and one fsync for the whole batch.
         if !rd.entries().is_empty() || rd.hs().is_some() {
@@ -213,21 +205,27 @@ impl RaftLoop {
         if let Some(commit) = light.commit_index() {
             store.wl().mut_hard_state().set_commit(commit);
         }
-        self.send_committed(light.take_committed_entries())?;
+        snapshot = self
+            .apply_committed(light.take_committed_entries())?
+            .or(snapshot);
         self.node.advance_apply();
         let first = trim_log(&store, self.node.raft.raft_log.applied, self.catch_up)?;
         self.shared.log_first_index.store(first, Ordering::Relaxed);
+        if let Some(due) = snapshot {
+            self.snapshot(due.index, due.term)?;
+        }
         Ok(())
     }
 
-    fn send_committed(&mut self, entries: Vec<Entry>) -> Result<()> {
-        if let Some(last) = entries.last() {
-            self.shared
-                .committed_index
-                .store(last.index, Ordering::Relaxed);
-            self.applier.apply_batch(&entries)?;
-        }
-        Ok(())
+    /// Applies committed entries; returns the snapshot they made due, if any.
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<Option<SnapshotDue>> {
+        let Some(last) = entries.last() else {
+            return Ok(None);
+        };
+        self.shared
+            .committed_index
+            .store(last.index, Ordering::Relaxed);
+        self.applier.apply_batch(&entries)
     }
 }
 
