@@ -23,7 +23,7 @@ use mini_etcd::proto::etcdserverpb::cluster_client::ClusterClient;
 use mini_etcd::proto::etcdserverpb::kv_client::KvClient;
 use mini_etcd::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use mini_etcd::proto::etcdserverpb::{
-    request_op, AlarmRequest, AlarmType, AuthStatusRequest, AuthUserGetRequest,
+    request_op, AlarmRequest, AlarmResponse, AlarmType, AuthStatusRequest, AuthUserGetRequest,
     AuthUserListRequest, AuthenticateRequest, CompactionRequest, DefragmentRequest,
     DeleteRangeRequest, HashKvRequest, HashRequest, MemberAddRequest, MemberListRequest,
     MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, SnapshotRequest, StatusRequest,
@@ -219,6 +219,18 @@ async fn delete_prefix(kv: &mut KvClient<Channel>, prefix: &str) {
     })
     .await
     .expect("delete");
+}
+
+/// The member's alarms (etcd's Alarm GET).
+async fn alarm_list(m: &mut MaintenanceClient<Channel>) -> AlarmResponse {
+    m.alarm(AlarmRequest {
+        action: AlarmAction::Get as i32,
+        member_id: 0,
+        alarm: AlarmType::None as i32,
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 async fn compact_now(kv: &mut KvClient<Channel>) {
@@ -470,15 +482,7 @@ async fn nospace_alarm_blocks_writes_until_space_is_freed_and_disarmed() {
         .await
         .unwrap_err();
     assert_eq!(e.message(), "etcdserver: mvcc: database space exceeded");
-    let list = m
-        .alarm(AlarmRequest {
-            action: AlarmAction::Get as i32,
-            member_id: 0,
-            alarm: AlarmType::None as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let list = alarm_list(&mut m).await;
     assert_eq!(list.alarms.len(), 1);
     assert_eq!(list.alarms[0].member_id, member);
     assert_eq!(list.alarms[0].alarm, AlarmType::Nospace as i32);
@@ -504,15 +508,7 @@ async fn nospace_alarm_blocks_writes_until_space_is_freed_and_disarmed() {
         "etcd answers the alarm it cleared"
     );
     put(&mut kv, "small", b"1").await;
-    let list = m
-        .alarm(AlarmRequest {
-            action: AlarmAction::Get as i32,
-            member_id: 0,
-            alarm: AlarmType::None as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let list = alarm_list(&mut m).await;
     assert!(list.alarms.is_empty());
 }
 

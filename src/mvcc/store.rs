@@ -436,6 +436,9 @@ impl Store {
             });
             Ok(true)
         })?;
+        if !with_prev_kv {
+            return Ok(events);
+        }
         let wanted: Vec<(usize, Vec<u8>)> = prev_revs
             .iter()
             .enumerate()

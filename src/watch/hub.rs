@@ -120,6 +120,12 @@ impl Entry {
         queued == 0 || queued + n <= max
     }
 
+    /// Whether the queue can take at least one more batch now (a free slot, and room for an event
+    /// within `max_queued`): a batch built otherwise would only be refused.
+    fn can_take_more(&self, max_queued: usize) -> bool {
+        self.tx.capacity() > 0 && self.has_room(1, max_queued)
+    }
+
     /// Queues `events` (counted first, so the reader's decrement can never run ahead of it).
     fn try_send(&self, events: SharedEvents) -> Result<(), TrySendError<Queued>> {
         let n = events.len();
@@ -454,7 +460,7 @@ impl WatchHub {
                 .filter_map(|id| st.watchers.get(id).map(|e| (id, e)))
                 // A watcher whose queue is full gets nothing this round (its reader wakes the next
                 // one when it makes room): reading history for it would be wasted.
-                .filter(|(_, e)| e.tx.capacity() > 0 && e.has_room(1, max_queued))
+                .filter(|(_, e)| e.can_take_more(max_queued))
                 .map(|(id, e)| Job {
                     id: *id,
                     key: e.key.clone(),
@@ -695,7 +701,7 @@ fn send_batches(
     while iter.peek().is_some() {
         // Build only what the queue can take now: a batch that would be refused is work thrown
         // away, and with many slow watchers that waste is most of a catch-up round.
-        if entry.tx.capacity() == 0 || !entry.has_room(1, max_queued) {
+        if !entry.can_take_more(max_queued) {
             return Sent::Full;
         }
         let queued = entry.shared.queued.load(Ordering::Acquire);
