@@ -644,3 +644,50 @@ async fn concurrent_writes_and_catch_up_keep_every_stream_exact() {
     }
     writer.join().expect("writer thread");
 }
+
+/// A merged read. `commit` queues live batches before it returns, so it takes what was waiting.
+async fn next_merged(w: &mut Watcher, max_events: usize) -> Option<WatchBatch> {
+    tokio::time::timeout(STALL, w.recv_merged(max_events))
+        .await
+        .expect("watcher stalled: an event was lost")
+}
+
+#[tokio::test]
+async fn waiting_live_batches_merge_into_one_response_but_never_past_a_compaction_notice() {
+    let f = Fixture::with_config(WatchConfig {
+        channel_capacity: 4,
+        ..WatchConfig::default()
+    });
+    let mut w = f.watch("k", b"", 0);
+    // Three live revisions queue as three batches; one merged read takes them all, in order.
+    for _ in 0..3 {
+        f.commit(&[Op::Put("k", "v")]);
+    }
+    let merged = next_merged(&mut w, 1000).await.expect("events");
+    assert_eq!(revs(&merged.events), [1, 2, 3]);
+    assert_eq!(merged.compact_revision, 0);
+    // The limit counts events and never splits a batch: two by two, then the rest.
+    for _ in 0..3 {
+        f.commit(&[Op::Put("k", "v")]);
+    }
+    assert_eq!(
+        revs(&next_merged(&mut w, 2).await.expect("events").events),
+        [4, 5]
+    );
+    assert_eq!(
+        revs(&next_merged(&mut w, 2).await.expect("events").events),
+        [6]
+    );
+    // Falling behind past a compaction: the events buffered before it come merged, then the notice
+    // on its own, then the end.
+    for _ in 0..10 {
+        f.commit(&[Op::Put("k", "v")]);
+    }
+    f.history.compact(14);
+    let merged = next_merged(&mut w, 1000).await.expect("events");
+    assert_eq!(revs(&merged.events), [7, 8, 9, 10]);
+    let notice = next_merged(&mut w, 1000).await.expect("compaction notice");
+    assert_eq!(notice.compact_revision, 14);
+    assert!(notice.events.is_empty());
+    assert!(next_merged(&mut w, 1000).await.is_none());
+}

@@ -49,6 +49,8 @@ pub struct Watcher {
     shared: Arc<Shared>,
     /// Hand out each event's `prev_kv` (the watch asked for it).
     prev_kv: bool,
+    /// A compaction notice read while merging batches, handed out next.
+    held: Option<WatchBatch>,
 }
 
 impl Watcher {
@@ -66,6 +68,7 @@ impl Watcher {
             rx,
             shared,
             prev_kv,
+            held: None,
         }
     }
 
@@ -84,6 +87,41 @@ impl Watcher {
     /// closed, or a batch with a non-zero `compact_revision` was delivered.
     pub async fn recv(&mut self) -> Option<WatchBatch> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv), merged as [`poll_recv_merged`](Self::poll_recv_merged) does.
+    pub async fn recv_merged(&mut self, max_events: usize) -> Option<WatchBatch> {
+        std::future::poll_fn(|cx| self.poll_recv_merged(cx, max_events)).await
+    }
+
+    /// [`poll_recv`](Self::poll_recv), merged: the next batch together with the batches already
+    /// waiting behind it, up to `max_events` events (a batch is never split). A watcher that fell
+    /// behind by many live revisions then gets them in one response, as etcd sends a catch-up,
+    /// instead of one response per revision. A compaction notice is never merged: the events before
+    /// it come first, and the notice on the next call.
+    pub fn poll_recv_merged(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_events: usize,
+    ) -> Poll<Option<WatchBatch>> {
+        if let Some(notice) = self.held.take() {
+            return Poll::Ready(Some(notice));
+        }
+        let Some(mut merged) = ready!(self.poll_recv(cx)) else {
+            return Poll::Ready(None);
+        };
+        while merged.compact_revision == 0 && merged.events.len() < max_events {
+            match self.poll_recv(cx) {
+                Poll::Ready(Some(next)) if next.compact_revision != 0 => {
+                    self.held = Some(next);
+                    break;
+                }
+                Poll::Ready(Some(next)) => merged.events.extend(next.events),
+                // Ended, or nothing more yet: what is merged goes now.
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(merged))
     }
 
     /// [`recv`](Self::recv) as a poll: lets one task serve many watchers, each with its own waker,
