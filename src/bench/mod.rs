@@ -20,6 +20,8 @@
 //! - `range`: a get of one key (key number 0, written once before the run), linearizable or
 //!   serializable per `--consistency`.
 //! - `txn-put`: a transaction with no compares and one put in its success branch.
+//! - `txn-range`: a read-only transaction: one compare (key number 0 exists) and a get of that key in
+//!   its success branch. etcd and mini-etcd serve it without a Raft round.
 //! - `watch`: `--watchers` watchers on one key, over `--streams` gRPC watch streams; `--total` puts to
 //!   that key, one at a time at `--put-rate`. The latency is from the put's acknowledgement to the
 //!   event's arrival (clamped at zero: an event may arrive before the put's answer), and events that
@@ -57,6 +59,8 @@ pub enum Workload {
     Range,
     /// Transactions with one put.
     TxnPut,
+    /// Read-only transactions: a compare and a get of one key.
+    TxnRange,
     /// Watchers on one key, fed by puts: event latency and lost events.
     Watch,
     /// Lease keepalives, one lease per client.
@@ -70,6 +74,7 @@ impl Workload {
             Workload::Put => "put",
             Workload::Range => "range",
             Workload::TxnPut => "txn-put",
+            Workload::TxnRange => "txn-range",
             Workload::Watch => "watch",
             Workload::LeaseKeepalive => "lease-keepalive",
         }

@@ -1,4 +1,4 @@
-//! The request/response workloads: `put`, `range`, `txn-put` and `lease-keepalive`.
+//! The request/response workloads: `put`, `range`, `txn-put`, `txn-range` and `lease-keepalive`.
 //!
 //! Every client runs the same loop against a [`Shared`] counter (see the parent module): claim a
 //! request number, wait for its slot under `--rate`, send, record. Latencies stay in each client's own
@@ -19,8 +19,8 @@ use super::{status_text, BenchArgs, BenchError, Consistency, Workload};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::{
-    request_op, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 
 /// TTL of the leases `lease-keepalive` keeps alive: long enough that none expires during a run's
@@ -155,7 +155,7 @@ pub(super) async fn run(
     let clients = args.clients as usize;
 
     // Setup, not measured.
-    if workload == Workload::Range {
+    if matches!(workload, Workload::Range | Workload::TxnRange) {
         // The key read must exist, so each get returns a value of --val-size bytes.
         let mut kv = KvClient::new(channels[0].clone());
         let req = PutRequest {
@@ -263,6 +263,26 @@ impl Client {
                         ..RangeRequest::default()
                     };
                     shared.bounded(kv.range(req)).await.is_some()
+                }
+                Workload::TxnRange => {
+                    let key = self.keys.key_of(0);
+                    let req = TxnRequest {
+                        compare: vec![Compare {
+                            key: key.clone(),
+                            target: compare::CompareTarget::Version as i32,
+                            result: compare::CompareResult::Greater as i32,
+                            target_union: Some(compare::TargetUnion::Version(0)),
+                            ..Compare::default()
+                        }],
+                        success: vec![RequestOp {
+                            request: Some(request_op::Request::RequestRange(RangeRequest {
+                                key,
+                                ..RangeRequest::default()
+                            })),
+                        }],
+                        ..TxnRequest::default()
+                    };
+                    shared.bounded(kv.txn(req)).await.is_some()
                 }
                 Workload::TxnPut => {
                     let put = PutRequest {

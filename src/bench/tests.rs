@@ -109,6 +109,7 @@ async fn workloads_run_against_mini_etcd() {
         "range --clients 4 --total 200",
         "range --clients 4 --total 200 --consistency s",
         "txn-put --clients 4 --conns 2 --total 200 --key-space-size 100",
+        "txn-range --clients 4 --conns 2 --total 200",
         "lease-keepalive --clients 3 --total 60",
     ] {
         let args = bench_args(&format!(

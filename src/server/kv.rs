@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
-use crate::mvcc::{KeyValue, RangeOptions, RangeResult, Store, WriteTxn};
+use crate::mvcc::{KeyValue, RangeOptions, RangeResult, ReadView, Store, WriteTxn};
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, response_op, Compare, DeleteRangeRequest,
     DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
@@ -29,6 +29,12 @@ pub trait KvRead {
 }
 
 impl KvRead for Store {
+    fn read(&self, opts: &RangeOptions) -> Result<RangeResult> {
+        self.range(opts)
+    }
+}
+
+impl KvRead for ReadView<'_> {
     fn read(&self, opts: &RangeOptions) -> Result<RangeResult> {
         self.range(opts)
     }
@@ -237,18 +243,7 @@ pub fn txn(
     req: &TxnRequest,
     effects: &mut Vec<LeaseEffect>,
 ) -> Result<TxnResponse> {
-    let mut succeeded = true;
-    for c in &req.compare {
-        if !compare(txn, c)? {
-            succeeded = false;
-            break;
-        }
-    }
-    let ops = if succeeded {
-        &req.success
-    } else {
-        &req.failure
-    };
+    let (succeeded, ops) = txn_branch(&*txn, req)?;
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match &op.request {
@@ -277,6 +272,46 @@ pub fn txn(
         succeeded,
         responses,
     })
+}
+
+/// A txn without puts or deletes (see [`txn_has_writes`]), served from a read: compares and ranges all
+/// at the revision `r` reads. Not proposed through Raft, as etcd serves it; a write found in it is an
+/// internal error, since the caller checked.
+pub fn read_txn(r: &impl KvRead, req: &TxnRequest) -> Result<TxnResponse> {
+    let (succeeded, ops) = txn_branch(r, req)?;
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(request_op::Request::RequestRange(q)) => {
+                let mut resp = range(r, q)?;
+                resp.header = None;
+                response_op::Response::ResponseRange(resp)
+            }
+            Some(request_op::Request::RequestTxn(t)) => {
+                response_op::Response::ResponseTxn(read_txn(r, t)?)
+            }
+            Some(_) => return Err(Error::Internal("a read-only txn holds a write".into())),
+            None => return Err(Error::InvalidArgument("empty operation in txn".into())),
+        };
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
+    }
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
+}
+
+/// Evaluates a txn's compares (all must hold) and picks its branch.
+fn txn_branch<'q>(r: &impl KvRead, req: &'q TxnRequest) -> Result<(bool, &'q [RequestOp])> {
+    for c in &req.compare {
+        if !compare(r, c)? {
+            return Ok((false, &req.failure));
+        }
+    }
+    Ok((true, &req.success))
 }
 
 /// Sets the revision of every nested response's header, as etcd reports them.
@@ -542,6 +577,79 @@ mod tests {
             },
             128,
         )
+    }
+
+    fn range_op(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn value_of(resp: &ResponseOp) -> Vec<u8> {
+        match &resp.response {
+            Some(response_op::Response::ResponseRange(r)) => {
+                r.kvs.first().map(|kv| kv.value.clone()).unwrap_or_default()
+            }
+            other => panic!("not a range response: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_read_only_txn_is_served_beside_an_open_write_and_sees_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut w = store.write();
+        w.put(b"a", b"1", 0, false).unwrap();
+        w.end(1);
+        // The apply step holds the writer for its whole batch; a read-only txn no longer waits for it.
+        let mut open = store.write();
+        open.put(b"a", b"2", 0, false).unwrap();
+        let req = TxnRequest {
+            compare: vec![Compare {
+                key: b"a".to_vec(),
+                target: compare::CompareTarget::Value as i32,
+                result: compare::CompareResult::Equal as i32,
+                target_union: Some(compare::TargetUnion::Value(b"1".to_vec())),
+                ..Default::default()
+            }],
+            success: vec![range_op("a"), txn_op(vec![range_op("a")], vec![])],
+            failure: vec![],
+        };
+        // On another thread, so that a read that waited for the writer fails the test, not hangs it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (resp, revision) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let view = store.read_view();
+                let _ = tx.send((read_txn(&view, &req).unwrap(), view.revision()));
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+            open.end(2); // lets a blocked reader finish before the scope joins it
+            got.expect("a read-only txn waited for the open write transaction")
+        });
+        assert!(
+            resp.succeeded,
+            "the compare sees the committed value, not the open write"
+        );
+        assert_eq!(value_of(&resp.responses[0]), b"1");
+        match &resp.responses[1].response {
+            Some(response_op::Response::ResponseTxn(t)) => {
+                assert_eq!(value_of(&t.responses[0]), b"1")
+            }
+            other => panic!("not a txn response: {other:?}"),
+        }
+        assert_eq!(revision, 2);
+        // A write in a txn handed to the read path is refused, not half-served.
+        let bad = TxnRequest {
+            success: vec![put_op("b")],
+            ..Default::default()
+        };
+        assert!(matches!(
+            read_txn(&store.read_view(), &bad),
+            Err(Error::Internal(_))
+        ));
     }
 
     #[test]

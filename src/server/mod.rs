@@ -7,7 +7,9 @@
 //! waiter. The client is answered only then, or with an error when the proposal is dropped, times out,
 //! or the server stops: nothing hangs.
 //!
-//! Reads go straight to the MVCC store. On a single voter that is linearizable: a write is acknowledged
+//! Reads go straight to the MVCC store, and so does a txn without puts or deletes: its compares and
+//! ranges run on one [`crate::mvcc::ReadView`], on the caller's task, without waiting for the apply
+//! step's open write transaction. On a single voter that is linearizable: a write is acknowledged
 //! only after it is applied, and the server serves nothing until the entries committed before a restart
 //! have been applied again. With peers, reads will go through Raft's read index first.
 //!
@@ -465,21 +467,15 @@ impl Server {
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
         kv::check_txn(&req, self.inner.config.max_txn_ops)?;
         if !kv::txn_has_writes(&req) {
-            let store = self.inner.shared.store.clone();
-            let mut resp = tokio::task::spawn_blocking(move || {
-                let mut txn = store.write();
-                let mut effects = Vec::new();
-                // Dropped without `end`: a read-only transaction changes nothing.
-                let resp = kv::txn(&mut txn, &kv::NoLeases, &req, &mut effects);
-                drop(txn);
-                resp.map(|r| (r, store.current_revision()))
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("txn task failed: {e}")))?
-            .map(|(mut r, rev)| {
-                kv::set_txn_revision(&mut r, rev);
-                r
-            })?;
+            // As a Range is served: from a read, on this task, at one revision for the whole txn.
+            if self.inner.shared.stopped.load(Ordering::Relaxed) {
+                return Err(Error::Stopped);
+            }
+            let (mut resp, revision) = {
+                let view = self.inner.shared.store.read_view();
+                (kv::read_txn(&view, &req)?, view.revision())
+            };
+            kv::set_txn_revision(&mut resp, revision);
             self.fill(&mut resp.header);
             return Ok(resp);
         }
