@@ -343,25 +343,40 @@ impl Backend {
     }
 
     /// The current values of several keys, resolved against the buffers at one instant and then against
-    /// one redb snapshot.
-    pub fn get_many(&self, table: Table, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut out: Vec<Option<Option<Vec<u8>>>> = {
+    /// one redb snapshot, each turned into a `T` by `f` where it lies: a value read from redb is
+    /// decoded from redb's page, not copied out of it first.
+    pub fn get_many<T>(
+        &self,
+        table: Table,
+        keys: &[&[u8]],
+        mut f: impl FnMut(&[u8]) -> Result<T>,
+    ) -> Result<Vec<Option<T>>> {
+        let buffered: Vec<Option<Option<Vec<u8>>>> = {
             let buffers = lock(&self.buffers);
             keys.iter().map(|k| buffers.lookup(table, k)).collect()
         };
-        if out.iter().all(Option::is_some) {
-            return Ok(out.into_iter().flatten().collect());
+        let mut out = Vec::with_capacity(keys.len());
+        if buffered.iter().all(Option::is_some) {
+            for value in buffered.into_iter().flatten() {
+                out.push(value.as_deref().map(&mut f).transpose()?);
+            }
+            return Ok(out);
         }
         // The handle outlives the transaction, even across a defragmentation's swap.
         let db = self.db();
         let txn = db.begin_read()?;
         let t = txn.open_table(table.definition())?;
-        for (slot, key) in out.iter_mut().zip(keys) {
-            if slot.is_none() {
-                *slot = Some(t.get(*key)?.map(|g| g.value().to_vec()));
-            }
+        for (slot, key) in buffered.into_iter().zip(keys) {
+            let value = match slot {
+                Some(value) => value.as_deref().map(&mut f).transpose()?,
+                None => match t.get(*key)? {
+                    Some(guard) => Some(f(guard.value())?),
+                    None => None,
+                },
+            };
+            out.push(value);
         }
-        Ok(out.into_iter().flatten().collect())
+        Ok(out)
     }
 
     /// Calls `f(key, value)` for each live entry with `start <= key < end` (`end: None` = no upper
@@ -725,7 +740,9 @@ mod tests {
         b.put(Table::Key, b"e", b"e");
         assert_eq!(b.get(Table::Key, b"b").unwrap(), None);
         let got = b
-            .get_many(Table::Key, &[b"a".as_slice(), b"b", b"c", b"z"])
+            .get_many(Table::Key, &[b"a".as_slice(), b"b", b"c", b"z"], |v| {
+                Ok(v.to_vec())
+            })
             .unwrap();
         assert_eq!(
             got,

@@ -134,6 +134,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A stored record, decoded.
+fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
+    Ok(KeyValue::decode(bytes)?)
+}
+
 fn read_meta_u64(backend: &Backend, key: &[u8]) -> Result<u64> {
     match backend.get(Table::Meta, key)? {
         None => Ok(0),
@@ -457,10 +462,10 @@ impl Store {
             .filter_map(|(i, r)| r.map(|r| (i, r.to_bytes(false))))
             .collect();
         let keys: Vec<&[u8]> = wanted.iter().map(|(_, k)| k.as_slice()).collect();
-        let values = self.backend.get_many(Table::Key, &keys)?;
+        let values = self.backend.get_many(Table::Key, &keys, decode_kv)?;
         for ((i, _), value) in wanted.iter().zip(values) {
-            if let Some(v) = value {
-                events[*i].prev_kv = Some(KeyValue::decode(v.as_slice())?);
+            if value.is_some() {
+                events[*i].prev_kv = value;
             }
         }
         Ok(events)
@@ -528,13 +533,16 @@ impl Store {
             })
             .collect();
         let keys: Vec<&[u8]> = rev_keys.iter().map(Vec::as_slice).collect();
-        let mut values = self.backend.get_many(Table::Key, &keys)?.into_iter();
+        let mut values = self
+            .backend
+            .get_many(Table::Key, &keys, decode_kv)?
+            .into_iter();
         result.kvs.reserve(take);
         for (key, hit) in hits {
             let mut kv = match hit {
                 Hit::Own(kv) => (*kv).clone(),
                 Hit::Stored(r) => match values.next().flatten() {
-                    Some(bytes) => KeyValue::decode(bytes.as_slice())?,
+                    Some(kv) => kv,
                     None => {
                         return Err(Error::Corrupt(format!(
                             "key {:?} indexed at revision {r:?} has no record",
