@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     std::fs::write(out_dir.join("etcd_descriptor.bin"), &descriptors)?;
 
     tonic_prost_build::configure()
+        // prost's codec, with the encode buffer reserved at the message's size (see `proto::codec`).
+        .codec_path("crate::proto::codec::SizedCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

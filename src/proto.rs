@@ -40,6 +40,58 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
+/// The gRPC codec of every service: prost's, except that a message is encoded into a buffer
+/// reserved at its encoded size. tonic's own starts from 8 KiB and doubles, so a 10 MB range
+/// response was copied about ten times as it grew (`RawVec::finish_grow` under `memmove`: 7 % of
+/// the server's CPU for ranges of 10,000 keys of 1 KiB).
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use prost::Message;
+    use tonic::codec::{Codec, EncodeBuf, Encoder};
+    use tonic::Status;
+    use tonic_prost::ProstDecoder;
+
+    /// Encodes `T`, decodes `U`; used by the generated servers and clients (`build.rs`).
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct SizedCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Codec for SizedCodec<T, U>
+    where
+        T: Message + Send + 'static,
+        U: Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = SizedEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            SizedEncoder(PhantomData)
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder::default()
+        }
+    }
+
+    /// Reserves a message's encoded size, then encodes it.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct SizedEncoder<T>(PhantomData<T>);
+
+    impl<T: Message> Encoder for SizedEncoder<T> {
+        type Item = T;
+        type Error = Status;
+
+        fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.reserve(item.encoded_len());
+            // `encode` would compute the length again only to check the room reserved here.
+            item.encode_raw(buf);
+            Ok(())
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of all three packages, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor.bin"));
