@@ -11,8 +11,6 @@
 //!   visible only in [`WriteTxn::end`], which takes the state lock exclusively, updates the index and
 //!   buffers the records plus the consistent index as one [`WriteBatch`]. Readers therefore never see an
 //!   index entry whose record is missing, nor half a transaction.
-//! - [`ReadView`] holds the state lock shared across several reads, so they all see one revision (a
-//!   read-only transaction). It does not wait for an open [`WriteTxn`], only for an `end` in progress.
 //!
 //! History ([`Store::events`]) answers `Compacted` for `from_rev < compact revision`, as etcd's watch
 //! does: a start at the compact revision itself is served. As in etcd, compaction drops a tombstone at
@@ -275,16 +273,6 @@ impl Store {
     /// Backend writes waiting for a commit.
     pub fn backend_pending(&self) -> usize {
         self.backend.pending_len()
-    }
-
-    /// A consistent view for several reads (see [`ReadView`]). Does not wait for an open
-    /// [`WriteTxn`]. A thread holding one must not take another, nor call [`Store::range`]: a writer
-    /// waiting for the lock in between would block the second read forever.
-    pub fn read_view(&self) -> ReadView<'_> {
-        ReadView {
-            store: self,
-            state: read_lock(&self.state),
-        }
     }
 
     /// Starts the write transaction. Blocks while another is open. Dropping it without
@@ -685,33 +673,6 @@ impl History for Store {
         to_rev: i64,
     ) -> Result<Vec<Event>> {
         self.read_events(key, range_end, from_rev, to_rev, false)
-    }
-}
-
-/// Several reads at one revision: holds the store's state lock shared until dropped, so no write
-/// transaction can end (and no compaction start) in between. Keep it short.
-pub struct ReadView<'a> {
-    store: &'a Store,
-    state: RwLockReadGuard<'a, State>,
-}
-
-impl ReadView<'_> {
-    /// Reads like [`Store::range`], at this view's revision when `opts.revision` is 0.
-    pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
-        self.store.range_locked(&self.state, opts, None)
-    }
-
-    /// The store's current revision as this view sees it.
-    pub fn revision(&self) -> i64 {
-        self.state.current
-    }
-}
-
-impl std::fmt::Debug for ReadView<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadView")
-            .field("revision", &self.state.current)
-            .finish()
     }
 }
 

@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
-use crate::mvcc::{KeyValue, RangeOptions, RangeResult, ReadView, Store, WriteTxn};
+use crate::mvcc::{KeyValue, RangeOptions, RangeResult, Store, WriteTxn};
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, response_op, Compare, DeleteRangeRequest,
     DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
@@ -34,9 +34,58 @@ impl KvRead for Store {
     }
 }
 
-impl KvRead for ReadView<'_> {
+/// The store read at one revision: a read-only txn's view. The first read without a revision of its
+/// own is made at the current one and pins it; every later one is made at that revision. Each read
+/// takes the store's lock only for itself, so a long txn holds up neither writes nor other reads;
+/// writes that land in between are at later revisions and change nothing it sees. A compaction past
+/// the pinned revision in between makes the next read fail with `Compacted`, as a range at that
+/// revision would. A read that names its own revision keeps it.
+#[derive(Debug)]
+pub struct AtRevision<'a> {
+    store: &'a Store,
+    /// The pinned revision; 0 until the first read pins it.
+    revision: std::cell::Cell<i64>,
+}
+
+impl<'a> AtRevision<'a> {
+    /// Reads of `store` at the revision the first one finds current.
+    pub fn new(store: &'a Store) -> Self {
+        Self::at(store, 0)
+    }
+
+    /// Reads of `store` at `revision` (0: pinned by the first read).
+    pub fn at(store: &'a Store, revision: i64) -> Self {
+        AtRevision {
+            store,
+            revision: std::cell::Cell::new(revision),
+        }
+    }
+
+    /// The revision the reads were made at (the current one if none pinned it).
+    pub fn revision(&self) -> i64 {
+        match self.revision.get() {
+            0 => self.store.current_revision(),
+            r => r,
+        }
+    }
+}
+
+impl KvRead for AtRevision<'_> {
     fn read(&self, opts: &RangeOptions) -> Result<RangeResult> {
-        self.range(opts)
+        if opts.revision > 0 {
+            return self.store.range(opts);
+        }
+        let pinned = self.revision.get();
+        if pinned == 0 {
+            // At the current revision, which the result reports: that pins it.
+            let result = self.store.range(opts)?;
+            self.revision.set(result.revision);
+            return Ok(result);
+        }
+        self.store.range(&RangeOptions {
+            revision: pinned,
+            ..opts.clone()
+        })
     }
 }
 
@@ -598,15 +647,12 @@ mod tests {
     }
 
     #[test]
-    fn a_read_only_txn_is_served_beside_an_open_write_and_sees_one_revision() {
+    fn a_read_only_txn_is_served_beside_an_open_write_and_reads_at_its_start_revision() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let mut w = store.write();
         w.put(b"a", b"1", 0, false).unwrap();
         w.end(1);
-        // The apply step holds the writer for its whole batch; a read-only txn no longer waits for it.
-        let mut open = store.write();
-        open.put(b"a", b"2", 0, false).unwrap();
         let req = TxnRequest {
             compare: vec![Compare {
                 key: b"a".to_vec(),
@@ -618,38 +664,44 @@ mod tests {
             success: vec![range_op("a"), txn_op(vec![range_op("a")], vec![])],
             failure: vec![],
         };
+        let check_sees_one = |resp: &TxnResponse| {
+            assert!(
+                resp.succeeded,
+                "the compare sees the value at the start revision"
+            );
+            assert_eq!(value_of(&resp.responses[0]), b"1");
+            match &resp.responses[1].response {
+                Some(response_op::Response::ResponseTxn(t)) => {
+                    assert_eq!(value_of(&t.responses[0]), b"1")
+                }
+                other => panic!("not a txn response: {other:?}"),
+            }
+        };
+        // The apply step holds the writer for its whole batch; a read-only txn does not wait for it.
         // On another thread, so that a read that waited for the writer fails the test, not hangs it.
+        let mut open = store.write();
+        open.put(b"a", b"2", 0, false).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let (resp, revision) = std::thread::scope(|s| {
+        let resp = std::thread::scope(|s| {
             s.spawn(|| {
-                let view = store.read_view();
-                let _ = tx.send((read_txn(&view, &req).unwrap(), view.revision()));
+                let _ = tx.send(read_txn(&AtRevision::new(&store), &req));
             });
             let got = rx.recv_timeout(std::time::Duration::from_secs(10));
             open.end(2); // lets a blocked reader finish before the scope joins it
             got.expect("a read-only txn waited for the open write transaction")
-        });
-        assert!(
-            resp.succeeded,
-            "the compare sees the committed value, not the open write"
-        );
-        assert_eq!(value_of(&resp.responses[0]), b"1");
-        match &resp.responses[1].response {
-            Some(response_op::Response::ResponseTxn(t)) => {
-                assert_eq!(value_of(&t.responses[0]), b"1")
-            }
-            other => panic!("not a txn response: {other:?}"),
-        }
-        assert_eq!(revision, 2);
+        })
+        .unwrap();
+        check_sees_one(&resp);
+        // A write that lands after the txn's start revision changes nothing it reads.
+        assert_eq!(store.current_revision(), 3);
+        let at_start = AtRevision::at(&store, 2);
+        check_sees_one(&read_txn(&at_start, &req).unwrap());
         // A write in a txn handed to the read path is refused, not half-served.
         let bad = TxnRequest {
             success: vec![put_op("b")],
             ..Default::default()
         };
-        assert!(matches!(
-            read_txn(&store.read_view(), &bad),
-            Err(Error::Internal(_))
-        ));
+        assert!(matches!(read_txn(&at_start, &bad), Err(Error::Internal(_))));
     }
 
     #[test]

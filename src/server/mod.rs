@@ -8,8 +8,8 @@
 //! or the server stops: nothing hangs.
 //!
 //! Reads go straight to the MVCC store, and so does a txn without puts or deletes: its compares and
-//! ranges run on one [`crate::mvcc::ReadView`], on the caller's task, without waiting for the apply
-//! step's open write transaction. On a single voter that is linearizable: a write is acknowledged
+//! ranges are all read at the revision current at its first read ([`kv::AtRevision`]), on the caller's task,
+//! without waiting for the apply step's open write transaction. On a single voter that is linearizable: a write is acknowledged
 //! only after it is applied, and the server serves nothing until the entries committed before a restart
 //! have been applied again. With peers, reads will go through Raft's read index first.
 //!
@@ -471,11 +471,9 @@ impl Server {
             if self.inner.shared.stopped.load(Ordering::Relaxed) {
                 return Err(Error::Stopped);
             }
-            let (mut resp, revision) = {
-                let view = self.inner.shared.store.read_view();
-                (kv::read_txn(&view, &req)?, view.revision())
-            };
-            kv::set_txn_revision(&mut resp, revision);
+            let at = kv::AtRevision::new(&self.inner.shared.store);
+            let mut resp = kv::read_txn(&at, &req)?;
+            kv::set_txn_revision(&mut resp, at.revision());
             self.fill(&mut resp.header);
             return Ok(resp);
         }

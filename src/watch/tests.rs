@@ -647,7 +647,15 @@ async fn concurrent_writes_and_catch_up_keep_every_stream_exact() {
 
 /// A merged read. `commit` queues live batches before it returns, so it takes what was waiting.
 async fn next_merged(w: &mut Watcher, max_events: usize) -> Option<WatchBatch> {
-    tokio::time::timeout(STALL, w.recv_merged(max_events))
+    next_merged_within(w, max_events, usize::MAX).await
+}
+
+async fn next_merged_within(
+    w: &mut Watcher,
+    max_events: usize,
+    max_bytes: usize,
+) -> Option<WatchBatch> {
+    tokio::time::timeout(STALL, w.recv_merged(max_events, max_bytes))
         .await
         .expect("watcher stalled: an event was lost")
 }
@@ -666,7 +674,8 @@ async fn waiting_live_batches_merge_into_one_response_but_never_past_a_compactio
     let merged = next_merged(&mut w, 1000).await.expect("events");
     assert_eq!(revs(&merged.events), [1, 2, 3]);
     assert_eq!(merged.compact_revision, 0);
-    // The limit counts events and never splits a batch: two by two, then the rest.
+    // The limit counts events and never splits a batch: two by two, then the rest (a batch that
+    // would go past it waits for the next read).
     for _ in 0..3 {
         f.commit(&[Op::Put("k", "v")]);
     }
@@ -690,4 +699,35 @@ async fn waiting_live_batches_merge_into_one_response_but_never_past_a_compactio
     assert_eq!(notice.compact_revision, 14);
     assert!(notice.events.is_empty());
     assert!(next_merged(&mut w, 1000).await.is_none());
+}
+
+#[tokio::test]
+async fn merging_stops_at_the_byte_limit_and_never_splits_or_overruns() {
+    let f = Fixture::with_config(WatchConfig {
+        channel_capacity: 16,
+        ..WatchConfig::default()
+    });
+    let mut w = f.watch("", b"\0", 0);
+    // Key "k" (1 byte) and a 9-byte value: 10 bytes an event.
+    for _ in 0..5 {
+        f.commit(&[Op::Put("k", "123456789")]);
+    }
+    // 25 bytes take two events (20); the third would make 30.
+    let first = next_merged_within(&mut w, 1000, 25).await.expect("events");
+    assert_eq!(revs(&first.events), [1, 2]);
+    let second = next_merged_within(&mut w, 1000, 25).await.expect("events");
+    assert_eq!(revs(&second.events), [3, 4]);
+    // One batch above the limit goes out whole, alone.
+    let third = next_merged_within(&mut w, 1000, 5).await.expect("events");
+    assert_eq!(revs(&third.events), [5]);
+    // A two-event revision after two single ones, with a limit of 3 events: the pair does not fit
+    // beside them, so it comes next, whole.
+    f.commit(&[Op::Put("a", "1")]);
+    f.commit(&[Op::Put("b", "1")]);
+    f.commit(&[Op::Put("c", "1"), Op::Put("d", "1")]);
+    let ones = next_merged(&mut w, 3).await.expect("events");
+    assert_eq!(keys(&ones.events), ["a", "b"]);
+    let pair = next_merged(&mut w, 3).await.expect("events");
+    assert_eq!(keys(&pair.events), ["c", "d"]);
+    assert_eq!(revs(&pair.events), [8, 8]);
 }

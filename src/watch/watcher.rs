@@ -49,7 +49,7 @@ pub struct Watcher {
     shared: Arc<Shared>,
     /// Hand out each event's `prev_kv` (the watch asked for it).
     prev_kv: bool,
-    /// A compaction notice read while merging batches, handed out next.
+    /// A batch read while merging that did not fit (or a compaction notice), handed out next.
     held: Option<WatchBatch>,
 }
 
@@ -90,33 +90,48 @@ impl Watcher {
     }
 
     /// [`recv`](Self::recv), merged as [`poll_recv_merged`](Self::poll_recv_merged) does.
-    pub async fn recv_merged(&mut self, max_events: usize) -> Option<WatchBatch> {
-        std::future::poll_fn(|cx| self.poll_recv_merged(cx, max_events)).await
+    pub async fn recv_merged(&mut self, max_events: usize, max_bytes: usize) -> Option<WatchBatch> {
+        std::future::poll_fn(|cx| self.poll_recv_merged(cx, max_events, max_bytes)).await
     }
 
     /// [`poll_recv`](Self::poll_recv), merged: the next batch together with the batches already
-    /// waiting behind it, up to `max_events` events (a batch is never split). A watcher that fell
-    /// behind by many live revisions then gets them in one response, as etcd sends a catch-up,
-    /// instead of one response per revision. A compaction notice is never merged: the events before
-    /// it come first, and the notice on the next call.
+    /// waiting behind it, as long as the result stays within `max_events` events and `max_bytes`
+    /// bytes of keys and values (a batch is never split, so a single batch may exceed either). A
+    /// watcher that fell behind by many small live revisions then gets them in one response, as etcd
+    /// sends a catch-up, instead of one response per revision. A compaction notice is never merged:
+    /// the events before it come first, and the notice on the next call. A batch that would overflow
+    /// the limits is kept for the next call, as the notice is.
     pub fn poll_recv_merged(
         &mut self,
         cx: &mut Context<'_>,
         max_events: usize,
+        max_bytes: usize,
     ) -> Poll<Option<WatchBatch>> {
-        if let Some(notice) = self.held.take() {
-            return Poll::Ready(Some(notice));
-        }
-        let Some(mut merged) = ready!(self.poll_recv(cx)) else {
-            return Poll::Ready(None);
+        let mut merged = match self.held.take() {
+            Some(batch) => batch,
+            None => match ready!(self.poll_recv(cx)) {
+                Some(batch) => batch,
+                None => return Poll::Ready(None),
+            },
         };
-        while merged.compact_revision == 0 && merged.events.len() < max_events {
+        if merged.compact_revision != 0 {
+            return Poll::Ready(Some(merged));
+        }
+        let mut bytes = batch_bytes(&merged);
+        while merged.events.len() < max_events && bytes < max_bytes {
             match self.poll_recv(cx) {
-                Poll::Ready(Some(next)) if next.compact_revision != 0 => {
-                    self.held = Some(next);
-                    break;
+                Poll::Ready(Some(next)) => {
+                    let next_bytes = batch_bytes(&next);
+                    if next.compact_revision != 0
+                        || merged.events.len() + next.events.len() > max_events
+                        || bytes + next_bytes > max_bytes
+                    {
+                        self.held = Some(next);
+                        break;
+                    }
+                    bytes += next_bytes;
+                    merged.events.extend(next.events);
                 }
-                Poll::Ready(Some(next)) => merged.events.extend(next.events),
                 // Ended, or nothing more yet: what is merged goes now.
                 Poll::Ready(None) | Poll::Pending => break,
             }
@@ -163,6 +178,16 @@ impl Watcher {
             compact_revision: queued.compact_revision,
         }))
     }
+}
+
+/// The bytes of keys and values a batch carries (its `prev_kv`s included), the bulk of its encoding.
+fn batch_bytes(batch: &WatchBatch) -> usize {
+    let kv_bytes = |kv: &crate::mvcc::KeyValue| kv.key.len() + kv.value.len();
+    batch
+        .events
+        .iter()
+        .map(|e| kv_bytes(&e.kv) + e.prev_kv.as_ref().map_or(0, kv_bytes))
+        .sum()
 }
 
 impl Drop for Watcher {
