@@ -293,33 +293,23 @@ pub fn txn(
     effects: &mut Vec<LeaseEffect>,
 ) -> Result<TxnResponse> {
     let (succeeded, ops) = txn_branch(&*txn, req)?;
-    let mut responses = Vec::with_capacity(ops.len());
-    for op in ops {
-        let response = match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
+    run_branch(succeeded, ops, |request| {
+        Ok(match request {
+            request_op::Request::RequestRange(r) => {
                 let mut resp = range(&*txn, r)?;
                 resp.header = None;
                 response_op::Response::ResponseRange(resp)
             }
-            Some(request_op::Request::RequestPut(r)) => {
+            request_op::Request::RequestPut(r) => {
                 response_op::Response::ResponsePut(put(txn, leases, r, effects)?)
             }
-            Some(request_op::Request::RequestDeleteRange(r)) => {
+            request_op::Request::RequestDeleteRange(r) => {
                 response_op::Response::ResponseDeleteRange(delete_range(txn, r, effects)?)
             }
-            Some(request_op::Request::RequestTxn(r)) => {
+            request_op::Request::RequestTxn(r) => {
                 response_op::Response::ResponseTxn(self::txn(txn, leases, r, effects)?)
             }
-            None => return Err(Error::InvalidArgument("empty operation in txn".into())),
-        };
-        responses.push(ResponseOp {
-            response: Some(response),
-        });
-    }
-    Ok(TxnResponse {
-        header: None,
-        succeeded,
-        responses,
+        })
     })
 }
 
@@ -328,22 +318,32 @@ pub fn txn(
 /// internal error, since the caller checked.
 pub fn read_txn(r: &impl KvRead, req: &TxnRequest) -> Result<TxnResponse> {
     let (succeeded, ops) = txn_branch(r, req)?;
+    run_branch(succeeded, ops, |request| match request {
+        request_op::Request::RequestRange(q) => {
+            let mut resp = range(r, q)?;
+            resp.header = None;
+            Ok(response_op::Response::ResponseRange(resp))
+        }
+        request_op::Request::RequestTxn(t) => {
+            Ok(response_op::Response::ResponseTxn(read_txn(r, t)?))
+        }
+        _ => Err(Error::Internal("a read-only txn holds a write".into())),
+    })
+}
+
+/// Runs `each` on every operation of a txn's chosen branch, in order, and gathers the responses.
+fn run_branch(
+    succeeded: bool,
+    ops: &[RequestOp],
+    mut each: impl FnMut(&request_op::Request) -> Result<response_op::Response>,
+) -> Result<TxnResponse> {
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
-        let response = match &op.request {
-            Some(request_op::Request::RequestRange(q)) => {
-                let mut resp = range(r, q)?;
-                resp.header = None;
-                response_op::Response::ResponseRange(resp)
-            }
-            Some(request_op::Request::RequestTxn(t)) => {
-                response_op::Response::ResponseTxn(read_txn(r, t)?)
-            }
-            Some(_) => return Err(Error::Internal("a read-only txn holds a write".into())),
-            None => return Err(Error::InvalidArgument("empty operation in txn".into())),
+        let Some(request) = &op.request else {
+            return Err(Error::InvalidArgument("empty operation in txn".into()));
         };
         responses.push(ResponseOp {
-            response: Some(response),
+            response: Some(each(request)?),
         });
     }
     Ok(TxnResponse {
