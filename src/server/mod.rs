@@ -8,10 +8,11 @@
 //! or the server stops: nothing hangs.
 //!
 //! Reads go straight to the MVCC store, and so does a txn without puts or deletes: its compares and
-//! ranges are all read at the revision current at its first read ([`kv::AtRevision`]), on the caller's task,
-//! without waiting for the apply step's open write transaction. On a single voter that is linearizable: a write is acknowledged
-//! only after it is applied, and the server serves nothing until the entries committed before a restart
-//! have been applied again. With peers, reads will go through Raft's read index first.
+//! ranges are all read at the revision current at its first read ([`kv::AtRevision`]), on the
+//! caller's task, without waiting for the apply step's open write transaction. On a single voter
+//! that is linearizable: a write is acknowledged only after it is applied, and the server serves
+//! nothing until the entries committed before a restart have been applied again. With peers, reads
+//! will go through Raft's read index first.
 //!
 //! Two threads do the work: the Raft loop (owns Raft and the WAL, and applies committed entries: the
 //! only writer of the store), and the backend committer (commits the store's write batch to redb every

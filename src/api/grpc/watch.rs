@@ -15,12 +15,13 @@
 //!
 //! A watch that has several batches waiting (live revisions that queued up while the stream was
 //! busy) gets them in one response of up to `MAX_EVENTS_PER_RESPONSE` events and
-//! `MAX_BYTES_PER_SEND` bytes of keys and values, as etcd sends a catch-up, rather than one response
-//! per revision: the client decodes and dispatches one message instead of many. Batches are never
-//! split, so merging never makes a response larger than the largest batch or that limit (clients
-//! other than Go's refuse messages over 4 MiB by default). A compaction notice is never merged. Under `watch-1k-sat` this cut
-//! the server's peak memory from 71-85 MB to 52-54 MB (three alternated runs each); events/s and
-//! CPU did not change measurably, the load tool being the bottleneck there.
+//! `MAX_BYTES_PER_SEND` bytes of keys and values, as etcd sends a catch-up, rather than one
+//! response per revision: the client decodes and dispatches one message instead of many. Batches
+//! are never split, so merging never makes a response larger than the largest batch or that limit
+//! (clients other than Go's refuse messages over 4 MiB by default). A compaction notice is never
+//! merged. Under `watch-1k-sat` this cut the server's peak memory from 71-85 MB to 52-54 MB (three
+//! alternated runs each); events/s and CPU did not change measurably, the load tool being the
+//! bottleneck there.
 //!
 //! A client that reads slowly fills the response channel; the session then waits, the `Watcher`
 //! channels fill, and the hub moves those watchers to catch-up from history. Nothing here ever
