@@ -295,11 +295,7 @@ pub fn txn(
     let (succeeded, ops) = txn_branch(&*txn, req)?;
     run_branch(succeeded, ops, |request| {
         Ok(match request {
-            request_op::Request::RequestRange(r) => {
-                let mut resp = range(&*txn, r)?;
-                resp.header = None;
-                response_op::Response::ResponseRange(resp)
-            }
+            request_op::Request::RequestRange(r) => range_op(&*txn, r)?,
             request_op::Request::RequestPut(r) => {
                 response_op::Response::ResponsePut(put(txn, leases, r, effects)?)
             }
@@ -319,16 +315,19 @@ pub fn txn(
 pub fn read_txn(r: &impl KvRead, req: &TxnRequest) -> Result<TxnResponse> {
     let (succeeded, ops) = txn_branch(r, req)?;
     run_branch(succeeded, ops, |request| match request {
-        request_op::Request::RequestRange(q) => {
-            let mut resp = range(r, q)?;
-            resp.header = None;
-            Ok(response_op::Response::ResponseRange(resp))
-        }
+        request_op::Request::RequestRange(q) => range_op(r, q),
         request_op::Request::RequestTxn(t) => {
             Ok(response_op::Response::ResponseTxn(read_txn(r, t)?))
         }
         _ => Err(Error::Internal("a read-only txn holds a write".into())),
     })
+}
+
+/// A range inside a txn: its header is the txn's, set once at the end.
+fn range_op(r: &impl KvRead, req: &RangeRequest) -> Result<response_op::Response> {
+    let mut resp = range(r, req)?;
+    resp.header = None;
+    Ok(response_op::Response::ResponseRange(resp))
 }
 
 /// Runs `each` on every operation of a txn's chosen branch, in order, and gathers the responses.
