@@ -1,13 +1,14 @@
 //! The client-facing APIs. Each one only parses and validates, calls the [`crate::server::Server`]
 //! handle, and maps results and errors to its wire format; none of them changes state itself.
 
+mod conn;
 pub mod gateway;
 pub mod grpc;
 pub mod rest;
 
 use std::future::Future;
 
-use axum::serve::ListenerExt;
+use axum::serve::Listener;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -34,33 +35,45 @@ pub async fn serve(
         ));
         tracing::info!(%addr, "serving the etcd v3 API (gRPC and JSON gateway)");
     }
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut tasks = Vec::new();
-    for (listener, router) in listeners {
-        let mut stop = stop_tx.subscribe();
-        // Small request/response exchanges must not wait for Nagle's algorithm to meet the peer's
-        // delayed ACK (a ~40 ms stall per request seen with etcd's Go benchmark tool).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    // `true` once the server is stopping; a watch channel, so that a connection accepted at that
+    // moment still sees it.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Every connection task holds a clone of `open_tx`; when the last one ends, `open_rx` closes.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    for (mut listener, router) in listeners {
+        let mut stop = stop_rx.clone();
+        let open_tx = open_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = Listener::accept(&mut listener) => accepted,
+                    _ = stop.wait_for(|&stopping| stopping) => break,
+                };
+                // Small request/response exchanges must not wait for Nagle's algorithm to meet the
+                // peer's delayed ACK (a ~40 ms stall per request seen with etcd's Go benchmark tool).
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                let mut conn_stop = stop.clone();
+                let open_tx = open_tx.clone();
+                let router = router.clone();
+                tokio::spawn(async move {
+                    let stopping = async move {
+                        let _ = conn_stop.wait_for(|&stopping| stopping).await;
+                    };
+                    conn::serve_connection(tcp, router, stopping).await;
+                    drop(open_tx);
+                });
             }
         });
-        tasks.push(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.recv().await;
-                })
-                .await
-        }));
     }
+    drop(open_tx);
     shutdown.await;
     // Watch streams never end on their own: tell them first, or the drain below waits forever.
     server.begin_shutdown();
-    let _ = stop_tx.send(());
-    for t in tasks {
-        t.await
-            .map_err(|e| Error::Internal(format!("listener task failed: {e}")))??;
-    }
+    let _ = stop_tx.send(true);
+    // In-flight requests finish before this returns.
+    let _ = open_rx.recv().await;
     Ok(())
 }
 

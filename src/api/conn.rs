@@ -1,0 +1,129 @@
+//! Serving one client connection: HTTP/1.1 or HTTP/2 on one socket, and where each HTTP/2 stream
+//! runs.
+//!
+//! hyper normally hands every HTTP/2 stream (one gRPC call) to `tokio::spawn`. For a put that is a
+//! task per request: allocated, scheduled on whichever worker is free, woken from the Raft thread
+//! when its entry is committed, and each finished task wakes the connection's task again to write
+//! its response. On two shared vCPUs those wake-ups and thread switches cost more than the request's
+//! own work. Here the connection's task runs the streams itself ([`ConnExecutor`] collects them,
+//! [`serve_connection`] polls them beside the connection): a Raft batch that answers eight puts of one
+//! connection wakes one task, not eight, and their responses leave in one socket write.
+//!
+//! A stream that may compute for long (a large Range, a Txn, a snapshot) would hold up every other
+//! call on its connection that way, and so would a watch stream encoding its events; so
+//! [`runs_inline`] names the few calls that only wait (puts and deletes, which wait for Raft), and
+//! every other stream still gets a task of its own, as hyper would give it.
+//!
+//! Not here: routing (the axum router this serves), TLS (the listener's job), and limits on a
+//! connection's streams (h2's `max_concurrent_streams`, hyper's default).
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::Builder;
+use tower::ServiceExt;
+
+/// One HTTP/2 stream's future, as hyper hands it to its executor.
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How many times one poll of a connection goes round (read requests, run streams, write their
+/// responses) before it yields to other tasks.
+const ROUNDS_PER_POLL: usize = 4;
+
+/// hyper's executor for one connection: it keeps the streams that [`runs_inline`] picks, for
+/// [`serve_connection`] to poll on the connection's own task, and spawns the others.
+///
+/// hyper calls the service for a new stream and hands the stream to the executor right after, on
+/// the connection's task; the service marks the call in `next_inline` in between.
+#[derive(Clone, Default)]
+struct ConnExecutor {
+    /// Streams started since the connection's task last took them.
+    started: Arc<Mutex<Vec<StreamFuture>>>,
+    /// Whether the stream hyper hands over next runs on the connection's task.
+    next_inline: Arc<AtomicBool>,
+}
+
+impl ConnExecutor {
+    fn take(&self) -> Vec<StreamFuture> {
+        std::mem::take(&mut *self.started.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for ConnExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        if self.next_inline.swap(false, Ordering::Relaxed) {
+            self.started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Box::pin(fut));
+        } else {
+            tokio::spawn(fut);
+        }
+    }
+}
+
+/// Whether a call runs on its connection's task: those that do little but wait for the Raft log.
+pub fn runs_inline(path: &str) -> bool {
+    matches!(
+        path,
+        "/etcdserverpb.KV/Put" | "/etcdserverpb.KV/DeleteRange"
+    )
+}
+
+/// Serves `io` with `router` until the peer closes it, or until `stop` resolves and the calls in
+/// flight have finished (graceful shutdown: HTTP/2 GOAWAY, HTTP/1.1 close after the response).
+pub async fn serve_connection<I>(io: I, router: axum::Router, stop: impl Future<Output = ()>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let executor = ConnExecutor::default();
+    let marks = executor.next_inline.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        marks.store(runs_inline(req.uri().path()), Ordering::Relaxed);
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let mut builder = Builder::new(executor.clone());
+    builder.http2().enable_connect_protocol();
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let mut stop = pin!(stop);
+    let mut stopping = false;
+    let mut streams: FuturesUnordered<StreamFuture> = FuturesUnordered::new();
+    let result = poll_fn(|cx| {
+        if !stopping && stop.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        for _ in 0..ROUNDS_PER_POLL {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            let started = executor.take();
+            let mut progress = !started.is_empty();
+            streams.extend(started);
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                progress = true;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::trace!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! [`serve_connection`] over a real loopback socket and hyper's HTTP/2 client: inline calls run
+//! side by side on one connection, a spawned call does not hold them up, and a stop lets a call in
+//! flight finish. No test depends on timing; every wait is bounded by [`BOUND`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::*;
+
+/// Safety bound on any single wait; never an assertion about speed.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A path [`runs_inline`] keeps on the connection's task, and one it spawns.
+const INLINE: &str = "/etcdserverpb.KV/Put";
+const SPAWNED: &str = "/etcdserverpb.KV/Range";
+
+/// Serves `router` on a fresh loopback port; returns an HTTP/2 client for it, the stop trigger and
+/// the serving task.
+async fn serve(
+    router: axum::Router,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        serve_connection(tcp, router, async move {
+            let _ = stop_rx.await;
+        })
+        .await;
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    (client, stop_tx, served)
+}
+
+/// POSTs to `path` and returns the status and body text.
+async fn call(
+    client: &hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (u16, String) {
+    let req = hyper::Request::post(format!("http://localhost{path}"))
+        .body(Empty::new())
+        .expect("request");
+    let mut client = client.clone();
+    let resp = tokio::time::timeout(BOUND, client.send_request(req))
+        .await
+        .expect("response within the bound")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn only_calls_that_wait_for_raft_run_inline() {
+    assert!(runs_inline("/etcdserverpb.KV/Put"));
+    assert!(runs_inline("/etcdserverpb.KV/DeleteRange"));
+    for path in [
+        "/etcdserverpb.KV/Range",
+        "/etcdserverpb.KV/Txn",
+        "/etcdserverpb.Watch/Watch",
+        "/etcdserverpb.Lease/LeaseKeepAlive",
+        "/etcdserverpb.Maintenance/Snapshot",
+        "/v3/kv/put",
+        "/v2/keys/a",
+    ] {
+        assert!(!runs_inline(path), "{path}");
+    }
+}
+
+/// 64 inline calls on one connection each wait until all 64 have started: they can only finish
+/// if the connection's task polls them side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_calls_on_one_connection_run_side_by_side() {
+    const CALLS: usize = 64;
+    let barrier = Arc::new(tokio::sync::Barrier::new(CALLS));
+    let router = axum::Router::new().route(
+        INLINE,
+        post(move || {
+            let barrier = barrier.clone();
+            async move {
+                barrier.wait().await;
+                "done"
+            }
+        }),
+    );
+    let (client, _stop, _served) = serve(router).await;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { call(&client, INLINE).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("call"), (200, "done".to_string()));
+    }
+}
+
+/// A spawned call that keeps its thread busy (it never yields) until an inline call on the same
+/// connection has been answered: had it run on the connection's task, the inline call could not
+/// be read, and the busy call would give up at its deadline and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_spawned_call_does_not_hold_up_its_connection() {
+    let answered = Arc::new(AtomicBool::new(false));
+    let seen = answered.clone();
+    let router = axum::Router::new()
+        .route(
+            SPAWNED,
+            post(move || {
+                let seen = seen.clone();
+                async move {
+                    let deadline = Instant::now() + BOUND;
+                    while !seen.load(Ordering::SeqCst) {
+                        if Instant::now() > deadline {
+                            return "gave up";
+                        }
+                        std::thread::yield_now();
+                    }
+                    "saw the inline call"
+                }
+            }),
+        )
+        .route(INLINE, post(|| async { "inline" }));
+    let (client, _stop, _served) = serve(router).await;
+    let busy = {
+        let client = client.clone();
+        tokio::spawn(async move { call(&client, SPAWNED).await })
+    };
+    // The busy call is running once the inline one can be answered at all; send it until then.
+    assert_eq!(call(&client, INLINE).await, (200, "inline".to_string()));
+    answered.store(true, Ordering::SeqCst);
+    assert_eq!(
+        busy.await.expect("busy call"),
+        (200, "saw the inline call".to_string())
+    );
+}
+
+/// A stop while an inline call waits: the call is answered, then the connection closes and
+/// `serve_connection` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_lets_the_call_in_flight_finish() {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = Arc::new(Mutex::new(Some(started_tx)));
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    let router = axum::Router::new().route(
+        INLINE,
+        post(move || {
+            let started_tx = started_tx.clone();
+            let release_rx = release_rx.clone();
+            async move {
+                if let Some(tx) = started_tx.lock().expect("lock").take() {
+                    let _ = tx.send(());
+                }
+                if let Some(rx) = release_rx.lock().await.take() {
+                    let _ = rx.await;
+                }
+                "finished"
+            }
+        }),
+    );
+    let (client, stop, served) = serve(router).await;
+    let in_flight = tokio::spawn(async move { call(&client, INLINE).await });
+    tokio::time::timeout(BOUND, started_rx)
+        .await
+        .expect("the call started within the bound")
+        .expect("started");
+    stop.send(()).expect("stop");
+    release_tx.send(()).expect("release");
+    assert_eq!(
+        in_flight.await.expect("call"),
+        (200, "finished".to_string())
+    );
+    tokio::time::timeout(BOUND, served)
+        .await
+        .expect("the connection closed within the bound")
+        .expect("served");
+}
