@@ -92,7 +92,12 @@ where
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let mut builder = Builder::new(executor.clone());
-    builder.http2().enable_connect_protocol();
+    // No `date` header on HTTP/2 responses: gRPC clients ignore it, and it cost every response a
+    // header to build and HPACK-encode, and every client one to decode.
+    builder
+        .http2()
+        .enable_connect_protocol()
+        .auto_date_header(false);
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let mut stop = pin!(stop);
     let mut stopping = false;
