@@ -24,14 +24,20 @@ pub async fn serve(
     let rest_addr = Config::socket_addr(&server.config().listen_rest_url)?;
     listeners.push((
         bind(rest_addr, "--listen-rest-url").await?,
-        rest::router(server.clone()),
+        conn::Routes {
+            router: rest::router(server.clone()),
+            kv: None,
+        },
     ));
     tracing::info!(addr = %rest_addr, "serving the REST API");
     for url in &server.config().listen_client_urls {
         let addr = Config::socket_addr(url)?;
         listeners.push((
             bind(addr, "--listen-client-urls").await?,
-            client_router(server.clone()),
+            conn::Routes {
+                router: client_router(server.clone()),
+                kv: Some(grpc::kv_server(server.clone())),
+            },
         ));
         tracing::info!(%addr, "serving the etcd v3 API (gRPC and JSON gateway)");
     }
@@ -40,7 +46,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Every connection task holds a clone of `open_tx`; when the last one ends, `open_rx` closes.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
-    for (mut listener, router) in listeners {
+    for (mut listener, routes) in listeners {
         let mut stop = stop_rx.clone();
         let open_tx = open_tx.clone();
         tokio::spawn(async move {
@@ -56,12 +62,12 @@ pub async fn serve(
                 }
                 let mut conn_stop = stop.clone();
                 let open_tx = open_tx.clone();
-                let router = router.clone();
+                let routes = routes.clone();
                 tokio::spawn(async move {
                     let stopping = async move {
                         let _ = conn_stop.wait_for(|&stopping| stopping).await;
                     };
-                    conn::serve_connection(tcp, router, stopping).await;
+                    conn::serve_connection(tcp, routes, stopping).await;
                     drop(open_tx);
                 });
             }

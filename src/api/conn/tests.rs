@@ -36,7 +36,8 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
-        serve_connection(tcp, router, async move {
+        let routes = Routes { router, kv: None };
+        serve_connection(tcp, routes, async move {
             let _ = stop_rx.await;
         })
         .await;
