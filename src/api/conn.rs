@@ -9,12 +9,14 @@
 //! [`serve_connection`] polls them beside the connection): a Raft batch that answers eight puts of one
 //! connection wakes one task, not eight, and their responses leave in one socket write.
 //!
-//! A stream that may compute for long (a large Range, a Txn, a snapshot) would hold up every other
-//! call on its connection that way, and so would a watch stream encoding its events; so
-//! [`runs_inline`] names the few calls that only wait (puts and deletes, which wait for Raft), and
-//! every other stream still gets a task of its own, as hyper would give it.
+//! A stream that may compute for long (a large Range, a read-only Txn, a snapshot) would hold up
+//! every other call on its connection that way, and so would a watch stream encoding its events;
+//! so [`runs_inline`] names the few calls that only wait for Raft (Put, DeleteRange, Txn: the KV
+//! service moves a read-only Txn, which computes, to a task of its own), and every other stream
+//! still gets a task of its own, as hyper would give it. KV calls also skip the axum router: they
+//! go to the KV service directly ([`Routes::kv`]).
 //!
-//! Not here: routing (the axum router this serves), TLS (the listener's job), and limits on a
+//! Not here: routing (the axum router this serves, apart from the KV shortcut), TLS (the listener's job), and limits on a
 //! connection's streams (h2's `max_concurrent_streams`, hyper's default).
 
 use std::convert::Infallible;
@@ -78,10 +80,11 @@ where
 }
 
 /// Whether a call runs on its connection's task: those that do little but wait for the Raft log.
+/// A Txn only waits when it writes; `grpc::kv` spawns the read-only ones.
 pub fn runs_inline(path: &str) -> bool {
     matches!(
         path,
-        "/etcdserverpb.KV/Put" | "/etcdserverpb.KV/DeleteRange"
+        "/etcdserverpb.KV/Put" | "/etcdserverpb.KV/DeleteRange" | "/etcdserverpb.KV/Txn"
     )
 }
 

@@ -73,9 +73,9 @@ async fn call(
 fn only_calls_that_wait_for_raft_run_inline() {
     assert!(runs_inline("/etcdserverpb.KV/Put"));
     assert!(runs_inline("/etcdserverpb.KV/DeleteRange"));
+    assert!(runs_inline("/etcdserverpb.KV/Txn"));
     for path in [
         "/etcdserverpb.KV/Range",
-        "/etcdserverpb.KV/Txn",
         "/etcdserverpb.Watch/Watch",
         "/etcdserverpb.Lease/LeaseKeepAlive",
         "/etcdserverpb.Maintenance/Snapshot",

@@ -52,11 +52,23 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.server
-            .txn(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(|e| e.to_status())
+        let req = req.into_inner();
+        if crate::server::kv::txn_has_writes(&req) {
+            // Waits for Raft, like a put: stays on the connection's task (`api::conn`).
+            return self
+                .server
+                .txn(req)
+                .await
+                .map(Response::new)
+                .map_err(|e| e.to_status());
+        }
+        // A read-only txn computes its ranges on the task that calls it: a task of its own, so a large
+        // one does not hold up the other calls on its connection.
+        let server = self.server.clone();
+        match tokio::spawn(async move { server.txn(req).await }).await {
+            Ok(result) => result.map(Response::new).map_err(|e| e.to_status()),
+            Err(e) => Err(Status::internal(format!("txn task failed: {e}"))),
+        }
     }
 
     async fn compact(
