@@ -28,14 +28,13 @@ use std::task::Poll;
 
 use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt};
+use http_body_util::Either as BodyEither;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::Builder;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
-use crate::api::grpc;
-use crate::api::grpc::kv::KvService;
-use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::api::grpc::unary::KvCalls;
 
 /// One HTTP/2 stream's future, as hyper hands it to its executor.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -88,14 +87,14 @@ pub fn runs_inline(path: &str) -> bool {
     )
 }
 
-/// What a connection serves: an axum router, and the KV service that KV calls go to directly.
+/// What a connection serves: an axum router, and the KV calls that skip it.
 #[derive(Clone)]
 pub struct Routes {
-    /// Everything that is not a KV call.
+    /// Everything the lean path does not take.
     pub router: axum::Router,
-    /// KV calls (paths under [`grpc::KV_PREFIX`]), when this listener serves the etcd API. They skip
-    /// the router's path matching, which cost about 2,000 instructions per put (callgrind).
-    pub kv: Option<KvServer<KvService>>,
+    /// The KV service's unary calls, when this listener serves the etcd API: they skip the router's
+    /// path matching and tonic's streaming machinery (`grpc::unary`).
+    pub kv: Option<KvCalls>,
 }
 
 /// Serves `io` with `routes` until the peer closes it, or until `stop` resolves and the calls in
@@ -107,23 +106,18 @@ where
     let executor = ConnExecutor::default();
     let marks = executor.next_inline.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let path = req.uri().path();
-        marks.store(runs_inline(path), Ordering::Relaxed);
-        match &routes.kv {
-            Some(kv) if path.starts_with(grpc::KV_PREFIX) => {
-                let call = kv.clone().call(req);
-                Either::Left(async move {
-                    let response = call.await?;
-                    Ok::<_, Infallible>(response.map(axum::body::Body::new))
-                })
-            }
-            _ => Either::Right(
-                routes
-                    .router
-                    .clone()
-                    .oneshot(req.map(axum::body::Body::new)),
-            ),
+        marks.store(runs_inline(req.uri().path()), Ordering::Relaxed);
+        if let Some(kv) = routes.kv.as_ref().filter(|_| KvCalls::takes(&req)) {
+            let call = kv.call(req);
+            return Either::Left(
+                async move { Ok::<_, Infallible>(call.await.map(BodyEither::Right)) },
+            );
         }
+        let call = routes
+            .router
+            .clone()
+            .oneshot(req.map(axum::body::Body::new));
+        Either::Right(async move { call.await.map(|r| r.map(BodyEither::Left)) })
     });
     let mut builder = Builder::new(executor.clone());
     // No `date` header on HTTP/2 responses: gRPC clients ignore it, and it cost every response a

@@ -36,7 +36,7 @@ pub async fn serve(
             bind(addr, "--listen-client-urls").await?,
             conn::Routes {
                 router: client_router(server.clone()),
-                kv: Some(grpc::kv_server(server.clone())),
+                kv: Some(grpc::unary::KvCalls::new(server.clone())),
             },
         ));
         tracing::info!(%addr, "serving the etcd v3 API (gRPC and JSON gateway)");

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod unary;
 pub mod watch;
 
 use axum::Router;
@@ -41,12 +42,8 @@ pub fn gateway_router(server: Server) -> Router {
     )
 }
 
-/// The path prefix of every KV call: the connections send these to [`kv_server`] directly, without
-/// the router's matching (see `api::conn`).
-pub const KV_PREFIX: &str = "/etcdserverpb.KV/";
-
 /// The KV service as tonic serves it, with its request size limit.
-pub fn kv_server(server: Server) -> KvServer<kv::KvService> {
+fn kv_server(server: Server) -> KvServer<kv::KvService> {
     let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     KvServer::new(kv::KvService::new(server)).max_decoding_message_size(max)
 }
