@@ -21,12 +21,13 @@
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
-use futures::future::Either;
+use futures::future::{Either, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use http_body_util::Either as BodyEither;
 use hyper::body::Incoming;
@@ -68,6 +69,13 @@ where
 {
     fn execute(&self, fut: F) {
         if self.next_inline.swap(false, Ordering::Relaxed) {
+            // A panic in one call ends that call (its stream is reset), as it would in a task of its
+            // own, and not the connection's task with every other call on it.
+            let fut = AssertUnwindSafe(fut).catch_unwind().map(|result| {
+                if result.is_err() {
+                    tracing::error!("a call panicked; its stream is reset");
+                }
+            });
             self.started
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -153,6 +153,33 @@ async fn a_busy_spawned_call_does_not_hold_up_its_connection() {
     );
 }
 
+/// An inline call that panics is reset alone: the connection and the other calls on it go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_inline_call_resets_only_its_stream() {
+    let router = axum::Router::new()
+        .route(INLINE, post(|| async { "fine" }))
+        .route(
+            "/etcdserverpb.KV/DeleteRange",
+            post(|| async {
+                if true {
+                    panic!("a handler bug");
+                }
+                "unreachable"
+            }),
+        );
+    let (client, _stop, _served) = serve(router).await;
+    let req = hyper::Request::post("http://localhost/etcdserverpb.KV/DeleteRange")
+        .body(Empty::new())
+        .expect("request");
+    let reset = tokio::time::timeout(BOUND, client.clone().send_request(req))
+        .await
+        .expect("an answer within the bound");
+    assert!(reset.is_err(), "the panicking call was answered: {reset:?}");
+    for _ in 0..3 {
+        assert_eq!(call(&client, INLINE).await, (200, "fine".to_string()));
+    }
+}
+
 /// A stop while an inline call waits: the call is answered, then the connection closes and
 /// `serve_connection` returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
