@@ -116,6 +116,10 @@ pub struct ServerArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Maximum concurrent streams (gRPC calls) that each client connection can open at a time
+    /// (etcd's default: no limit, 2^32 - 1).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
     /// Interpretation of --auto-compaction-retention: `periodic` (a duration) or `revision` (a count).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
     pub auto_compaction_mode: String,
@@ -168,6 +172,8 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
     /// Most operations in one transaction branch.
     pub max_txn_ops: usize,
     /// Automatic compaction, if enabled.
@@ -229,6 +235,7 @@ impl Config {
             snapshot_count: a.snapshot_count,
             snapshot_catchup_entries: a.experimental_snapshot_catchup_entries,
             max_request_bytes,
+            max_concurrent_streams: a.max_concurrent_streams,
             max_txn_ops: a.max_txn_ops,
             auto_compaction: Retention::parse(
                 &a.auto_compaction_mode,
@@ -432,7 +439,16 @@ mod tests {
         assert_eq!(c.snapshot_count, 100_000);
         assert_eq!(c.snapshot_catchup_entries, 5_000);
         assert_eq!(c.max_request_bytes, 1536 * 1024);
+        assert_eq!(c.max_concurrent_streams, u32::MAX);
         assert_eq!(c.initial_cluster[0].0, "default");
+    }
+
+    #[test]
+    fn the_stream_limit_is_a_positive_count() {
+        let c = parse(&["--max-concurrent-streams", "100"]).unwrap();
+        assert_eq!(c.max_concurrent_streams, 100);
+        assert!(parse(&["--max-concurrent-streams", "0"]).is_err());
+        assert!(parse(&["--max-concurrent-streams", "4294967296"]).is_err());
     }
 
     #[test]

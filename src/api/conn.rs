@@ -16,8 +16,8 @@
 //! still gets a task of its own, as hyper would give it. KV calls also skip the axum router: they
 //! go to the KV service directly ([`Routes::kv`]).
 //!
-//! Not here: routing (the axum router this serves, apart from the KV shortcut), TLS (the listener's job), and limits on a
-//! connection's streams (h2's `max_concurrent_streams`, hyper's default).
+//! Not here: routing (the axum router this serves, apart from the KV shortcut) and TLS (the
+//! listener's job).
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -103,6 +103,9 @@ pub struct Routes {
     /// The KV service's unary calls, when this listener serves the etcd API: they skip the router's
     /// path matching and tonic's streaming machinery (`grpc::unary`).
     pub kv: Option<KvCalls>,
+    /// Most concurrent HTTP/2 streams a client may open on the connection
+    /// (`--max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
 }
 
 /// Serves `io` with `routes` until the peer closes it, or until `stop` resolves and the calls in
@@ -113,6 +116,7 @@ where
 {
     let executor = ConnExecutor::default();
     let marks = executor.next_inline.clone();
+    let max_streams = routes.max_concurrent_streams;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         marks.store(runs_inline(req.uri().path()), Ordering::Relaxed);
         if let Some(kv) = routes.kv.as_ref().filter(|_| KvCalls::takes(&req)) {
@@ -133,7 +137,8 @@ where
     builder
         .http2()
         .enable_connect_protocol()
-        .auto_date_header(false);
+        .auto_date_header(false)
+        .max_concurrent_streams(max_streams);
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let mut stop = pin!(stop);
     let mut stopping = false;

@@ -27,6 +27,7 @@ pub async fn serve(
         conn::Routes {
             router: rest::router(server.clone()),
             kv: None,
+            max_concurrent_streams: server.config().max_concurrent_streams,
         },
     ));
     tracing::info!(addr = %rest_addr, "serving the REST API");
@@ -37,6 +38,7 @@ pub async fn serve(
             conn::Routes {
                 router: client_router(server.clone()),
                 kv: Some(grpc::unary::KvCalls::new(server.clone())),
+                max_concurrent_streams: server.config().max_concurrent_streams,
             },
         ));
         tracing::info!(%addr, "serving the etcd v3 API (gRPC and JSON gateway)");

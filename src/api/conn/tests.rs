@@ -20,10 +20,22 @@ const BOUND: Duration = Duration::from_secs(30);
 const INLINE: &str = "/etcdserverpb.KV/Put";
 const SPAWNED: &str = "/etcdserverpb.KV/Range";
 
-/// Serves `router` on a fresh loopback port; returns an HTTP/2 client for it, the stop trigger and
-/// the serving task.
+/// Serves `router` on a fresh loopback port with etcd's default stream limit (none); returns an
+/// HTTP/2 client for it, the stop trigger and the serving task.
 async fn serve(
     router: axum::Router,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    serve_limited(router, u32::MAX).await
+}
+
+/// [`serve`] with at most `max_streams` concurrent streams per connection.
+async fn serve_limited(
+    router: axum::Router,
+    max_streams: u32,
 ) -> (
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     tokio::sync::oneshot::Sender<()>,
@@ -36,7 +48,11 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
-        let routes = Routes { router, kv: None };
+        let routes = Routes {
+            router,
+            kv: None,
+            max_concurrent_streams: max_streams,
+        };
         serve_connection(tcp, routes, async move {
             let _ = stop_rx.await;
         })
@@ -86,13 +102,11 @@ fn only_calls_that_wait_for_raft_run_inline() {
     }
 }
 
-/// 64 inline calls on one connection each wait until all 64 have started: they can only finish
-/// if the connection's task polls them side by side.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inline_calls_on_one_connection_run_side_by_side() {
-    const CALLS: usize = 64;
-    let barrier = Arc::new(tokio::sync::Barrier::new(CALLS));
-    let router = axum::Router::new().route(
+/// `CALLS` calls on one connection that each wait until all have started: they can only finish if
+/// the connection lets that many streams be open at once and its task polls them side by side.
+fn barrier_router(calls: usize) -> axum::Router {
+    let barrier = Arc::new(tokio::sync::Barrier::new(calls));
+    axum::Router::new().route(
         INLINE,
         post(move || {
             let barrier = barrier.clone();
@@ -101,8 +115,15 @@ async fn inline_calls_on_one_connection_run_side_by_side() {
                 "done"
             }
         }),
-    );
-    let (client, _stop, _served) = serve(router).await;
+    )
+}
+
+/// 500 inline calls on one connection, each waiting for all the others: more than hyper's default
+/// limit of 200 streams, which etcd does not have (`--max-concurrent-streams` defaults to 2^32 - 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_calls_on_one_connection_run_side_by_side() {
+    const CALLS: usize = 500;
+    let (client, _stop, _served) = serve(barrier_router(CALLS)).await;
     let calls: Vec<_> = (0..CALLS)
         .map(|_| {
             let client = client.clone();
@@ -112,6 +133,67 @@ async fn inline_calls_on_one_connection_run_side_by_side() {
     for c in calls {
         assert_eq!(c.await.expect("call"), (200, "done".to_string()));
     }
+}
+
+/// With `--max-concurrent-streams 1`, a second call on the connection starts only once the first
+/// has ended. The first call is released as soon as the second starts, or after a grace period if
+/// it never does; the second records whether the first had ended when it started. Without the
+/// limit the second starts at once and sees the first still open, so the test fails whatever the
+/// timing; with it, the grace period only delays the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_limit_holds_further_calls_back() {
+    let first_ended = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    let router = axum::Router::new()
+        .route(INLINE, {
+            let (first_ended, release, started_tx) =
+                (first_ended.clone(), release.clone(), started_tx.clone());
+            post(move || {
+                let (first_ended, release, started_tx) =
+                    (first_ended.clone(), release.clone(), started_tx.clone());
+                async move {
+                    let _ = started_tx.send("first").await;
+                    release.notified().await;
+                    first_ended.store(true, Ordering::SeqCst);
+                    "first"
+                }
+            })
+        })
+        .route("/etcdserverpb.KV/DeleteRange", {
+            let first_ended = first_ended.clone();
+            post(move || {
+                let (first_ended, started_tx) = (first_ended.clone(), started_tx.clone());
+                async move {
+                    let saw = first_ended.load(Ordering::SeqCst);
+                    let _ = started_tx.send("second").await;
+                    if saw {
+                        "second, after the first"
+                    } else {
+                        "second, beside the first"
+                    }
+                }
+            })
+        });
+    let (client, _stop, _served) = serve_limited(router, 1).await;
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { call(&client, INLINE).await })
+    };
+    let started = tokio::time::timeout(BOUND, started_rx.recv()).await;
+    assert_eq!(started.expect("first started").expect("open"), "first");
+    let second = {
+        let client = client.clone();
+        tokio::spawn(async move { call(&client, "/etcdserverpb.KV/DeleteRange").await })
+    };
+    // Release the first when the second starts, or after the grace period.
+    let _ = tokio::time::timeout(Duration::from_secs(2), started_rx.recv()).await;
+    release.notify_one();
+    assert_eq!(first.await.expect("first"), (200, "first".to_string()));
+    assert_eq!(
+        second.await.expect("second"),
+        (200, "second, after the first".to_string())
+    );
 }
 
 /// A spawned call that keeps its thread busy (it never yields) until an inline call on the same

@@ -143,6 +143,7 @@ async fn served() -> Served {
     let routes = Routes {
         router: crate::api::grpc::router(server.clone()),
         kv: Some(KvCalls::new(server.clone())),
+        max_concurrent_streams: u32::MAX,
     };
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
