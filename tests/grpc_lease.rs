@@ -261,3 +261,23 @@ async fn leases_survive_a_restart() {
     ok("revoke", c.lease_revoke(id).await);
     assert!(ok("get", c.get("kept", None).await).kvs().is_empty());
 }
+
+/// SIGTERM with a keep-alive stream open (as every clientv3 session holds one): the server waits
+/// for calls in flight at most its drain timeout, as etcd does, then closes the stream and exits 0.
+/// Before the timeout existed the stream kept the process alive until the client left.
+#[tokio::test]
+async fn sigterm_with_a_keepalive_stream_open_still_exits() {
+    let (mut server, _dir) = start(&[]).await;
+    let mut c = connect(&server).await;
+    let id = ok("grant", c.lease_grant(60, None).await).id();
+    let (mut keeper, mut stream) = ok("keep_alive", c.lease_keep_alive(id).await);
+    ok("keep_alive send", keeper.keep_alive().await);
+    let r = bounded("keep_alive recv", stream.message())
+        .await
+        .expect("keep_alive stream")
+        .expect("keep_alive response");
+    assert_eq!(r.id(), id);
+    // The stream stays open (keeper and stream alive) while the server stops.
+    server.stop().await;
+    drop((keeper, stream));
+}

@@ -24,7 +24,7 @@ use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 
 use futures::future::{Either, FutureExt};
@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::Builder;
 use tower::ServiceExt;
 
-use crate::api::grpc::unary::KvCalls;
+use crate::api::grpc::unary::{CallFuture, KvCalls, UnaryBody};
 
 /// One HTTP/2 stream's future, as hyper hands it to its executor.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -44,23 +44,22 @@ type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// responses) before it yields to other tasks.
 const ROUNDS_PER_POLL: usize = 4;
 
+/// The streams a connection's task runs: filled by [`ConnExecutor`], emptied by [`serve_connection`].
+type Started = Mutex<Vec<StreamFuture>>;
+
 /// hyper's executor for one connection: it keeps the streams that [`runs_inline`] picks, for
 /// [`serve_connection`] to poll on the connection's own task, and spawns the others.
 ///
 /// hyper calls the service for a new stream and hands the stream to the executor right after, on
-/// the connection's task; the service marks the call in `next_inline` in between.
-#[derive(Clone, Default)]
+/// the connection's task; the service marks the call in `next_inline` in between. Every stream holds
+/// a clone of the executor, so the executor holds the list weakly: a stream left in it when the
+/// connection ends is dropped with the list, not kept alive by itself.
+#[derive(Clone)]
 struct ConnExecutor {
     /// Streams started since the connection's task last took them.
-    started: Arc<Mutex<Vec<StreamFuture>>>,
+    started: Weak<Started>,
     /// Whether the stream hyper hands over next runs on the connection's task.
     next_inline: Arc<AtomicBool>,
-}
-
-impl ConnExecutor {
-    fn take(&self) -> Vec<StreamFuture> {
-        std::mem::take(&mut *self.started.lock().unwrap_or_else(|e| e.into_inner()))
-    }
 }
 
 impl<F> hyper::rt::Executor<F> for ConnExecutor
@@ -68,22 +67,27 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        if self.next_inline.swap(false, Ordering::Relaxed) {
-            // A panic in one call ends that call (its stream is reset), as it would in a task of its
-            // own, and not the connection's task with every other call on it.
-            let fut = AssertUnwindSafe(fut).catch_unwind().map(|result| {
-                if result.is_err() {
-                    tracing::error!("a call panicked; its stream is reset");
-                }
-            });
-            self.started
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Box::pin(fut));
-        } else {
-            tokio::spawn(fut);
+        let inline = self.next_inline.swap(false, Ordering::Relaxed);
+        match self.started.upgrade() {
+            Some(started) if inline => {
+                // A panic in one call ends that call (its stream is reset), as it would in a task of
+                // its own, and not the connection's task with every other call on it.
+                let fut = AssertUnwindSafe(fut).catch_unwind().map(|result| {
+                    if result.is_err() {
+                        tracing::error!("a call panicked; its stream is reset");
+                    }
+                });
+                lock(&started).push(Box::pin(fut));
+            }
+            _ => {
+                tokio::spawn(fut);
+            }
         }
     }
+}
+
+fn lock(started: &Started) -> std::sync::MutexGuard<'_, Vec<StreamFuture>> {
+    started.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a call runs on its connection's task: those that do little but wait for the Raft log.
@@ -108,22 +112,38 @@ pub struct Routes {
     pub max_concurrent_streams: u32,
 }
 
+/// A reply from the lean path, as the connection's service returns it.
+async fn lean(
+    call: CallFuture,
+) -> Result<hyper::Response<BodyEither<axum::body::Body, UnaryBody>>, Infallible> {
+    Ok(call.await.map(BodyEither::Right))
+}
+
 /// Serves `io` with `routes` until the peer closes it, or until `stop` resolves and the calls in
 /// flight have finished (graceful shutdown: HTTP/2 GOAWAY, HTTP/1.1 close after the response).
 pub async fn serve_connection<I>(io: I, routes: Routes, stop: impl Future<Output = ()>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let executor = ConnExecutor::default();
+    let started: Arc<Started> = Arc::default();
+    let executor = ConnExecutor {
+        started: Arc::downgrade(&started),
+        next_inline: Arc::default(),
+    };
     let marks = executor.next_inline.clone();
     let max_streams = routes.max_concurrent_streams;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        // No CONNECT: nothing here tunnels, and a CONNECT answered 2xx would make hyper start an
+        // upgrade task on whichever thread polls the stream, through this connection's executor.
+        if req.method() == hyper::Method::CONNECT {
+            marks.store(false, Ordering::Relaxed);
+            let mut refused = hyper::Response::new(UnaryBody::default());
+            *refused.status_mut() = hyper::StatusCode::METHOD_NOT_ALLOWED;
+            return Either::Left(lean(Box::pin(std::future::ready(refused))));
+        }
         marks.store(runs_inline(req.uri().path()), Ordering::Relaxed);
         if let Some(kv) = routes.kv.as_ref().filter(|_| KvCalls::takes(&req)) {
-            let call = kv.call(req);
-            return Either::Left(
-                async move { Ok::<_, Infallible>(call.await.map(BodyEither::Right)) },
-            );
+            return Either::Left(lean(kv.call(req)));
         }
         let call = routes
             .router
@@ -136,7 +156,6 @@ where
     // header to build and HPACK-encode, and every client one to decode.
     builder
         .http2()
-        .enable_connect_protocol()
         .auto_date_header(false)
         .max_concurrent_streams(max_streams);
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
@@ -152,9 +171,9 @@ where
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(result);
             }
-            let started = executor.take();
-            let mut progress = !started.is_empty();
-            streams.extend(started);
+            let new = std::mem::take(&mut *lock(&started));
+            let mut progress = !new.is_empty();
+            streams.extend(new);
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
                 progress = true;
             }

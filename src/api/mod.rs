@@ -14,8 +14,13 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::server::Server;
 
+/// How long a stop waits for the calls in flight before it closes their connections: etcd's default
+/// request timeout (5 s plus two election timeouts of 1 s), which etcd waits as well. Streams that
+/// never end on their own, such as a client's `LeaseKeepAlive`, are cut there.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7);
+
 /// Binds every API listener first (so a busy port fails the start), then serves until `shutdown`
-/// resolves; in-flight requests finish before it returns.
+/// resolves; in-flight requests finish before it returns, or are cut after [`DRAIN_TIMEOUT`].
 pub async fn serve(
     server: Server,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -46,10 +51,13 @@ pub async fn serve(
     // `true` once the server is stopping; a watch channel, so that a connection accepted at that
     // moment still sees it.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // `true` once the drain has taken too long: connections still open are dropped.
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
     // Every connection task holds a clone of `open_tx`; when the last one ends, `open_rx` closes.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     for (mut listener, routes) in listeners {
         let mut stop = stop_rx.clone();
+        let cut = cut_rx.clone();
         let open_tx = open_tx.clone();
         tokio::spawn(async move {
             loop {
@@ -63,13 +71,18 @@ pub async fn serve(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
                 let mut conn_stop = stop.clone();
+                let mut cut = cut.clone();
                 let open_tx = open_tx.clone();
                 let routes = routes.clone();
                 tokio::spawn(async move {
                     let stopping = async move {
                         let _ = conn_stop.wait_for(|&stopping| stopping).await;
                     };
-                    conn::serve_connection(tcp, routes, stopping).await;
+                    tokio::select! {
+                        _ = conn::serve_connection(tcp, routes, stopping) => {}
+                        // Dropping the connection cancels its calls and closes the socket.
+                        _ = cut.wait_for(|&cut| cut) => {}
+                    }
                     drop(open_tx);
                 });
             }
@@ -80,8 +93,18 @@ pub async fn serve(
     // Watch streams never end on their own: tell them first, or the drain below waits forever.
     server.begin_shutdown();
     let _ = stop_tx.send(true);
-    // In-flight requests finish before this returns.
-    let _ = open_rx.recv().await;
+    // In-flight requests finish before this returns, or are cut after the drain timeout.
+    if tokio::time::timeout(DRAIN_TIMEOUT, open_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout = ?DRAIN_TIMEOUT,
+            "calls still open after the drain timeout: closing their connections"
+        );
+        let _ = cut_tx.send(true);
+        let _ = open_rx.recv().await;
+    }
     Ok(())
 }
 

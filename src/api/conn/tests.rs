@@ -303,3 +303,40 @@ async fn a_stop_lets_the_call_in_flight_finish() {
         .expect("the connection closed within the bound")
         .expect("served");
 }
+
+/// A CONNECT is refused with 405 before any routing: nothing here tunnels, and the connection goes
+/// on serving other calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused() {
+    let router = axum::Router::new().route(INLINE, post(|| async { "fine" }));
+    let (client, _stop, _served) = serve(router).await;
+    let req = hyper::Request::connect("localhost:2379")
+        .body(Empty::new())
+        .expect("request");
+    let resp = tokio::time::timeout(BOUND, client.clone().send_request(req))
+        .await
+        .expect("an answer within the bound")
+        .expect("a response");
+    assert_eq!(resp.status(), 405);
+    assert_eq!(call(&client, INLINE).await, (200, "fine".to_string()));
+}
+
+/// An executor whose connection has ended holds nothing: a stream handed to it then runs in a task
+/// of its own, instead of waiting in a list nobody polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_outliving_its_connection_spawns() {
+    let started: Arc<Started> = Arc::default();
+    let executor = ConnExecutor {
+        started: Arc::downgrade(&started),
+        next_inline: Arc::new(AtomicBool::new(true)),
+    };
+    drop(started);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    hyper::rt::Executor::execute(&executor, async move {
+        let _ = tx.send(());
+    });
+    tokio::time::timeout(BOUND, rx)
+        .await
+        .expect("ran within the bound")
+        .expect("ran");
+}

@@ -231,13 +231,19 @@ fn decode<Req: Message + Default>(mut buf: Bytes, max: usize) -> Result<Req, Sta
     Req::decode(buf.slice(..len)).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// A successful reply: the message with its prefix, then `grpc-status: 0`.
+/// A successful reply: the message with its prefix, then `grpc-status: 0`. A message the 4-byte
+/// prefix cannot describe gets tonic's refusal instead.
 fn reply<M: Message>(message: &M) -> http::Response<UnaryBody> {
     let len = message.encoded_len();
+    let Ok(prefix_len) = u32::try_from(len) else {
+        return Status::resource_exhausted(format!(
+            "Cannot return body with more than 4GB of data but got {len} bytes"
+        ))
+        .into_http();
+    };
     let mut buf = Vec::with_capacity(PREFIX + len);
     buf.push(0);
-    // A message larger than 4 GiB cannot be sent; the store's limits keep replies far below that.
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    buf.extend_from_slice(&prefix_len.to_be_bytes());
     // Encoding into a Vec with room for the message cannot fail.
     let _ = message.encode(&mut buf);
     let mut trailers = HeaderMap::with_capacity(1);
