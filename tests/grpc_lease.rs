@@ -15,6 +15,18 @@ use tonic::Code;
 
 const NOT_FOUND: &str = "etcdserver: requested lease not found";
 
+/// One keep-alive request on an open stream, and its answer.
+async fn keep_alive_once(
+    keeper: &mut etcd_client::LeaseKeeper,
+    stream: &mut etcd_client::LeaseKeepAliveStream,
+) -> etcd_client::LeaseKeepAliveResponse {
+    ok("keep_alive send", keeper.keep_alive().await);
+    bounded("keep_alive recv", stream.message())
+        .await
+        .expect("keep_alive stream")
+        .expect("keep_alive response")
+}
+
 #[tokio::test]
 async fn grant_ids_ttls_and_errors() {
     let (server, _dir) = start(&[]).await;
@@ -114,11 +126,7 @@ async fn time_to_live_keepalive_and_revoke() {
     // Keep-alive stream: each request is answered with the lease's full TTL.
     let (mut keeper, mut stream) = ok("keep_alive", c.lease_keep_alive(id).await);
     for _ in 0..3 {
-        ok("keep_alive send", keeper.keep_alive().await);
-        let r = bounded("keep_alive recv", stream.message())
-            .await
-            .expect("keep_alive stream")
-            .expect("keep_alive response");
+        let r = keep_alive_once(&mut keeper, &mut stream).await;
         assert_eq!(r.id(), id);
         assert_eq!(r.ttl(), 60);
         assert_header("keep_alive", r.header(), None);
@@ -271,12 +279,7 @@ async fn sigterm_with_a_keepalive_stream_open_still_exits() {
     let mut c = connect(&server).await;
     let id = ok("grant", c.lease_grant(60, None).await).id();
     let (mut keeper, mut stream) = ok("keep_alive", c.lease_keep_alive(id).await);
-    ok("keep_alive send", keeper.keep_alive().await);
-    let r = bounded("keep_alive recv", stream.message())
-        .await
-        .expect("keep_alive stream")
-        .expect("keep_alive response");
-    assert_eq!(r.id(), id);
+    assert_eq!(keep_alive_once(&mut keeper, &mut stream).await.id(), id);
     // The stream stays open (keeper and stream alive) while the server stops.
     server.stop().await;
     drop((keeper, stream));

@@ -191,4 +191,4 @@ where
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -58,13 +58,25 @@ async fn serve_limited(
         })
         .await;
     });
+    (h2_client(addr).await, stop_tx, served)
+}
+
+/// An HTTP/2 client connected to `addr`, its connection driven by a task of its own.
+pub(crate) async fn h2_client<B>(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (client, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .expect("handshake");
     tokio::spawn(conn);
-    (client, stop_tx, served)
+    client
 }
 
 /// POSTs to `path` and returns the status and body text.

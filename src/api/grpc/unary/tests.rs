@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use tonic::Code;
 
 use super::*;
+use crate::api::conn::tests::h2_client;
 use crate::api::conn::{serve_connection, Routes};
 use crate::config::Config;
 use crate::proto::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
@@ -149,16 +149,10 @@ async fn served() -> Served {
         let (tcp, _) = listener.accept().await.expect("accept");
         serve_connection(tcp, routes, std::future::pending()).await;
     });
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
     Served {
         _dir: dir,
         server,
-        client,
+        client: h2_client(addr).await,
     }
 }
 
