@@ -19,6 +19,7 @@
 //! Left out: sorted ranges and min/max revision filters, range-level `limit` pushdown into the backend
 //! fetch beyond what the index already gives, and incremental compaction (one pass, under the lock).
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
@@ -285,7 +286,7 @@ impl Store {
             _writer: guard,
             main,
             changes: Vec::new(),
-            overlay: BTreeMap::new(),
+            overlay: OnceCell::new(),
             extra: WriteBatch::new(),
         }
     }
@@ -687,7 +688,9 @@ pub struct WriteTxn<'a> {
     /// The changes so far, in order; a change's `sub` is its position here.
     changes: Vec<Event>,
     /// Each written key's state after this transaction so far (`None` = deleted), for own reads.
-    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Built from `changes` by the first read that needs it ([`WriteTxn::own_writes`]) and kept up
+    /// to date after that; a plain put never reads after writing, so it never pays for one.
+    overlay: OnceCell<BTreeMap<Vec<u8>, Option<KeyValue>>>,
     /// Writes to other tables (leases, alarms) that must land in the same backend batch as this
     /// transaction's records and consistent index.
     extra: WriteBatch,
@@ -712,9 +715,33 @@ impl WriteTxn<'_> {
         Revision::new(self.main, self.changes.len() as i64)
     }
 
+    /// This transaction's own writes by key, for a read that must see them; `None` before the first.
+    fn own_writes(&self) -> Option<&BTreeMap<Vec<u8>, Option<KeyValue>>> {
+        if self.changes.is_empty() {
+            return None;
+        }
+        Some(self.overlay.get_or_init(|| {
+            let mut overlay = BTreeMap::new();
+            for ev in &self.changes {
+                let state = (ev.kind == EventKind::Put).then(|| ev.kv.clone());
+                overlay.insert(ev.kv.key.clone(), state);
+            }
+            overlay
+        }))
+    }
+
+    /// Records a change, in the overlay too once a read has built it.
+    fn record(&mut self, ev: Event) {
+        if let Some(overlay) = self.overlay.get_mut() {
+            let state = (ev.kind == EventKind::Put).then(|| ev.kv.clone());
+            overlay.insert(ev.kv.key.clone(), state);
+        }
+        self.changes.push(ev);
+    }
+
     /// The key's state as this transaction sees it.
     fn current_kv(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        if let Some(own) = self.overlay.get(key) {
+        if let Some(own) = self.own_writes().and_then(|o| o.get(key)) {
             return Ok(own.clone());
         }
         let opts = RangeOptions {
@@ -727,7 +754,7 @@ impl WriteTxn<'_> {
     /// The key's creating revision and version as this transaction sees it, from the index (or this
     /// transaction's own writes) alone: no backend read.
     fn current_state(&self, key: &[u8]) -> Option<(i64, i64)> {
-        if let Some(own) = self.overlay.get(key) {
+        if let Some(own) = self.own_writes().and_then(|o| o.get(key)) {
             return own.as_ref().map(|kv| (kv.create_revision, kv.version));
         }
         let state = read_lock(&self.store.state);
@@ -767,8 +794,7 @@ impl WriteTxn<'_> {
             value: value.to_vec(),
             lease,
         };
-        self.overlay.insert(key.to_vec(), Some(kv.clone()));
-        self.changes.push(Event {
+        self.record(Event {
             kind: EventKind::Put,
             kv,
             prev_kv: prev.clone(),
@@ -788,8 +814,7 @@ impl WriteTxn<'_> {
             .kvs;
         for prev in &existing {
             let rev = self.next_revision();
-            self.overlay.insert(prev.key.clone(), None);
-            self.changes.push(Event {
+            self.record(Event {
                 kind: EventKind::Delete,
                 kv: KeyValue {
                     key: prev.key.clone(),
@@ -822,7 +847,7 @@ impl WriteTxn<'_> {
                 ..opts.clone()
             };
             self.store
-                .range_locked(&state, &at_current, Some(&self.overlay))?
+                .range_locked(&state, &at_current, self.own_writes())?
         } else {
             self.store.range_locked(&state, opts, None)?
         };
