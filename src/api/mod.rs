@@ -1,5 +1,8 @@
 //! The client-facing APIs. Each one only parses and validates, calls the [`crate::server::Server`]
 //! handle, and maps results and errors to its wire format; none of them changes state itself.
+//!
+//! [`serve`] accepts the connections of every listener; `conn` serves each one (HTTP/1.1 or HTTP/2,
+//! and which calls run on the connection's own task).
 
 mod conn;
 pub mod gateway;

@@ -6,6 +6,9 @@
 //!
 //! The same port also serves etcd's JSON gateway (`/v3/...`) and `/health`, `/version`, `/metrics`:
 //! gRPC is HTTP/2 and the gateway HTTP/1.1, and one listener speaks both.
+//!
+//! tonic serves every service, except the KV service's unary calls in their common form: those take
+//! [`unary`], a shorter path to the same `KvService` methods with the same codes and texts.
 
 pub mod auth;
 pub mod cluster;
