@@ -142,8 +142,8 @@ where
             return Either::Left(lean(Box::pin(std::future::ready(refused))));
         }
         marks.store(runs_inline(req.uri().path()), Ordering::Relaxed);
-        if let Some(kv) = routes.kv.as_ref().filter(|_| KvCalls::takes(&req)) {
-            return Either::Left(lean(kv.call(req)));
+        if let Some((kv, method)) = routes.kv.as_ref().zip(KvCalls::takes(&req)) {
+            return Either::Left(lean(kv.call(method, req)));
         }
         let call = routes
             .router
@@ -158,7 +158,7 @@ where
         .http2()
         .auto_date_header(false)
         .max_concurrent_streams(max_streams);
-    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
     let mut stop = pin!(stop);
     let mut stopping = false;
     let mut streams: FuturesUnordered<StreamFuture> = FuturesUnordered::new();

@@ -56,52 +56,55 @@ impl KvCalls {
         }
     }
 
-    /// Whether this path takes `req`: a unary KV call whose request is not compressed.
-    pub fn takes(req: &http::Request<Incoming>) -> bool {
+    /// The method `req` calls, if this path takes it: a unary KV call whose request is not
+    /// compressed.
+    pub fn takes(req: &http::Request<Incoming>) -> Option<KvMethod> {
         let compressed = req
             .headers()
             .get("grpc-encoding")
             .is_some_and(|e| e.as_bytes() != b"identity");
-        !compressed
-            && matches!(
-                req.uri().path(),
-                "/etcdserverpb.KV/Range"
-                    | "/etcdserverpb.KV/Put"
-                    | "/etcdserverpb.KV/DeleteRange"
-                    | "/etcdserverpb.KV/Txn"
-                    | "/etcdserverpb.KV/Compact"
-            )
+        if compressed {
+            return None;
+        }
+        match req.uri().path() {
+            "/etcdserverpb.KV/Range" => Some(KvMethod::Range),
+            "/etcdserverpb.KV/Put" => Some(KvMethod::Put),
+            "/etcdserverpb.KV/DeleteRange" => Some(KvMethod::DeleteRange),
+            "/etcdserverpb.KV/Txn" => Some(KvMethod::Txn),
+            "/etcdserverpb.KV/Compact" => Some(KvMethod::Compact),
+            _ => None,
+        }
     }
 
-    /// Serves `req`, a call [`KvCalls::takes`].
-    pub fn call(&self, req: http::Request<Incoming>) -> CallFuture {
+    /// Serves `req`, a call of `method` (as [`KvCalls::takes`] found it).
+    pub fn call(&self, method: KvMethod, req: http::Request<Incoming>) -> CallFuture {
         let (kv, max) = (self.kv.clone(), self.max);
-        match req.uri().path() {
-            "/etcdserverpb.KV/Range" => {
-                Box::pin(serve(req, max, move |r| async move { kv.range(r).await }))
-            }
-            "/etcdserverpb.KV/Put" => {
-                Box::pin(serve(req, max, move |r| async move { kv.put(r).await }))
-            }
-            "/etcdserverpb.KV/DeleteRange" => {
+        match method {
+            KvMethod::Range => Box::pin(serve(req, max, move |r| async move { kv.range(r).await })),
+            KvMethod::Put => Box::pin(serve(req, max, move |r| async move { kv.put(r).await })),
+            KvMethod::DeleteRange => {
                 Box::pin(serve(
                     req,
                     max,
                     move |r| async move { kv.delete_range(r).await },
                 ))
             }
-            "/etcdserverpb.KV/Txn" => {
-                Box::pin(serve(req, max, move |r| async move { kv.txn(r).await }))
-            }
-            "/etcdserverpb.KV/Compact" => {
+            KvMethod::Txn => Box::pin(serve(req, max, move |r| async move { kv.txn(r).await })),
+            KvMethod::Compact => {
                 Box::pin(serve(req, max, move |r| async move { kv.compact(r).await }))
-            }
-            path => {
-                let status = Status::unimplemented(format!("{path} is not a unary KV call"));
-                Box::pin(std::future::ready(status.into_http()))
             }
         }
     }
+}
+
+/// The KV service's unary methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvMethod {
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
 }
 
 /// Reads the request message, calls `f` with it, and encodes what it returns.
@@ -149,42 +152,63 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut seen = Received::Nothing;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::from_error(e.into()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers: tonic merges them into the metadata; etcd's clients send none
         };
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(data),
-            (Some(f), None) => {
-                let mut j = BytesMut::with_capacity(f.len() + data.len());
-                j.put_slice(f);
-                j.put_slice(&data);
-                first = None;
-                joined = Some(j);
-            }
-            (_, Some(j)) => j.put_slice(&data),
-        }
-        let seen: &[u8] = match (&first, &joined) {
-            (Some(f), _) => f,
-            (_, Some(j)) => j,
-            _ => &[],
-        };
-        if let Some(len) = check_prefix(seen, max)? {
-            if seen.len() > PREFIX + len {
+        seen.push(data);
+        if let Some(len) = check_prefix(seen.as_slice(), max)? {
+            if seen.as_slice().len() > PREFIX + len {
                 return Err(Status::internal(
                     "protocol error: more than one message in a unary request",
                 ));
             }
         }
     }
-    Ok(match (first, joined) {
-        (_, Some(j)) => j.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
-    })
+    Ok(seen.into_bytes())
+}
+
+/// A request body as it arrives: no frame yet, one frame (kept as it is), or several (joined).
+enum Received {
+    Nothing,
+    One(Bytes),
+    Joined(BytesMut),
+}
+
+impl Received {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::replace(self, Received::Nothing) {
+            Received::Nothing => Received::One(data),
+            Received::One(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + data.len());
+                joined.put_slice(&first);
+                joined.put_slice(&data);
+                Received::Joined(joined)
+            }
+            Received::Joined(mut joined) => {
+                joined.put_slice(&data);
+                Received::Joined(joined)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Received::Nothing => &[],
+            Received::One(b) => b,
+            Received::Joined(b) => b,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Received::Nothing => Bytes::new(),
+            Received::One(b) => b,
+            Received::Joined(b) => b.freeze(),
+        }
+    }
 }
 
 /// tonic's checks on a message prefix, once it has arrived; the message's length, if it has.
