@@ -720,21 +720,23 @@ impl WriteTxn<'_> {
         if self.changes.is_empty() {
             return None;
         }
-        Some(self.overlay.get_or_init(|| {
-            let mut overlay = BTreeMap::new();
-            for ev in &self.changes {
-                let state = (ev.kind == EventKind::Put).then(|| ev.kv.clone());
-                overlay.insert(ev.kv.key.clone(), state);
-            }
-            overlay
-        }))
+        Some(
+            self.overlay
+                .get_or_init(|| self.changes.iter().map(Self::own_state).collect()),
+        )
+    }
+
+    /// What a change leaves its key as, for the overlay: the record, or `None` once deleted.
+    fn own_state(ev: &Event) -> (Vec<u8>, Option<KeyValue>) {
+        let state = (ev.kind == EventKind::Put).then(|| ev.kv.clone());
+        (ev.kv.key.clone(), state)
     }
 
     /// Records a change, in the overlay too once a read has built it.
     fn record(&mut self, ev: Event) {
         if let Some(overlay) = self.overlay.get_mut() {
-            let state = (ev.kind == EventKind::Put).then(|| ev.kv.clone());
-            overlay.insert(ev.kv.key.clone(), state);
+            let (key, state) = Self::own_state(&ev);
+            overlay.insert(key, state);
         }
         self.changes.push(ev);
     }

@@ -45,30 +45,29 @@ pub fn gateway_router(server: Server) -> Router {
     )
 }
 
-/// The KV service as tonic serves it, with its request size limit.
-fn kv_server(server: Server) -> KvServer<kv::KvService> {
-    let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
-    KvServer::new(kv::KvService::new(server)).max_decoding_message_size(max)
+/// The largest request message a service decodes: `--max-request-bytes` plus gRPC's overhead.
+pub fn max_message_bytes(server: &Server) -> usize {
+    server.config().max_request_bytes + GRPC_OVERHEAD_BYTES
 }
 
 /// Every gRPC service, as one axum router.
 pub fn router(server: Server) -> Router {
-    let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
-    tonic::service::Routes::new(kv_server(server.clone()))
-        .add_service(
-            LeaseServer::new(lease::LeaseService::new(server.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            WatchServer::new(watch::WatchService::new(server.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(MaintenanceServer::new(
-            maintenance::MaintenanceService::new(server.clone()),
-        ))
-        .add_service(ClusterServer::new(cluster::ClusterService::new(
-            server.clone(),
-        )))
-        .add_service(AuthServer::new(auth::AuthService::new(server.clone())))
-        .into_axum_router()
+    let max = max_message_bytes(&server);
+    tonic::service::Routes::new(
+        KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(server.clone()),
+    ))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        server.clone(),
+    )))
+    .add_service(AuthServer::new(auth::AuthService::new(server.clone())))
+    .into_axum_router()
 }

@@ -27,7 +27,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::api::grpc::kv::KvService;
-use crate::api::grpc::GRPC_OVERHEAD_BYTES;
+use crate::api::grpc::max_message_bytes;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::server::Server;
 
@@ -49,7 +49,7 @@ pub struct KvCalls {
 impl KvCalls {
     /// The KV calls of `server`, with the request size limit its gRPC service has.
     pub fn new(server: Server) -> KvCalls {
-        let max = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let max = max_message_bytes(&server);
         KvCalls {
             kv: Arc::new(KvService::new(server)),
             max,

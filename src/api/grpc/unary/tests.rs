@@ -182,38 +182,19 @@ async fn send(s: &Served, path: &str, body: Vec<u8>, encoding: Option<&str>) -> 
     let headers = resp.headers().clone();
     let collected = resp.into_body().collect().await.expect("body");
     let status_from = collected.trailers().cloned().unwrap_or(headers);
-    let text = |name: &str| {
-        status_from
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default()
-    };
+    let code = status_from
+        .get("grpc-status")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    // `grpc-message` is percent-encoded on the wire; tonic decodes it as clients do.
+    let message = Status::from_header_map(&status_from)
+        .map(|s| s.message().to_string())
+        .unwrap_or_default();
     Reply {
-        code: text("grpc-status"),
-        message: percent_decoded(&text("grpc-message")),
+        code,
+        message,
         body: collected.to_bytes(),
     }
-}
-
-/// `grpc-message` is percent-encoded on the wire; clients decode it.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => {
-                let hex = std::str::from_utf8(hex).expect("ascii");
-                out.push(u8::from_str_radix(hex, 16).expect("hex"));
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("utf-8")
 }
 
 fn unframe<M: Message + Default>(body: &Bytes) -> M {
