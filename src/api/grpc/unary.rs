@@ -310,8 +310,12 @@ impl Body for UnaryBody {
         self.data.is_none() && self.trailers.is_none()
     }
 
+    /// Not exact, on purpose: hyper turns an exact hint into a `content-length` header, which neither
+    /// tonic nor etcd's grpc-go sends and which a Go client files into the call's metadata.
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        let mut hint = SizeHint::new();
+        hint.set_lower(self.data.as_ref().map_or(0, |d| d.len() as u64));
+        hint
     }
 }
 

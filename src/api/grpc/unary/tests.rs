@@ -179,6 +179,8 @@ async fn send(s: &Served, path: &str, body: Vec<u8>, encoding: Option<&str>) -> 
         .expect("reply");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/grpc");
+    // Like tonic and grpc-go: no content-length, which Go clients would file into metadata.
+    assert_eq!(resp.headers().get("content-length"), None);
     let headers = resp.headers().clone();
     let collected = resp.into_body().collect().await.expect("body");
     let status_from = collected.trailers().cloned().unwrap_or(headers);
