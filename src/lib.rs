@@ -17,6 +17,7 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod histogram;
 pub mod lease;
 pub mod mvcc;
 pub mod proto;

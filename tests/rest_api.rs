@@ -370,3 +370,75 @@ async fn bad_input_is_a_json_4xx_never_5xx() {
     assert_eq!(resp.status, 200);
     assert_eq!(rest.get("small").await.expect("small").version, 1);
 }
+
+/// `(le, count)` of every `{name}_bucket` line, in order, and the `_count` value.
+fn histogram(text: &str, name: &str) -> (Vec<(String, u64)>, u64) {
+    let mut buckets = Vec::new();
+    let mut count = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&format!("{name}_bucket{{le=\"")) {
+            let (le, n) = rest.split_once("\"} ").expect("a bucket line");
+            buckets.push((le.to_string(), n.parse().expect("a bucket count")));
+        } else if let Some(n) = line.strip_prefix(&format!("{name}_count ")) {
+            count = Some(n.parse().expect("a count"));
+        }
+    }
+    (
+        buckets,
+        count.unwrap_or_else(|| panic!("no {name}_count in:\n{text}")),
+    )
+}
+
+/// etcd's buckets, cumulative, with `+Inf` equal to the count.
+fn assert_etcd_shape(name: &str, buckets: &[(String, u64)], count: u64) {
+    let les: Vec<&str> = buckets.iter().map(|b| b.0.as_str()).collect();
+    assert_eq!(
+        les,
+        [
+            "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256",
+            "0.512", "1.024", "2.048", "4.096", "8.192", "+Inf"
+        ],
+        "{name}"
+    );
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{name} buckets are not cumulative: {buckets:?}"
+    );
+    assert_eq!(
+        buckets.last().map(|b| b.1),
+        Some(count),
+        "{name}: +Inf is the count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_etcds_disk_latency_histograms() {
+    let (_dir, server) = fresh(&[]).await;
+    let rest = server.rest();
+    for i in 0..20 {
+        rest.put(&format!("m{i}"), "v").await;
+    }
+    let wal = "etcd_disk_wal_fsync_duration_seconds";
+    let commit = "etcd_disk_backend_commit_duration_seconds";
+    // The backend commits on its own every 100 ms; wait for one, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let resp = rest.call(Method::GET, "/metrics", None).await;
+        assert_eq!(resp.status, 200);
+        if histogram(&resp.body, commit).1 > 0 || std::time::Instant::now() > deadline {
+            break resp.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (buckets, count) = histogram(&text, wal);
+    assert_etcd_shape(wal, &buckets, count);
+    // Every put here waited for its own save; the WAL also synced the first snapshot mark.
+    let saves = common::parse_gauge(&text, "mini_etcd_wal_fsyncs_total").expect("fsyncs");
+    assert!(
+        count >= 20 && count as i64 > saves,
+        "{count} fsyncs observed, {saves} saves"
+    );
+    let (buckets, count) = histogram(&text, commit);
+    assert_etcd_shape(commit, &buckets, count);
+    assert!(count >= 1, "no backend commit within 10 s:\n{text}");
+}

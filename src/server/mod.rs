@@ -41,6 +41,7 @@ use raft::storage::MemStorage;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::histogram::HistogramSnapshot;
 use crate::lease::{Lessor, SystemClock};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
@@ -93,6 +94,8 @@ pub struct Shared {
     pub log_first_index: AtomicU64,
     /// WAL fsyncs so far (metrics: writes per fsync shows group commit at work).
     pub wal_syncs: AtomicU64,
+    /// WAL fdatasync durations (the WAL records them; shared here for `/metrics`).
+    pub wal_fsync_latency: Arc<crate::histogram::Histogram>,
     /// Proposals made so far.
     pub proposals: AtomicU64,
     /// Set once shutdown starts or a thread died.
@@ -160,6 +163,10 @@ pub struct Status {
     pub proposals: u64,
     /// WAL fsyncs done.
     pub wal_syncs: u64,
+    /// Durations of the WAL's fdatasyncs.
+    pub wal_fsync_latency: HistogramSnapshot,
+    /// Durations of the backend's commits.
+    pub backend_commit_latency: HistogramSnapshot,
     /// Clients waiting on proposals.
     pub pending_proposals: usize,
 }
@@ -341,6 +348,7 @@ impl Server {
             snapshot_index: AtomicU64::new(snap.index),
             log_first_index: AtomicU64::new(log_first_index),
             wal_syncs: AtomicU64::new(0),
+            wal_fsync_latency: wal.fsync_latency(),
             proposals: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -648,6 +656,8 @@ impl Server {
             watchers: s.hub.watcher_count(),
             proposals: s.proposals.load(Ordering::Relaxed),
             wal_syncs: s.wal_syncs.load(Ordering::Relaxed),
+            wal_fsync_latency: s.wal_fsync_latency.snapshot(),
+            backend_commit_latency: s.store.backend().commit_latency().snapshot(),
             pending_proposals: s.wait.len(),
         }
     }

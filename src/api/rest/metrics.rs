@@ -1,5 +1,5 @@
 //! `/metrics`: Prometheus text exposition of the server's state, written by hand (a dozen gauges and
-//! counters need no client library). Names follow etcd's where etcd has the same quantity, so existing
+//! counters and two histograms need no client library). Names follow etcd's where etcd has the same quantity, so existing
 //! dashboards find them; ours carry the `mini_etcd_` prefix.
 
 use std::fmt::Write as _;
@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
+use crate::histogram::HistogramSnapshot;
 use crate::server::Server;
 
 /// Renders every metric.
@@ -103,5 +104,29 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         "Live watchers.",
         s.watchers.to_string(),
     );
+    histogram(
+        &mut out,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        &s.wal_fsync_latency,
+    );
+    histogram(
+        &mut out,
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+        &s.backend_commit_latency,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Writes `h` as a Prometheus histogram: cumulative `_bucket` lines, `+Inf`, `_sum` and `_count`.
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (le, n) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count {}", h.count);
 }
