@@ -1,6 +1,6 @@
 //! `/metrics`: Prometheus text exposition of the server's state, written by hand (a dozen gauges and
-//! counters and two histograms need no client library). Names follow etcd's where etcd has the same quantity, so existing
-//! dashboards find them; ours carry the `mini_etcd_` prefix.
+//! counters and two histograms need no client library). Names follow etcd's where etcd has the same
+//! quantity, so existing dashboards find them; ours carry the `mini_etcd_` prefix.
 
 use std::fmt::Write as _;
 
