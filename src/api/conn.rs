@@ -16,10 +16,6 @@
 //! still gets a task of its own, as hyper would give it. KV calls also skip the axum router: they
 //! go to the KV service directly ([`Routes::kv`]).
 //!
-//! The socket under hyper is wrapped in [`PongHold`] (`pong.rs`): an HTTP/2 PING acknowledgement
-//! with nothing else to write waits up to a millisecond for the responses it would otherwise precede
-//! in a write of its own.
-//!
 //! Not here: routing (the axum router this serves, apart from the KV shortcut) and TLS (the
 //! listener's job).
 
@@ -40,7 +36,6 @@ use hyper_util::server::conn::auto::Builder;
 use tower::ServiceExt;
 
 use crate::api::grpc::unary::{CallFuture, KvCalls, UnaryBody};
-use pong::PongHold;
 
 /// One HTTP/2 stream's future, as hyper hands it to its executor.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -163,7 +158,7 @@ where
         .http2()
         .auto_date_header(false)
         .max_concurrent_streams(max_streams);
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(PongHold::new(io)), service));
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
     let mut stop = pin!(stop);
     let mut stopping = false;
     let mut streams: FuturesUnordered<StreamFuture> = FuturesUnordered::new();
@@ -194,8 +189,6 @@ where
         tracing::trace!(error = %e, "connection ended with an error");
     }
 }
-
-mod pong;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -355,34 +355,3 @@ async fn an_executor_outliving_its_connection_spawns() {
         .expect("ran within the bound")
         .expect("ran");
 }
-
-/// A client's PING on a connection with nothing else to write is answered: the acknowledgement
-/// that [`PongHold`] holds back goes out when its hold has passed, with no other traffic to carry it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ping_on_an_idle_connection_is_answered() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let _served = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let routes = Routes {
-            router: axum::Router::new(),
-            kv: None,
-            max_concurrent_streams: u32::MAX,
-        };
-        serve_connection(tcp, routes, std::future::pending()).await;
-    });
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (_requests, mut connection) = h2::client::handshake(tcp).await.expect("handshake");
-    let mut pings = connection.ping_pong().expect("the connection's pings");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    for _ in 0..3 {
-        tokio::time::timeout(BOUND, pings.ping(h2::Ping::opaque()))
-            .await
-            .expect("an acknowledgement within the bound")
-            .expect("an acknowledgement");
-    }
-}
