@@ -409,8 +409,9 @@ impl Wal {
         self.segments.len()
     }
 
-    /// The durations of the fdatasync that ends each save, for `/metrics`. Segment creation and
-    /// directory syncs are not in it, as in etcd's metric.
+    /// The durations of the fdatasync that ends each save and each snapshot mark, for `/metrics`.
+    /// Segment creation and directory syncs are not in it (etcd's metric also counts its directory
+    /// syncs at creation and repair, which happen once).
     pub fn fsync_latency(&self) -> Arc<Histogram> {
         Arc::clone(&self.fsync_latency)
     }
