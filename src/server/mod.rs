@@ -41,7 +41,7 @@ use raft::storage::MemStorage;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::histogram::HistogramSnapshot;
+use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::lease::{Lessor, SystemClock};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
@@ -95,7 +95,7 @@ pub struct Shared {
     /// WAL fsyncs so far (metrics: writes per fsync shows group commit at work).
     pub wal_syncs: AtomicU64,
     /// WAL fdatasync durations (the WAL records them; shared here for `/metrics`).
-    pub wal_fsync_latency: Arc<crate::histogram::Histogram>,
+    pub wal_fsync_latency: Arc<Histogram>,
     /// Proposals made so far.
     pub proposals: AtomicU64,
     /// Set once shutdown starts or a thread died.
