@@ -15,6 +15,10 @@
 //! other service. Its figures are therefore a floor for the HTTP/2 layer's cost, not a design.
 //! Only etcd's `benchmark put` and `etcdctl put` should be pointed at it.
 //!
+//! The same loop on h2's own frame codec (`h2::Codec`, which decodes HPACK into header maps) was
+//! measured as well and is described in docs/performance.md; it is not kept here, because that API
+//! sits behind h2's `unstable` feature, which has no semver promise.
+//!
 //! Use: `cargo build --release --example http2_floor`, then `bench-vs-etcd` with one build as A
 //! (`--etcd target/release/mini-etcd`) and this as B (`--b-cmd
 //! "target/release/examples/http2_floor --data-dir {data_dir} --listen-client-urls
