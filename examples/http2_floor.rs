@@ -180,9 +180,6 @@ async fn connection(mut tcp: TcpStream, server: Server) -> std::io::Result<()> {
                                 });
                             }
                         }
-                        HEADERS => {
-                            bodies.entry(stream).or_default();
-                        }
                         SETTINGS if flags & ACK == 0 => frame(&mut out, SETTINGS, ACK, 0, &[]),
                         PING if flags & ACK == 0 => frame(&mut out, PING, ACK, 0, &payload),
                         GOAWAY => return Ok(()),
