@@ -3,56 +3,90 @@
 # (put-64c), with a confidence interval for Y's throughput relative to X's.
 #
 # Each run starts a fresh server with `setsid` (as bench-vs-etcd does), warms it with WARMUP puts
-# (default 3,000), then measures TOTAL puts (default 30,000) and the server's CPU time. The order inside a pair
-# alternates, so neither build always runs first. At the end it prints the geometric mean of the
-# per-pair ratios Y/X with a 95 % confidence interval (mean of the log ratios +- 2 standard errors),
+# (default 3,000), then measures TOTAL puts (default 30,000) and the server's CPU time. The order
+# inside a pair alternates, so neither build always runs first. At the end it prints the geometric
+# mean of the per-pair ratios Y/X with a 95 % confidence interval (Student's t on the log ratios),
 # and each build's mean server CPU per put.
 #
 # Why: one bench-vs-etcd run of 5 repetitions cannot tell a 5 % change from noise on these shared
-# two cores (docs/performance.md, "session 8"); 16 pairs take about three minutes and give an
-# interval of about +-5 %. Use it to decide whether a change is worth a harness run, not instead of
-# the harness: the harness against etcd is the ruler the targets are measured with.
+# two cores (docs/performance.md, "put-64c, session 8"). 16 pairs take about three minutes and
+# give an interval of ±3 to ±9 %, depending on how steady the two builds are. Use it to decide
+# whether a change is worth harness runs, not instead of them: the harness against etcd is the ruler
+# the targets are measured with.
 #
 # Usage: scripts/ab-put.sh X Y   (X and Y: server binaries, or wrapper scripts that exec one and
 #        pass their arguments on; both must take mini-etcd's flags)
-#        PAIRS=16 TOTAL=30000 WARMUP=3000 STORAGE=tmpfs|disk PORT=23779 BM=<etcd benchmark tool>
+#        PAIRS=16 (even) TOTAL=30000 WARMUP=3000 STORAGE=tmpfs|disk PORT=23779 BM=<etcd's tool>
 #        (WARMUP=0 measures from the first put, as bench-vs-etcd does)
+# Needs etcd's `benchmark` tool (../shared/tools/build-etcd-benchmark), etcdctl, ss and python3.
+# Uses ports PORT..PORT+2 on 127.0.0.1; data under /dev/shm or /var/tmp, removed at the end.
 set -u
 [ $# -eq 2 ] || { echo "usage: scripts/ab-put.sh X Y" >&2; exit 2; }
 BM=${BM:-$HOME/.cache/etcd-bench/bin/benchmark}
-PAIRS=${PAIRS:-16}; TOTAL=${TOTAL:-30000}; WARMUP=${WARMUP:-3000}; STORAGE=${STORAGE:-tmpfs}; PORT=${PORT:-23779}
+PAIRS=${PAIRS:-16}; TOTAL=${TOTAL:-30000}; WARMUP=${WARMUP:-3000}; PORT=${PORT:-23779}
+STORAGE=${STORAGE:-tmpfs}
+for v in PAIRS TOTAL WARMUP PORT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "ab-put: $v must be a number" >&2; exit 2; }
+done
+{ [ "$PAIRS" -ge 2 ] && [ $((PAIRS % 2)) = 0 ]; } || { echo "ab-put: PAIRS must be even and >= 2" >&2; exit 2; }
+[ "$TOTAL" -gt 0 ] || { echo "ab-put: TOTAL must be > 0" >&2; exit 2; }
 [ -x "$BM" ] || { echo "ab-put: no benchmark tool at $BM (run ../shared/tools/build-etcd-benchmark)" >&2; exit 2; }
-command -v etcdctl >/dev/null || { echo "ab-put: etcdctl is not installed (apt-get install etcd-client)" >&2; exit 2; }
+for c in etcdctl ss python3; do
+  command -v "$c" >/dev/null || { echo "ab-put: $c is not installed" >&2; exit 2; }
+done
 for b in "$1" "$2"; do [ -x "$b" ] || { echo "ab-put: $b is not executable" >&2; exit 2; }; done
 if [ "$STORAGE" = disk ]; then D=/var/tmp/ab-put-$$; else D=/dev/shm/ab-put-$$; fi
-OUT=$(mktemp)
+OUT=$(mktemp); LOG=$(mktemp)
+TCK=$(getconf CLK_TCK)
 trap 'rm -rf "$D" "$OUT"' EXIT
+trap 'exit 130' INT TERM
 
-# One run of build $1: prints "puts/s server-µs-per-put".
+# utime + stime of process $1 in clock ticks (the name in /proc/PID/stat may hold spaces).
+cpu_ticks() {
+  local s
+  s=$(cat "/proc/$1/stat") || return 1
+  s=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $(( ${12} + ${13} ))
+}
+
+# One run of build $1, always in a subshell of its own (`$(one X)`): prints "puts/s server-µs-per-put", or fails with a message.
 one() {
-  local bin=$1 pid c0 c1 out rps
+  local bin=$1 c0 c1 out rps p
   rm -rf "$D"; mkdir -p "$D"
-  if ss -ltn | grep -q ":$PORT "; then echo "ab-put: port $PORT is busy" >&2; exit 2; fi
+  for p in "$PORT" $((PORT + 1)) $((PORT + 2)); do
+    if ss -ltn | grep -q ":$p "; then echo "ab-put: port $p is busy" >&2; return 1; fi
+  done
   setsid "$bin" --data-dir "$D" --listen-client-urls "http://127.0.0.1:$PORT" \
     --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-    --listen-rest-url "http://127.0.0.1:$((PORT + 2))" >/dev/null 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do
-    ETCDCTL_API=3 etcdctl --command-timeout=1s --endpoints "127.0.0.1:$PORT" put ab-put ready \
-      >/dev/null 2>&1 && break
+    --listen-rest-url "http://127.0.0.1:$((PORT + 2))" >"$LOG" 2>&1 &
+  SRV=$!  # global on purpose: the EXIT trap below runs after this function returns
+  trap 'kill -9 "${SRV:-}" 2>/dev/null' EXIT
+  trap 'exit 130' INT TERM
+  local deadline=$((SECONDS + 30)) ready=false
+  while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$SRV" 2>/dev/null; do
+    if ETCDCTL_API=3 etcdctl --dial-timeout=1s --command-timeout=1s --endpoints "127.0.0.1:$PORT" \
+      put ab-put ready >/dev/null 2>&1; then ready=true; break; fi
     sleep 0.1
   done
+  if ! $ready; then
+    echo "ab-put: $bin exited or did not serve within 30 s; its output:" >&2; tail -5 "$LOG" >&2; return 1
+  fi
   local load=("$BM" --endpoints "127.0.0.1:$PORT" --conns 8 --clients 64 put --key-size 32
     --val-size 256 --key-space-size 100000)
-  [ "$WARMUP" -gt 0 ] && timeout 120 "${load[@]}" --total "$WARMUP" >/dev/null 2>&1
-  c0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  out=$(timeout 300 "${load[@]}" --total "$TOTAL" 2>&1)
-  c1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  kill "$pid"; sleep 0.3; kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  if [ "$WARMUP" -gt 0 ]; then
+    timeout --kill-after=5 120 "${load[@]}" --total "$WARMUP" >/dev/null 2>&1 \
+      || { echo "ab-put: the warm-up against $bin failed" >&2; return 1; }
+  fi
+  c0=$(cpu_ticks "$SRV") || { echo "ab-put: $bin died" >&2; return 1; }
+  out=$(timeout --kill-after=5 300 "${load[@]}" --total "$TOTAL" 2>&1)
+  c1=$(cpu_ticks "$SRV") || { echo "ab-put: $bin died during the run" >&2; return 1; }
+  kill "$SRV"; sleep 0.3; kill -9 "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null
   rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
-  [ -n "$rps" ] || { echo "ab-put: no result from $bin" >&2; exit 1; }
-  # /proc/PID/stat counts clock ticks (100 per second): ticks * 10,000 µs / puts.
-  echo "$rps $(awk -v a="$c0" -v b="$c1" -v t="$TOTAL" 'BEGIN {printf "%.1f", (b - a) * 10000 / t}')"
+  [ -n "$rps" ] || { echo "ab-put: no result from $bin" >&2; return 1; }
+  echo "$rps $(awk -v a="$c0" -v b="$c1" -v t="$TOTAL" -v hz="$TCK" \
+    'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / t}')"
 }
 
 for i in $(seq "$PAIRS"); do
@@ -61,16 +95,22 @@ for i in $(seq "$PAIRS"); do
   echo "$x $y" >>"$OUT"
   echo "$x $y" | awk -v i="$i" '{printf "pair %2d  X %6d puts/s %5.1f us  Y %6d puts/s %5.1f us  Y/X %.3f\n", i, $1, $2, $3, $4, $3 / $1}'
 done
+rm -f "$LOG"
 
 python3 - "$OUT" <<'EOF'
 import math, statistics, sys
 rows = [[float(v) for v in line.split()] for line in open(sys.argv[1])]
 logs = [math.log(r[2] / r[0]) for r in rows]
+n = len(logs)
+# Two-sided 95 % quantiles of Student's t for n - 1 degrees of freedom (1.96 beyond the table).
+T = {1: 12.71, 3: 3.18, 5: 2.57, 7: 2.36, 9: 2.26, 11: 2.20, 13: 2.16, 15: 2.13, 17: 2.11,
+     19: 2.09, 21: 2.08, 23: 2.07, 25: 2.06, 27: 2.05, 29: 2.05, 31: 2.04}
+t = T.get(n - 1, 2.04 if n <= 64 else 2.0)  # beyond the table: a little wider than exact
 mean = statistics.mean(logs)
-se = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else float("inf")
-lo, hi = math.exp(mean - 2 * se), math.exp(mean + 2 * se)
+se = statistics.stdev(logs) / math.sqrt(n)
+lo, hi = math.exp(mean - t * se), math.exp(mean + t * se)
 cx = statistics.mean(r[1] for r in rows)
 cy = statistics.mean(r[3] for r in rows)
-print(f"{len(rows)} pairs: Y/X puts/s {math.exp(mean):.3f} (95 % CI {lo:.3f} .. {hi:.3f}); "
+print(f"{n} pairs: Y/X puts/s {math.exp(mean):.3f} (95 % CI {lo:.3f} .. {hi:.3f}); "
       f"server CPU per put X {cx:.1f} us, Y {cy:.1f} us")
 EOF
