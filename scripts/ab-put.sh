@@ -35,10 +35,14 @@ for c in etcdctl ss python3; do
   command -v "$c" >/dev/null || { echo "ab-put: $c is not installed" >&2; exit 2; }
 done
 for b in "$1" "$2"; do [ -x "$b" ] || { echo "ab-put: $b is not executable" >&2; exit 2; }; done
-if [ "$STORAGE" = disk ]; then D=/var/tmp/ab-put-$$; else D=/dev/shm/ab-put-$$; fi
+case "$STORAGE" in
+  tmpfs) D=/dev/shm/ab-put-$$ ;;
+  disk) D=/var/tmp/ab-put-$$ ;;
+  *) echo "ab-put: STORAGE must be tmpfs or disk" >&2; exit 2 ;;
+esac
 OUT=$(mktemp); LOG=$(mktemp)
 TCK=$(getconf CLK_TCK)
-trap 'rm -rf "$D" "$OUT"' EXIT
+trap 'rm -rf "$D" "$OUT" "$LOG"' EXIT
 trap 'exit 130' INT TERM
 
 # utime + stime of process $1 in clock ticks (the name in /proc/PID/stat may hold spaces).
@@ -51,7 +55,8 @@ cpu_ticks() {
   echo $(( ${12} + ${13} ))
 }
 
-# One run of build $1, always in a subshell of its own (`$(one X)`): prints "puts/s server-µs-per-put", or fails with a message.
+# One run of build $1, always in a subshell of its own (`$(one X)`): prints
+# "puts/s server-µs-per-put", or fails with a message.
 one() {
   local bin=$1 c0 c1 out rps p
   rm -rf "$D"; mkdir -p "$D"
@@ -95,7 +100,6 @@ for i in $(seq "$PAIRS"); do
   echo "$x $y" >>"$OUT"
   echo "$x $y" | awk -v i="$i" '{printf "pair %2d  X %6d puts/s %5.1f us  Y %6d puts/s %5.1f us  Y/X %.3f\n", i, $1, $2, $3, $4, $3 / $1}'
 done
-rm -f "$LOG"
 
 python3 - "$OUT" <<'EOF'
 import math, statistics, sys
