@@ -15,9 +15,10 @@
 //! other service. Its figures are therefore a floor for the HTTP/2 layer's cost, not a design.
 //! Only etcd's `benchmark put` and `etcdctl put` should be pointed at it.
 //!
-//! The same loop on h2's own frame codec (`h2::Codec`, which decodes HPACK into header maps) was
-//! measured as well and is described in docs/performance.md; it is not kept here, because that API
-//! sits behind h2's `unstable` feature, which has no semver promise.
+//! The same loop on h2's own frame codec (`h2::Codec`, which decodes HPACK into header maps) is here
+//! too, for the measurement in docs/performance.md ("put-64c, session 8"): build with `--features
+//! floor-codec` and run with `FLOOR_FRAMING=h2codec`. That API sits behind h2's `unstable`
+//! feature, which has no semver promise, so the feature is off by default and nothing else uses it.
 //!
 //! Use: `cargo build --release --example http2_floor`, then `bench-vs-etcd` with one build as A
 //! (`--etcd target/release/mini-etcd`) and this as B (`--b-cmd
@@ -59,7 +60,32 @@ const PADDED: u8 = 0x8;
 /// The receive window granted to the client, per stream and for the connection.
 const WINDOW: u32 = 1 << 30;
 
+/// Whether connections are served by the loop on h2's codec (`FLOOR_FRAMING=h2codec`) rather than
+/// the plain floor. Asking for the codec from a build without `--features floor-codec` is an error,
+/// not a silent fall-back to the floor: a measurement must not run the wrong loop.
+fn codec_wanted() -> Result<bool, String> {
+    match std::env::var("FLOOR_FRAMING").as_deref() {
+        Err(_) | Ok("") | Ok("floor") => Ok(false),
+        Ok("h2codec") if cfg!(feature = "floor-codec") => Ok(true),
+        Ok("h2codec") => {
+            Err("FLOOR_FRAMING=h2codec needs a build with --features floor-codec".into())
+        }
+        Ok(other) => Err(format!("unknown FLOOR_FRAMING {other:?}: floor or h2codec")),
+    }
+}
+
 fn main() -> ExitCode {
+    let codec = match codec_wanted() {
+        Ok(codec) => codec,
+        Err(e) => {
+            eprintln!("http2_floor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "http2_floor: serving with the {} loop",
+        if codec { "h2 codec" } else { "plain floor" }
+    );
     let cli = Cli::parse();
     let config = match Config::from_args(cli.server) {
         Ok(c) => c,
@@ -75,7 +101,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, codec)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("http2_floor: {e}");
@@ -84,7 +110,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> mini_etcd::Result<()> {
+async fn run(config: Config, codec: bool) -> mini_etcd::Result<()> {
+    #[cfg(not(feature = "floor-codec"))]
+    let _ = codec; // always false here: `codec_wanted` refuses the codec without the feature
     let url = config
         .listen_client_urls
         .first()
@@ -101,6 +129,11 @@ async fn run(config: Config) -> mini_etcd::Result<()> {
         let _ = tcp.set_nodelay(true);
         let server = server.clone();
         tokio::spawn(async move {
+            #[cfg(feature = "floor-codec")]
+            if codec {
+                let _ = codec_connection(tcp, server).await;
+                return;
+            }
             let _ = connection(tcp, server).await;
         });
     }
@@ -223,4 +256,92 @@ fn reply(out: &mut BytesMut, stream: u32, result: mini_etcd::Result<PutResponse>
     trailers.extend_from_slice(b"grpc-status");
     trailers.extend_from_slice(&[1, b'0']);
     frame(out, HEADERS, END_HEADERS | END_STREAM, stream, &trailers);
+}
+
+/// The same loop on h2's own frame codec (`FLOOR_FRAMING=h2codec`, built with `--features
+/// floor-codec`): h2 parses the frames, decodes the request headers' HPACK into a `HeaderMap` and
+/// encodes the replies; the loop does the rest as [`connection`] does, except that it writes the
+/// replies of each wake-up through the codec instead of one buffer.
+#[cfg(feature = "floor-codec")]
+async fn codec_connection(
+    mut tcp: TcpStream,
+    server: Server,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures::SinkExt;
+    use h2::frame::{self, Frame, Headers, Pseudo, StreamId};
+    let mut preface = [0u8; 24];
+    tcp.read_exact(&mut preface).await?;
+    let mut codec: h2::Codec<TcpStream, bytes::Bytes> = h2::Codec::new(tcp);
+    let mut settings = frame::Settings::default();
+    settings.set_initial_window_size(Some(WINDOW));
+    codec.feed(settings.into()).await?;
+    codec
+        .feed(frame::WindowUpdate::new(StreamId::zero(), WINDOW - 65_535).into())
+        .await?;
+    SinkExt::flush(&mut codec).await?;
+    let mut bodies: HashMap<StreamId, BytesMut> = HashMap::new();
+    let mut puts = FuturesUnordered::new();
+    let mut received: u32 = 0;
+    let ctype = http::HeaderValue::from_static("application/grpc");
+    let ok = http::HeaderValue::from_static("0");
+    loop {
+        let mut ready = Vec::new();
+        tokio::select! {
+            f = codec.next() => {
+                let Some(f) = f else { return Ok(()) };
+                match f.map_err(|e| format!("{e:?}"))? {
+                    Frame::Data(d) => {
+                        let end = d.is_end_stream();
+                        let id = d.stream_id();
+                        let payload = d.into_payload();
+                        received = received.saturating_add(payload.len() as u32);
+                        bodies.entry(id).or_default().extend_from_slice(&payload);
+                        if end {
+                            let body = bodies.remove(&id).unwrap_or_default();
+                            let server = server.clone();
+                            puts.push(async move {
+                                let req = PutRequest::decode(body.get(5..).unwrap_or(&[])).unwrap_or_default();
+                                (id, server.put(req).await)
+                            });
+                        }
+                    }
+                    Frame::Settings(s) if !s.is_ack() => codec.feed(frame::Settings::ack().into()).await?,
+                    Frame::Ping(p) if !p.is_ack() => codec.feed(frame::Ping::pong(p.into_payload()).into()).await?,
+                    Frame::GoAway(_) => return Ok(()),
+                    _ => {}
+                }
+                if received > WINDOW / 2 {
+                    codec.feed(frame::WindowUpdate::new(StreamId::zero(), received).into()).await?;
+                    received = 0;
+                }
+            }
+            Some(r) = puts.next(), if !puts.is_empty() => {
+                ready.push(r);
+                while let Some(Some(r)) = puts.next().now_or_never() {
+                    ready.push(r);
+                }
+            }
+        }
+        for (id, result) in ready {
+            let mut fields = http::HeaderMap::new();
+            fields.insert(http::header::CONTENT_TYPE, ctype.clone());
+            codec
+                .feed(Headers::new(id, Pseudo::response(http::StatusCode::OK), fields).into())
+                .await?;
+            let message = result.unwrap_or_default().encode_to_vec();
+            let mut data = Vec::with_capacity(5 + message.len());
+            data.push(0);
+            data.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            data.extend_from_slice(&message);
+            codec
+                .feed(frame::Data::new(id, bytes::Bytes::from(data)).into())
+                .await?;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", ok.clone());
+            let mut t = Headers::trailers(id, trailers);
+            t.set_end_stream();
+            codec.feed(t.into()).await?;
+        }
+        SinkExt::flush(&mut codec).await?;
+    }
 }
