@@ -205,12 +205,7 @@ async fn connection(mut tcp: TcpStream, server: Server) -> std::io::Result<()> {
                             bodies.entry(stream).or_default().extend_from_slice(&payload);
                             if flags & END_STREAM != 0 {
                                 let body = bodies.remove(&stream).unwrap_or_default();
-                                let server = server.clone();
-                                puts.push(async move {
-                                    let req = PutRequest::decode(body.get(5..).unwrap_or(&[]))
-                                        .unwrap_or_default();
-                                    (stream, server.put(req).await)
-                                });
+                                puts.push(put(server.clone(), body).map(move |r| (stream, r)));
                             }
                         }
                         SETTINGS if flags & ACK == 0 => frame(&mut out, SETTINGS, ACK, 0, &[]),
@@ -239,6 +234,23 @@ async fn connection(mut tcp: TcpStream, server: Server) -> std::io::Result<()> {
     }
 }
 
+/// Decodes a Put request body (after its 5-byte gRPC prefix) and runs it through the real server. A
+/// body that does not decode is run as an empty Put: this instrument reports no errors.
+async fn put(server: Server, body: BytesMut) -> mini_etcd::Result<PutResponse> {
+    let req = PutRequest::decode(body.get(5..).unwrap_or(&[])).unwrap_or_default();
+    server.put(req).await
+}
+
+/// A reply's gRPC message: the 5-byte prefix (not compressed, then the length) and the response.
+fn grpc_message(result: mini_etcd::Result<PutResponse>) -> Vec<u8> {
+    let message = result.unwrap_or_default().encode_to_vec();
+    let mut data = Vec::with_capacity(5 + message.len());
+    data.push(0);
+    data.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    data.extend_from_slice(&message);
+    data
+}
+
 /// Appends a unary gRPC reply on `stream`: headers, the message, `grpc-status: 0` trailers. An error
 /// is answered with an empty `PutResponse`: this instrument does not report errors.
 fn reply(out: &mut BytesMut, stream: u32, result: mini_etcd::Result<PutResponse>) {
@@ -247,11 +259,7 @@ fn reply(out: &mut BytesMut, stream: u32, result: mini_etcd::Result<PutResponse>
     let mut headers = vec![0x88, 0x0f, 0x10, 16];
     headers.extend_from_slice(b"application/grpc");
     frame(out, HEADERS, END_HEADERS, stream, &headers);
-    let message = result.unwrap_or_default().encode_to_vec();
-    let mut data = vec![0];
-    data.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    data.extend_from_slice(&message);
-    frame(out, DATA, 0, stream, &data);
+    frame(out, DATA, 0, stream, &grpc_message(result));
     let mut trailers = vec![0x00, 11];
     trailers.extend_from_slice(b"grpc-status");
     trailers.extend_from_slice(&[1, b'0']);
@@ -298,11 +306,7 @@ async fn codec_connection(
                         bodies.entry(id).or_default().extend_from_slice(&payload);
                         if end {
                             let body = bodies.remove(&id).unwrap_or_default();
-                            let server = server.clone();
-                            puts.push(async move {
-                                let req = PutRequest::decode(body.get(5..).unwrap_or(&[])).unwrap_or_default();
-                                (id, server.put(req).await)
-                            });
+                            puts.push(put(server.clone(), body).map(move |r| (id, r)));
                         }
                     }
                     Frame::Settings(s) if !s.is_ack() => codec.feed(frame::Settings::ack().into()).await?,
@@ -328,13 +332,8 @@ async fn codec_connection(
             codec
                 .feed(Headers::new(id, Pseudo::response(http::StatusCode::OK), fields).into())
                 .await?;
-            let message = result.unwrap_or_default().encode_to_vec();
-            let mut data = Vec::with_capacity(5 + message.len());
-            data.push(0);
-            data.extend_from_slice(&(message.len() as u32).to_be_bytes());
-            data.extend_from_slice(&message);
             codec
-                .feed(frame::Data::new(id, bytes::Bytes::from(data)).into())
+                .feed(frame::Data::new(id, bytes::Bytes::from(grpc_message(result))).into())
                 .await?;
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", ok.clone());
