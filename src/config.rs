@@ -113,6 +113,16 @@ pub struct ServerArgs {
     /// catch up from; older ones stay only in the WAL, until a snapshot releases them.
     #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = DEFAULT_SNAPSHOT_CATCHUP_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
     pub experimental_snapshot_catchup_entries: u64,
+    /// Ours (etcd has no such flag): a Raft turn runs on the connection's thread that proposed its
+    /// entries, rather than handing them to the Raft thread, while recent turns took less than this on
+    /// average (`100us`, `1ms`, ...; `0` keeps every turn on the Raft thread). Storage whose fsync
+    /// takes longer keeps the hand-off, so a slow sync never holds up other connections.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_INLINE_TURN_LIMIT",
+        default_value = "100us"
+    )]
+    pub experimental_inline_turn_limit: String,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -170,6 +180,8 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Applied Raft entries kept in memory behind the applied index.
     pub snapshot_catchup_entries: u64,
+    /// Turns run on the proposing connection's thread while they average less than this.
+    pub inline_turn_limit: Duration,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
     /// Most concurrent HTTP/2 streams per client connection.
@@ -234,6 +246,14 @@ impl Config {
             initial_cluster_token: a.initial_cluster_token,
             snapshot_count: a.snapshot_count,
             snapshot_catchup_entries: a.experimental_snapshot_catchup_entries,
+            inline_turn_limit: parse_short_duration(&a.experimental_inline_turn_limit).ok_or_else(
+                || {
+                    Error::InvalidArgument(format!(
+                        "--experimental-inline-turn-limit: {:?} is not a duration (e.g. 100us, 1ms, or 0)",
+                        a.experimental_inline_turn_limit
+                    ))
+                },
+            )?,
             max_request_bytes,
             max_concurrent_streams: a.max_concurrent_streams,
             max_txn_ops: a.max_txn_ops,
@@ -397,6 +417,26 @@ impl Retention {
     }
 }
 
+/// `0`, or a number with a unit: `us` (or `µs`), `ms` or `s`.
+fn parse_short_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
 /// `1h`, `30m`, `45s`, `500ms`, or a bare number of hours (etcd's periodic retention).
 fn parse_duration(s: &str) -> Option<Duration> {
     if let Ok(hours) = s.parse::<f64>() {
@@ -430,6 +470,22 @@ mod tests {
     }
 
     #[test]
+    fn inline_turn_limit_takes_short_durations_and_refuses_the_rest() {
+        let limit = |v: &str| {
+            parse(&[&format!("--experimental-inline-turn-limit={v}")]).map(|c| c.inline_turn_limit)
+        };
+        assert_eq!(limit("0").unwrap(), Duration::ZERO);
+        assert_eq!(limit("250us").unwrap(), Duration::from_micros(250));
+        assert_eq!(limit("250µs").unwrap(), Duration::from_micros(250));
+        assert_eq!(limit("1.5ms").unwrap(), Duration::from_micros(1500));
+        assert_eq!(limit("2s").unwrap(), Duration::from_secs(2));
+        for bad in ["100", "-1ms", "1h", "fast", ""] {
+            let err = limit(bad).expect_err(bad).to_string();
+            assert!(err.contains("inline-turn-limit"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn defaults_match_the_product_page() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.name, "default");
@@ -438,6 +494,7 @@ mod tests {
         assert_eq!(c.listen_client_urls[0].port(), Some(2379));
         assert_eq!(c.snapshot_count, 100_000);
         assert_eq!(c.snapshot_catchup_entries, 5_000);
+        assert_eq!(c.inline_turn_limit, Duration::from_micros(100));
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_concurrent_streams, u32::MAX);
         assert_eq!(c.initial_cluster[0].0, "default");

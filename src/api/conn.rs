@@ -36,6 +36,7 @@ use hyper_util::server::conn::auto::Builder;
 use tower::ServiceExt;
 
 use crate::api::grpc::unary::{CallFuture, KvCalls, UnaryBody};
+use crate::server::inline::with_deferred_proposals;
 
 /// One HTTP/2 stream's future, as hyper hands it to its executor.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -174,9 +175,14 @@ where
             let new = std::mem::take(&mut *lock(&started));
             let mut progress = !new.is_empty();
             streams.extend(new);
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
-                progress = true;
-            }
+            // The proposals these calls make go to Raft together when they have all run, in a turn
+            // on this thread if the Raft loop allows (`server::inline`); the next round then sends
+            // the replies that turn answered.
+            with_deferred_proposals(|| {
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                    progress = true;
+                }
+            });
             if !progress {
                 return Poll::Pending;
             }

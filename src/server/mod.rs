@@ -21,6 +21,7 @@
 pub mod alarm;
 pub mod apply;
 pub mod compactor;
+pub mod inline;
 pub mod kv;
 pub mod maintenance;
 pub mod raft_loop;
@@ -50,7 +51,7 @@ use crate::proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::server::apply::Applier;
-use crate::server::raft_loop::{RaftLoop, RaftMsg};
+use crate::server::raft_loop::{Proposal, RaftLoop, RaftMsg, TurnCost};
 use crate::server::request::{Op, RaftRequest, WalMetadata};
 use crate::server::wait::{ApplyResult, Wait};
 use crate::snap::SnapshotPolicy;
@@ -98,6 +99,8 @@ pub struct Shared {
     pub wal_fsync_latency: Arc<Histogram>,
     /// Proposals made so far.
     pub proposals: AtomicU64,
+    /// Raft turns run on a connection's task rather than the Raft thread (`raft_loop`).
+    pub inline_turns: AtomicU64,
     /// Set once shutdown starts or a thread died.
     pub stopped: AtomicBool,
     /// Why the node stopped on its own, if it did.
@@ -109,6 +112,18 @@ pub struct Shared {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// The cluster's alarms as applied here (see `alarm.rs`).
     pub alarms: alarm::AlarmStore,
+}
+
+impl Shared {
+    /// Stops the node after a fatal error in `who` (the WAL or the backend could not be written):
+    /// no new proposals, every waiter answered `Stopped`, and the reason kept for `/health`.
+    fn fail(&self, who: &str, e: &Error) {
+        tracing::error!(thread = %who, error = %e, "fatal: stopping the node");
+        self.stopped.store(true, Ordering::SeqCst);
+        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{who}: {e}"));
+        self.wait.fail_all(|| Error::Stopped);
+        self.fatal_notify.notify_waiters();
+    }
 }
 
 /// A running server. Cheap to clone; every clone is the same server.
@@ -124,6 +139,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// Proposals and commands for the Raft loop.
     raft_tx: Mutex<Option<Sender<RaftMsg>>>,
+    /// The Raft loop's state, shared with the Raft thread: connections' tasks run turns on it too.
+    core: Arc<Mutex<RaftLoop>>,
     /// Tells the backend committer to stop.
     committer_stop: Mutex<Option<Sender<()>>>,
     /// The three threads, joined at shutdown.
@@ -163,6 +180,8 @@ pub struct Status {
     pub proposals: u64,
     /// WAL fsyncs done.
     pub wal_syncs: u64,
+    /// Raft turns run on a connection's task.
+    pub inline_turns: u64,
     /// Durations of the WAL's fdatasyncs.
     pub wal_fsync_latency: HistogramSnapshot,
     /// Durations of the backend's commits.
@@ -350,6 +369,7 @@ impl Server {
             wal_syncs: AtomicU64::new(0),
             wal_fsync_latency: wal.fsync_latency(),
             proposals: AtomicU64::new(0),
+            inline_turns: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
@@ -368,16 +388,18 @@ impl Server {
             shared: shared.clone(),
             snapshots: SnapshotPolicy::new(config.snapshot_count, snap.index.max(consistent_index)),
         };
-        let raft_loop = RaftLoop {
+        let core = Arc::new(Mutex::new(RaftLoop {
             node,
             wal,
-            rx: raft_rx,
             applier,
             shared: shared.clone(),
             catch_up: config.snapshot_catchup_entries,
-        };
+            turn_cost: TurnCost::new(config.inline_turn_limit),
+            ended: false,
+        }));
+        let thread_core = core.clone();
         threads.push(spawn_named("raft", shared.clone(), move || {
-            raft_loop.run()
+            RaftLoop::run(thread_core, raft_rx)
         })?);
 
         let committer_store = store.clone();
@@ -404,6 +426,7 @@ impl Server {
                 config,
                 shared,
                 raft_tx: Mutex::new(Some(raft_tx)),
+                core,
                 committer_stop: Mutex::new(Some(stop_tx)),
                 threads: Mutex::new(threads),
                 _lock: lock,
@@ -656,6 +679,7 @@ impl Server {
             watchers: s.hub.watcher_count(),
             proposals: s.proposals.load(Ordering::Relaxed),
             wal_syncs: s.wal_syncs.load(Ordering::Relaxed),
+            inline_turns: s.inline_turns.load(Ordering::Relaxed),
             wal_fsync_latency: s.wal_fsync_latency.snapshot(),
             backend_commit_latency: s.store.backend().commit_latency().snapshot(),
             pending_proposals: s.wait.len(),
@@ -706,13 +730,7 @@ impl Server {
             shared.wait.cancel(id);
             return Err(Error::RequestTooLarge);
         }
-        let sent = {
-            let tx = self.inner.raft_tx.lock().unwrap_or_else(|p| p.into_inner());
-            tx.as_ref()
-                .map(|tx| tx.send(RaftMsg::Propose { id, data }).is_ok())
-                .unwrap_or(false)
-        };
-        if !sent {
+        if !inline::submit(&self.inner, Proposal { id, data }) {
             shared.wait.cancel(id);
             return Err(Error::Stopped);
         }
@@ -828,12 +846,7 @@ fn spawn_named(
         .name(thread_name.clone())
         .spawn(move || {
             if let Err(e) = f() {
-                tracing::error!(thread = %thread_name, error = %e, "fatal: stopping the node");
-                shared.stopped.store(true, Ordering::SeqCst);
-                *shared.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(format!("{thread_name}: {e}"));
-                shared.wait.fail_all(|| Error::Stopped);
-                shared.fatal_notify.notify_waiters();
+                shared.fail(&thread_name, &e);
             }
         })?)
 }

@@ -1,19 +1,31 @@
-//! The Raft Ready loop: the one thread that owns the consensus state and the WAL.
+//! The Raft Ready loop: the consensus state and the WAL, and the turns that move them.
 //!
-//! Each turn it takes every proposal that is waiting, so all proposals that arrived during the
-//! previous fsync are appended together and share the next one: that is the group commit. The order inside a turn is raft-rs's: committed entries are applied, new entries and
-//! the hard state are written to the WAL and fsynced, and only then does `advance` let Raft count them
-//! as persisted. On a single voter an entry commits only once it is persisted, so nothing is applied,
-//! and therefore nothing is acknowledged, before its fsync.
+//! Each turn takes every proposal that is waiting, so all proposals that arrived during the previous
+//! fsync are appended together and share the next one: that is the group commit. The order inside a
+//! turn is raft-rs's: committed entries are applied, new entries and the hard state are written to
+//! the WAL and fsynced, and only then does `advance` let Raft count them as persisted. On a single
+//! voter an entry commits only once it is persisted, so nothing is applied, and therefore nothing is
+//! acknowledged, before its fsync.
 //!
-//! Committed entries are applied on this thread (`apply.rs`), right after the fsync that committed
-//! them. An apply thread of its own would let applying one batch overlap the next fsync, but it costs
-//! two thread hand-offs per batch, and on a machine whose cores are busy (clients and server sharing
-//! two cores) those wake-ups cost more CPU, and more waiting for a core, than the overlap saves:
-//! measured under `benchmark put --clients 64`, 29 % fewer context switches and 11 % less CPU per
-//! put (averages of six alternated runs; see docs/performance.md). Applying a batch of plain puts takes a few microseconds per entry, against ~150-300 µs
-//! for the fsync. When the applied entries make a snapshot due, it is recorded at the end of the same
-//! turn.
+//! **Where a turn runs.** The state sits behind one mutex, and a turn runs on whichever thread holds
+//! it. The Raft thread ([`RaftLoop::run`]) waits for messages on its channel, ticks Raft's clock
+//! and runs a turn for whatever arrives. A connection's task runs the turn itself when it can
+//! ([`RaftLoop::try_turn`], called by `server::inline` with the proposals its calls made in one
+//! round): when the mutex is free, the loop has not ended, and recent turns were short (a moving
+//! average under `--experimental-inline-turn-limit`, 100 µs by default). Handing a proposal to
+//! another thread and the answer back costs two wake-ups, and on two vCPUs shared with the clients
+//! those cost more than the turn itself: an echo thread that did no work at all took 25-30 % of
+//! put-64c's throughput (docs/performance.md, session 9). A turn with a slow fsync (a disk that
+//! takes hundreds of microseconds) would hold up every other connection on that worker, so slow
+//! turns stay on the Raft thread; the average follows every turn, wherever it ran, so the choice
+//! adapts in both directions. One turn that is slow without warning (a snapshot, a backend commit
+//! forced by a large batch) still runs where it started.
+//!
+//! Committed entries are applied in the turn, right after the fsync that committed them. An apply
+//! thread of its own would let applying one batch overlap the next fsync, but it costs two thread
+//! hand-offs per batch, which cost more than the overlap saves here (session 4: 29 % fewer context
+//! switches and 11 % less CPU per put without it). When the applied entries make a snapshot due, it
+//! is recorded at the end of the same turn.
 //!
 //! Raft keeps the log in raft-rs's `MemStorage`, but only the part it can still need: the entries not
 //! yet applied and a catch-up window of `--experimental-snapshot-catchup-entries` applied ones before
@@ -27,7 +39,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use raft::prelude::*;
@@ -46,31 +58,81 @@ const MAX_BATCH: usize = 4096;
 
 /// What other threads ask of the Raft loop.
 pub enum RaftMsg {
-    /// Propose an encoded `RaftRequest` whose waiter has id `id`.
-    Propose {
-        /// Waiter id, answered with an error if Raft drops the proposal.
-        id: u64,
-        /// The encoded request.
-        data: Vec<u8>,
-    },
+    /// Propose these requests, in order.
+    Propose(Vec<Proposal>),
     /// Stop the loop.
     Stop,
 }
 
-/// The state the loop owns.
+/// One encoded `RaftRequest` to propose.
+pub struct Proposal {
+    /// Waiter id, answered with an error if Raft drops the proposal.
+    pub id: u64,
+    /// The encoded request.
+    pub data: Vec<u8>,
+}
+
+/// The state a turn works on, behind the loop's mutex.
 pub struct RaftLoop {
     /// The consensus core.
     pub node: RawNode<MemStorage>,
     /// The durable log.
     pub wal: Wal,
-    /// Incoming requests.
-    pub rx: Receiver<RaftMsg>,
     /// Applies committed entries, in order.
     pub applier: Applier,
     /// State shared with the rest of the server.
     pub shared: Arc<Shared>,
     /// Applied entries kept in memory (`--experimental-snapshot-catchup-entries`).
     pub catch_up: u64,
+    /// How long turns take, and whether one may run on a connection's task.
+    pub turn_cost: TurnCost,
+    /// Set when the loop has ended (stopped, or a turn failed): no turn runs after that.
+    pub ended: bool,
+}
+
+/// What [`RaftLoop::try_turn`] did with a batch.
+pub enum Inline {
+    /// Proposed, and the turn ran on the calling thread.
+    Ran,
+    /// The turn failed: the node must stop (the WAL could not be written).
+    Failed(Error),
+    /// Not run here (the loop is busy, has ended, or its turns are slow): the Raft thread's to take.
+    Declined(Vec<Proposal>),
+}
+
+/// A moving average of how long turns take (each turn weighs 1/8), against the limit under which a
+/// turn may run on a connection's task. A limit of zero keeps every turn on the Raft thread.
+#[derive(Debug, Clone)]
+pub struct TurnCost {
+    average_ns: u64,
+    limit_ns: u64,
+}
+
+impl TurnCost {
+    /// No turn measured yet, and `limit` for running one inline.
+    pub fn new(limit: Duration) -> TurnCost {
+        TurnCost {
+            average_ns: 0,
+            limit_ns: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Counts a turn that took `took`.
+    pub fn record(&mut self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // avg += (took - avg) / 8, in integers that cannot overflow.
+        self.average_ns = self.average_ns - self.average_ns / 8 + took / 8;
+    }
+
+    /// Whether the next turn may run on a connection's task.
+    pub fn inline_ok(&self) -> bool {
+        self.average_ns < self.limit_ns
+    }
+
+    /// The current average.
+    pub fn average(&self) -> Duration {
+        Duration::from_nanos(self.average_ns)
+    }
 }
 
 /// The first index of the in-memory log once `applied` is applied: the last `catch_up` applied entries
@@ -94,34 +156,50 @@ pub fn trim_log(store: &MemStorage, applied: u64, catch_up: u64) -> Result<u64> 
 }
 
 impl RaftLoop {
-    /// Runs until `Stop` or every sender is gone. An error here is fatal: the WAL could not be written.
-    pub fn run(mut self) -> Result<()> {
+    /// The Raft thread: runs until `Stop`, every sender is gone, or a turn fails (an error here is
+    /// fatal: the WAL could not be written). Marks the loop ended on the way out, so no
+    /// connection's task runs a turn after it.
+    pub fn run(core: Arc<Mutex<RaftLoop>>, rx: Receiver<RaftMsg>) -> Result<()> {
+        let result = Self::turns(&core, &rx);
+        match core.lock() {
+            Ok(mut this) => this.ended = true,
+            Err(poisoned) => poisoned.into_inner().ended = true,
+        }
+        result
+    }
+
+    fn turns(core: &Mutex<RaftLoop>, rx: &Receiver<RaftMsg>) -> Result<()> {
         let mut last_tick = Instant::now();
         // A campaign made before the loop started (single voter) is ready at once.
-        self.on_ready()?;
+        lock(core)?.on_ready()?;
         loop {
             let timeout = TICK.saturating_sub(last_tick.elapsed());
-            let first = match self.rx.recv_timeout(timeout) {
+            let first = match rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let mut this = lock(core)?;
+            if this.ended {
+                // A connection's task ran a turn that failed; the node is stopping.
+                break;
+            }
             let mut stop = false;
             if let Some(m) = first {
-                stop |= self.handle(m)?;
+                stop |= this.handle(m);
                 // Group commit: everything already queued joins this turn.
                 for _ in 0..MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(m) => stop |= self.handle(m)?,
+                    match rx.try_recv() {
+                        Ok(m) => stop |= this.handle(m),
                         Err(_) => break,
                     }
                 }
             }
             if last_tick.elapsed() >= TICK {
-                self.node.tick();
+                this.node.tick();
                 last_tick = Instant::now();
             }
-            self.on_ready()?;
+            this.on_ready()?;
             if stop {
                 break;
             }
@@ -130,18 +208,50 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Handles one message; true means stop.
-    fn handle(&mut self, m: RaftMsg) -> Result<bool> {
-        match m {
-            RaftMsg::Propose { id, data } => {
-                if let Err(e) = self.node.propose(vec![], data) {
-                    // A dropped proposal is answered now; the client never hangs.
-                    self.shared.wait.trigger(id, Err(Error::from(e)));
-                }
+    /// Proposes `batch` and runs the turn on the calling thread, if the loop is free, has not ended,
+    /// and its recent turns were short; otherwise hands the batch back. Never blocks on the mutex.
+    pub fn try_turn(core: &Mutex<RaftLoop>, batch: Vec<Proposal>) -> Inline {
+        let mut this = match core.try_lock() {
+            Ok(this) => this,
+            // Busy, or poisoned by a panic in a turn: the Raft thread finds out and stops the node.
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
+                return Inline::Declined(batch)
             }
-            RaftMsg::Stop => return Ok(true),
+        };
+        if this.ended || !this.turn_cost.inline_ok() {
+            return Inline::Declined(batch);
         }
-        Ok(false)
+        this.propose(batch);
+        match this.on_ready() {
+            Ok(()) => {
+                this.shared.inline_turns.fetch_add(1, Ordering::Relaxed);
+                Inline::Ran
+            }
+            Err(e) => {
+                this.ended = true;
+                Inline::Failed(e)
+            }
+        }
+    }
+
+    /// Handles one message; true means stop.
+    fn handle(&mut self, m: RaftMsg) -> bool {
+        match m {
+            RaftMsg::Propose(batch) => {
+                self.propose(batch);
+                false
+            }
+            RaftMsg::Stop => true,
+        }
+    }
+
+    fn propose(&mut self, batch: Vec<Proposal>) {
+        for Proposal { id, data } in batch {
+            if let Err(e) = self.node.propose(vec![], data) {
+                // A dropped proposal is answered now; the client never hangs.
+                self.shared.wait.trigger(id, Err(Error::from(e)));
+            }
+        }
     }
 
     /// Records a snapshot at `index` (of term `term`) and releases the WAL below it. The in-memory log
@@ -165,10 +275,18 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// Runs a turn if Raft has one ready, and counts how long it took.
     fn on_ready(&mut self) -> Result<()> {
         if !self.node.has_ready() {
             return Ok(());
         }
+        let started = Instant::now();
+        let result = self.ready_turn();
+        self.turn_cost.record(started.elapsed());
+        result
+    }
+
+    fn ready_turn(&mut self) -> Result<()> {
         let store = self.node.raft.raft_log.store.clone();
         let mut rd = self.node.ready();
 
@@ -227,6 +345,12 @@ impl RaftLoop {
             .store(last.index, Ordering::Relaxed);
         self.applier.apply_batch(&entries)
     }
+}
+
+/// The loop's state for the Raft thread; a poisoned mutex (a turn panicked) stops the node.
+fn lock(core: &Mutex<RaftLoop>) -> Result<MutexGuard<'_, RaftLoop>> {
+    core.lock()
+        .map_err(|_| Error::Internal("a Raft turn panicked".into()))
 }
 
 #[cfg(test)]
@@ -291,5 +415,45 @@ mod tests {
         assert_eq!(raft::Storage::term(&store, 100).expect("term"), 1);
         // Even when asked beyond it.
         assert_eq!(trim_log(&store, 500, 1).expect("trim"), 100);
+    }
+
+    #[test]
+    fn turn_cost_moves_turns_off_the_callers_thread_and_back() {
+        let fast = Duration::from_micros(5);
+        let mut cost = TurnCost::new(Duration::from_micros(100));
+        assert!(cost.inline_ok(), "nothing measured yet");
+        for _ in 0..50 {
+            cost.record(fast);
+        }
+        assert!(cost.inline_ok(), "{:?}", cost.average());
+        // One slow turn (a snapshot, a forced backend commit) sends the next ones to the thread...
+        cost.record(Duration::from_millis(10));
+        assert!(!cost.inline_ok(), "{:?}", cost.average());
+        // ...until enough fast ones bring the average under the limit again: from about 1.25 ms,
+        // 7/8 per turn, that takes about 20 turns.
+        let mut turns = 0;
+        while !cost.inline_ok() {
+            cost.record(fast);
+            turns += 1;
+            assert!(turns < 100, "never came back: {:?}", cost.average());
+        }
+        assert!((15..=25).contains(&turns), "{turns} turns");
+        // A disk whose fsyncs take 300 µs keeps every turn on the thread.
+        for _ in 0..100 {
+            cost.record(Duration::from_micros(300));
+        }
+        assert!(!cost.inline_ok(), "{:?}", cost.average());
+    }
+
+    #[test]
+    fn turn_cost_limits_zero_and_unbounded() {
+        let never = TurnCost::new(Duration::ZERO);
+        assert!(
+            !never.inline_ok(),
+            "a zero limit keeps every turn on the thread"
+        );
+        let mut always = TurnCost::new(Duration::MAX);
+        always.record(Duration::from_secs(3600));
+        assert!(always.inline_ok());
     }
 }

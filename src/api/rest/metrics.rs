@@ -99,6 +99,12 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         s.wal_syncs.to_string(),
     );
     metric(
+        "mini_etcd_raft_inline_turns_total",
+        "counter",
+        "Raft turns run on the connection's thread that proposed them rather than on the Raft thread.",
+        s.inline_turns.to_string(),
+    );
+    metric(
         "mini_etcd_watchers",
         "gauge",
         "Live watchers.",

@@ -1,0 +1,119 @@
+//! Proposals from a connection's task: held back while its calls run, then proposed together, in a
+//! Raft turn on the same thread when that is cheap.
+//!
+//! A put used to cross two threads: its connection's task sent the proposal to the Raft thread,
+//! which woke to run the turn and then woke the task again with the answer. On two vCPUs shared
+//! with the clients those two wake-ups are the dearest part of a put: a scratch build whose put
+//! handler only made that round trip to a thread that did nothing else ran put-64c 25-30 % slower
+//! than one that answered at once, about as slow as the real Raft path (docs/performance.md,
+//! session 9).
+//!
+//! So [`with_deferred_proposals`] wraps the part of a connection's poll that runs its calls
+//! (`api::conn`): the proposals they make are held on the thread ([`submit`]), and when the calls
+//! have had their turn the whole batch goes to [`RaftLoop::try_turn`]. If the Raft state is free and
+//! its turns are short (`raft_loop`), the turn runs right there: the batch is appended, fsynced and
+//! applied, the calls' waiters are answered, and the connection's next round sends the replies,
+//! with no thread in between. Otherwise the batch is sent to the Raft thread in one message, as
+//! every proposal made outside such a scope is (leases, the REST API, spawned calls).
+//!
+//! Nothing here changes what a reply means: a turn is the same code on either thread, and an entry
+//! is acknowledged only after its fsync. A batch whose turn fails stops the node, as a failure on the
+//! Raft thread does.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::server::raft_loop::{Inline, Proposal, RaftLoop, RaftMsg};
+use crate::server::Inner;
+
+thread_local! {
+    /// Whether proposals made on this thread are being held (inside [`with_deferred_proposals`]).
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// The proposals held so far, and the server they are for.
+    static HELD: RefCell<Option<(Arc<Inner>, Vec<Proposal>)>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a connection's calls) with the proposals it makes held back, then proposes them
+/// together: in a turn on this thread if the Raft loop allows it, else through the Raft thread.
+pub fn with_deferred_proposals<R>(f: impl FnOnce() -> R) -> R {
+    if HOLDING.with(|h| h.replace(true)) {
+        return f(); // already inside a scope: its end proposes
+    }
+    let guard = Release;
+    let result = f();
+    drop(guard);
+    result
+}
+
+/// Ends a holding scope, including when its calls panic: the flag is cleared, so later proposals on
+/// this thread are not held forever, and what is held is proposed. After a panic the batch goes to
+/// the Raft thread rather than running a turn during the unwind.
+struct Release;
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        HOLDING.with(|h| h.set(false));
+        if let Some((inner, batch)) = HELD.with(|h| h.borrow_mut().take()) {
+            if std::thread::panicking() {
+                send(&inner, batch);
+            } else {
+                propose(&inner, batch);
+            }
+        }
+    }
+}
+
+/// Proposes `p` for `inner`: held if this thread is in a holding scope, else sent to the Raft
+/// thread at once. False when it could not be sent (the Raft loop is gone); a held proposal that
+/// later cannot be proposed has its waiter answered `Stopped` instead.
+pub(super) fn submit(inner: &Arc<Inner>, p: Proposal) -> bool {
+    if !HOLDING.with(Cell::get) {
+        return try_send(inner, vec![p]).is_ok();
+    }
+    let other = HELD.with(|h| {
+        let mut held = h.borrow_mut();
+        match held.as_mut() {
+            Some((i, batch)) if Arc::ptr_eq(i, inner) => {
+                batch.push(p);
+                None
+            }
+            // Nothing held, or held for another server (tests run several in one process).
+            _ => held.replace((inner.clone(), vec![p])),
+        }
+    });
+    if let Some((other, batch)) = other {
+        propose(&other, batch);
+    }
+    true
+}
+
+/// Proposes a held batch: a turn here if the Raft loop takes it, else the Raft thread's.
+fn propose(inner: &Inner, batch: Vec<Proposal>) {
+    match RaftLoop::try_turn(&inner.core, batch) {
+        Inline::Ran => {}
+        Inline::Failed(e) => inner.shared.fail("raft (inline turn)", &e),
+        Inline::Declined(batch) => send(inner, batch),
+    }
+}
+
+/// Sends `batch` to the Raft thread; if it is gone, answers every waiter `Stopped`.
+fn send(inner: &Inner, batch: Vec<Proposal>) {
+    if let Err(batch) = try_send(inner, batch) {
+        for p in batch {
+            inner.shared.wait.trigger(p.id, Err(Error::Stopped));
+        }
+    }
+}
+
+/// Sends `batch` to the Raft thread, or gives it back if the thread is gone.
+fn try_send(inner: &Inner, batch: Vec<Proposal>) -> Result<(), Vec<Proposal>> {
+    let tx = inner.raft_tx.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(tx) = tx.as_ref() else {
+        return Err(batch);
+    };
+    tx.send(RaftMsg::Propose(batch)).map_err(|e| match e.0 {
+        RaftMsg::Propose(batch) => batch,
+        RaftMsg::Stop => Vec::new(),
+    })
+}
