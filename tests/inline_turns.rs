@@ -31,8 +31,8 @@ struct Acked {
     revision: i64,
 }
 
-/// `mini_etcd_raft_inline_turns_total` from `/metrics`.
-async fn inline_turns(server: &Server) -> u64 {
+/// The value of `name` in `/metrics`.
+async fn metric(server: &Server, name: &str) -> u64 {
     let resp = server
         .rest()
         .call(reqwest::Method::GET, "/metrics", None)
@@ -40,11 +40,16 @@ async fn inline_turns(server: &Server) -> u64 {
     assert_eq!(resp.status, 200, "/metrics: {}", resp.body);
     resp.body
         .lines()
-        .find_map(|l| l.strip_prefix("mini_etcd_raft_inline_turns_total "))
-        .unwrap_or_else(|| panic!("no inline turn counter in /metrics:\n{}", resp.body))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", resp.body))
         .trim()
         .parse()
-        .expect("counter value")
+        .expect("metric value")
+}
+
+/// Raft turns run on a connection's thread so far.
+async fn inline_turns(server: &Server) -> u64 {
+    metric(server, "mini_etcd_raft_inline_turns_total").await
 }
 
 /// `CLIENTS` clients on connections of their own put `PUTS_PER_CLIENT` keys each, at the same time.
@@ -97,7 +102,14 @@ async fn assert_present(server: &Server, acked: &[Acked], when: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_answered_from_inline_turns_are_ordered_and_survive_a_restart() {
-    let (mut server, _dir) = start(&ALWAYS_INLINE).await;
+    // A snapshot every 100 entries: the turns that take one go to the Raft thread meanwhile.
+    let (mut server, _dir) = start(&[
+        ALWAYS_INLINE[0],
+        ALWAYS_INLINE[1],
+        "--snapshot-count",
+        "100",
+    ])
+    .await;
     let before = inline_turns(&server).await;
     let acked = put_concurrently(&server, "inline").await;
     let ran = inline_turns(&server).await - before;
@@ -113,6 +125,12 @@ async fn puts_answered_from_inline_turns_are_ordered_and_survive_a_restart() {
     let expected: Vec<i64> = (first..first + acked.len() as i64).collect();
     assert_eq!(revisions, expected, "revisions of {} puts", acked.len());
     assert_present(&server, &acked, "before restart").await;
+    let snapshot = metric(&server, "mini_etcd_snapshot_index").await;
+    assert!(
+        snapshot >= 700,
+        "{} puts at --snapshot-count 100 left the last snapshot at {snapshot}",
+        acked.len()
+    );
 
     server.stop().await;
     server.restart().await;

@@ -41,6 +41,13 @@ pub struct Applier {
     pub snapshots: SnapshotPolicy,
 }
 
+/// [`Applier::heavy_ahead`] on its inputs: `pending` backend writes, and `count` entries after `last`
+/// (each adds at least one write, and the last of them is the highest index the turn can apply).
+fn heavy_ahead(pending: usize, snapshots: &SnapshotPolicy, last: u64, count: usize) -> bool {
+    pending.saturating_add(count) >= BACKEND_BATCH_LIMIT
+        || snapshots.due(last.saturating_add(count as u64))
+}
+
 /// A snapshot that applied entries made due. The backend already durably holds everything up to
 /// `index`, so the Raft loop may record the snapshot and release the WAL below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,18 @@ pub struct SnapshotDue {
 }
 
 impl Applier {
+    /// Whether applying up to `count` more entries after index `last` could make the turn commit the
+    /// backend or take a snapshot: the turns that take milliseconds rather than microseconds, which
+    /// the Raft loop keeps on its own thread (`raft_loop`).
+    pub fn heavy_ahead(&self, last: u64, count: usize) -> bool {
+        heavy_ahead(
+            self.shared.store.backend_pending(),
+            &self.snapshots,
+            last,
+            count,
+        )
+    }
+
     /// Applies one batch of committed entries, in order, then does the chores they make due; returns
     /// the snapshot they made due, if any. An error is fatal for the node.
     pub fn apply_batch(&mut self, entries: &[Entry]) -> Result<Option<SnapshotDue>> {
@@ -223,4 +242,26 @@ fn header(revision: i64) -> Option<ResponseHeader> {
         revision,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heavy_ahead_sees_a_coming_backend_commit_or_snapshot() {
+        // The last snapshot was at 1,000 and one is due every 100 entries: the next at 1,100.
+        let policy = SnapshotPolicy::new(100, 1_000);
+        assert!(!heavy_ahead(0, &policy, 1_050, 8));
+        assert!(
+            heavy_ahead(0, &policy, 1_095, 8),
+            "the snapshot at 1,100 falls inside the turn"
+        );
+        assert!(heavy_ahead(0, &policy, 1_100, 0), "already due");
+        assert!(!heavy_ahead(BACKEND_BATCH_LIMIT - 9, &policy, 1_000, 8));
+        assert!(
+            heavy_ahead(BACKEND_BATCH_LIMIT - 8, &policy, 1_000, 8),
+            "the batch takes the backend to its commit limit"
+        );
+    }
 }

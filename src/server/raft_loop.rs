@@ -18,8 +18,9 @@
 //! put-64c's throughput (docs/performance.md, session 9). A turn with a slow fsync (a disk that
 //! takes hundreds of microseconds) would hold up every other connection on that worker, so slow
 //! turns stay on the Raft thread; the average follows every turn, wherever it ran, so the choice
-//! adapts in both directions. One turn that is slow without warning (a snapshot, a backend commit
-//! forced by a large batch) still runs where it started.
+//! adapts in both directions. The two turns known to be slow before they start, one that will
+//! commit the backend (10,000 writes pending) and one that will take a snapshot, are left to the
+//! Raft thread too.
 //!
 //! Committed entries are applied in the turn, right after the fsync that committed them. An apply
 //! thread of its own would let applying one batch overlap the next fsync, but it costs two thread
@@ -209,7 +210,8 @@ impl RaftLoop {
     }
 
     /// Proposes `batch` and runs the turn on the calling thread, if the loop is free, has not ended,
-    /// and its recent turns were short; otherwise hands the batch back. Never blocks on the mutex.
+    /// its recent turns were short, and this one will not commit the backend or take a snapshot;
+    /// otherwise hands the batch back. Never blocks on the mutex.
     pub fn try_turn(core: &Mutex<RaftLoop>, batch: Vec<Proposal>) -> Inline {
         let mut this = match core.try_lock() {
             Ok(this) => this,
@@ -218,7 +220,9 @@ impl RaftLoop {
                 return Inline::Declined(batch)
             }
         };
-        if this.ended || !this.turn_cost.inline_ok() {
+        let last = this.node.raft.raft_log.last_index();
+        if this.ended || !this.turn_cost.inline_ok() || this.applier.heavy_ahead(last, batch.len())
+        {
             return Inline::Declined(batch);
         }
         this.propose(batch);
