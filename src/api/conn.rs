@@ -16,6 +16,10 @@
 //! still gets a task of its own, as hyper would give it. KV calls also skip the axum router: they
 //! go to the KV service directly ([`Routes::kv`]).
 //!
+//! The proposals those inline calls make in one round are held until the round's calls have all
+//! run, then proposed together, and the Raft turn for them runs right here when the Raft loop
+//! allows it (`server::inline`): the next round then sends the replies, with no thread hand-off.
+//!
 //! Not here: routing (the axum router this serves, apart from the KV shortcut) and TLS (the
 //! listener's job).
 

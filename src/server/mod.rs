@@ -2,9 +2,9 @@
 //!
 //! Every write takes the same path, even on a single node: the API calls [`Server::put`] (or delete,
 //! compact); the request gets an id and a parked waiter (`wait.rs`), is encoded (`request.rs`) and
-//! proposed to the Raft loop (`raft_loop.rs`), which appends it to the WAL and fsyncs; once Raft commits
-//! it the apply step (`apply.rs`, on the Raft loop's thread) applies it to the MVCC store, feeds the watch hub and wakes the
-//! waiter. The client is answered only then, or with an error when the proposal is dropped, times out,
+//! proposed to the Raft loop (`raft_loop.rs`), whose next turn appends it to the WAL and fsyncs; once
+//! Raft commits it the apply step (`apply.rs`, in the same turn) applies it to the MVCC store, feeds
+//! the watch hub and wakes the waiter. The client is answered only then, or with an error when the proposal is dropped, times out,
 //! or the server stops: nothing hangs.
 //!
 //! Reads go straight to the MVCC store, and so does a txn without puts or deletes: its compares and
@@ -14,9 +14,11 @@
 //! nothing until the entries committed before a restart have been applied again. With peers, reads
 //! will go through Raft's read index first.
 //!
-//! Two threads do the work: the Raft loop (owns Raft and the WAL, and applies committed entries: the
-//! only writer of the store), and the backend committer (commits the store's write batch to redb every
-//! 100 ms; the WAL, not the backend, is what makes a write durable). A lock file keeps a second process off the data dir.
+//! Two threads do the work: the Raft thread (runs Raft turns, which own Raft and the WAL and apply
+//! committed entries: the only writers of the store), and the backend committer (commits the store's
+//! write batch to redb every 100 ms; the WAL, not the backend, is what makes a write durable). A
+//! gRPC connection's task runs the turn for its own calls' proposals itself when that is cheap
+//! (`inline.rs`); turns never overlap, whichever thread runs them. A lock file keeps a second process off the data dir.
 
 pub mod alarm;
 pub mod apply;
