@@ -21,10 +21,13 @@
 //! Raft thread does.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::error::Error;
+use crate::proto::etcdserverpb::request_op;
 use crate::server::raft_loop::{Inline, Proposal, RaftLoop, RaftMsg};
+use crate::server::request::Op;
 use crate::server::Inner;
 
 thread_local! {
@@ -68,7 +71,8 @@ impl Drop for Release {
 /// thread at once. False when it could not be sent (the Raft loop is gone); a held proposal that
 /// later cannot be proposed has its waiter answered `Stopped` instead.
 pub(super) fn submit(inner: &Arc<Inner>, p: Proposal) -> bool {
-    if !HOLDING.with(Cell::get) {
+    // A limit of zero runs no turn inline: nothing is held either, as before inline turns existed.
+    if !HOLDING.with(Cell::get) || inner.config.inline_turn_limit.is_zero() {
         return try_send(inner, vec![p]).is_ok();
     }
     let other = HELD.with(|h| {
@@ -92,7 +96,16 @@ pub(super) fn submit(inner: &Arc<Inner>, p: Proposal) -> bool {
 fn propose(inner: &Inner, batch: Vec<Proposal>) {
     match RaftLoop::try_turn(&inner.core, batch) {
         Inline::Ran => {}
-        Inline::Failed(e) => inner.shared.fail("raft (inline turn)", &e),
+        Inline::Failed(e) => {
+            // No proposal may reach the Raft thread from now on: later ones are answered
+            // `Stopped` at once, and the thread wakes to find the loop ended.
+            inner
+                .raft_tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            inner.shared.fail("raft (inline turn)", &e);
+        }
         Inline::Declined(batch) => send(inner, batch),
     }
 }
@@ -106,14 +119,38 @@ fn send(inner: &Inner, batch: Vec<Proposal>) {
     }
 }
 
-/// Sends `batch` to the Raft thread, or gives it back if the thread is gone.
+/// Sends `batch` to the Raft thread, or gives it back if the thread is gone. Counted in
+/// `raft_queued` until the thread takes it, so that no turn on a connection's task overtakes it.
 fn try_send(inner: &Inner, batch: Vec<Proposal>) -> Result<(), Vec<Proposal>> {
     let tx = inner.raft_tx.lock().unwrap_or_else(|p| p.into_inner());
     let Some(tx) = tx.as_ref() else {
         return Err(batch);
     };
-    tx.send(RaftMsg::Propose(batch)).map_err(|e| match e.0 {
-        RaftMsg::Propose(batch) => batch,
-        RaftMsg::Stop => Vec::new(),
+    let queued = &inner.shared.raft_queued;
+    queued.fetch_add(1, Ordering::AcqRel);
+    tx.send(RaftMsg::Propose(batch)).map_err(|e| {
+        queued.fetch_sub(1, Ordering::AcqRel);
+        match e.0 {
+            RaftMsg::Propose(batch) => batch,
+            RaftMsg::Stop => Vec::new(),
+        }
     })
 }
+
+/// Whether applying `op` costs about as little as a put, so that a batch of such requests may run
+/// on a connection's task: a put, or a transaction that only puts. A delete may remove any number
+/// of keys, and a transaction's ranges may read any number.
+pub(super) fn light(op: &Op) -> bool {
+    match op {
+        Op::Put(_) => true,
+        Op::Txn(t) => t
+            .success
+            .iter()
+            .chain(&t.failure)
+            .all(|op| matches!(op.request, Some(request_op::Request::RequestPut(_)))),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

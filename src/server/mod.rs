@@ -32,7 +32,7 @@ pub mod wait;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -103,6 +103,9 @@ pub struct Shared {
     pub proposals: AtomicU64,
     /// Raft turns run on a connection's task rather than the Raft thread (`raft_loop`).
     pub inline_turns: AtomicU64,
+    /// Proposal messages sent to the Raft thread and not yet taken by it: while any wait, no turn
+    /// runs on a connection's task (it would overtake them).
+    pub raft_queued: AtomicUsize,
     /// Set once shutdown starts or a thread died.
     pub stopped: AtomicBool,
     /// Why the node stopped on its own, if it did.
@@ -122,7 +125,11 @@ impl Shared {
     fn fail(&self, who: &str, e: &Error) {
         tracing::error!(thread = %who, error = %e, "fatal: stopping the node");
         self.stopped.store(true, Ordering::SeqCst);
-        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{who}: {e}"));
+        // The first failure is the cause; later ones (a WAL refusing writes after it) are echoes.
+        self.fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| format!("{who}: {e}"));
         self.wait.fail_all(|| Error::Stopped);
         self.fatal_notify.notify_waiters();
     }
@@ -372,6 +379,7 @@ impl Server {
             wal_fsync_latency: wal.fsync_latency(),
             proposals: AtomicU64::new(0),
             inline_turns: AtomicU64::new(0),
+            raft_queued: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             fatal: Mutex::new(None),
             fatal_notify: tokio::sync::Notify::new(),
@@ -727,12 +735,13 @@ impl Server {
         }
         self.check_quota(&op).await?;
         let (id, rx) = shared.wait.register();
+        let light = inline::light(&op);
         let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
         if data.len() > self.inner.config.max_request_bytes {
             shared.wait.cancel(id);
             return Err(Error::RequestTooLarge);
         }
-        if !inline::submit(&self.inner, Proposal { id, data }) {
+        if !inline::submit(&self.inner, Proposal { id, data, light }) {
             shared.wait.cancel(id);
             return Err(Error::Stopped);
         }

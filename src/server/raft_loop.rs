@@ -54,8 +54,11 @@ use crate::wal::{SnapshotMark, Wal};
 
 /// How often Raft's logical clock ticks.
 pub const TICK: Duration = Duration::from_millis(100);
-/// At most this many queued messages are taken into one turn (bounds the size of one WAL write).
+/// At most this many queued messages (each one or more proposals) are taken into one turn.
 const MAX_BATCH: usize = 4096;
+/// A batch whose encoded requests add up to more than this is not run on a connection's task: its
+/// WAL write alone would hold the task's thread for long.
+const INLINE_BATCH_BYTES: usize = 128 * 1024;
 
 /// What other threads ask of the Raft loop.
 pub enum RaftMsg {
@@ -71,6 +74,9 @@ pub struct Proposal {
     pub id: u64,
     /// The encoded request.
     pub data: Vec<u8>,
+    /// Whether applying it costs about as little as a put (`inline::light`): only batches of such
+    /// proposals run on a connection's task.
+    pub light: bool,
 }
 
 /// The state a turn works on, behind the loop's mutex.
@@ -161,12 +167,8 @@ impl RaftLoop {
     /// fatal: the WAL could not be written). Marks the loop ended on the way out, so no
     /// connection's task runs a turn after it.
     pub fn run(core: Arc<Mutex<RaftLoop>>, rx: Receiver<RaftMsg>) -> Result<()> {
-        let result = Self::turns(&core, &rx);
-        match core.lock() {
-            Ok(mut this) => this.ended = true,
-            Err(poisoned) => poisoned.into_inner().ended = true,
-        }
-        result
+        let _end = EndOnExit(&core); // also when a turn panics
+        Self::turns(&core, &rx)
     }
 
     fn turns(core: &Mutex<RaftLoop>, rx: &Receiver<RaftMsg>) -> Result<()> {
@@ -182,7 +184,11 @@ impl RaftLoop {
             };
             let mut this = lock(core)?;
             if this.ended {
-                // A connection's task ran a turn that failed; the node is stopping.
+                // A turn on a connection's task failed, and the node is stopping: whatever was
+                // sent meanwhile is answered, not dropped.
+                for m in first.into_iter().chain(rx.try_iter()) {
+                    this.refuse(m);
+                }
                 break;
             }
             let mut stop = false;
@@ -209,8 +215,7 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Proposes `batch` and runs the turn on the calling thread, if the loop is free, has not ended,
-    /// its recent turns were short, and this one will not commit the backend or take a snapshot;
+    /// Proposes `batch` and runs the turn on the calling thread, if it may (see [`RaftLoop::inline_ok`]);
     /// otherwise hands the batch back. Never blocks on the mutex.
     pub fn try_turn(core: &Mutex<RaftLoop>, batch: Vec<Proposal>) -> Inline {
         let mut this = match core.try_lock() {
@@ -220,28 +225,40 @@ impl RaftLoop {
                 return Inline::Declined(batch)
             }
         };
-        let last = this.node.raft.raft_log.last_index();
-        if this.ended || !this.turn_cost.inline_ok() || this.applier.heavy_ahead(last, batch.len())
-        {
+        if !this.inline_ok(&batch) {
             return Inline::Declined(batch);
         }
         this.propose(batch);
         match this.on_ready() {
-            Ok(()) => {
-                this.shared.inline_turns.fetch_add(1, Ordering::Relaxed);
+            Ok(ran) => {
+                if ran {
+                    this.shared.inline_turns.fetch_add(1, Ordering::Relaxed);
+                }
                 Inline::Ran
             }
-            Err(e) => {
-                this.ended = true;
-                Inline::Failed(e)
-            }
+            Err(e) => Inline::Failed(e),
         }
+    }
+
+    /// Whether `batch` may be run on a connection's task: the loop has not ended; nothing waits for
+    /// the Raft thread (which would otherwise be overtaken, and could be kept from the mutex for
+    /// long); recent turns were short; the batch is small and its requests cheap to apply; and the
+    /// turn will neither commit the backend nor take a snapshot.
+    fn inline_ok(&self, batch: &[Proposal]) -> bool {
+        let last = self.node.raft.raft_log.last_index();
+        !self.ended
+            && self.shared.raft_queued.load(Ordering::Acquire) == 0
+            && self.turn_cost.inline_ok()
+            && batch.iter().all(|p| p.light)
+            && batch.iter().map(|p| p.data.len()).sum::<usize>() <= INLINE_BATCH_BYTES
+            && !self.applier.heavy_ahead(last, batch.len())
     }
 
     /// Handles one message; true means stop.
     fn handle(&mut self, m: RaftMsg) -> bool {
         match m {
             RaftMsg::Propose(batch) => {
+                self.shared.raft_queued.fetch_sub(1, Ordering::AcqRel);
                 self.propose(batch);
                 false
             }
@@ -249,8 +266,18 @@ impl RaftLoop {
         }
     }
 
+    /// Answers a message that arrived after the loop ended.
+    fn refuse(&mut self, m: RaftMsg) {
+        if let RaftMsg::Propose(batch) = m {
+            self.shared.raft_queued.fetch_sub(1, Ordering::AcqRel);
+            for p in batch {
+                self.shared.wait.trigger(p.id, Err(Error::Stopped));
+            }
+        }
+    }
+
     fn propose(&mut self, batch: Vec<Proposal>) {
-        for Proposal { id, data } in batch {
+        for Proposal { id, data, .. } in batch {
             if let Err(e) = self.node.propose(vec![], data) {
                 // A dropped proposal is answered now; the client never hangs.
                 self.shared.wait.trigger(id, Err(Error::from(e)));
@@ -279,15 +306,20 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Runs a turn if Raft has one ready, and counts how long it took.
-    fn on_ready(&mut self) -> Result<()> {
+    /// Runs a turn if Raft has one ready (true if it did), and counts how long it took. A failed
+    /// turn ends the loop before its mutex is released, so no other thread runs a turn after it
+    /// (raft-rs has already counted the failed turn's entries as handed out).
+    fn on_ready(&mut self) -> Result<bool> {
         if !self.node.has_ready() {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         let result = self.ready_turn();
         self.turn_cost.record(started.elapsed());
-        result
+        if result.is_err() {
+            self.ended = true;
+        }
+        result.map(|()| true)
     }
 
     fn ready_turn(&mut self) -> Result<()> {
@@ -348,6 +380,18 @@ impl RaftLoop {
             .committed_index
             .store(last.index, Ordering::Relaxed);
         self.applier.apply_batch(&entries)
+    }
+}
+
+/// Marks the loop ended when the Raft thread leaves it, however it leaves (a panic included).
+struct EndOnExit<'a>(&'a Mutex<RaftLoop>);
+
+impl Drop for EndOnExit<'_> {
+    fn drop(&mut self) {
+        match self.0.lock() {
+            Ok(mut this) => this.ended = true,
+            Err(poisoned) => poisoned.into_inner().ended = true,
+        }
     }
 }
 

@@ -1,0 +1,185 @@
+//! Holding a connection's proposals and running their turn on its thread, with a real server: a
+//! put polled in a holding scope is answered by the time the scope ends; a turn that will take a
+//! snapshot goes to the Raft thread; a zero limit holds nothing; a panic in a scope neither loses
+//! what it held nor leaves the thread holding. Every wait is bounded by [`BOUND`].
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::*;
+use crate::config::Config;
+use crate::proto::etcdserverpb::PutRequest;
+use crate::server::Server;
+
+/// Safety bound on any single wait; never an assertion about speed.
+const BOUND: Duration = Duration::from_secs(20);
+
+async fn server(limit: Duration, snapshot_count: u64) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::with_data_dir(dir.path()).expect("config");
+    config.inline_turn_limit = limit;
+    config.snapshot_count = snapshot_count;
+    let server = Server::start(config).await.expect("server starts");
+    (dir, server)
+}
+
+fn put(key: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Polls `fut` once, as a connection's task polls a call: inside a holding scope.
+fn poll_in_scope<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    with_deferred_proposals(|| fut.poll(&mut cx))
+}
+
+/// Polls `fut` once outside any scope.
+fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(futures::task::noop_waker_ref()))
+}
+
+fn inline_turns(server: &Server) -> u64 {
+    server.shared().inline_turns.load(Ordering::Relaxed)
+}
+
+fn held() -> usize {
+    HELD.with(|h| h.borrow().as_ref().map_or(0, |(_, batch)| batch.len()))
+}
+
+#[tokio::test]
+async fn a_put_held_in_a_scope_is_answered_when_the_scope_ends() {
+    let (_dir, server) = server(Duration::from_secs(10), 100_000).await;
+    // The Raft thread holds the loop's mutex for a moment every 100 ms tick; a turn that finds it
+    // busy goes to the thread instead, so try a few times.
+    let mut answered_inline = 0;
+    for i in 0..20 {
+        let before = inline_turns(&server);
+        let mut call = pin!(server.put(put(&format!("k{i}"))));
+        assert!(poll_in_scope(call.as_mut()).is_pending(), "waits for Raft");
+        if inline_turns(&server) > before {
+            // The turn ran as the scope ended: the answer is there without waiting.
+            match poll_once(call.as_mut()) {
+                Poll::Ready(r) => {
+                    r.expect("put");
+                }
+                Poll::Pending => panic!("an inline turn ran but the put was not answered"),
+            }
+            answered_inline += 1;
+        } else {
+            tokio::time::timeout(BOUND, call)
+                .await
+                .expect("bounded")
+                .expect("put");
+        }
+    }
+    assert!(answered_inline > 0, "no turn ran inline in 20 puts");
+}
+
+#[tokio::test]
+async fn a_scope_holds_its_proposals_until_it_ends_and_nested_scopes_wait_for_the_outer() {
+    let (_dir, server) = server(Duration::from_secs(10), 100_000).await;
+    let mut call = pin!(server.put(put("nested")));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let held_inside = with_deferred_proposals(|| {
+        let inner = with_deferred_proposals(|| {
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            held()
+        });
+        (inner, held())
+    });
+    assert_eq!(held_inside, (1, 1), "held in the inner scope and after it");
+    assert_eq!(held(), 0, "proposed when the outer scope ended");
+    tokio::time::timeout(BOUND, call)
+        .await
+        .expect("bounded")
+        .expect("put");
+}
+
+#[tokio::test]
+async fn a_turn_that_takes_a_snapshot_stays_on_the_raft_thread() {
+    // A snapshot every entry: every turn would take one.
+    let (_dir, server) = server(Duration::from_secs(10), 1).await;
+    for i in 0..10 {
+        let mut call = pin!(server.put(put(&format!("s{i}"))));
+        assert!(poll_in_scope(call.as_mut()).is_pending());
+        tokio::time::timeout(BOUND, call)
+            .await
+            .expect("bounded")
+            .expect("put");
+    }
+    assert_eq!(inline_turns(&server), 0, "a snapshot turn ran inline");
+    assert!(server.shared().snapshot_index.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn a_zero_limit_holds_nothing() {
+    let (_dir, server) = server(Duration::ZERO, 100_000).await;
+    let mut call = pin!(server.put(put("zero")));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let held_inside = with_deferred_proposals(|| {
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        held()
+    });
+    assert_eq!(held_inside, 0, "sent to the Raft thread at once");
+    tokio::time::timeout(BOUND, call)
+        .await
+        .expect("bounded")
+        .expect("put");
+    assert_eq!(inline_turns(&server), 0);
+}
+
+#[tokio::test]
+async fn a_panic_in_a_scope_sends_what_it_held_and_ends_the_holding() {
+    let (_dir, server) = server(Duration::from_secs(10), 100_000).await;
+    let mut call = pin!(server.put(put("panic")));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        with_deferred_proposals(|| {
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(held(), 1);
+            panic!("a call panicked");
+        })
+    }));
+    assert!(result.is_err());
+    assert!(!HOLDING.with(Cell::get), "the thread still holds proposals");
+    assert_eq!(held(), 0);
+    // Sent to the Raft thread during the unwind, not run inline: answered all the same.
+    tokio::time::timeout(BOUND, call)
+        .await
+        .expect("bounded")
+        .expect("put");
+    assert_eq!(inline_turns(&server), 0);
+}
+
+#[test]
+fn only_puts_and_put_only_transactions_are_light() {
+    use crate::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest};
+    let op = |r: request_op::Request| RequestOp { request: Some(r) };
+    assert!(light(&Op::Put(put("k"))));
+    assert!(light(&Op::Txn(TxnRequest {
+        success: vec![op(request_op::Request::RequestPut(put("a")))],
+        failure: vec![op(request_op::Request::RequestPut(put("b")))],
+        ..Default::default()
+    })));
+    assert!(!light(&Op::Txn(TxnRequest {
+        success: vec![op(request_op::Request::RequestRange(
+            RangeRequest::default()
+        ))],
+        ..Default::default()
+    })));
+    assert!(!light(&Op::Txn(TxnRequest {
+        failure: vec![op(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest::default()
+        ))],
+        ..Default::default()
+    })));
+    assert!(!light(&Op::DeleteRange(DeleteRangeRequest::default())));
+}
