@@ -18,9 +18,13 @@
 //! put-64c's throughput (docs/performance.md, session 9). A turn with a slow fsync (a disk that
 //! takes hundreds of microseconds) would hold up every other connection on that worker, so slow
 //! turns stay on the Raft thread; the average follows every turn, wherever it ran, so the choice
-//! adapts in both directions. The two turns known to be slow before they start, one that will
-//! commit the backend (10,000 writes pending) and one that will take a snapshot, are left to the
-//! Raft thread too.
+//! adapts in both directions. Turns that can be told to be slow before they start are left to the
+//! Raft thread too: one that will commit the backend (10,000 writes pending) or take a snapshot,
+//! and one whose batch holds anything but puts and put-only transactions (a delete or a range may
+//! touch any number of keys) or more than 128 KiB of requests. So is every turn while proposals
+//! sent to the Raft thread wait for it: a connection's turn would overtake them, and could keep the
+//! thread from the mutex for as long as connections keep winning it. A turn that fails ends the
+//! loop for every thread, before the mutex is released.
 //!
 //! Committed entries are applied in the turn, right after the fsync that committed them. An apply
 //! thread of its own would let applying one batch overlap the next fsync, but it costs two thread
