@@ -488,6 +488,12 @@ impl Wal {
         Ok(())
     }
 
+    /// Makes every later write fail, as after an I/O error (for tests of what a failed write does).
+    #[cfg(test)]
+    pub(crate) fn fail_from_now_on(&mut self) {
+        self.failed = true;
+    }
+
     /// Marks the handle failed if `res` is an error, then passes it on.
     fn guard<T>(&mut self, res: Result<T>) -> Result<T> {
         if res.is_err() {

@@ -183,3 +183,63 @@ fn only_puts_and_put_only_transactions_are_light() {
     })));
     assert!(!light(&Op::DeleteRange(DeleteRangeRequest::default())));
 }
+
+#[tokio::test]
+async fn a_failed_wal_write_in_a_round_stops_the_node_and_answers_stopped() {
+    let (_dir, server) = server(Duration::from_secs(10), 100_000).await;
+    tokio::time::timeout(BOUND, server.put(put("before")))
+        .await
+        .expect("bounded")
+        .expect("a put before the failure");
+    server
+        .inner
+        .core
+        .lock()
+        .expect("raft state")
+        .wal
+        .fail_from_now_on();
+    // The turn runs here, or on the Raft thread if it held the mutex for a tick: either way the WAL
+    // refuses the write and the node stops.
+    let mut call = pin!(server.put(put("after")));
+    assert!(poll_in_scope(call.as_mut()).is_pending());
+    let answer = tokio::time::timeout(BOUND, call).await.expect("bounded");
+    assert!(
+        matches!(answer, Err(Error::Stopped)),
+        "the put whose turn failed: {answer:?}"
+    );
+    let why = server
+        .fatal_error()
+        .expect("the node records why it stopped");
+    assert!(why.contains("WAL"), "{why}");
+    assert!(
+        server.shared().stopped.load(Ordering::SeqCst),
+        "the node is stopped"
+    );
+    // Nothing is proposed afterwards, in a round or not.
+    let mut late = pin!(server.put(put("late")));
+    let answer = match poll_in_scope(late.as_mut()) {
+        Poll::Ready(r) => r,
+        Poll::Pending => tokio::time::timeout(BOUND, late).await.expect("bounded"),
+    };
+    assert!(
+        matches!(answer, Err(Error::Stopped)),
+        "a later put: {answer:?}"
+    );
+    // The Raft thread (the first one started) leaves: its channel is closed, or its own turn failed.
+    let raft_thread_done = || {
+        server
+            .inner
+            .threads
+            .lock()
+            .map(|t| t.first().is_some_and(|h| h.is_finished()))
+            .unwrap_or(false)
+    };
+    let exited = async {
+        while !raft_thread_done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(BOUND, exited)
+        .await
+        .expect("the Raft thread exits");
+}
