@@ -41,10 +41,16 @@ pub struct Applier {
     pub snapshots: SnapshotPolicy,
 }
 
-/// [`Applier::heavy_ahead`] on its inputs: `pending` backend writes, and `count` entries after `last`
-/// (each adds at least one write, and the last of them is the highest index the turn can apply).
-fn heavy_ahead(pending: usize, snapshots: &SnapshotPolicy, last: u64, count: usize) -> bool {
-    pending.saturating_add(count) >= BACKEND_BATCH_LIMIT
+/// [`Applier::heavy_ahead`] on its inputs: `pending` backend writes, then `count` entries after
+/// `last` (the last of them the highest index the turn can apply) that make at most `writes` more.
+fn heavy_ahead(
+    pending: usize,
+    snapshots: &SnapshotPolicy,
+    last: u64,
+    count: usize,
+    writes: usize,
+) -> bool {
+    pending.saturating_add(writes) >= BACKEND_BATCH_LIMIT
         || snapshots.due(last.saturating_add(count as u64))
 }
 
@@ -59,15 +65,17 @@ pub struct SnapshotDue {
 }
 
 impl Applier {
-    /// Whether applying up to `count` more entries after index `last` could make the turn commit the
-    /// backend or take a snapshot: the turns that take milliseconds rather than microseconds, which
-    /// the Raft loop keeps on its own thread (`raft_loop`).
-    pub fn heavy_ahead(&self, last: u64, count: usize) -> bool {
+    /// Whether applying `count` more entries after index `last`, which make at most `writes`
+    /// backend writes, could make the turn commit the backend or take a snapshot: the turns that take
+    /// milliseconds rather than microseconds, which the Raft loop keeps on its own thread
+    /// (`raft_loop`).
+    pub fn heavy_ahead(&self, last: u64, count: usize, writes: usize) -> bool {
         heavy_ahead(
             self.shared.store.backend_pending(),
             &self.snapshots,
             last,
             count,
+            writes,
         )
     }
 
@@ -252,15 +260,22 @@ mod tests {
     fn heavy_ahead_sees_a_coming_backend_commit_or_snapshot() {
         // The last snapshot was at 1,000 and one is due every 100 entries: the next at 1,100.
         let policy = SnapshotPolicy::new(100, 1_000);
-        assert!(!heavy_ahead(0, &policy, 1_050, 8));
+        assert!(!heavy_ahead(0, &policy, 1_050, 8, 24));
         assert!(
-            heavy_ahead(0, &policy, 1_095, 8),
+            heavy_ahead(0, &policy, 1_095, 8, 24),
             "the snapshot at 1,100 falls inside the turn"
         );
-        assert!(heavy_ahead(0, &policy, 1_100, 0), "already due");
-        assert!(!heavy_ahead(BACKEND_BATCH_LIMIT - 9, &policy, 1_000, 8));
+        assert!(heavy_ahead(0, &policy, 1_100, 0, 0), "already due");
+        // Counted in writes, not entries: 8 entries of 3 writes each.
+        assert!(!heavy_ahead(
+            BACKEND_BATCH_LIMIT - 25,
+            &policy,
+            1_000,
+            8,
+            24
+        ));
         assert!(
-            heavy_ahead(BACKEND_BATCH_LIMIT - 8, &policy, 1_000, 8),
+            heavy_ahead(BACKEND_BATCH_LIMIT - 24, &policy, 1_000, 8, 24),
             "the batch takes the backend to its commit limit"
         );
     }

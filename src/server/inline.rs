@@ -137,18 +137,25 @@ fn try_send(inner: &Inner, batch: Vec<Proposal>) -> Result<(), Vec<Proposal>> {
     })
 }
 
-/// Whether applying `op` costs about as little as a put, so that a batch of such requests may run
-/// on a connection's task: a put, or a transaction that only puts. A delete may remove any number
-/// of keys, and a transaction's ranges may read any number.
-pub(super) fn light(op: &Op) -> bool {
+/// If applying `op` costs about as little as a put, so that a batch of such requests may run on a
+/// connection's task: at most how many backend writes it makes (per put its record, its lease's
+/// and, once per request, the consistent index). That is a put, or a transaction that only puts and
+/// compares single keys. A delete may remove any number of keys, and a range (a transaction's
+/// range, or a compare with a range end) may read any number.
+pub(super) fn inline_writes(op: &Op) -> Option<usize> {
     match op {
-        Op::Put(_) => true,
-        Op::Txn(t) => t
-            .success
-            .iter()
-            .chain(&t.failure)
-            .all(|op| matches!(op.request, Some(request_op::Request::RequestPut(_)))),
-        _ => false,
+        Op::Put(_) => Some(3),
+        Op::Txn(t) => {
+            let only_puts = t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .all(|op| matches!(op.request, Some(request_op::Request::RequestPut(_))));
+            let single_keys = t.compare.iter().all(|c| c.range_end.is_empty());
+            let puts = t.success.len().max(t.failure.len());
+            (only_puts && single_keys).then_some(2 * puts + 1)
+        }
+        _ => None,
     }
 }
 

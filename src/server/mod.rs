@@ -735,13 +735,20 @@ impl Server {
         }
         self.check_quota(&op).await?;
         let (id, rx) = shared.wait.register();
-        let light = inline::light(&op);
+        let inline_writes = inline::inline_writes(&op);
         let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
         if data.len() > self.inner.config.max_request_bytes {
             shared.wait.cancel(id);
             return Err(Error::RequestTooLarge);
         }
-        if !inline::submit(&self.inner, Proposal { id, data, light }) {
+        if !inline::submit(
+            &self.inner,
+            Proposal {
+                id,
+                data,
+                inline_writes,
+            },
+        ) {
             shared.wait.cancel(id);
             return Err(Error::Stopped);
         }

@@ -78,9 +78,9 @@ pub struct Proposal {
     pub id: u64,
     /// The encoded request.
     pub data: Vec<u8>,
-    /// Whether applying it costs about as little as a put (`inline::light`): only batches of such
-    /// proposals run on a connection's task.
-    pub light: bool,
+    /// If applying it costs about as little as a put, at most how many backend writes it makes
+    /// (`inline::inline_writes`); only batches of such proposals run on a connection's task.
+    pub inline_writes: Option<usize>,
 }
 
 /// The state a turn works on, behind the loop's mutex.
@@ -212,6 +212,9 @@ impl RaftLoop {
             }
             this.on_ready()?;
             if stop {
+                // No turn after the last one: a connection's task that took the mutex next would
+                // write the WAL while the server shuts down.
+                this.ended = true;
                 break;
             }
         }
@@ -250,12 +253,14 @@ impl RaftLoop {
     /// turn will neither commit the backend nor take a snapshot.
     fn inline_ok(&self, batch: &[Proposal]) -> bool {
         let last = self.node.raft.raft_log.last_index();
+        let Some(writes) = batch.iter().map(|p| p.inline_writes).sum::<Option<usize>>() else {
+            return false;
+        };
         !self.ended
             && self.shared.raft_queued.load(Ordering::Acquire) == 0
             && self.turn_cost.inline_ok()
-            && batch.iter().all(|p| p.light)
             && batch.iter().map(|p| p.data.len()).sum::<usize>() <= INLINE_BATCH_BYTES
-            && !self.applier.heavy_ahead(last, batch.len())
+            && !self.applier.heavy_ahead(last, batch.len(), writes)
     }
 
     /// Handles one message; true means stop.

@@ -160,28 +160,71 @@ async fn a_panic_in_a_scope_sends_what_it_held_and_ends_the_holding() {
 }
 
 #[test]
-fn only_puts_and_put_only_transactions_are_light() {
-    use crate::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest};
+fn only_puts_and_put_only_transactions_on_single_keys_run_inline() {
+    use crate::proto::etcdserverpb::{
+        Compare, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest,
+    };
     let op = |r: request_op::Request| RequestOp { request: Some(r) };
-    assert!(light(&Op::Put(put("k"))));
-    assert!(light(&Op::Txn(TxnRequest {
-        success: vec![op(request_op::Request::RequestPut(put("a")))],
-        failure: vec![op(request_op::Request::RequestPut(put("b")))],
+    let put_op = |k: &str| op(request_op::Request::RequestPut(put(k)));
+    assert_eq!(inline_writes(&Op::Put(put("k"))), Some(3));
+    let txn = |compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+        Op::Txn(TxnRequest {
+            compare,
+            success,
+            failure,
+        })
+    };
+    assert_eq!(
+        inline_writes(&txn(
+            vec![],
+            vec![put_op("a"), put_op("b")],
+            vec![put_op("c")]
+        )),
+        Some(5),
+        "two puts in the longer branch: two records, two lease records, the consistent index"
+    );
+    let one_key = Compare {
+        key: b"k".to_vec(),
         ..Default::default()
-    })));
-    assert!(!light(&Op::Txn(TxnRequest {
-        success: vec![op(request_op::Request::RequestRange(
-            RangeRequest::default()
-        ))],
+    };
+    assert_eq!(
+        inline_writes(&txn(vec![one_key], vec![put_op("a")], vec![])),
+        Some(3)
+    );
+    let whole_keyspace = Compare {
+        key: vec![0],
+        range_end: vec![0],
         ..Default::default()
-    })));
-    assert!(!light(&Op::Txn(TxnRequest {
-        failure: vec![op(request_op::Request::RequestDeleteRange(
-            DeleteRangeRequest::default()
-        ))],
-        ..Default::default()
-    })));
-    assert!(!light(&Op::DeleteRange(DeleteRangeRequest::default())));
+    };
+    assert_eq!(
+        inline_writes(&txn(vec![whole_keyspace], vec![put_op("a")], vec![])),
+        None,
+        "a compare over a range reads any number of keys"
+    );
+    assert_eq!(
+        inline_writes(&txn(
+            vec![],
+            vec![op(request_op::Request::RequestRange(
+                RangeRequest::default()
+            ))],
+            vec![]
+        )),
+        None
+    );
+    assert_eq!(
+        inline_writes(&txn(
+            vec![],
+            vec![],
+            vec![op(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest::default()
+            ))]
+        )),
+        None
+    );
+    assert_eq!(
+        inline_writes(&Op::DeleteRange(DeleteRangeRequest::default())),
+        None
+    );
 }
 
 #[tokio::test]
