@@ -106,7 +106,7 @@ impl Applier {
         let store = self.shared.store.clone();
         if e.index <= store.consistent_index() {
             // Applied before the last restart: the backend already has it.
-            self.shared.applied_index.store(e.index, Ordering::Relaxed);
+            self.shared.applied_index.store(e.index, Ordering::Release);
             return Ok(());
         }
         if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
@@ -124,11 +124,11 @@ impl Applier {
             };
             // Applied before the client hears of it: a status read right after the reply must
             // count this entry.
-            self.shared.applied_index.store(e.index, Ordering::Relaxed);
+            self.shared.applied_index.store(e.index, Ordering::Release);
             self.shared.wait.trigger(req.id, result);
             return Ok(());
         }
-        self.shared.applied_index.store(e.index, Ordering::Relaxed);
+        self.shared.applied_index.store(e.index, Ordering::Release);
         Ok(())
     }
 

@@ -11,8 +11,9 @@
 //! ranges are all read at the revision current at its first read ([`kv::AtRevision`]), on the
 //! caller's task, without waiting for the apply step's open write transaction. On a single voter
 //! that is linearizable: a write is acknowledged only after it is applied, and the server serves
-//! nothing until the entries committed before a restart have been applied again. With peers, reads
-//! will go through Raft's read index first.
+//! nothing until the entries logged before a restart (committed by the new leader if the WAL
+//! had not yet recorded it) have been applied again. With peers, reads will go through Raft's read
+//! index first.
 //!
 //! Two threads do the work: the Raft thread (runs Raft turns, which own Raft and the WAL and apply
 //! committed entries: the only writers of the store), and the backend committer (commits the store's
@@ -87,6 +88,9 @@ pub struct Shared {
     pub term: AtomicU64,
     /// The current leader's id (0: none known).
     pub leader: AtomicU64,
+    /// The index of the first entry of the current leader's term, when this member leads (0 until
+    /// then): applied, it means everything logged before the election is applied too.
+    pub leader_since: AtomicU64,
     /// Highest committed index.
     pub committed_index: AtomicU64,
     /// Highest index applied to the store.
@@ -371,6 +375,7 @@ impl Server {
             cluster_id: meta.cluster_id,
             term: AtomicU64::new(node.raft.term),
             leader: AtomicU64::new(0),
+            leader_since: AtomicU64::new(0),
             committed_index: AtomicU64::new(consistent_index),
             applied_index: AtomicU64::new(consistent_index),
             snapshot_index: AtomicU64::new(snap.index),
@@ -444,14 +449,22 @@ impl Server {
         })
     }
 
-    /// Waits until everything committed before start is applied and a leader is known.
+    /// Waits until a leader is known and everything in the log before its term is applied: what
+    /// the WAL's hard state says was committed, and the entries after that too. Those were
+    /// persisted and may have been acknowledged (the commit index is written with the next Ready,
+    /// so a crash can leave it behind), and the new leader commits them with its first entry; a
+    /// read served before they are applied would miss an acknowledged write.
     async fn wait_caught_up(&self) -> Result<()> {
         let s = &self.inner.shared;
         let target = s.committed_index.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while s.applied_index.load(Ordering::Relaxed) < target
-            || s.leader.load(Ordering::Relaxed) == 0
-        {
+        loop {
+            let leader = s.leader.load(Ordering::Acquire);
+            let since = s.leader_since.load(Ordering::Acquire);
+            let applied = s.applied_index.load(Ordering::Acquire);
+            if caught_up(leader, since, applied, target) {
+                break;
+            }
             if let Some(why) = self.fatal_error() {
                 return Err(Error::Internal(why));
             }
@@ -869,6 +882,13 @@ fn spawn_named(
         })?)
 }
 
+/// Whether a starting member may serve: a `leader` is known, and `applied` has reached both what the
+/// WAL said was committed (`committed_at_start`) and the first entry of the leader's term (`since`,
+/// 0 until this member leads), which commits every entry logged before the election.
+fn caught_up(leader: u64, since: u64, applied: u64, committed_at_start: u64) -> bool {
+    leader != 0 && applied >= committed_at_start && applied >= since
+}
+
 /// Takes an exclusive lock on `<data-dir>/mini-etcd.lock`, held until the server is dropped.
 fn lock_data_dir(data_dir: &Path) -> Result<File> {
     let path: PathBuf = data_dir.join("mini-etcd.lock");
@@ -906,5 +926,26 @@ impl slog::Drain for TracingDrain {
             slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{msg}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caught_up;
+
+    #[test]
+    fn a_starting_member_serves_once_entries_before_the_election_are_applied() {
+        // The WAL said 12 was committed, but 13 and 14 were logged (and 14 acknowledged) before
+        // the crash; the new leader's first entry is 15.
+        assert!(!caught_up(0, 0, 12, 12), "no leader yet");
+        assert!(
+            !caught_up(1, 15, 12, 12),
+            "leader known, entries before its term not yet applied"
+        );
+        assert!(!caught_up(1, 15, 14, 12));
+        assert!(caught_up(1, 15, 15, 12));
+        // Another member leads (with peers): what the WAL committed is the bar.
+        assert!(caught_up(2, 0, 12, 12));
+        assert!(!caught_up(2, 0, 11, 12));
     }
 }

@@ -336,7 +336,14 @@ impl RaftLoop {
         let mut rd = self.node.ready();
 
         if let Some(ss) = rd.ss() {
-            self.shared.leader.store(ss.leader_id, Ordering::Relaxed);
+            if ss.raft_state == StateRole::Leader {
+                // A new leader's first entry (the empty one raft-rs appends on election): once it
+                // is applied, so is every entry an earlier term left in the log. Published before
+                // the leader, for `Server::wait_caught_up`.
+                let first = self.node.raft.raft_log.last_index();
+                self.shared.leader_since.store(first, Ordering::Release);
+            }
+            self.shared.leader.store(ss.leader_id, Ordering::Release);
             if ss.raft_state == StateRole::Leader {
                 tracing::info!(term = self.node.raft.term, "became leader");
                 // Only the leader tracks expiry; a new leader gives every lease its full TTL.
