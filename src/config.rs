@@ -423,39 +423,24 @@ fn parse_short_duration(s: &str) -> Option<Duration> {
     if s == "0" {
         return Some(Duration::ZERO);
     }
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    let secs = match unit {
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
+    parse_with_unit(s, &[("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)])
 }
 
 /// `1h`, `30m`, `45s`, `500ms`, or a bare number of hours (etcd's periodic retention).
 fn parse_duration(s: &str) -> Option<Duration> {
     if let Ok(hours) = s.parse::<f64>() {
-        return (hours.is_finite() && hours >= 0.0)
-            .then(|| Duration::from_secs_f64(hours * 3600.0));
+        return Duration::try_from_secs_f64(hours * 3600.0).ok();
     }
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    parse_with_unit(s, &[("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)])
+}
+
+/// A non-negative number followed by one of `units` (its name, and its length in seconds). `None`
+/// for anything else, including a duration too long to represent.
+fn parse_with_unit(s: &str, units: &[(&str, f64)]) -> Option<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic())?);
     let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
+    let (_, seconds) = units.iter().find(|(name, _)| *name == unit)?;
+    Duration::try_from_secs_f64(n * seconds).ok()
 }
 
 #[cfg(test)]
@@ -479,7 +464,7 @@ mod tests {
         assert_eq!(limit("250µs").unwrap(), Duration::from_micros(250));
         assert_eq!(limit("1.5ms").unwrap(), Duration::from_micros(1500));
         assert_eq!(limit("2s").unwrap(), Duration::from_secs(2));
-        for bad in ["100", "-1ms", "1h", "fast", ""] {
+        for bad in ["100", "-1ms", "1h", "fast", "", "1e300s"] {
             let err = limit(bad).expect_err(bad).to_string();
             assert!(err.contains("inline-turn-limit"), "{bad}: {err}");
         }
@@ -531,6 +516,20 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.auto_compaction, Some(Retention::Revisions(10)));
+    }
+
+    #[test]
+    fn periodic_retention_takes_durations_or_hours_and_refuses_the_rest() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(secs("1h"), Some(3600.0));
+        assert_eq!(secs("30m"), Some(1800.0));
+        assert_eq!(secs("45s"), Some(45.0));
+        assert_eq!(secs("500ms"), Some(0.5));
+        assert_eq!(secs("2"), Some(7200.0), "a bare number is hours");
+        assert_eq!(secs("0"), Some(0.0));
+        for bad in ["-1h", "1d", "x", "NaN", "1e300", "1e300h"] {
+            assert_eq!(secs(bad), None, "{bad}");
+        }
     }
 
     #[test]
