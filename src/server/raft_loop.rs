@@ -44,7 +44,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use raft::prelude::*;
@@ -140,7 +140,8 @@ impl TurnCost {
         self.average_ns < self.limit_ns
     }
 
-    /// The current average.
+    /// The current average (for tests' messages).
+    #[cfg(test)]
     pub fn average(&self) -> Duration {
         Duration::from_nanos(self.average_ns)
     }
@@ -252,15 +253,21 @@ impl RaftLoop {
     /// long); recent turns were short; the batch is small and its requests cheap to apply; and the
     /// turn will neither commit the backend nor take a snapshot.
     fn inline_ok(&self, batch: &[Proposal]) -> bool {
-        let last = self.node.raft.raft_log.last_index();
-        let Some(writes) = batch.iter().map(|p| p.inline_writes).sum::<Option<usize>>() else {
+        if self.ended
+            || self.shared.raft_queued.load(Ordering::Acquire) != 0
+            || !self.turn_cost.inline_ok()
+        {
+            return false;
+        }
+        // Total backend writes and bytes, or `None` as soon as one proposal is not light.
+        let sized = batch.iter().try_fold((0, 0), |(writes, bytes), p| {
+            Some((writes + p.inline_writes?, bytes + p.data.len()))
+        });
+        let Some((writes, bytes)) = sized else {
             return false;
         };
-        !self.ended
-            && self.shared.raft_queued.load(Ordering::Acquire) == 0
-            && self.turn_cost.inline_ok()
-            && batch.iter().map(|p| p.data.len()).sum::<usize>() <= INLINE_BATCH_BYTES
-            && !self.applier.heavy_ahead(last, batch.len(), writes)
+        let last = self.node.raft.raft_log.last_index();
+        bytes <= INLINE_BATCH_BYTES && !self.applier.heavy_ahead(last, batch.len(), writes)
     }
 
     /// Handles one message; true means stop.
@@ -336,7 +343,8 @@ impl RaftLoop {
         let mut rd = self.node.ready();
 
         if let Some(ss) = rd.ss() {
-            if ss.raft_state == StateRole::Leader {
+            let leading = ss.raft_state == StateRole::Leader;
+            if leading {
                 // A new leader's first entry (the empty one raft-rs appends on election): once it
                 // is applied, so is every entry an earlier term left in the log. Published before
                 // the leader, for `Server::wait_caught_up`.
@@ -344,7 +352,7 @@ impl RaftLoop {
                 self.shared.leader_since.store(first, Ordering::Release);
             }
             self.shared.leader.store(ss.leader_id, Ordering::Release);
-            if ss.raft_state == StateRole::Leader {
+            if leading {
                 tracing::info!(term = self.node.raft.term, "became leader");
                 // Only the leader tracks expiry; a new leader gives every lease its full TTL.
                 self.shared.lessor.promote();
@@ -404,10 +412,7 @@ struct EndOnExit<'a>(&'a Mutex<RaftLoop>);
 
 impl Drop for EndOnExit<'_> {
     fn drop(&mut self) {
-        match self.0.lock() {
-            Ok(mut this) => this.ended = true,
-            Err(poisoned) => poisoned.into_inner().ended = true,
-        }
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).ended = true;
     }
 }
 
