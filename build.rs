@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "etcd/mvccpb/kv.proto",
     "etcd/authpb/auth.proto",
     "etcd/etcdserverpb/rpc.proto",
+    "peer/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -92,7 +92,7 @@ pub struct ServerArgs {
     )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping: `name1=url1,name2=url2`
-    /// [default: NAME=FIRST_INITIAL_ADVERTISE_PEER_URL].
+    /// [default: NAME=INITIAL_ADVERTISE_PEER_URLS].
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Initial cluster state: `new` or `existing`.
@@ -105,6 +105,13 @@ pub struct ServerArgs {
         default_value = "etcd-cluster"
     )]
     pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval: how often a leader tells followers it is alive.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to time out: a follower that hears nothing from a
+    /// leader for this long starts an election.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
     /// Number of applied Raft entries after which the applied state becomes a snapshot and older WAL
     /// segments are released.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = DEFAULT_SNAPSHOT_COUNT, value_parser = clap::value_parser!(u64).range(1..))]
@@ -176,6 +183,10 @@ pub struct Config {
     pub initial_cluster_new: bool,
     /// Mixed into the cluster id.
     pub initial_cluster_token: String,
+    /// Raft's heartbeat interval (one tick).
+    pub heartbeat_interval: Duration,
+    /// Raft's election timeout, a whole number of heartbeat intervals.
+    pub election_timeout: Duration,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
     /// Applied Raft entries kept in memory behind the applied index.
@@ -221,12 +232,9 @@ impl Config {
             Some(s) => parse_initial_cluster(s)?,
             None => vec![(a.name.clone(), initial_advertise_peer_urls.clone())],
         };
-        if !initial_cluster.iter().any(|(n, _)| *n == a.name) {
-            return Err(Error::InvalidArgument(format!(
-                "--initial-cluster has no member named {:?} (this member's --name)",
-                a.name
-            )));
-        }
+        check_initial_cluster(&a.name, &initial_advertise_peer_urls, &initial_cluster)?;
+        let (heartbeat_interval, election_timeout) =
+            check_timing(a.heartbeat_interval, a.election_timeout)?;
         let max_request_bytes = a.max_request_bytes;
         if max_request_bytes == 0 {
             return Err(Error::InvalidArgument(
@@ -244,6 +252,8 @@ impl Config {
             initial_cluster,
             initial_cluster_new: a.initial_cluster_state == "new",
             initial_cluster_token: a.initial_cluster_token,
+            heartbeat_interval,
+            election_timeout,
             snapshot_count: a.snapshot_count,
             snapshot_catchup_entries: a.experimental_snapshot_catchup_entries,
             inline_turn_limit: parse_short_duration(&a.experimental_inline_turn_limit).ok_or_else(
@@ -268,28 +278,44 @@ impl Config {
         })
     }
 
-    /// This member's id: a hash of its peer URLs and the cluster token, so it is stable across restarts
-    /// and distinct between members, as etcd derives it. Never zero (Raft reserves 0).
+    /// This member's id as etcd derives it for a static bootstrap: the first 8 bytes (big-endian) of
+    /// the SHA-1 of its sorted peer URLs, then the cluster token. Stable across restarts, the same on
+    /// every member, distinct between members. Never zero (Raft reserves 0).
     pub fn member_id(&self) -> u64 {
-        let mut urls: Vec<&str> = self
-            .initial_advertise_peer_urls
-            .iter()
-            .map(Url::as_str)
-            .collect();
-        urls.sort_unstable();
-        let id = fnv1a(format!("{}|{}", urls.join(","), self.initial_cluster_token).as_bytes());
-        id.max(1)
+        member_id(
+            &self.initial_advertise_peer_urls,
+            &self.initial_cluster_token,
+            None,
+        )
     }
 
-    /// The cluster id: a hash of every bootstrap member's URLs and the token. Never zero.
-    pub fn cluster_id(&self) -> u64 {
-        let mut all: Vec<String> = self
-            .initial_cluster
+    /// Every bootstrap member of `--initial-cluster`: (id, name, peer URLs), in the flag's order.
+    pub fn initial_members(&self) -> Vec<(u64, String, Vec<Url>)> {
+        self.initial_cluster
             .iter()
-            .flat_map(|(n, us)| us.iter().map(move |u| format!("{n}={u}")))
-            .collect();
-        all.sort_unstable();
-        fnv1a(format!("{}|{}", all.join(","), self.initial_cluster_token).as_bytes()).max(1)
+            .map(|(name, urls)| {
+                (
+                    member_id(urls, &self.initial_cluster_token, None),
+                    name.clone(),
+                    urls.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The cluster id as etcd derives it: the first 8 bytes of the SHA-1 of the sorted bootstrap
+    /// member ids, each 8 bytes big-endian. Never zero.
+    pub fn cluster_id(&self) -> u64 {
+        let mut ids: Vec<u64> = self.initial_members().iter().map(|m| m.0).collect();
+        ids.sort_unstable();
+        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+        sha1_prefix(&bytes).max(1)
+    }
+
+    /// Raft's election timeout in ticks (heartbeat intervals).
+    pub fn election_ticks(&self) -> usize {
+        let ticks = self.election_timeout.as_millis() / self.heartbeat_interval.as_millis().max(1);
+        usize::try_from(ticks).unwrap_or(usize::MAX)
     }
 
     /// The socket address of a listen URL.
@@ -304,14 +330,101 @@ impl Config {
     }
 }
 
-/// 64-bit FNV-1a: small, stable across versions and platforms (std's hasher is not).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// etcd's member id (`membership.NewMember`): SHA-1 over the sorted peer URLs (as etcd prints
+/// them, without a trailing `/`), the cluster token and, for a member added at runtime, the time in
+/// seconds; the first 8 bytes, big-endian. Never zero.
+pub fn member_id(peer_urls: &[Url], token: &str, added_at: Option<i64>) -> u64 {
+    let mut urls: Vec<String> = peer_urls.iter().map(url_text).collect();
+    urls.sort_unstable();
+    let mut bytes = urls.concat().into_bytes();
+    bytes.extend_from_slice(token.as_bytes());
+    if let Some(secs) = added_at {
+        bytes.extend_from_slice(secs.to_string().as_bytes());
     }
-    h
+    sha1_prefix(&bytes).max(1)
+}
+
+/// A URL as etcd prints member URLs: without the trailing `/` of an empty path.
+pub fn url_text(u: &Url) -> String {
+    let s = u.as_str();
+    if u.path() == "/" {
+        s.strip_suffix('/').unwrap_or(s).to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn sha1_prefix(bytes: &[u8]) -> u64 {
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// What etcd refuses at start about the bootstrap membership: this member missing from it, its
+/// advertised peer URLs differing from what the cluster lists for it, or one URL given to two
+/// members.
+fn check_initial_cluster(
+    name: &str,
+    advertised: &[Url],
+    cluster: &[(String, Vec<Url>)],
+) -> Result<()> {
+    let Some((_, listed)) = cluster.iter().find(|(n, _)| n == name) else {
+        return Err(Error::InvalidArgument(format!(
+            "--initial-cluster has no member named {name:?} (this member's --name)"
+        )));
+    };
+    let mut a: Vec<String> = advertised.iter().map(url_text).collect();
+    let mut l: Vec<String> = listed.iter().map(url_text).collect();
+    a.sort_unstable();
+    l.sort_unstable();
+    if a != l {
+        return Err(Error::InvalidArgument(format!(
+            "--initial-cluster has {name}={} but --initial-advertise-peer-urls is {}: they must be \
+             the same URLs",
+            l.join(","),
+            a.join(",")
+        )));
+    }
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for (n, urls) in cluster {
+        for u in urls {
+            let text = url_text(u);
+            if let Some((_, other)) = seen.iter().find(|(t, _)| *t == text) {
+                return Err(Error::InvalidArgument(format!(
+                    "--initial-cluster: duplicate URL {text} (members {other:?} and {n:?})"
+                )));
+            }
+            seen.push((text, n));
+        }
+    }
+    Ok(())
+}
+
+/// etcd's rules for `--heartbeat-interval` and `--election-timeout` (milliseconds): both positive,
+/// the election timeout at least five heartbeats and at most 50 s.
+fn check_timing(heartbeat_ms: u64, election_ms: u64) -> Result<(Duration, Duration)> {
+    if heartbeat_ms == 0 || election_ms == 0 {
+        return Err(Error::InvalidArgument(
+            "--heartbeat-interval and --election-timeout must be greater than 0".into(),
+        ));
+    }
+    if election_ms < 5 * heartbeat_ms {
+        return Err(Error::InvalidArgument(format!(
+            "--election-timeout[{election_ms}ms] should be at least as 5 times as \
+             --heartbeat-interval[{heartbeat_ms}ms]"
+        )));
+    }
+    if election_ms > 50_000 {
+        return Err(Error::InvalidArgument(format!(
+            "--election-timeout[{election_ms}ms] is too long, and should be set less than 50000ms"
+        )));
+    }
+    Ok((
+        Duration::from_millis(heartbeat_ms),
+        Duration::from_millis(election_ms),
+    ))
 }
 
 fn parse_url(flag: &str, s: &str) -> Result<Url> {
@@ -530,6 +643,77 @@ mod tests {
         for bad in ["-1h", "1d", "x", "NaN", "1e300", "1e300h"] {
             assert_eq!(secs(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn ids_are_etcds() {
+        // etcd 3.4, `--name infra1 --initial-advertise-peer-urls http://127.0.0.1:12380
+        // --initial-cluster-token etcd-cluster-1` in a 3-member static cluster (etcd's Procfile).
+        let c = parse(&[
+            "--name",
+            "infra1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:12380",
+            "--initial-cluster-token",
+            "etcd-cluster-1",
+            "--initial-cluster",
+            "infra1=http://127.0.0.1:12380,infra2=http://127.0.0.1:22380,infra3=http://127.0.0.1:32380",
+        ])
+        .unwrap();
+        let ids: Vec<u64> = c.initial_members().iter().map(|m| m.0).collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[0], c.member_id());
+        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+        assert_eq!(
+            c.member_id(),
+            member_id(
+                &[Url::parse("http://127.0.0.1:12380").unwrap()],
+                "etcd-cluster-1",
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn a_bootstrap_that_cannot_be_honoured_is_refused() {
+        let three = "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381,c=http://127.0.0.1:2382";
+        assert!(parse(&["--name", "a", "--initial-cluster", three]).is_ok());
+        let err = parse(&["--name", "d", "--initial-cluster", three])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no member named"), "{err}");
+        let err = parse(&[
+            "--name",
+            "b",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            three,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--initial-advertise-peer-urls"), "{err}");
+        let err = parse(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://127.0.0.1:2380,b=http://127.0.0.1:2380",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("duplicate URL"), "{err}");
+    }
+
+    #[test]
+    fn timing_flags_follow_etcds_rules() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
+        assert_eq!(c.election_ticks(), 10);
+        let c = parse(&["--heartbeat-interval", "50", "--election-timeout", "500"]).unwrap();
+        assert_eq!(c.election_ticks(), 10);
+        assert!(parse(&["--heartbeat-interval", "100", "--election-timeout", "400"]).is_err());
+        assert!(parse(&["--election-timeout", "60000"]).is_err());
+        assert!(parse(&["--heartbeat-interval", "0"]).is_err());
     }
 
     #[test]

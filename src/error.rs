@@ -66,6 +66,42 @@ pub enum Error {
     /// A member-management call a single-node server cannot serve yet.
     #[error("{0}")]
     Unimplemented(String),
+
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+
+    #[error("etcdserver: not leader")]
+    NotLeader,
+
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+
+    #[error("etcdserver: rpc not supported for learner")]
+    LearnerNotSupported,
+
+    #[error("etcdserver: the member has been permanently removed from the cluster")]
+    MemberRemoved,
     /// Authentication is requested but not available.
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
@@ -120,6 +156,16 @@ impl Error {
             Error::Compacted => 410,
             Error::RequestTooLarge => 413,
             Error::Unimplemented(_) => 501,
+            Error::MemberNotFound => 404,
+            Error::MemberExists
+            | Error::PeerUrlExists
+            | Error::NotEnoughStartedMembers
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::TooManyLearners
+            | Error::NotLeader
+            | Error::BadLeaderTransferee => 412,
+            Error::LeaderChanged | Error::LearnerNotSupported | Error::MemberRemoved => 503,
             Error::Timeout | Error::NoLeader | Error::Stopped | Error::NoSpace => 503,
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
@@ -150,6 +196,18 @@ impl Error {
             Error::NoSpace => Code::ResourceExhausted,
             Error::Timeout | Error::NoLeader | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::MemberNotFound => Code::NotFound,
+            Error::MemberExists
+            | Error::PeerUrlExists
+            | Error::NotEnoughStartedMembers
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::TooManyLearners
+            | Error::NotLeader
+            | Error::BadLeaderTransferee => Code::FailedPrecondition,
+            Error::LeaderChanged | Error::LearnerNotSupported | Error::MemberRemoved => {
+                Code::Unavailable
+            }
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
             | Error::Io(_)

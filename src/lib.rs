@@ -8,6 +8,7 @@
 //!   [`lease`] (the lessor: leases, attached keys, leader-local expiry),
 //!   [`snap`] (when the applied state replaces the log's prefix).
 //! - [`wal`]: the write-ahead log that is Raft's durable storage.
+//! - [`peer`]: the transport that carries Raft's messages between the members of a cluster.
 //!
 //! [`proto`] holds the etcd v3 wire types (compiled from `proto/` by `build.rs`, no system protoc).
 //! [`bench`](mod@bench) is the `mini-etcd bench` load generator, a client of the v3 API like any other.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod histogram;
 pub mod lease;
 pub mod mvcc;
+pub mod peer;
 pub mod proto;
 pub mod server;
 pub mod snap;

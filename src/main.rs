@@ -81,7 +81,26 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> mini_etcd::Result<()> {
+    // The peer port listens before the server starts: a member joining a cluster, or the other
+    // members of a bootstrap, must reach it while it waits for them.
+    let mut peer_listeners = Vec::new();
+    for url in &config.listen_peer_urls {
+        let addr = Config::socket_addr(url)?;
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            mini_etcd::Error::InvalidArgument(format!(
+                "cannot listen on {addr} (--listen-peer-urls): {e}"
+            ))
+        })?;
+        peer_listeners.push(l);
+    }
     let server = Server::start(config).await?;
+    let (peers_stop_tx, peers_stop_rx) = tokio::sync::watch::channel(false);
+    for l in peer_listeners {
+        let mut stop = peers_stop_rx.clone();
+        tokio::spawn(server.clone().serve_peers(l, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     release_freed_memory();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = server.clone();
@@ -96,6 +115,7 @@ async fn run(config: Config) -> mini_etcd::Result<()> {
         let _ = stop_rx.await;
     })
     .await;
+    let _ = peers_stop_tx.send(true);
     let stopped = server.shutdown().await;
     serving?;
     stopped?;

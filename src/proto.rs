@@ -40,6 +40,12 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
+/// What members send each other on the peer port (ours; see `proto/peer/peer.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod peerpb {
+    include!(concat!(env!("OUT_DIR"), "/peerpb.rs"));
+}
+
 /// The gRPC codec of every service: prost's, except that a message is encoded into a buffer
 /// reserved at its encoded size. tonic's own starts from 8 KiB and doubles, so a 10 MB range
 /// response was copied about ten times as it grew (`RawVec::finish_grow` under `memmove`: 7 % of

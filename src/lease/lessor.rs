@@ -195,6 +195,17 @@ impl Lessor {
         })
     }
 
+    /// Loads the leases of `backend` again (after a snapshot replaced it): every lease expires its
+    /// full TTL from now, as after a restart; attachments are rebuilt by the caller.
+    pub fn reload(&self, backend: &Arc<Backend>) -> Result<()> {
+        let fresh = Lessor::new(backend.clone(), self.clock.clone(), self.min_ttl)?;
+        *lock(&self.state) = fresh
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(())
+    }
+
     /// A fresh lease id for a grant whose client passed 0: positive, random-looking, and not in use
     /// right now. Called before proposing, so a grant racing in with the same id can still make the
     /// apply answer "lease already exists"; with 63 random bits that is left to chance, as in etcd.

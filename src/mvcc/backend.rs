@@ -549,6 +549,32 @@ impl Backend {
         Ok(std::fs::metadata(dest)?.len())
     }
 
+    /// Replaces the whole backend with the redb file at `src` (a snapshot received from the
+    /// leader): everything buffered belongs to the state being replaced and is dropped, the file is
+    /// renamed over the backend's and the directory synced before the new file is used, so a crash
+    /// leaves either the old backend or the new one.
+    pub fn replace_with(&self, src: &Path) -> Result<()> {
+        let _serial = lock(&self.commit_lock);
+        let db = create_db(src)?;
+        {
+            let txn = db.begin_write()?;
+            for table in Table::ALL {
+                txn.open_table(table.definition())?;
+            }
+            txn.commit()?;
+        }
+        std::fs::rename(src, &self.path)?;
+        sync_dir(&self.path)?;
+        {
+            let mut buffers = lock(&self.buffers);
+            buffers.pending = Buffer::default();
+            buffers.committing = None;
+        }
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(db);
+        self.refresh_size();
+        Ok(())
+    }
+
     /// Rewrites the backend file compactly, giving free pages back to the file system, while reads and
     /// writes go on; see the module docs for the steps. Only commits wait, during the final swap.
     pub fn defragment(&self) -> Result<DefragStats> {

@@ -154,6 +154,55 @@ fn read_meta_u64(backend: &Backend, key: &[u8]) -> Result<u64> {
     }
 }
 
+/// Rebuilds the in-memory state (key index, revisions, consistent index) from `backend`, scanning
+/// the `key` table in revision order; also returns (lease, key) of every live key with a lease.
+fn load_state(backend: &Backend) -> Result<(State, Vec<(i64, Vec<u8>)>)> {
+    let consistent_index = read_meta_u64(backend, META_CONSISTENT_INDEX)?;
+    let compacted = read_meta_u64(backend, META_COMPACT_REVISION)? as i64;
+    let mut index: BTreeMap<Box<[u8]>, KeyIndex> = BTreeMap::new();
+    // As in etcd, an empty store is at revision 1, so the first write creates revision 2 (clients
+    // treat revision 0 as "none" and 1 as "before any write").
+    let mut current = 1;
+    // Each live key's lease, from its newest record (the lessor rebuilds its attachments from it).
+    let mut leased: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    backend.scan(Table::Key, &[], None, |k, v| {
+        let (rev, tombstone) = Revision::from_bytes(k)?;
+        let kv = KeyValue::decode(v)?;
+        if tombstone || kv.lease == 0 {
+            leased.remove(&kv.key);
+        } else {
+            leased.insert(kv.key.clone(), kv.lease);
+        }
+        let ki = index.entry(kv.key.into_boxed_slice()).or_default();
+        if tombstone {
+            ki.tombstone(rev);
+        } else {
+            ki.put(rev, kv.create_revision, kv.version);
+        }
+        current = rev.main;
+        Ok(true)
+    })?;
+    // Compaction may have removed the newest records (a key deleted at or below the compact
+    // revision), but it never removes anything above the compact revision.
+    let current = current.max(compacted);
+    tracing::info!(
+        rev = current,
+        compacted,
+        index = consistent_index,
+        keys = index.len(),
+        "mvcc store opened"
+    );
+    Ok((
+        State {
+            index,
+            current,
+            compacted,
+            consistent_index,
+        },
+        leased.into_iter().map(|(k, l)| (l, k)).collect(),
+    ))
+}
+
 /// Where a key-value of a range result comes from.
 enum Hit<'a> {
     /// A record in the backend at this revision.
@@ -171,58 +220,33 @@ impl Store {
     /// Builds the store on an already open backend (shared with the lessor and auth), rebuilding the key
     /// index by scanning the `key` table in revision order.
     pub fn with_backend(backend: Arc<Backend>) -> Result<Store> {
-        let consistent_index = read_meta_u64(&backend, META_CONSISTENT_INDEX)?;
-        let compacted = read_meta_u64(&backend, META_COMPACT_REVISION)? as i64;
-        let mut index: BTreeMap<Box<[u8]>, KeyIndex> = BTreeMap::new();
-        // As in etcd, an empty store is at revision 1, so the first write creates revision 2 (clients
-        // treat revision 0 as "none" and 1 as "before any write").
-        let mut current = 1;
-        // Each live key's lease, from its newest record (the lessor rebuilds its attachments from it).
-        let mut leased: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-        backend.scan(Table::Key, &[], None, |k, v| {
-            let (rev, tombstone) = Revision::from_bytes(k)?;
-            let kv = KeyValue::decode(v)?;
-            if tombstone || kv.lease == 0 {
-                leased.remove(&kv.key);
-            } else {
-                leased.insert(kv.key.clone(), kv.lease);
-            }
-            let ki = index.entry(kv.key.into_boxed_slice()).or_default();
-            if tombstone {
-                ki.tombstone(rev);
-            } else {
-                ki.put(rev, kv.create_revision, kv.version);
-            }
-            current = rev.main;
-            Ok(true)
-        })?;
-        // Compaction may have removed the newest records (a key deleted at or below the compact
-        // revision), but it never removes anything above the compact revision.
-        let current = current.max(compacted);
-        tracing::info!(
-            rev = current,
-            compacted,
-            index = consistent_index,
-            keys = index.len(),
-            "mvcc store opened"
-        );
+        let (state, leased) = load_state(&backend)?;
+        let compacted = state.compacted;
         let store = Store {
             backend,
-            state: RwLock::new(State {
-                index,
-                current,
-                compacted,
-                consistent_index,
-            }),
+            state: RwLock::new(state),
             writer: Mutex::new(()),
             pruning: Mutex::new(()),
-            leased_at_open: Mutex::new(leased.into_iter().map(|(k, l)| (l, k)).collect()),
+            leased_at_open: Mutex::new(leased),
         };
         if compacted > 0 {
             // A prune that a crash cut short (or never started) is finished before serving.
             store.prune(compacted)?;
         }
         Ok(store)
+    }
+
+    /// Replaces the whole store with the backend file at `path` (a snapshot from the leader) and
+    /// rebuilds the key index from it. Writers and prunes wait; readers see the old state or the
+    /// new one.
+    pub fn restore(&self, path: &Path) -> Result<()> {
+        let _writer = lock(&self.writer);
+        let _pruning = lock(&self.pruning);
+        self.backend.replace_with(path)?;
+        let (state, leased) = load_state(&self.backend)?;
+        *write_lock(&self.state) = state;
+        *lock(&self.leased_at_open) = leased;
+        Ok(())
     }
 
     /// (lease, key) of every live key that had a lease when the store was opened; empty after the

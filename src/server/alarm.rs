@@ -70,6 +70,16 @@ impl AlarmStore {
         })
     }
 
+    /// Loads the alarms of `backend` again (after a snapshot replaced it).
+    pub fn reload(&self, backend: &Backend) -> Result<()> {
+        let fresh = AlarmStore::load(backend)?;
+        *self.set() = fresh
+            .alarms
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(())
+    }
+
     fn set(&self) -> std::sync::MutexGuard<'_, BTreeSet<(u64, i32)>> {
         self.alarms.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -172,7 +182,11 @@ fn grows_backend(op: &Op) -> bool {
     match op {
         Op::Put(_) | Op::LeaseGrant(_) => true,
         Op::Txn(t) => txn_has_put(t),
-        Op::DeleteRange(_) | Op::Compaction(_) | Op::LeaseRevoke(_) | Op::Alarm(_) => false,
+        Op::DeleteRange(_)
+        | Op::Compaction(_)
+        | Op::LeaseRevoke(_)
+        | Op::Alarm(_)
+        | Op::MemberAttributes(_) => false,
     }
 }
 

@@ -212,6 +212,17 @@ impl Applier {
             Some(Op::Alarm(req)) => Ok(ApplyResult::Alarm(
                 self.shared.alarms.apply(&store, index, &req)?,
             )),
+            Some(Op::MemberAttributes(attrs)) => {
+                let mut batch = WriteBatch::new();
+                self.shared.members.apply_attributes(&attrs, &mut batch);
+                store.write_meta(index, batch);
+                if let Some(t) = self.shared.transport.get() {
+                    if let Some(m) = self.shared.members.member(attrs.id) {
+                        t.add_peer(m.id, m.peer_urls);
+                    }
+                }
+                Ok(ApplyResult::Members(self.shared.members.etcd_members()))
+            }
             None => Err(Error::InvalidArgument("empty request in Raft entry".into())),
         }
     }

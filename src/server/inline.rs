@@ -72,7 +72,11 @@ impl Drop for Release {
 /// later cannot be proposed has its waiter answered `Stopped` instead.
 pub(super) fn submit(inner: &Arc<Inner>, p: Proposal) -> bool {
     // A limit of zero runs no turn inline: nothing is held either, as before inline turns existed.
-    if !HOLDING.with(Cell::get) || inner.config.inline_turn_limit.is_zero() {
+    // With peers every turn is the Raft thread's (`raft_loop`): nothing is held either.
+    if !HOLDING.with(Cell::get)
+        || inner.config.inline_turn_limit.is_zero()
+        || !inner.shared.solo.load(Ordering::Acquire)
+    {
         return try_send(inner, vec![p]).is_ok();
     }
     let other = HELD.with(|h| {
@@ -132,7 +136,7 @@ fn try_send(inner: &Inner, batch: Vec<Proposal>) -> Result<(), Vec<Proposal>> {
         queued.fetch_sub(1, Ordering::AcqRel);
         match e.0 {
             RaftMsg::Propose(batch) => batch,
-            RaftMsg::Stop => Vec::new(),
+            _ => Vec::new(), // only a Propose was sent
         }
     })
 }

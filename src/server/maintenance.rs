@@ -63,7 +63,11 @@ impl Server {
             raft_applied_index: st.applied_index,
             errors,
             db_size_in_use: backend.size_in_use()? as i64,
-            is_learner: false,
+            is_learner: self
+                .shared()
+                .members
+                .member(self.shared().member_id)
+                .is_some_and(|m| m.is_learner),
             db_size_quota: self.quota_backend_bytes() as i64,
             ..Default::default()
         })
@@ -113,28 +117,15 @@ impl Server {
 
     /// This member as etcd's MemberList shows it.
     pub fn member(&self) -> Member {
-        let cfg = self.config();
-        Member {
-            id: self.shared().member_id,
-            name: cfg.name.clone(),
-            peer_ur_ls: cfg
-                .initial_advertise_peer_urls
-                .iter()
-                .map(url_text)
-                .collect(),
-            client_ur_ls: cfg.advertise_client_urls.iter().map(url_text).collect(),
-            is_learner: false,
+        let me = self.shared().member_id;
+        match self.shared().members.member(me) {
+            Some(m) => crate::server::membership::to_etcd(&m),
+            None => Member {
+                id: me,
+                name: self.config().name.clone(),
+                ..Default::default()
+            },
         }
-    }
-}
-
-/// A URL as etcd prints member URLs: without the trailing `/` of an empty path.
-fn url_text(u: &url::Url) -> String {
-    let s = u.as_str();
-    if u.path() == "/" {
-        s.strip_suffix('/').unwrap_or(s).to_string()
-    } else {
-        s.to_string()
     }
 }
 
@@ -410,6 +401,7 @@ mod tests {
 
     #[test]
     fn member_urls_print_without_trailing_slash() {
+        use crate::config::url_text;
         let u = url::Url::parse("http://127.0.0.1:2379").unwrap();
         assert_eq!(url_text(&u), "http://127.0.0.1:2379");
         let u = url::Url::parse("http://127.0.0.1:2379/x").unwrap();

@@ -23,11 +23,14 @@
 
 pub mod alarm;
 pub mod apply;
+pub mod cluster;
 pub mod compactor;
 pub mod inline;
 pub mod kv;
 pub mod maintenance;
+pub mod membership;
 pub mod raft_loop;
+pub mod read;
 pub mod request;
 pub mod wait;
 
@@ -48,12 +51,15 @@ use crate::error::{Error, Result};
 use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::lease::{Lessor, SystemClock};
 use crate::mvcc::Store;
+use crate::peer::Transport;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
+use crate::proto::peerpb;
 use crate::server::apply::Applier;
+use crate::server::membership::Membership;
 use crate::server::raft_loop::{Proposal, RaftLoop, RaftMsg, TurnCost};
 use crate::server::request::{Op, RaftRequest, WalMetadata};
 use crate::server::wait::{ApplyResult, Wait};
@@ -121,6 +127,23 @@ pub struct Shared {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// The cluster's alarms as applied here (see `alarm.rs`).
     pub alarms: alarm::AlarmStore,
+    /// The cluster's members as applied here (see `membership.rs`).
+    pub members: Membership,
+    /// Whether this member is the cluster's only voter with no learner: then a turn may run on a
+    /// connection's task (`inline.rs`) and reads need no read index.
+    pub solo: AtomicBool,
+    /// Set once this member applied its own removal.
+    pub removed: AtomicBool,
+    /// Leader changes seen (etcd's `etcd_server_leader_changes_seen_total`).
+    pub leader_changes: AtomicU64,
+    /// Linearizable reads waiting for a read index (see `read.rs`).
+    pub reads: read::Reads,
+    /// Proposals that failed (dropped, timed out).
+    pub proposals_failed: AtomicU64,
+    /// The Raft thread's channel, for the peer transport (`None` once stopped).
+    pub raft_tx: Mutex<Option<Sender<RaftMsg>>>,
+    /// The peer transport.
+    pub transport: std::sync::OnceLock<Arc<Transport>>,
 }
 
 impl Shared {
@@ -135,6 +158,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(|| format!("{who}: {e}"));
         self.wait.fail_all(|| Error::Stopped);
+        self.reads.fail_all(|| Error::Stopped);
         self.fatal_notify.notify_waiters();
     }
 }
@@ -211,7 +235,14 @@ impl Server {
         let server = tokio::task::spawn_blocking(move || Server::open(cfg))
             .await
             .map_err(|e| Error::Internal(format!("start task failed: {e}")))??;
-        server.wait_caught_up().await?;
+        if server.is_solo() {
+            server.wait_caught_up().await?;
+        } else {
+            // With peers, this member serves as soon as its own log is applied: reads that must
+            // be linearizable wait for the read index, and writes for Raft.
+            server.wait_replayed().await?;
+        }
+        tokio::spawn(server.clone().publish_attributes());
         tokio::spawn(server.clone().expire_leases());
         if let Some(retention) = server.config().auto_compaction {
             tokio::spawn(server.clone().auto_compact(retention));
@@ -243,23 +274,59 @@ impl Server {
                 "keys attached to leases that no longer exist"
             );
         }
-        let (wal, contents, meta) = if Wal::exists(&wal_dir) {
+        let (wal, contents, meta, members) = if Wal::exists(&wal_dir) {
             let (wal, contents) = Wal::open(&wal_dir, WalOptions::default())?;
             if let Some((file, offset)) = &contents.repaired_tail {
                 tracing::warn!(file = %file.display(), offset, "cut a torn WAL tail");
             }
             let meta = WalMetadata::decode(contents.metadata.as_slice())?;
-            (wal, contents, meta)
-        } else {
-            let meta = WalMetadata {
-                member_id: config.member_id(),
-                cluster_id: config.cluster_id(),
+            check_identity(&config, &meta)?;
+            let members = match Membership::load(store.backend())? {
+                Some(m) => m,
+                // A data directory written before membership was stored: its one member.
+                None => single_member(&config, meta.member_id, meta.cluster_id),
             };
+            (wal, contents, meta, members)
+        } else {
+            let members = if config.initial_cluster_new {
+                Membership::bootstrap(&config)
+            } else {
+                cluster::join(&config)?
+            };
+            let me = members
+                .members
+                .iter()
+                .find(|m| {
+                    m.peer_urls
+                        == config
+                            .initial_advertise_peer_urls
+                            .iter()
+                            .map(crate::config::url_text)
+                            .collect::<Vec<_>>()
+                })
+                .map(|m| m.id)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "this member's peer URLs are not in the cluster's membership".into(),
+                    )
+                })?;
+            let meta = WalMetadata {
+                member_id: me,
+                cluster_id: members.cluster_id,
+                name: config.name.clone(),
+            };
+            // The membership is the backend's from the start (a restored backend may carry another
+            // cluster's: this member's configuration wins, as its ids do).
+            let mut batch = crate::mvcc::backend::WriteBatch::new();
+            Membership::new(members.clone()).save(&mut batch);
+            store.backend().write(batch);
+            store.commit_backend()?;
             let mut wal = Wal::create(&wal_dir, &meta.encode_to_vec(), WalOptions::default())?;
+            let (voters, learners) = membership::conf_of(&members);
             let mark = SnapshotMark {
                 index: 0,
                 term: 0,
-                conf_state: ConfState::from((vec![meta.member_id], vec![])),
+                conf_state: ConfState::from((voters, learners)),
             };
             wal.save_snapshot(&mark)?;
             let contents = WalContents {
@@ -267,8 +334,11 @@ impl Server {
                 snapshot: mark,
                 ..Default::default()
             };
-            (wal, contents, meta)
+            (wal, contents, meta, members)
         };
+        if members.removed.contains(&meta.member_id) {
+            return Err(Error::MemberRemoved);
+        }
 
         let (mut wal, mut contents) = (wal, contents);
         let consistent_index = store.consistent_index();
@@ -321,15 +391,18 @@ impl Server {
             let base = older
                 .last()
                 .map_or((snap.index, snap.term), |e| (e.index, e.term));
+            // Raft's configuration is the membership's at the backend's consistent index (see
+            // `membership.rs`); entries after it that change it are applied again.
+            let (voters, learners) = membership::conf_of(&members);
+            let conf_state = ConfState::from((voters, learners));
             if base.0 > 0 {
                 let mut s = Snapshot::default();
                 s.mut_metadata().index = base.0;
                 s.mut_metadata().term = base.1;
-                s.mut_metadata().set_conf_state(snap.conf_state.clone());
+                s.mut_metadata().set_conf_state(conf_state.clone());
                 core.apply_snapshot(s)?;
-            } else {
-                core.set_conf_state(snap.conf_state.clone());
             }
+            core.set_conf_state(conf_state);
             core.append(kept)?;
             let last_index = entries.last().map_or(snap.index, |e| e.index);
             let mut hs = contents.hard_state.clone();
@@ -349,18 +422,22 @@ impl Server {
 
         let raft_config = raft::Config {
             id: meta.member_id,
-            election_tick: 10,
+            election_tick: config.election_ticks(),
             heartbeat_tick: 1,
             applied: consistent_index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            // A member cut off and back must not depose a healthy leader (pre-vote), and a leader
+            // that lost its quorum steps down (check quorum), as etcd runs.
             pre_vote: true,
+            check_quorum: true,
             ..Default::default()
         };
         raft_config.validate()?;
         let logger = slog::Logger::root(TracingDrain, slog::o!());
         let mut node = RawNode::new(&raft_config, storage, &logger)?;
-        if node.raft.prs().conf().voters().ids().len() == 1 {
+        let solo = raft_loop::is_solo(&node, meta.member_id);
+        if solo {
             // A single voter needs no election timeout: take leadership now.
             node.campaign()?;
         }
@@ -370,7 +447,7 @@ impl Server {
             store: store.clone(),
             hub,
             lessor,
-            wait: Wait::new(),
+            wait: Wait::for_member(meta.member_id),
             member_id: meta.member_id,
             cluster_id: meta.cluster_id,
             term: AtomicU64::new(node.raft.term),
@@ -390,12 +467,32 @@ impl Server {
             fatal_notify: tokio::sync::Notify::new(),
             closing: tokio::sync::watch::channel(false).0,
             alarms: alarm::AlarmStore::load(store.backend())?,
+            members: Membership::new(members.clone()),
+            solo: AtomicBool::new(solo),
+            removed: AtomicBool::new(false),
+            leader_changes: AtomicU64::new(0),
+            reads: read::Reads::default(),
+            proposals_failed: AtomicU64::new(0),
+            raft_tx: Mutex::new(None),
+            transport: std::sync::OnceLock::new(),
         });
         shared
             .committed_index
             .store(commit_at_start, Ordering::Relaxed);
 
         let (raft_tx, raft_rx) = mpsc::channel();
+        *shared.raft_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(raft_tx.clone());
+        let transport = Transport::new(
+            Arc::new(cluster::PeerNode {
+                shared: shared.clone(),
+                data_dir: config.data_dir.clone(),
+            }),
+            tokio::runtime::Handle::current(),
+        );
+        for m in &members.members {
+            transport.add_peer(m.id, m.peer_urls.clone());
+        }
+        let _ = shared.transport.set(transport.clone());
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let mut threads = Vec::new();
 
@@ -411,6 +508,10 @@ impl Server {
             catch_up: config.snapshot_catchup_entries,
             turn_cost: TurnCost::new(config.inline_turn_limit),
             ended: false,
+            transport,
+            tick: config.heartbeat_interval,
+            reads: read::InFlight::default(),
+            last_leader: 0,
         }));
         let thread_core = core.clone();
         threads.push(spawn_named("raft", shared.clone(), move || {
@@ -476,6 +577,23 @@ impl Server {
         Ok(())
     }
 
+    /// Waits until the entries the WAL recorded as committed are applied again.
+    async fn wait_replayed(&self) -> Result<()> {
+        let s = &self.inner.shared;
+        let target = s.committed_index.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while s.applied_index.load(Ordering::Acquire) < target {
+            if let Some(why) = self.fatal_error() {
+                return Err(Error::Internal(why));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -523,9 +641,7 @@ impl Server {
         kv::check_txn(&req, self.inner.config.max_txn_ops)?;
         if !kv::txn_has_writes(&req) {
             // As a Range is served: from a read, on this task, at one revision for the whole txn.
-            if self.inner.shared.stopped.load(Ordering::Relaxed) {
-                return Err(Error::Stopped);
-            }
+            self.linearize().await?;
             let at = kv::AtRevision::new(&self.inner.shared.store);
             let mut resp = kv::read_txn(&at, &req)?;
             kv::set_txn_revision(&mut resp, at.revision());
@@ -540,9 +656,18 @@ impl Server {
         self.propose_for(Op::Compaction(req)).await
     }
 
-    /// etcd's Range, read from the store. Serializable and linearizable reads are the same on a single
-    /// voter: every acknowledged write is applied before it is acknowledged.
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+    /// etcd's Range, read from the store: a linearizable one once the read index is applied
+    /// (`linearize`), a serializable one at once. The two are the same on a single voter: every
+    /// acknowledged write is applied before it is acknowledged.
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        if !req.serializable {
+            self.linearize().await?;
+        }
+        self.range_local(req)
+    }
+
+    /// A Range served from this member's store as it is (serializable).
+    pub fn range_local(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if self.inner.shared.stopped.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
         }
@@ -567,11 +692,6 @@ impl Server {
             return Err(Error::LeaseNotFound);
         }
         self.propose_for(Op::LeaseRevoke(req)).await
-    }
-
-    /// Renews a lease (leader-local, as in etcd); its TTL, or `LeaseNotFound`.
-    pub fn lease_renew(&self, id: i64) -> Result<i64> {
-        self.inner.shared.lessor.renew(id)
     }
 
     /// The lessor, for the lease API's read-only calls.
@@ -798,6 +918,14 @@ impl Inner {
         {
             let _ = tx.send(RaftMsg::Stop);
         }
+        self.shared
+            .raft_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = self.shared.transport.get() {
+            t.stop();
+        }
         if let Some(tx) = self
             .committer_stop
             .lock()
@@ -816,6 +944,7 @@ impl Inner {
             let _ = t.join();
         }
         self.shared.wait.fail_all(|| Error::Stopped);
+        self.shared.reads.fail_all(|| Error::Stopped);
         self.shared.hub.close();
         self.shared.store.commit_backend()?;
         match self
@@ -880,6 +1009,56 @@ fn spawn_named(
                 shared.fail(&thread_name, &e);
             }
         })?)
+}
+
+/// Refuses a data directory that belongs to another member: its WAL names another member than
+/// `--name`, or, for a static bootstrap, another cluster than `--initial-cluster` describes.
+fn check_identity(config: &Config, meta: &WalMetadata) -> Result<()> {
+    if !meta.name.is_empty() && meta.name != config.name {
+        return Err(Error::InvalidArgument(format!(
+            "data directory {} belongs to member {:?} (id {:x}), not to --name {:?}",
+            config.data_dir.display(),
+            meta.name,
+            meta.member_id,
+            config.name
+        )));
+    }
+    if !meta.name.is_empty()
+        && config.initial_cluster_new
+        && config.initial_cluster.len() > 1
+        && meta.cluster_id != config.cluster_id()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "data directory {} belongs to cluster {:x}, but --initial-cluster describes cluster {:x}",
+            config.data_dir.display(),
+            meta.cluster_id,
+            config.cluster_id()
+        )));
+    }
+    Ok(())
+}
+
+/// The membership of a data directory written before membership was stored: its one member.
+fn single_member(config: &Config, member_id: u64, cluster_id: u64) -> peerpb::Members {
+    peerpb::Members {
+        cluster_id,
+        members: vec![peerpb::Member {
+            id: member_id,
+            name: config.name.clone(),
+            peer_urls: config
+                .initial_advertise_peer_urls
+                .iter()
+                .map(crate::config::url_text)
+                .collect(),
+            client_urls: config
+                .advertise_client_urls
+                .iter()
+                .map(crate::config::url_text)
+                .collect(),
+            is_learner: false,
+        }],
+        removed: Vec::new(),
+    }
 }
 
 /// Whether a starting member may serve: a `leader` is known, and `applied` has reached both what the

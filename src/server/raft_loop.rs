@@ -40,7 +40,16 @@
 //! storage's vector. A snapshot therefore takes its term from the apply step, which saw the entry,
 //! not from the storage, which may have dropped it.
 //!
-//! Left out until peers exist: sending messages, receiving snapshots, read index.
+//! **With peers** the turn follows raft-rs's documented order: messages Raft may send before its
+//! entries are durable (a leader's appends) go first, then a received snapshot is installed, the
+//! committed entries applied, the new entries and hard state written and fsynced, and only then go
+//! the messages that must follow persistence (votes, a follower's append responses); `advance`
+//! then hands out what became committed, with more messages. Messages go to the peer transport
+//! (`peer`), which never blocks: a peer it cannot reach is reported back to Raft. Read index
+//! requests are issued and their states collected here (`read.rs`); membership changes are applied
+//! here too, because they change Raft's own configuration (`apply_conf_change`) as well as the
+//! membership in the backend. Turns on a connection's task are only for a cluster of one voter: with
+//! peers, every turn runs on the Raft thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -51,13 +60,17 @@ use raft::prelude::*;
 use raft::storage::MemStorage;
 use raft::StateRole;
 
+use prost::Message as _;
+
 use crate::error::{Error, Result};
+use crate::peer::Transport;
+use crate::proto::peerpb;
 use crate::server::apply::{Applier, SnapshotDue};
+use crate::server::membership::{self, Change, Membership};
+use crate::server::read::InFlight;
+use crate::server::wait::ApplyResult;
 use crate::server::Shared;
 use crate::wal::{SnapshotMark, Wal};
-
-/// How often Raft's logical clock ticks.
-pub const TICK: Duration = Duration::from_millis(100);
 /// At most this many queued messages (each one or more proposals) are taken into one turn.
 const MAX_BATCH: usize = 4096;
 /// A batch whose encoded requests add up to more than this is not run on a connection's task: its
@@ -68,6 +81,18 @@ const INLINE_BATCH_BYTES: usize = 128 * 1024;
 pub enum RaftMsg {
     /// Propose these requests, in order.
     Propose(Vec<Proposal>),
+    /// A message from a peer.
+    Step(Box<Message>),
+    /// Messages to this peer were lost.
+    Unreachable(u64),
+    /// Sending a snapshot to this peer ended (true: it was stored there).
+    SnapshotStatus(u64, bool),
+    /// Linearizable reads are parked in `Shared::reads`.
+    ReadIndex,
+    /// Propose this membership change; the waiter is answered when it is applied (or refused).
+    ConfChange(Box<ConfChange>, u64),
+    /// Hand leadership to this member.
+    TransferLeader(u64),
     /// Stop the loop.
     Stop,
 }
@@ -99,6 +124,21 @@ pub struct RaftLoop {
     pub turn_cost: TurnCost,
     /// Set when the loop has ended (stopped, or a turn failed): no turn runs after that.
     pub ended: bool,
+    /// The peer transport.
+    pub transport: Arc<Transport>,
+    /// How often Raft's logical clock ticks (`--heartbeat-interval`).
+    pub tick: Duration,
+    /// Read index requests in flight.
+    pub reads: InFlight,
+    /// The leader seen at the last turn.
+    pub last_leader: u64,
+}
+
+/// Whether `node` is its cluster's only voter, with no learner: `id` alone.
+pub fn is_solo(node: &RawNode<MemStorage>, id: u64) -> bool {
+    let conf = node.raft.prs().conf();
+    let voters = conf.voters().ids();
+    voters.len() == 1 && voters.contains(id) && conf.learners().is_empty()
 }
 
 /// What [`RaftLoop::try_turn`] did with a batch.
@@ -180,8 +220,9 @@ impl RaftLoop {
         let mut last_tick = Instant::now();
         // A campaign made before the loop started (single voter) is ready at once.
         lock(core)?.on_ready()?;
+        let tick = lock(core)?.tick;
         loop {
-            let timeout = TICK.saturating_sub(last_tick.elapsed());
+            let timeout = tick.saturating_sub(last_tick.elapsed());
             let first = match rx.recv_timeout(timeout) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -207,11 +248,19 @@ impl RaftLoop {
                     }
                 }
             }
-            if last_tick.elapsed() >= TICK {
+            if last_tick.elapsed() >= tick {
                 this.node.tick();
                 last_tick = Instant::now();
+                this.issue_reads(false);
             }
             this.on_ready()?;
+            if this.shared.removed.load(Ordering::Acquire) {
+                // Applied this member's own removal: it serves no more (etcd's words).
+                this.ended = true;
+                this.reads.fail_all(|| Error::MemberRemoved);
+                this.shared.fail("membership", &Error::MemberRemoved);
+                break;
+            }
             if stop {
                 // No turn after the last one: a connection's task that took the mutex next would
                 // write the WAL while the server shuts down.
@@ -254,6 +303,7 @@ impl RaftLoop {
     /// turn will neither commit the backend nor take a snapshot.
     fn inline_ok(&self, batch: &[Proposal]) -> bool {
         if self.ended
+            || !self.shared.solo.load(Ordering::Acquire)
             || self.shared.raft_queued.load(Ordering::Acquire) != 0
             || !self.turn_cost.inline_ok()
         {
@@ -276,9 +326,82 @@ impl RaftLoop {
             RaftMsg::Propose(batch) => {
                 self.shared.raft_queued.fetch_sub(1, Ordering::AcqRel);
                 self.propose(batch);
-                false
             }
-            RaftMsg::Stop => true,
+            RaftMsg::Step(msg) => {
+                if let Err(e) = self.node.step(*msg) {
+                    tracing::debug!(error = %e, "peer message refused by Raft");
+                }
+            }
+            RaftMsg::Unreachable(id) => self.node.report_unreachable(id),
+            RaftMsg::SnapshotStatus(id, finished) => {
+                let status = if finished {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(id, status);
+            }
+            RaftMsg::ReadIndex => self.issue_reads(false),
+            RaftMsg::ConfChange(cc, waiter) => self.propose_conf_change(*cc, waiter),
+            RaftMsg::TransferLeader(id) => self.node.transfer_leader(id),
+            RaftMsg::Stop => return true,
+        }
+        false
+    }
+
+    /// Issues one read index request for every parked read (and, with `again` or after a while,
+    /// the requests Raft left unanswered).
+    fn issue_reads(&mut self, again: bool) {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return; // asked again once a leader is known
+        }
+        if let Some(ctx) = self.reads.issue(&self.shared.reads, Instant::now(), again) {
+            self.node.read_index(ctx);
+        }
+    }
+
+    /// Proposes a membership change, after the checks only the Raft thread can make.
+    fn propose_conf_change(&mut self, cc: ConfChange, waiter: u64) {
+        let promoting = cc.get_change_type() == ConfChangeType::AddNode
+            && self.node.raft.prs().conf().learners().contains(&cc.node_id);
+        if promoting && self.node.raft.state == StateRole::Leader {
+            // etcd's rule: a learner is promoted once it holds 90 % of the leader's log.
+            let leader_match = self.node.raft.raft_log.last_index();
+            let learner_match = self
+                .node
+                .raft
+                .prs()
+                .get(cc.node_id)
+                .map_or(0, |p| p.matched);
+            if (learner_match as f64) < leader_match as f64 * 0.9 {
+                self.shared
+                    .wait
+                    .trigger(waiter, Err(Error::LearnerNotReady));
+                return;
+            }
+        }
+        if self.node.raft.has_pending_conf() {
+            // One change at a time: the next waits until this one is applied.
+            self.shared.wait.trigger(
+                waiter,
+                Err(Error::Unimplemented(
+                    "etcdserver: a membership change is already in progress; retry".into(),
+                )),
+            );
+            return;
+        }
+        if let Err(e) = self.node.propose_conf_change(vec![], cc) {
+            self.shared.wait.trigger(waiter, Err(Error::from(e)));
+        }
+    }
+
+    /// Sends messages to peers; reports those that could not be queued.
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        for id in self.transport.send(msgs) {
+            self.node.report_unreachable(id);
         }
     }
 
@@ -352,17 +475,27 @@ impl RaftLoop {
                 self.shared.leader_since.store(first, Ordering::Release);
             }
             self.shared.leader.store(ss.leader_id, Ordering::Release);
+            if ss.leader_id != self.last_leader {
+                if ss.leader_id != raft::INVALID_ID {
+                    self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                self.last_leader = ss.leader_id;
+                // Read requests the old leader held are lost: ask the new one.
+                self.issue_reads(true);
+            }
             if leading {
                 tracing::info!(term = self.node.raft.term, "became leader");
                 // Only the leader tracks expiry; a new leader gives every lease its full TTL.
                 self.shared.lessor.promote();
             }
         }
-        // Single voter: no messages to peers yet (later issues send rd.messages() here).
+        // A leader's appends may go before its own entries are durable (raft-rs's order).
+        self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            return Err(Error::Internal(
-                "received a Raft snapshot, which a single-node cluster never sends".into(),
-            ));
+            self.install_snapshot(rd.snapshot().clone())?;
+        }
+        for rs in rd.take_read_states() {
+            self.reads.confirmed(&rs.request_ctx, rs.index);
         }
         let mut snapshot = self.apply_committed(rd.take_committed_entries())?;
 
@@ -379,14 +512,20 @@ impl RaftLoop {
             self.shared.term.store(hs.term, Ordering::Relaxed);
         }
 
+        // Votes and a follower's append responses promise what is now durable.
+        self.send(rd.take_persisted_messages());
+
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
             store.wl().mut_hard_state().set_commit(commit);
         }
+        self.send(light.take_messages());
         snapshot = self
             .apply_committed(light.take_committed_entries())?
             .or(snapshot);
         self.node.advance_apply();
+        self.reads
+            .answer(self.shared.applied_index.load(Ordering::Acquire));
         let first = trim_log(&store, self.node.raft.raft_log.applied, self.catch_up)?;
         self.shared.log_first_index.store(first, Ordering::Relaxed);
         if let Some(due) = snapshot {
@@ -395,7 +534,8 @@ impl RaftLoop {
         Ok(())
     }
 
-    /// Applies committed entries; returns the snapshot they made due, if any.
+    /// Applies committed entries; returns the snapshot they made due, if any. Membership changes
+    /// are applied here, between the runs of other entries around them.
     fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<Option<SnapshotDue>> {
         let Some(last) = entries.last() else {
             return Ok(None);
@@ -403,7 +543,162 @@ impl RaftLoop {
         self.shared
             .committed_index
             .store(last.index, Ordering::Relaxed);
-        self.applier.apply_batch(&entries)
+        let mut due = None;
+        let mut start = 0;
+        for (i, e) in entries.iter().enumerate() {
+            if e.get_entry_type() == EntryType::EntryConfChange {
+                if start < i {
+                    due = self.applier.apply_batch(&entries[start..i])?.or(due);
+                }
+                self.apply_conf_change(e)?;
+                start = i + 1;
+            }
+        }
+        if start < entries.len() {
+            due = self.applier.apply_batch(&entries[start..])?.or(due);
+        }
+        Ok(due)
+    }
+
+    /// Applies one membership change: to Raft's configuration (always, also when the backend
+    /// already holds it, so that Raft's view is rebuilt after a snapshot), to the membership in the
+    /// backend, and to the transport's peers; answers the proposer's waiter if it is this member's.
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<()> {
+        let wire = peerpb::ConfChange::decode(&e.data[..])?;
+        let ctx = peerpb::ConfChangeContext::decode(&wire.context[..])?;
+        let (ty, change) = match wire.change_type {
+            0 => (ConfChangeType::AddNode, Change::AddVoter),
+            1 => (ConfChangeType::RemoveNode, Change::Remove),
+            2 => (ConfChangeType::AddLearnerNode, Change::AddLearner),
+            other => {
+                return Err(Error::Corrupt(format!(
+                    "entry {}: unknown membership change type {other}",
+                    e.index
+                )))
+            }
+        };
+        let cc = ConfChange {
+            change_type: ty,
+            node_id: wire.node_id,
+            ..Default::default()
+        };
+        let store = self.shared.store.clone();
+        let fresh = e.index > store.consistent_index();
+        let result = match self.node.apply_conf_change(&cc) {
+            Ok(cs) => {
+                self.node.raft.raft_log.store.wl().set_conf_state(cs);
+                let member = ctx.member.clone().unwrap_or(peerpb::Member {
+                    id: wire.node_id,
+                    ..Default::default()
+                });
+                let mut batch = crate::mvcc::WriteBatch::new();
+                if fresh {
+                    self.shared
+                        .members
+                        .apply_change(change, &member, &mut batch);
+                }
+                match change {
+                    Change::Remove => self.transport.remove_peer(wire.node_id),
+                    _ => {
+                        if let Some(m) = self.shared.members.member(wire.node_id) {
+                            self.transport.add_peer(m.id, m.peer_urls);
+                        }
+                    }
+                }
+                if fresh {
+                    store.write_meta(e.index, batch);
+                }
+                tracing::info!(
+                    index = e.index,
+                    member = format!("{:x}", wire.node_id),
+                    change = ?change,
+                    "membership changed"
+                );
+                Ok(ApplyResult::Members(self.shared.members.etcd_members()))
+            }
+            // Refused the same way on every member (removing the last voter, say).
+            Err(err) => {
+                if fresh {
+                    store.set_consistent_index(e.index);
+                }
+                Err(Error::InvalidArgument(format!("etcdserver: {err}")))
+            }
+        };
+        self.shared.applied_index.store(e.index, Ordering::Release);
+        self.shared.solo.store(
+            is_solo(&self.node, self.shared.member_id),
+            Ordering::Release,
+        );
+        if ctx.proposer == self.shared.member_id {
+            self.shared.wait.trigger(ctx.waiter, result);
+        }
+        if change == Change::Remove && wire.node_id == self.shared.member_id {
+            self.shared.removed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Replaces this member's state with a snapshot received from the leader: the backend file its
+    /// data names, then everything built from the backend (key index, leases, alarms, membership,
+    /// watchers' positions), Raft's log, and the WAL's snapshot mark.
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<()> {
+        let meta = snap.get_metadata().clone();
+        let path = std::path::PathBuf::from(String::from_utf8_lossy(&snap.data).into_owned());
+        let shared = self.shared.clone();
+        shared.store.restore(&path)?;
+        let backend = shared.store.backend().clone();
+        shared.lessor.reload(&backend)?;
+        let orphans = shared
+            .lessor
+            .rebuild_attachments(shared.store.take_leased_at_open());
+        if !orphans.is_empty() {
+            tracing::warn!(
+                keys = orphans.len(),
+                "snapshot: keys attached to missing leases"
+            );
+        }
+        shared.alarms.reload(&backend)?;
+        let members = Membership::load(&backend)?.unwrap_or_default();
+        for m in &members.members {
+            self.transport.add_peer(m.id, m.peer_urls.clone());
+        }
+        let (voters, learners) = membership::conf_of(&members);
+        shared.members.replace(members);
+        shared.hub.resync();
+        let mut raft_snap = snap;
+        raft_snap.data = Default::default();
+        self.node
+            .raft
+            .raft_log
+            .store
+            .wl()
+            .apply_snapshot(raft_snap)?;
+        self.node
+            .raft
+            .raft_log
+            .store
+            .wl()
+            .set_conf_state(ConfState::from((voters, learners)));
+        self.wal.save_snapshot(&SnapshotMark {
+            index: meta.index,
+            term: meta.term,
+            conf_state: meta.get_conf_state().clone(),
+        })?;
+        let applied = meta.index.max(shared.store.consistent_index());
+        shared.applied_index.store(applied, Ordering::Release);
+        shared
+            .committed_index
+            .fetch_max(meta.index, Ordering::Relaxed);
+        shared.snapshot_index.store(meta.index, Ordering::Relaxed);
+        self.applier.snapshots.taken(meta.index);
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            consistent_index = shared.store.consistent_index(),
+            revision = shared.store.current_revision(),
+            "installed a snapshot from the leader"
+        );
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ pub struct RaftRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
 }
 
@@ -45,6 +45,10 @@ pub enum Op {
     /// Activate or deactivate an alarm.
     #[prost(message, tag = "8")]
     Alarm(AlarmRequest),
+    /// A member's attributes: published by the member itself (name, client URLs) or changed by
+    /// `MemberUpdate` (peer URLs).
+    #[prost(message, tag = "9")]
+    MemberAttributes(crate::proto::peerpb::Member),
 }
 
 /// Identity written as the WAL's metadata record: who this log belongs to.
@@ -56,4 +60,7 @@ pub struct WalMetadata {
     /// The cluster's id.
     #[prost(uint64, tag = "2")]
     pub cluster_id: u64,
+    /// This member's name (empty in WALs written before names were recorded).
+    #[prost(string, tag = "3")]
+    pub name: String,
 }

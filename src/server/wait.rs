@@ -36,14 +36,19 @@ pub enum ApplyResult {
     LeaseRevoke(LeaseRevokeResponse),
     /// An alarm change.
     Alarm(AlarmResponse),
+    /// A membership change: the members after it.
+    Members(Vec<crate::proto::etcdserverpb::Member>),
 }
 
 /// The registry of parked waiters.
 pub struct Wait {
     /// Waiters by request id. A std Mutex: every critical section is a map insert/remove, never awaits.
     waiters: Mutex<HashMap<u64, oneshot::Sender<Result<ApplyResult>>>>,
-    /// The next request id. Starts from the wall clock (milliseconds << 20) so ids of entries replayed
-    /// after a restart never collide with ids handed out by this process.
+    /// The next request id, laid out as etcd's (`idutil`): the member id's low 16 bits, then the
+    /// wall clock in milliseconds (40 bits) and a counter (8 bits) that carries into it. Ids of
+    /// entries replayed after a restart never collide with ids handed out by this process, and ids
+    /// proposed by two members never collide with each other, so a member answers only its own
+    /// waiters when it applies another's entry.
     next_id: AtomicU64,
 }
 
@@ -54,15 +59,21 @@ impl Default for Wait {
 }
 
 impl Wait {
-    /// An empty registry.
+    /// An empty registry (member prefix 0).
     pub fn new() -> Wait {
+        Wait::for_member(0)
+    }
+
+    /// An empty registry whose ids carry `member_id`'s prefix.
+    pub fn for_member(member_id: u64) -> Wait {
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        let suffix = (millis & ((1 << 40) - 1)) << 8;
         Wait {
             waiters: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(millis << 20),
+            next_id: AtomicU64::new((member_id << 48) | suffix),
         }
     }
 

@@ -395,6 +395,19 @@ impl WatchHub {
         }
     }
 
+    /// Moves every watcher to the unsynced set, to be caught up from history: the store was replaced
+    /// by a snapshot, so what each has been sent says nothing about what the new history holds
+    /// beyond it.
+    pub fn resync(&self) {
+        let mut st = self.lock();
+        let ids: Vec<WatchId> = st.watchers.keys().copied().collect();
+        for id in ids {
+            st.make_unsynced(id);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
     /// Ends every watcher (their `recv` answers `None`, dropping anything still buffered) and stops
     /// the catch-up task. Later watches are born ended and `notify` does nothing.
     pub fn close(&self) {

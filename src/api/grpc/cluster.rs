@@ -1,10 +1,8 @@
-//! The Cluster service: membership. A single member lists itself; changing membership waits for
-//! clustering and is refused with gRPC `Unimplemented`, which etcd clients report as an error without
-//! retrying (they retry only `Unavailable`).
+//! The Cluster service: membership (list, add, remove, update, promote), over the server's
+//! membership changes (`server::cluster`).
 
 use tonic::{Request, Response, Status};
 
-use crate::error::Error;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -26,50 +24,56 @@ impl ClusterService {
     }
 }
 
-fn not_yet(call: &str) -> Status {
-    Error::Unimplemented(format!(
-        "{call} is not supported yet: this server runs as a single member until clustering lands"
-    ))
-    .to_status()
-}
-
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        self.server
+            .member_add(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        self.server
+            .member_remove(req.into_inner().id)
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        self.server
+            .member_update(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn member_list(
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        Ok(Response::new(MemberListResponse {
-            header: Some(self.server.header(self.server.revision())),
-            members: vec![self.server.member()],
-        }))
+        Ok(Response::new(self.server.member_list()))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        self.server
+            .member_promote(req.into_inner().id)
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 }

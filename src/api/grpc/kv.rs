@@ -28,6 +28,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         self.server
             .range(&req)
+            .await
             .map(Response::new)
             .map_err(|e| e.to_status())
     }

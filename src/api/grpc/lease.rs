@@ -34,8 +34,8 @@ impl LeaseService {
 
 /// One keep-alive: the lease's TTL, or TTL 0 when it does not exist (etcd answers an unknown or
 /// expired lease that way instead of failing the stream).
-pub fn keep_alive_once(server: &Server, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-    let ttl = match server.lease_renew(id) {
+pub async fn keep_alive_once(server: &Server, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    let ttl = match server.lease_renew(id).await {
         Ok(ttl) => ttl,
         Err(Error::LeaseNotFound) => 0,
         Err(e) => return Err(e.to_status()),
@@ -112,9 +112,14 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let server = self.server.clone();
-        let stream = req.into_inner().map(move |msg| match msg {
-            Ok(r) => keep_alive_once(&server, r.id),
-            Err(status) => Err(status),
+        let stream = req.into_inner().then(move |msg| {
+            let server = server.clone();
+            async move {
+                match msg {
+                    Ok(r) => keep_alive_once(&server, r.id).await,
+                    Err(status) => Err(status),
+                }
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }

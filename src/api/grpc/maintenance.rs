@@ -22,7 +22,6 @@ use crate::server::Server;
 
 /// etcd's text when the transferee of MoveLeader is not a voting member
 /// (`ErrGRPCBadLeaderTransferee`, FailedPrecondition; observed on etcd 3.4).
-pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 
 /// etcd's `Maintenance` service over the server handle.
 pub struct MaintenanceService {
@@ -108,12 +107,11 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        // A single member leads itself: moving leadership to itself is a no-op, anything else names a
-        // member that does not exist.
         let target = req.into_inner().target_id;
-        if target != self.server.shared().member_id {
-            return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE));
-        }
+        self.server
+            .move_leader(target)
+            .await
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.server.header(self.server.revision())),
         }))

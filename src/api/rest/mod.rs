@@ -229,11 +229,13 @@ async fn get_key(
 ) -> ApiResult<Json<Value>> {
     let key = required_key(q.key)?;
     let revision = parse_rev(q.rev.as_deref())?;
-    let res = server.range(&RangeRequest {
-        key: key.into_bytes(),
-        revision,
-        ..Default::default()
-    })?;
+    let res = server
+        .range(&RangeRequest {
+            key: key.into_bytes(),
+            revision,
+            ..Default::default()
+        })
+        .await?;
     let kv = res.kvs.first().ok_or(ApiError(Error::KeyNotFound))?;
     Ok(Json(kv_json(kv)))
 }

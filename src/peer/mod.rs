@@ -1,0 +1,464 @@
+//! The peer transport: how the members of one cluster carry Raft's messages to each other.
+//!
+//! Each member listens on `--listen-peer-urls` with one gRPC service (`proto/peer/peer.proto`):
+//!
+//! - `Stream`: a long-lived call from one member to another that carries batches of Raft messages.
+//!   Raft needs no answer per message (replies travel the other way, on the other member's own
+//!   call), so one call per pair and direction is enough, and a message costs one HTTP/2 frame.
+//! - `Snapshot`: a snapshot of the whole state (the backend file) in 64 KiB chunks with a CRC-32C of the whole,
+//!   stored to a file before Raft sees the message that names it (see `server::snapshot`).
+//! - `Members`: the membership, for a member that joins with `--initial-cluster-state existing`.
+//! - `LeaseRenew`: a keep-alive that reached a follower, forwarded to the leader.
+//!
+//! **Sending** ([`Transport::send`]) never blocks the Raft thread: each peer has a bounded queue
+//! ([`PEER_QUEUE`] messages) drained by a task of its own, which connects, streams, and on any
+//! failure reconnects with a backoff (50 ms doubling to 1 s). A message that finds the queue full is
+//! dropped and the peer reported unreachable to Raft, which then probes it instead of streaming
+//! appends at it; Raft retransmits whatever was lost. A slow or dead peer therefore costs the others
+//! nothing. Snapshots go on a task of their own, so a large one never holds up the small messages.
+//!
+//! **Receiving** decodes with prost only (see `convert`), refuses a batch from another cluster and
+//! messages no peer may send, and hands the rest to Raft through the node's channel.
+//!
+//! **A test switch.** When the `MINI_ETCD_PEER_FAULTS` environment variable names a file, every
+//! member id (hex) listed in it is cut off: messages to and from it are dropped on both sides. The
+//! file is read again every 50 ms. Tests use it to partition a cluster without root privileges;
+//! without the variable the check is one load of an empty flag.
+//!
+//! Left out: TLS between peers, and etcd's own peer protocol (a mini-etcd member cannot join an
+//! etcd cluster).
+
+pub mod convert;
+pub mod service;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+use crate::histogram::Histogram;
+use crate::proto::peerpb;
+use crate::proto::peerpb::peer_client::PeerClient;
+
+/// Messages queued for one peer before further ones are dropped (and the peer reported unreachable).
+pub const PEER_QUEUE: usize = 4096;
+/// Most messages sent in one batch.
+const BATCH_MESSAGES: usize = 512;
+/// Bytes of a snapshot per chunk.
+pub const SNAPSHOT_CHUNK: usize = 64 * 1024;
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest pause between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the transport needs of the local member.
+pub trait Node: Send + Sync + 'static {
+    /// This member's id.
+    fn member_id(&self) -> u64;
+    /// The cluster's id.
+    fn cluster_id(&self) -> u64;
+    /// Hands a message received from a peer to Raft.
+    fn step(&self, msg: Message);
+    /// Tells Raft that messages to `to` were lost.
+    fn report_unreachable(&self, to: u64);
+    /// Tells Raft how sending a snapshot to `to` ended.
+    fn report_snapshot(&self, to: u64, finished: bool);
+    /// Writes a consistent copy of the state that covers at least `index` to a new file and returns
+    /// it (blocking; the caller removes the file).
+    fn snapshot_file(&self, index: u64) -> Result<PathBuf>;
+    /// Where a received snapshot is written before Raft sees it.
+    fn snapshot_dir(&self) -> PathBuf;
+    /// Hands a received snapshot message to Raft; its file is `path`.
+    fn snapshot_received(&self, msg: Message, path: PathBuf);
+    /// The membership as this member knows it.
+    fn members(&self) -> peerpb::Members;
+    /// Renews a lease if this member leads.
+    fn lease_renew(&self, id: i64) -> peerpb::LeaseRenewResponse;
+    /// Whether messages from `id` are refused (a removed member).
+    fn is_removed(&self, id: u64) -> bool;
+}
+
+/// Traffic counters per peer, for `/metrics` (etcd's `etcd_network_peer_*`).
+#[derive(Default)]
+pub struct PeerStats {
+    /// Bytes sent to the peer.
+    pub sent_bytes: AtomicU64,
+    /// Bytes received from the peer.
+    pub received_bytes: AtomicU64,
+    /// Messages dropped because the peer's queue was full or its connection down.
+    pub dropped: AtomicU64,
+    /// Round trips of the `Members` probe to the peer (etcd's peer round trip time).
+    pub round_trip: Histogram,
+}
+
+struct Peer {
+    urls: Vec<String>,
+    queue: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+    stats: Arc<PeerStats>,
+}
+
+/// The outgoing side of the transport, and the fault switch both sides consult.
+pub struct Transport {
+    node: Arc<dyn Node>,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<u64, Peer>>,
+    /// Stats of peers by id, kept after a peer is removed so that counters never go back.
+    stats: Mutex<HashMap<u64, Arc<PeerStats>>>,
+    faults: Arc<Faults>,
+}
+
+impl Transport {
+    /// A transport with no peers yet, running its tasks on `runtime`.
+    pub fn new(node: Arc<dyn Node>, runtime: tokio::runtime::Handle) -> Arc<Transport> {
+        let faults = Faults::from_env(&runtime);
+        Arc::new(Transport {
+            node,
+            runtime,
+            peers: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
+            faults,
+        })
+    }
+
+    /// The fault switch (shared with the receiving service).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Starts (or, with new URLs, restarts) the sender to peer `id`.
+    pub fn add_peer(&self, id: u64, urls: Vec<String>) {
+        if id == self.node.member_id() || urls.is_empty() {
+            return;
+        }
+        let mut peers = lock(&self.peers);
+        if peers.get(&id).is_some_and(|p| p.urls == urls) {
+            return;
+        }
+        if let Some(old) = peers.remove(&id) {
+            old.task.abort();
+        }
+        let stats = lock(&self.stats).entry(id).or_default().clone();
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let task = self.runtime.spawn(run_sender(
+            id,
+            urls.clone(),
+            rx,
+            self.node.clone(),
+            self.faults.clone(),
+            stats.clone(),
+        ));
+        peers.insert(
+            id,
+            Peer {
+                urls,
+                queue: tx,
+                task,
+                stats,
+            },
+        );
+    }
+
+    /// Stops sending to peer `id`.
+    pub fn remove_peer(&self, id: u64) {
+        if let Some(p) = lock(&self.peers).remove(&id) {
+            p.task.abort();
+        }
+    }
+
+    /// The peer URLs of `id`, if it is a peer.
+    pub fn peer_urls(&self, id: u64) -> Option<Vec<String>> {
+        lock(&self.peers).get(&id).map(|p| p.urls.clone())
+    }
+
+    /// The counters of peer `id` (created on first use).
+    pub fn stats_of(&self, id: u64) -> Arc<PeerStats> {
+        lock(&self.stats).entry(id).or_default().clone()
+    }
+
+    /// Per-peer counters, by peer id.
+    pub fn stats(&self) -> Vec<(u64, Arc<PeerStats>)> {
+        let mut v: Vec<_> = lock(&self.stats)
+            .iter()
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    /// Queues `msgs` for their peers without waiting; returns the peers whose messages could not be
+    /// queued (Raft is to be told they are unreachable). Snapshots start a transfer of their own.
+    pub fn send(&self, msgs: Vec<Message>) -> Vec<u64> {
+        let mut unreachable = Vec::new();
+        let peers = lock(&self.peers);
+        for m in msgs {
+            let to = m.to;
+            let Some(peer) = peers.get(&to) else {
+                // A member that is not (or no longer) a peer: nothing to send it to.
+                unreachable.push(to);
+                continue;
+            };
+            if m.msg_type == MessageType::MsgSnapshot {
+                self.runtime.spawn(send_snapshot(
+                    m,
+                    peer.urls.clone(),
+                    self.node.clone(),
+                    self.faults.clone(),
+                    peer.stats.clone(),
+                ));
+                continue;
+            }
+            if peer.queue.try_send(m).is_err() {
+                peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                unreachable.push(to);
+            }
+        }
+        unreachable.sort_unstable();
+        unreachable.dedup();
+        unreachable
+    }
+
+    /// Stops every sender.
+    pub fn stop(&self) {
+        for (_, p) in lock(&self.peers).drain() {
+            p.task.abort();
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Connects to the first of `urls` that answers.
+async fn connect(urls: &[String]) -> Option<PeerClient<tonic::transport::Channel>> {
+    for url in urls {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+            continue;
+        };
+        let endpoint = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Ok(ch) = endpoint.connect().await {
+            return Some(
+                PeerClient::new(ch)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        }
+    }
+    None
+}
+
+/// One peer's sender: connect, stream batches until the call fails, back off, again.
+async fn run_sender(
+    id: u64,
+    urls: Vec<String>,
+    mut rx: mpsc::Receiver<Message>,
+    node: Arc<dyn Node>,
+    faults: Arc<Faults>,
+    stats: Arc<PeerStats>,
+) {
+    let cluster_id = node.cluster_id();
+    let mut backoff = Duration::from_millis(50);
+    let mut was_up = true;
+    loop {
+        let Some(mut client) = connect(&urls).await else {
+            if was_up {
+                tracing::warn!(peer = format!("{id:x}"), "cannot reach peer");
+                was_up = false;
+            }
+            // What waited is stale by the time the peer is back; Raft resends what matters.
+            while rx.try_recv().is_ok() {}
+            node.report_unreachable(id);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        if !was_up {
+            tracing::info!(peer = format!("{id:x}"), "peer reachable again");
+            was_up = true;
+        }
+        backoff = Duration::from_millis(50);
+        let (tx, stream_rx) = mpsc::channel::<peerpb::Batch>(64);
+        let call = tokio::spawn(async move {
+            client
+                .stream(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
+                .await
+        });
+        loop {
+            let Some(first) = rx.recv().await else {
+                call.abort();
+                return; // the peer was removed
+            };
+            let mut msgs = vec![first];
+            while msgs.len() < BATCH_MESSAGES {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            if faults.cut(id) || faults.cut(node.member_id()) {
+                continue;
+            }
+            let batch = peerpb::Batch {
+                cluster_id,
+                messages: msgs.iter().map(convert::to_wire).collect(),
+            };
+            stats.sent_bytes.fetch_add(
+                prost::Message::encoded_len(&batch) as u64,
+                Ordering::Relaxed,
+            );
+            if tx.send(batch).await.is_err() {
+                break; // the call ended: the peer went away
+            }
+        }
+        if let Ok(Err(status)) = call.await {
+            tracing::debug!(peer = format!("{id:x}"), %status, "peer stream ended");
+        }
+        node.report_unreachable(id);
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Sends one snapshot: a fresh copy of the state (covering the message's index), in chunks, then
+/// tells Raft how it went.
+async fn send_snapshot(
+    msg: Message,
+    urls: Vec<String>,
+    node: Arc<dyn Node>,
+    faults: Arc<Faults>,
+    stats: Arc<PeerStats>,
+) {
+    let to = msg.to;
+    let started = Instant::now();
+    let result = snapshot_transfer(&msg, &urls, &node, &faults, &stats).await;
+    match &result {
+        Ok(bytes) => tracing::info!(
+            peer = format!("{to:x}"),
+            index = msg.get_snapshot().get_metadata().index,
+            bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot sent"
+        ),
+        Err(e) => tracing::warn!(peer = format!("{to:x}"), error = %e, "sending a snapshot failed"),
+    }
+    node.report_snapshot(to, result.is_ok());
+    if result.is_err() {
+        node.report_unreachable(to);
+    }
+}
+
+async fn snapshot_transfer(
+    msg: &Message,
+    urls: &[String],
+    node: &Arc<dyn Node>,
+    faults: &Faults,
+    stats: &PeerStats,
+) -> Result<u64> {
+    use crate::error::Error;
+    if faults.cut(msg.to) || faults.cut(node.member_id()) {
+        return Err(Error::Internal("peer cut off (test switch)".into()));
+    }
+    let index = msg.get_snapshot().get_metadata().index;
+    let n = node.clone();
+    let path = tokio::task::spawn_blocking(move || n.snapshot_file(index))
+        .await
+        .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
+    let _remove = RemoveOnDrop(path.clone());
+    let bytes = tokio::fs::read(&path).await?;
+    let total = bytes.len() as u64;
+    let crc = crc32c::crc32c(&bytes);
+    let cluster_id = node.cluster_id();
+    let mut chunks = vec![peerpb::SnapshotChunk {
+        cluster_id,
+        message: Some(convert::to_wire(msg)),
+        total_bytes: total,
+        data: Vec::new(),
+        crc32c: crc,
+    }];
+    let pieces: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK).collect();
+    for piece in pieces {
+        chunks.push(peerpb::SnapshotChunk {
+            data: piece.to_vec(),
+            ..Default::default()
+        });
+    }
+    stats.sent_bytes.fetch_add(total, Ordering::Relaxed);
+    let mut client = connect(urls)
+        .await
+        .ok_or_else(|| Error::Internal("cannot reach peer".into()))?;
+    client
+        .snapshot(tokio_stream::iter(chunks))
+        .await
+        .map_err(|s| Error::Internal(format!("snapshot refused: {}", s.message())))?;
+    Ok(total)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The test switch: member ids cut off from the rest (see the module docs).
+pub struct Faults {
+    enabled: AtomicBool,
+    cut: RwLock<HashSet<u64>>,
+}
+
+impl Faults {
+    fn from_env(runtime: &tokio::runtime::Handle) -> Arc<Faults> {
+        let faults = Arc::new(Faults {
+            enabled: AtomicBool::new(false),
+            cut: RwLock::new(HashSet::new()),
+        });
+        let Some(path) = std::env::var_os("MINI_ETCD_PEER_FAULTS") else {
+            return faults;
+        };
+        let path = PathBuf::from(path);
+        tracing::warn!(file = %path.display(), "peer fault switch on (MINI_ETCD_PEER_FAULTS): for tests only");
+        faults.enabled.store(true, Ordering::Relaxed);
+        let weak = Arc::downgrade(&faults);
+        runtime.spawn(async move {
+            while let Some(f) = weak.upgrade() {
+                let ids: HashSet<u64> = std::fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok())
+                    .collect();
+                *f.cut
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
+                drop(f);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        faults
+    }
+
+    /// Whether member `id` is cut off.
+    pub fn cut(&self, id: u64) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+            && self
+                .cut
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&id)
+    }
+}

@@ -1,0 +1,195 @@
+//! The receiving side of the transport: the `Peer` gRPC service on `--listen-peer-urls`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, Result};
+use crate::peer::{convert, Faults, Node, PeerStats};
+use crate::proto::peerpb;
+use crate::proto::peerpb::peer_server::{Peer, PeerServer};
+
+/// Largest snapshot accepted: a backend over this is refused rather than written to disk.
+const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+/// The `Peer` service of one member.
+pub struct PeerService {
+    node: Arc<dyn Node>,
+    faults: Arc<Faults>,
+    stats: Arc<dyn Fn(u64) -> Arc<PeerStats> + Send + Sync>,
+}
+
+impl PeerService {
+    fn check_cluster(&self, cluster_id: u64) -> std::result::Result<(), Status> {
+        if cluster_id != self.node.cluster_id() {
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: this member is in cluster {:x}, the sender in {cluster_id:x}",
+                self.node.cluster_id()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a message from `from` is dropped: removed members, and the test switch.
+    fn refused(&self, from: u64) -> bool {
+        self.node.is_removed(from)
+            || self.faults.cut(from)
+            || self.faults.cut(self.node.member_id())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn stream(
+        &self,
+        req: Request<Streaming<peerpb::Batch>>,
+    ) -> std::result::Result<Response<peerpb::Ack>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            self.check_cluster(batch.cluster_id)?;
+            let size = prost::Message::encoded_len(&batch) as u64;
+            for m in batch.messages {
+                let from = m.from;
+                if self.refused(from) {
+                    continue;
+                }
+                (self.stats)(from)
+                    .received_bytes
+                    .fetch_add(size, Ordering::Relaxed);
+                match convert::from_wire(m) {
+                    Ok(msg) if msg.to == self.node.member_id() => self.node.step(msg),
+                    Ok(msg) => tracing::debug!(to = msg.to, "peer message for another member"),
+                    Err(e) => {
+                        return Err(Status::invalid_argument(e.to_string()));
+                    }
+                }
+            }
+        }
+        Ok(Response::new(peerpb::Ack {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<peerpb::SnapshotChunk>>,
+    ) -> std::result::Result<Response<peerpb::Ack>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        self.check_cluster(first.cluster_id)?;
+        let msg = first
+            .message
+            .ok_or_else(|| Status::invalid_argument("snapshot without its message"))?;
+        let msg = convert::from_wire(msg).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if msg.msg_type != raft::eraftpb::MessageType::MsgSnapshot || !msg.has_snapshot() {
+            return Err(Status::invalid_argument("not a snapshot message"));
+        }
+        if self.refused(msg.from) {
+            return Err(Status::unavailable("refused"));
+        }
+        if first.total_bytes > MAX_SNAPSHOT_BYTES {
+            return Err(Status::resource_exhausted("snapshot too large"));
+        }
+        let dir = self.node.snapshot_dir();
+        let path = dir.join(format!(
+            "recv-{:016x}-{}.db",
+            msg.get_snapshot().get_metadata().index,
+            std::process::id()
+        ));
+        let written = receive_file(&path, &mut stream, first.total_bytes, first.crc32c).await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Status::data_loss(e.to_string()));
+        }
+        (self.stats)(msg.from)
+            .received_bytes
+            .fetch_add(first.total_bytes, Ordering::Relaxed);
+        tracing::info!(
+            from = format!("{:x}", msg.from),
+            index = msg.get_snapshot().get_metadata().index,
+            bytes = first.total_bytes,
+            "snapshot received"
+        );
+        self.node.snapshot_received(msg, path);
+        Ok(Response::new(peerpb::Ack {}))
+    }
+
+    async fn members(
+        &self,
+        _: Request<peerpb::MembersRequest>,
+    ) -> std::result::Result<Response<peerpb::Members>, Status> {
+        Ok(Response::new(self.node.members()))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<peerpb::LeaseRenewRequest>,
+    ) -> std::result::Result<Response<peerpb::LeaseRenewResponse>, Status> {
+        Ok(Response::new(self.node.lease_renew(req.into_inner().id)))
+    }
+}
+
+/// Writes the chunks to `path`, checks size and checksum, and syncs the file.
+async fn receive_file(
+    path: &std::path::Path,
+    stream: &mut Streaming<peerpb::SnapshotChunk>,
+    total: u64,
+    crc: u32,
+) -> Result<()> {
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut got = 0u64;
+    let mut sum = 0u32;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|s| Error::Internal(format!("snapshot stream: {s}")))?;
+        got += chunk.data.len() as u64;
+        if got > total {
+            return Err(Error::Corrupt("snapshot longer than announced".into()));
+        }
+        sum = crc32c::crc32c_append(sum, &chunk.data);
+        file.write_all(&chunk.data).await?;
+    }
+    if got != total || sum != crc {
+        return Err(Error::Corrupt(format!(
+            "snapshot damaged in transit: {got} of {total} bytes, checksum {sum:08x} against {crc:08x}"
+        )));
+    }
+    file.sync_all().await?;
+    Ok(())
+}
+
+/// Serves the peer service on `addr` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<dyn Node>,
+    transport: Arc<crate::peer::Transport>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let faults = transport.faults().clone();
+    let weak = Arc::downgrade(&transport);
+    let svc = PeerService {
+        node,
+        faults,
+        stats: Arc::new(move |id| weak.upgrade().map(|t| t.stats_of(id)).unwrap_or_default()),
+    };
+    tracing::info!(addr = ?addr, "serving the peer API");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            PeerServer::new(svc)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("peer server: {e}")))
+}

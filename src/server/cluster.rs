@@ -1,0 +1,485 @@
+//! The server's side of clustering: what the peer transport asks of this member ([`PeerNode`]),
+//! joining an existing cluster, membership changes, leadership transfer, linearizable reads, and
+//! lease keep-alives that reach a follower.
+//!
+//! Membership changes are Raft configuration changes, one member at a time as etcd makes them (no
+//! joint consensus): add a voter or a learner, promote a learner, remove a member. The proposer
+//! waits for the entry to be applied on itself (`ApplyResult::Members`), as for any write. A member
+//! that applies its own removal stops serving and says why. Attributes (name, client URLs published
+//! at start, peer URLs changed by `MemberUpdate`) are ordinary entries.
+//!
+//! Left out: etcd's strict reconfiguration check (refusing a change that would leave fewer started
+//! members than a quorum), and the promotion check on a follower (only the leader knows how far a
+//! learner is; a follower's promote is proposed without it).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, Message};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::proto::etcdserverpb::{
+    MemberAddRequest, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+};
+use crate::proto::peerpb;
+use crate::server::membership::{self, to_etcd};
+use crate::server::raft_loop::RaftMsg;
+use crate::server::request::Op;
+use crate::server::wait::ApplyResult;
+use crate::server::{Server, Shared, REQUEST_TIMEOUT};
+
+/// What the peer transport reaches of this member.
+pub struct PeerNode {
+    /// The server's shared state.
+    pub shared: Arc<Shared>,
+    /// The data directory (snapshots in transit are written under it).
+    pub data_dir: PathBuf,
+}
+
+impl Shared {
+    /// Sends `m` to the Raft thread; false once it is gone.
+    pub(crate) fn to_raft(&self, m: RaftMsg) -> bool {
+        let tx = self.raft_tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().is_some_and(|tx| tx.send(m).is_ok())
+    }
+}
+
+impl crate::peer::Node for PeerNode {
+    fn member_id(&self) -> u64 {
+        self.shared.member_id
+    }
+
+    fn cluster_id(&self) -> u64 {
+        self.shared.cluster_id
+    }
+
+    fn step(&self, msg: Message) {
+        self.shared.to_raft(RaftMsg::Step(Box::new(msg)));
+    }
+
+    fn report_unreachable(&self, to: u64) {
+        self.shared.to_raft(RaftMsg::Unreachable(to));
+    }
+
+    fn report_snapshot(&self, to: u64, finished: bool) {
+        self.shared.to_raft(RaftMsg::SnapshotStatus(to, finished));
+    }
+
+    fn snapshot_file(&self, index: u64) -> Result<PathBuf> {
+        // The snapshot's metadata comes from Raft's storage, whose commit index is applied by the
+        // end of the turn that recorded it; wait for that, so the copy covers the index.
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while self.shared.applied_index.load(Ordering::Acquire) < index {
+            if Instant::now() > deadline || self.shared.stopped.load(Ordering::Relaxed) {
+                return Err(Error::Timeout);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let dir = self.snapshot_dir();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!(
+            "send-{index:016x}-{}.db",
+            SEND_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.shared.store.backend().snapshot_to(&path)?;
+        Ok(path)
+    }
+
+    fn snapshot_dir(&self) -> PathBuf {
+        let dir = self.data_dir.join("member").join("snap");
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    fn snapshot_received(&self, mut msg: Message, path: PathBuf) {
+        // The data Raft carries is the path of the received file; the install reads it from there.
+        msg.mut_snapshot().data = path.to_string_lossy().into_owned().into_bytes().into();
+        self.shared.to_raft(RaftMsg::Step(Box::new(msg)));
+    }
+
+    fn members(&self) -> peerpb::Members {
+        let mut m = self.shared.members.get();
+        m.cluster_id = self.shared.cluster_id;
+        m
+    }
+
+    fn lease_renew(&self, id: i64) -> peerpb::LeaseRenewResponse {
+        if self.shared.leader.load(Ordering::Acquire) != self.shared.member_id {
+            return peerpb::LeaseRenewResponse {
+                ttl: 0,
+                not_leader: true,
+            };
+        }
+        peerpb::LeaseRenewResponse {
+            ttl: self.shared.lessor.renew(id).unwrap_or(-1),
+            not_leader: false,
+        }
+    }
+
+    fn is_removed(&self, id: u64) -> bool {
+        self.shared.members.is_removed(id)
+    }
+}
+
+static SEND_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// For `--initial-cluster-state existing`: asks the other members of `--initial-cluster` for the
+/// membership, which must already list this member's peer URLs (`etcdctl member add` first).
+pub fn join(config: &Config) -> Result<peerpb::Members> {
+    let mine: Vec<String> = config
+        .initial_advertise_peer_urls
+        .iter()
+        .map(crate::config::url_text)
+        .collect();
+    let others: Vec<String> = config
+        .initial_cluster
+        .iter()
+        .flat_map(|(_, urls)| urls.iter().map(crate::config::url_text))
+        .filter(|u| !mine.contains(u))
+        .collect();
+    if others.is_empty() {
+        return Err(Error::InvalidArgument(
+            "--initial-cluster-state existing needs the other members in --initial-cluster".into(),
+        ));
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let members = runtime.block_on(async {
+        for url in &others {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+                continue;
+            };
+            let ep = ep.connect_timeout(Duration::from_secs(2));
+            let Ok(ch) = ep.connect().await else {
+                continue;
+            };
+            let mut client = crate::proto::peerpb::peer_client::PeerClient::new(ch);
+            if let Ok(resp) = client.members(peerpb::MembersRequest {}).await {
+                return Some(resp.into_inner());
+            }
+        }
+        None
+    });
+    let members = members.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "--initial-cluster-state existing: no member of the cluster answered at {}",
+            others.join(",")
+        ))
+    })?;
+    if !members.members.iter().any(|m| m.peer_urls == mine) {
+        return Err(Error::InvalidArgument(format!(
+            "--initial-cluster-state existing: the cluster has no member with peer URLs {} (add it \
+             first: etcdctl member add {} --peer-urls={})",
+            mine.join(","),
+            config.name,
+            mine.join(",")
+        )));
+    }
+    tracing::info!(
+        cluster_id = format!("{:x}", members.cluster_id),
+        members = members.members.len(),
+        "joining an existing cluster"
+    );
+    Ok(members)
+}
+
+impl Server {
+    /// Whether this member is the only voter (no peers): writes and reads take the short paths.
+    pub fn is_solo(&self) -> bool {
+        self.shared().solo.load(Ordering::Acquire)
+    }
+
+    /// Waits until a linearizable read may be served from this member's store: on the only voter at
+    /// once, otherwise once the applied index reaches Raft's read index (`read.rs`).
+    pub async fn linearize(&self) -> Result<()> {
+        let s = self.shared();
+        if s.stopped.load(Ordering::Relaxed) {
+            return Err(if s.removed.load(Ordering::Relaxed) {
+                Error::MemberRemoved
+            } else {
+                Error::Stopped
+            });
+        }
+        if self.is_solo() {
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if s.reads.park(tx) && !s.to_raft(RaftMsg::ReadIndex) {
+            return Err(Error::Stopped);
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Serves the peer API on `listener` until `shutdown` resolves.
+    pub async fn serve_peers(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let Some(transport) = self.shared().transport.get().cloned() else {
+            return;
+        };
+        let node = Arc::new(PeerNode {
+            shared: self.shared().clone(),
+            data_dir: self.config().data_dir.clone(),
+        });
+        if let Err(e) = crate::peer::service::serve(listener, node, transport, shutdown).await {
+            tracing::error!(error = %e, "the peer API stopped");
+        }
+    }
+
+    /// etcd's MemberList.
+    pub fn member_list(&self) -> MemberListResponse {
+        MemberListResponse {
+            header: Some(self.header(self.revision())),
+            members: self.shared().members.etcd_members(),
+        }
+    }
+
+    /// etcd's MemberAdd: a new voter or learner with these peer URLs, not yet started.
+    pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse> {
+        let members = self.shared().members.get();
+        let urls = membership::check_peer_urls(&members, &req.peer_ur_ls, None)?;
+        if req.is_learner && members.members.iter().filter(|m| m.is_learner).count() >= 1 {
+            return Err(Error::TooManyLearners);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let parsed: Vec<url::Url> = urls
+            .iter()
+            .filter_map(|u| url::Url::parse(u).ok())
+            .collect();
+        let id = crate::config::member_id(&parsed, &self.config().initial_cluster_token, Some(now));
+        if members.members.iter().any(|m| m.id == id) || members.removed.contains(&id) {
+            return Err(Error::MemberExists);
+        }
+        let member = peerpb::Member {
+            id,
+            name: String::new(),
+            peer_urls: urls,
+            client_urls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        let ty = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let list = self.conf_change(ty, member.clone()).await?;
+        Ok(MemberAddResponse {
+            header: Some(self.header(self.revision())),
+            member: Some(to_etcd(&member)),
+            members: list,
+        })
+    }
+
+    /// etcd's MemberRemove.
+    pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse> {
+        let member = self
+            .shared()
+            .members
+            .member(id)
+            .ok_or(Error::MemberNotFound)?;
+        let list = self.conf_change(ConfChangeType::RemoveNode, member).await?;
+        Ok(MemberRemoveResponse {
+            header: Some(self.header(self.revision())),
+            members: list,
+        })
+    }
+
+    /// etcd's MemberPromote: a learner becomes a voter, once it has caught up with the leader.
+    pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse> {
+        let member = self
+            .shared()
+            .members
+            .member(id)
+            .ok_or(Error::MemberNotFound)?;
+        if !member.is_learner {
+            return Err(Error::MemberNotLearner);
+        }
+        let list = self.conf_change(ConfChangeType::AddNode, member).await?;
+        Ok(MemberPromoteResponse {
+            header: Some(self.header(self.revision())),
+            members: list,
+        })
+    }
+
+    /// etcd's MemberUpdate: new peer URLs for a member.
+    pub async fn member_update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse> {
+        let members = self.shared().members.get();
+        if !members.members.iter().any(|m| m.id == req.id) {
+            return Err(Error::MemberNotFound);
+        }
+        let urls = membership::check_peer_urls(&members, &req.peer_ur_ls, Some(req.id))?;
+        let attrs = peerpb::Member {
+            id: req.id,
+            peer_urls: urls,
+            ..Default::default()
+        };
+        let list = match self.propose(Op::MemberAttributes(attrs)).await? {
+            ApplyResult::Members(list) => list,
+            other => {
+                return Err(Error::Internal(format!(
+                    "member update applied as {other:?}"
+                )))
+            }
+        };
+        Ok(MemberUpdateResponse {
+            header: Some(self.header(self.revision())),
+            members: list,
+        })
+    }
+
+    async fn conf_change(
+        &self,
+        ty: ConfChangeType,
+        member: peerpb::Member,
+    ) -> Result<Vec<crate::proto::etcdserverpb::Member>> {
+        let s = self.shared();
+        if s.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Stopped);
+        }
+        let (waiter, rx) = s.wait.register();
+        let context = peerpb::ConfChangeContext {
+            waiter,
+            member: Some(member.clone()),
+            proposer: s.member_id,
+        };
+        let cc = ConfChange {
+            change_type: ty,
+            node_id: member.id,
+            context: context.encode_to_vec().into(),
+            ..Default::default()
+        };
+        if !s.to_raft(RaftMsg::ConfChange(Box::new(cc), waiter)) {
+            s.wait.cancel(waiter);
+            return Err(Error::Stopped);
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(Ok(ApplyResult::Members(list)))) => Ok(list),
+            Ok(Ok(Ok(other))) => Err(Error::Internal(format!(
+                "membership change applied as {other:?}"
+            ))),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                s.wait.cancel(waiter);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// etcd's MoveLeader: asks the leader (this member) to hand leadership to `target`, and waits
+    /// until it has (or an election timeout passes).
+    pub async fn move_leader(&self, target: u64) -> Result<()> {
+        let s = self.shared();
+        if s.leader.load(Ordering::Acquire) != s.member_id {
+            return Err(Error::NotLeader);
+        }
+        let Some(m) = s.members.member(target) else {
+            return Err(Error::BadLeaderTransferee);
+        };
+        if m.is_learner {
+            return Err(Error::BadLeaderTransferee);
+        }
+        if target == s.member_id {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now()
+            + self.config().election_timeout * 2
+            + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline {
+            if !s.to_raft(RaftMsg::TransferLeader(target)) {
+                return Err(Error::Stopped);
+            }
+            tokio::time::sleep(self.config().heartbeat_interval).await;
+            if s.leader.load(Ordering::Acquire) == target {
+                return Ok(());
+            }
+        }
+        Err(Error::Timeout)
+    }
+
+    /// Renews lease `id`: here when this member leads (or is alone), else at the leader, over the
+    /// peer transport, as etcd forwards keep-alives. Its TTL, or `LeaseNotFound`.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64> {
+        let s = self.shared();
+        let leader = s.leader.load(Ordering::Acquire);
+        if self.is_solo() || leader == s.member_id {
+            return s.lessor.renew(id);
+        }
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        let urls = s
+            .transport
+            .get()
+            .and_then(|t| t.peer_urls(leader))
+            .ok_or(Error::NoLeader)?;
+        for url in urls {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
+                continue;
+            };
+            let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).connect().await else {
+                continue;
+            };
+            let mut client = crate::proto::peerpb::peer_client::PeerClient::new(ch);
+            match client
+                .lease_renew(peerpb::LeaseRenewRequest { id })
+                .await
+                .map(|r| r.into_inner())
+            {
+                Ok(r) if r.not_leader => return Err(Error::LeaderChanged),
+                Ok(r) if r.ttl < 0 => return Err(Error::LeaseNotFound),
+                Ok(r) => return Ok(r.ttl),
+                Err(_) => continue,
+            }
+        }
+        Err(Error::NoLeader)
+    }
+
+    /// Publishes this member's name and client URLs to the cluster once a leader is known, as etcd
+    /// does at start; retried until the membership shows them.
+    pub(crate) async fn publish_attributes(self) {
+        let s = self.shared().clone();
+        let want = peerpb::Member {
+            id: s.member_id,
+            name: self.config().name.clone(),
+            client_urls: self
+                .config()
+                .advertise_client_urls
+                .iter()
+                .map(crate::config::url_text)
+                .collect(),
+            ..Default::default()
+        };
+        while !s.stopped.load(Ordering::Relaxed) {
+            let published = s
+                .members
+                .member(s.member_id)
+                .is_some_and(|m| m.name == want.name && m.client_urls == want.client_urls);
+            if published {
+                return;
+            }
+            if s.leader.load(Ordering::Acquire) != 0 {
+                match self.propose(Op::MemberAttributes(want.clone())).await {
+                    Ok(_) => {
+                        tracing::info!(name = %want.name, "published this member's attributes")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "publishing attributes failed; retrying"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

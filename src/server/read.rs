@@ -1,0 +1,185 @@
+//! Linearizable reads on a cluster: Raft's read index, batched.
+//!
+//! A read may be served from this member's store once the store has applied everything that was
+//! committed when the read arrived; Raft's read index tells that index, after a round of heartbeats
+//! confirms the leader still leads (on a follower, the leader is asked). Many reads share one round:
+//! a read parks a waiter in [`Reads`] and wakes the Raft thread only if it is the first to wait;
+//! the Raft thread takes every waiting read into one `read_index` request ([`InFlight::issue`]),
+//! and when Raft hands back the read state, the waiters are answered as soon as the applied index
+//! reaches it ([`InFlight::answer`]).
+//!
+//! A request Raft drops (no leader, a leader change, a lost message) is issued again under a new
+//! context after [`REISSUE_AFTER`] or when the leader changes; the client's own deadline bounds the
+//! whole wait. A member that is the only voter needs none of this: every acknowledged write is
+//! applied before it is acknowledged (`server::mod`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+/// How long a read index request may go unanswered before it is issued again.
+pub const REISSUE_AFTER: Duration = Duration::from_millis(500);
+
+/// A parked linearizable read: answered `Ok` once the store may serve it.
+pub type ReadWaiter = oneshot::Sender<Result<()>>;
+
+/// Reads waiting for the Raft thread to take them.
+#[derive(Default)]
+pub struct Reads {
+    pending: Mutex<Vec<ReadWaiter>>,
+}
+
+impl Reads {
+    /// Parks `w`; true if it is the first waiting (the caller then wakes the Raft thread).
+    pub fn park(&self, w: ReadWaiter) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.push(w);
+        p.len() == 1
+    }
+
+    fn take(&self) -> Vec<ReadWaiter> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Answers every parked read with `err` (the member stops).
+    pub fn fail_all(&self, err: impl Fn() -> Error) {
+        for w in self.take() {
+            let _ = w.send(Err(err()));
+        }
+    }
+}
+
+/// The Raft thread's side: read index requests in flight, and reads waiting for the apply step.
+#[derive(Default)]
+pub struct InFlight {
+    next_ctx: u64,
+    /// By request context: when it was issued, and its reads.
+    issued: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
+    /// (read index, reads) Raft confirmed, waiting for the applied index to reach it.
+    confirmed: Vec<(u64, Vec<ReadWaiter>)>,
+}
+
+impl InFlight {
+    /// Takes the reads parked in `reads`, and requests that timed out or whose leader changed
+    /// (`again`), into one new request; returns its context, or `None` when there is nothing to ask.
+    pub fn issue(&mut self, reads: &Reads, now: Instant, again: bool) -> Option<Vec<u8>> {
+        let mut waiters = reads.take();
+        let stale: Vec<u64> = self
+            .issued
+            .iter()
+            .filter(|(_, (at, _))| again || now.duration_since(*at) >= REISSUE_AFTER)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, w)) = self.issued.remove(&ctx) {
+                waiters.extend(w);
+            }
+        }
+        waiters.retain(|w| !w.is_closed());
+        if waiters.is_empty() {
+            return None;
+        }
+        self.next_ctx += 1;
+        self.issued.insert(self.next_ctx, (now, waiters));
+        Some(self.next_ctx.to_be_bytes().to_vec())
+    }
+
+    /// Raft confirmed request `ctx` at `index`.
+    pub fn confirmed(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
+        if let Some((_, w)) = self.issued.remove(&u64::from_be_bytes(bytes)) {
+            self.confirmed.push((index, w));
+        }
+    }
+
+    /// Answers the confirmed reads whose index is applied.
+    pub fn answer(&mut self, applied: u64) {
+        self.confirmed.retain_mut(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+            false
+        });
+    }
+
+    /// Whether requests are waiting for Raft (the Raft thread then looks again at its next tick).
+    pub fn waiting(&self) -> bool {
+        !self.issued.is_empty()
+    }
+
+    /// Answers everything with `err`.
+    pub fn fail_all(&mut self, err: impl Fn() -> Error) {
+        for (_, (_, ws)) in self.issued.drain() {
+            for w in ws {
+                let _ = w.send(Err(err()));
+            }
+        }
+        for (_, ws) in self.confirmed.drain(..) {
+            for w in ws {
+                let _ = w.send(Err(err()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_share_a_request_and_wait_for_the_apply() {
+        let reads = Reads::default();
+        let mut f = InFlight::default();
+        let now = Instant::now();
+        let (a, mut ra) = oneshot::channel();
+        let (b, mut rb) = oneshot::channel();
+        assert!(reads.park(a), "the first read wakes the thread");
+        assert!(!reads.park(b), "the second shares its request");
+        let ctx = f.issue(&reads, now, false).expect("a request");
+        assert!(f.issue(&reads, now, false).is_none(), "nothing new to ask");
+        f.confirmed(&ctx, 10);
+        f.answer(9);
+        assert!(ra.try_recv().is_err(), "index 10 not applied yet");
+        f.answer(10);
+        assert!(matches!(ra.try_recv(), Ok(Ok(()))));
+        assert!(matches!(rb.try_recv(), Ok(Ok(()))));
+    }
+
+    #[test]
+    fn unanswered_requests_are_issued_again() {
+        let reads = Reads::default();
+        let mut f = InFlight::default();
+        let now = Instant::now();
+        let (a, mut ra) = oneshot::channel();
+        reads.park(a);
+        let first = f.issue(&reads, now, false).expect("a request");
+        assert!(f
+            .issue(&reads, now + Duration::from_millis(10), false)
+            .is_none());
+        let second = f
+            .issue(&reads, now + REISSUE_AFTER, false)
+            .expect("issued again");
+        assert_ne!(first, second);
+        f.confirmed(&first, 5);
+        f.answer(100);
+        assert!(ra.try_recv().is_err(), "the old context is forgotten");
+        f.confirmed(&second, 5);
+        f.answer(5);
+        assert!(matches!(ra.try_recv(), Ok(Ok(()))));
+        // A leader change issues everything again at once.
+        let (b, _rb) = oneshot::channel();
+        reads.park(b);
+        let c = f.issue(&reads, now, false).expect("a request");
+        let d = f.issue(&reads, now, true).expect("again");
+        assert_ne!(c, d);
+    }
+}
