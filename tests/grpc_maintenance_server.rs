@@ -26,8 +26,8 @@ use mini_etcd::proto::etcdserverpb::{
     request_op, AlarmRequest, AlarmResponse, AlarmType, AuthStatusRequest, AuthUserGetRequest,
     AuthUserListRequest, AuthenticateRequest, CompactionRequest, DefragmentRequest,
     DeleteRangeRequest, HashKvRequest, HashRequest, MemberAddRequest, MemberListRequest,
-    MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, SnapshotRequest, StatusRequest,
-    TxnRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest, RangeRequest,
+    RequestOp, SnapshotRequest, StatusRequest, TxnRequest,
 };
 use mini_etcd::server::maintenance::Sha256;
 use tonic::transport::Channel;
@@ -532,15 +532,28 @@ async fn members_leader_and_auth_answers() {
     assert_eq!(me.client_ur_ls, vec![node.client_url.clone()]);
     assert_eq!(me.peer_ur_ls, vec!["http://127.0.0.1:2380".to_string()]);
     assert!(!me.is_learner);
+    // Membership changes are checked before they are proposed, with etcd's codes and texts.
     let e = c
         .member_add(MemberAddRequest {
-            peer_ur_ls: vec!["http://127.0.0.1:9".into()],
+            peer_ur_ls: vec!["http://127.0.0.1:2380".into()],
             is_learner: false,
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
-    assert!(e.message().contains("MemberAdd"), "{}", e.message());
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(e.message(), "etcdserver: Peer URLs already exists");
+    let e = c
+        .member_remove(MemberRemoveRequest { id: 1234 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert_eq!(e.message(), "etcdserver: member not found");
+    let e = c
+        .member_promote(MemberPromoteRequest { id: h.member_id })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(e.message(), "etcdserver: can only promote a learner member");
 
     let mut m = node.maint().await;
     m.move_leader(MoveLeaderRequest {

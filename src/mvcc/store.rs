@@ -154,9 +154,12 @@ fn read_meta_u64(backend: &Backend, key: &[u8]) -> Result<u64> {
     }
 }
 
+/// (lease, key) of every live key with a lease.
+type LeasedKeys = Vec<(i64, Vec<u8>)>;
+
 /// Rebuilds the in-memory state (key index, revisions, consistent index) from `backend`, scanning
 /// the `key` table in revision order; also returns (lease, key) of every live key with a lease.
-fn load_state(backend: &Backend) -> Result<(State, Vec<(i64, Vec<u8>)>)> {
+fn load_state(backend: &Backend) -> Result<(State, LeasedKeys)> {
     let consistent_index = read_meta_u64(backend, META_CONSISTENT_INDEX)?;
     let compacted = read_meta_u64(backend, META_COMPACT_REVISION)? as i64;
     let mut index: BTreeMap<Box<[u8]>, KeyIndex> = BTreeMap::new();
@@ -635,7 +638,9 @@ impl Store {
                 hasher.update(table.name().as_bytes());
                 last = Some(table);
             }
-            if table == Table::Meta && k == META_CONSISTENT_INDEX {
+            // Bookkeeping that differs between members holding the same data: where each one's log
+            // stands, and the membership record (a joining member starts from the copy it was sent).
+            if table == Table::Meta && (k == META_CONSISTENT_INDEX || k == b"members") {
                 return;
             }
             hasher.update(k);

@@ -116,13 +116,14 @@ fn meta_from_wire(m: peerpb::SnapshotMetadata) -> SnapshotMetadata {
         ..Default::default()
     };
     if let Some(cs) = m.conf_state {
-        let mut c = ConfState::default();
-        c.voters = cs.voters;
-        c.learners = cs.learners;
-        c.voters_outgoing = cs.voters_outgoing;
-        c.learners_next = cs.learners_next;
-        c.auto_leave = cs.auto_leave;
-        meta.set_conf_state(c);
+        meta.set_conf_state(ConfState {
+            voters: cs.voters,
+            learners: cs.learners,
+            voters_outgoing: cs.voters_outgoing,
+            learners_next: cs.learners_next,
+            auto_leave: cs.auto_leave,
+            ..Default::default()
+        });
     }
     meta
 }

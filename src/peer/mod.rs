@@ -81,7 +81,13 @@ pub trait Node: Send + Sync + 'static {
     fn lease_renew(&self, id: i64) -> peerpb::LeaseRenewResponse;
     /// Whether messages from `id` are refused (a removed member).
     fn is_removed(&self, id: u64) -> bool;
+    /// A peer refused this member's messages because the cluster removed it.
+    fn removed_by_peer(&self);
 }
+
+/// What a member answers to messages from a member the cluster removed (etcd's words); the removed
+/// member stops when it hears it.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 /// Traffic counters per peer, for `/metrics` (etcd's `etcd_network_peer_*`).
 #[derive(Default)]
@@ -327,6 +333,11 @@ async fn run_sender(
             }
         }
         if let Ok(Err(status)) = call.await {
+            if status.message() == REMOVED {
+                tracing::error!(peer = format!("{id:x}"), "{REMOVED}");
+                node.removed_by_peer();
+                return;
+            }
             tracing::debug!(peer = format!("{id:x}"), %status, "peer stream ended");
         }
         node.report_unreachable(id);

@@ -55,6 +55,9 @@ impl Peer for PeerService {
             let size = prost::Message::encoded_len(&batch) as u64;
             for m in batch.messages {
                 let from = m.from;
+                if self.node.is_removed(from) {
+                    return Err(Status::failed_precondition(crate::peer::REMOVED));
+                }
                 if self.refused(from) {
                     continue;
                 }

@@ -8,9 +8,10 @@
 //! that applies its own removal stops serving and says why. Attributes (name, client URLs published
 //! at start, peer URLs changed by `MemberUpdate`) are ordinary entries.
 //!
-//! Left out: etcd's strict reconfiguration check (refusing a change that would leave fewer started
-//! members than a quorum), and the promotion check on a follower (only the leader knows how far a
-//! learner is; a follower's promote is proposed without it).
+//! Changes are checked as etcd's `--strict-reconfig-check` does (the started voters must stay a
+//! quorum; `membership::ready_to_*`). Left out: etcd's "unhealthy cluster" check (every voter
+//! connected in the last 5 s), and the promotion check on a follower (only the leader knows how far
+//! a learner is; a follower's promote is proposed without it).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -124,6 +125,12 @@ impl crate::peer::Node for PeerNode {
     fn is_removed(&self, id: u64) -> bool {
         self.shared.members.is_removed(id)
     }
+
+    fn removed_by_peer(&self) {
+        self.shared.removed.store(true, Ordering::SeqCst);
+        // Wakes the Raft thread, which stops the member after its turn.
+        self.shared.to_raft(RaftMsg::ReadIndex);
+    }
 }
 
 static SEND_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -207,6 +214,15 @@ impl Server {
         if self.is_solo() {
             return Ok(());
         }
+        // Without a leader no read index can be had: wait an election for one, then give up as
+        // etcd does, rather than hold the client for the whole request timeout.
+        let deadline = tokio::time::Instant::now() + self.config().election_timeout * 2;
+        while s.leader.load(Ordering::Acquire) == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NoLeader);
+            }
+            tokio::time::sleep(self.config().heartbeat_interval / 2).await;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if s.reads.park(tx) && !s.to_raft(RaftMsg::ReadIndex) {
             return Err(Error::Stopped);
@@ -251,6 +267,9 @@ impl Server {
         if req.is_learner && members.members.iter().filter(|m| m.is_learner).count() >= 1 {
             return Err(Error::TooManyLearners);
         }
+        if !req.is_learner && !membership::ready_to_add_voter(&members) {
+            return Err(Error::NotEnoughStartedMembers);
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -290,6 +309,11 @@ impl Server {
             .members
             .member(id)
             .ok_or(Error::MemberNotFound)?;
+        if !member.is_learner
+            && !membership::ready_to_remove_voter(&self.shared().members.get(), id)
+        {
+            return Err(Error::NotEnoughStartedMembers);
+        }
         let list = self.conf_change(ConfChangeType::RemoveNode, member).await?;
         Ok(MemberRemoveResponse {
             header: Some(self.header(self.revision())),
@@ -306,6 +330,9 @@ impl Server {
             .ok_or(Error::MemberNotFound)?;
         if !member.is_learner {
             return Err(Error::MemberNotLearner);
+        }
+        if !membership::ready_to_promote(&self.shared().members.get(), id) {
+            return Err(Error::NotEnoughStartedMembers);
         }
         let list = self.conf_change(ConfChangeType::AddNode, member).await?;
         Ok(MemberPromoteResponse {

@@ -211,6 +211,45 @@ pub fn to_etcd(m: &peerpb::Member) -> etcdserverpb::Member {
     }
 }
 
+/// etcd's strict reconfiguration check for adding a voter (`IsReadyToAddVotingMember`): the
+/// started voters (those with a name: bootstrapped, or published since) must still be a quorum of
+/// the voters after the change. A one-member cluster may always add a second.
+pub fn ready_to_add_voter(m: &peerpb::Members) -> bool {
+    let voters: Vec<&peerpb::Member> = m.members.iter().filter(|x| !x.is_learner).collect();
+    let started = voters.iter().filter(|x| !x.name.is_empty()).count();
+    let after = voters.len() + 1;
+    if started == 1 && after == 2 {
+        return true;
+    }
+    started > after / 2
+}
+
+/// etcd's check for removing voter `id` (`IsReadyToRemoveVotingMember`): the started voters left
+/// must be a quorum of the voters left.
+pub fn ready_to_remove_voter(m: &peerpb::Members, id: u64) -> bool {
+    let left: Vec<&peerpb::Member> = m
+        .members
+        .iter()
+        .filter(|x| !x.is_learner && x.id != id)
+        .collect();
+    let started = left.iter().filter(|x| !x.name.is_empty()).count();
+    started > left.len() / 2
+}
+
+/// etcd's check for promoting learner `id` (`IsReadyToPromoteMember`): counted as a voter added.
+pub fn ready_to_promote(m: &peerpb::Members, id: u64) -> bool {
+    let voters: Vec<&peerpb::Member> = m.members.iter().filter(|x| !x.is_learner).collect();
+    let mut started = voters.iter().filter(|x| !x.name.is_empty()).count();
+    if m.members.iter().any(|x| x.id == id && !x.name.is_empty()) {
+        started += 1;
+    }
+    let after = voters.len() + 1;
+    if started == 1 && after == 2 {
+        return true;
+    }
+    started > after / 2
+}
+
 /// Checks peer URLs given to `MemberAdd` or `MemberUpdate`: valid http(s) URLs, none already used by
 /// another member (`except`, the member being updated).
 pub fn check_peer_urls(
@@ -289,6 +328,47 @@ mod tests {
         assert_eq!(m.conf(), (vec![2, 3], vec![]));
         assert!(m.is_removed(1));
         assert_eq!(m.get().removed, vec![1]);
+    }
+
+    fn named(id: u64, name: &str, learner: bool) -> peerpb::Member {
+        peerpb::Member {
+            id,
+            name: name.into(),
+            is_learner: learner,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn strict_reconfiguration_follows_etcds_counts() {
+        let one = peerpb::Members {
+            members: vec![named(1, "a", false)],
+            ..Default::default()
+        };
+        assert!(ready_to_add_voter(&one), "1 -> 2 is allowed");
+        // Three voters, one never started (added, not yet published): 2 of 4 is no quorum.
+        let three = peerpb::Members {
+            members: vec![
+                named(1, "a", false),
+                named(2, "b", false),
+                named(3, "", false),
+            ],
+            ..Default::default()
+        };
+        assert!(!ready_to_add_voter(&three));
+        assert!(ready_to_remove_voter(&three, 3));
+        assert!(!ready_to_remove_voter(&three, 1), "1 started of 2 left");
+        let with_learner = peerpb::Members {
+            members: vec![
+                named(1, "a", false),
+                named(2, "b", false),
+                named(3, "c", false),
+                named(4, "d", true),
+            ],
+            ..Default::default()
+        };
+        assert!(ready_to_promote(&with_learner, 4));
+        assert!(ready_to_add_voter(&with_learner));
     }
 
     #[test]

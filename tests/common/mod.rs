@@ -21,6 +21,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

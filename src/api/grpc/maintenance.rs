@@ -20,9 +20,6 @@ use crate::proto::etcdserverpb::{
 };
 use crate::server::Server;
 
-/// etcd's text when the transferee of MoveLeader is not a voting member
-/// (`ErrGRPCBadLeaderTransferee`, FailedPrecondition; observed on etcd 3.4).
-
 /// etcd's `Maintenance` service over the server handle.
 pub struct MaintenanceService {
     /// The server every call goes to.

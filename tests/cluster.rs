@@ -1,0 +1,433 @@
+//! Several members, one cluster: bootstrap, replication, failures, membership changes, catch-up by
+//! snapshot, restarts. Real processes on loopback (`common/cluster.rs`); every wait is bounded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, ELECTION_BOUND};
+use serde_json::json;
+
+/// Retries `f` until it returns `Some`, for at most `bound`.
+async fn eventually<T, F, Fut>(bound: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every member in `among` holds exactly `want` under `prefix` (read serializably, so
+/// each member's own copy).
+async fn converge(c: &Cluster, among: &[usize], prefix: &str, want: &[(String, String)]) {
+    for &i in among {
+        let got = eventually(ELECTION_BOUND, &format!("member {i} converges"), || async {
+            let d = c.dump(i, prefix).await.ok()?;
+            (d == want).then_some(d)
+        })
+        .await;
+        assert_eq!(got.len(), want.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_are_one_cluster() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    // Written on each member, read linearizably on every other.
+    for i in 0..3 {
+        c.put(i, &format!("k{i}"), &format!("v{i}"))
+            .await
+            .expect("put");
+        for j in 0..3 {
+            assert_eq!(
+                c.get(j, &format!("k{i}")).await.expect("get"),
+                Some(format!("v{i}")),
+                "written on {i}, read on {j}"
+            );
+        }
+    }
+    // One cluster id, one leader, every member listed with its name and client URL once published.
+    let mut cluster_ids = Vec::new();
+    for i in 0..3 {
+        let v = c
+            .gateway(i, "/v3/cluster/member/list", json!({}))
+            .await
+            .expect("member list");
+        cluster_ids.push(v["header"]["cluster_id"].clone());
+    }
+    assert!(
+        cluster_ids.windows(2).all(|w| w[0] == w[1]),
+        "{cluster_ids:?}"
+    );
+    let members = eventually(ELECTION_BOUND, "every member published", || async {
+        let v = c
+            .gateway(leader, "/v3/cluster/member/list", json!({}))
+            .await
+            .ok()?;
+        let ms = v["members"].as_array()?.clone();
+        let all = ms.len() == 3
+            && ms
+                .iter()
+                .all(|m| m["clientURLs"].as_array().is_some_and(|u| u.len() == 1));
+        all.then_some(ms)
+    })
+    .await;
+    let mut names: Vec<String> = members
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["m0", "m1", "m2"]);
+    for (i, m) in c.members.iter().enumerate() {
+        assert!(
+            members
+                .iter()
+                .any(|x| x["clientURLs"][0] == m.client_url() && x["peerURLs"][0] == m.peer_url()),
+            "member {i} listed with its URLs: {members:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_bootstrap_and_replicate() {
+    let mut c = Cluster::start(5, &[]).await;
+    c.wait_leader().await;
+    for i in 0..5 {
+        c.put(i, "five", &format!("from {i}")).await.expect("put");
+        assert_eq!(
+            c.get((i + 1) % 5, "five").await.expect("get"),
+            Some(format!("from {i}"))
+        );
+    }
+}
+
+/// Writers on every member record each acknowledged write; the leader is killed with SIGKILL in
+/// the middle. Every acknowledged write must be on every member afterwards, and the members must
+/// hold the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let c = Arc::new(tokio::sync::Mutex::new(c));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3usize {
+        let (c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            // Bounded: at most 400 attempts per writer.
+            for n in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w{w}-{n:04}");
+                let target = (w + n) % 3;
+                let res = {
+                    let g = c.lock().await;
+                    if g.members[target].child.is_none() {
+                        continue;
+                    }
+                    let fut = g.put(target, &key, "v");
+                    tokio::time::timeout(Duration::from_secs(10), fut).await
+                };
+                if let Ok(Ok(_)) = res {
+                    acked.lock().unwrap().insert(key, "v".into());
+                }
+            }
+        }));
+    }
+    // Let some writes land, then kill the leader.
+    eventually(
+        Duration::from_secs(30),
+        "writes before the kill",
+        || async { (acked.lock().unwrap().len() >= 60).then_some(()) },
+    )
+    .await;
+    c.lock().await.kill(leader);
+    let before_kill = acked.lock().unwrap().len();
+    eventually(Duration::from_secs(30), "writes after the kill", || async {
+        (acked.lock().unwrap().len() >= before_kill + 60).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let mut c = Arc::try_unwrap(c).ok().expect("sole owner").into_inner();
+    c.restart(leader).await;
+    c.wait_leader().await;
+    let want: Vec<(String, String)> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // Everything acknowledged is there; unacknowledged writes may be there too (they may have
+    // committed before their answer was lost), so compare each member against the first.
+    for i in 0..3 {
+        let got = eventually(ELECTION_BOUND, "acknowledged writes present", || async {
+            let d: BTreeMap<String, String> = c.dump(i, "w").await.ok()?.into_iter().collect();
+            want.iter().all(|(k, _)| d.contains_key(k)).then_some(d)
+        })
+        .await;
+        assert!(got.len() >= want.len());
+    }
+    let reference = c.dump(0, "w").await.expect("dump");
+    converge(&c, &[1, 2], "w", &reference).await;
+}
+
+/// A follower cut off from the others accepts no write and serves no linearizable read; the other
+/// two go on; after healing it holds what they wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_follower_refuses_and_catches_up() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    c.put(leader, "p", "before").await.expect("put");
+    assert_eq!(
+        c.get(follower, "p").await.expect("get"),
+        Some("before".into())
+    );
+    let id = c.member_id(follower).await;
+    c.cut_ids(&[id]).await;
+    c.put(leader, "p", "during")
+        .await
+        .expect("the majority writes");
+    assert_eq!(c.get(other, "p").await.expect("get"), Some("during".into()));
+    // The cut member never answers with the old value to a linearizable read, and takes no write.
+    let read = tokio::time::timeout(Duration::from_secs(20), c.get(follower, "p"))
+        .await
+        .expect("bounded");
+    assert!(
+        read.is_err(),
+        "a cut-off member served a linearizable read: {read:?}"
+    );
+    let write = tokio::time::timeout(Duration::from_secs(20), c.put(follower, "p", "minority"))
+        .await
+        .expect("bounded");
+    assert!(
+        write.is_err(),
+        "a cut-off member acknowledged a write: {write:?}"
+    );
+    // Its own copy is stale, as a serializable read shows.
+    let stale = c.dump(follower, "p").await.expect("serializable dump");
+    assert_eq!(stale, vec![("p".to_string(), "before".to_string())]);
+    c.heal().await;
+    converge(&c, &[follower], "p", &[("p".into(), "during".into())]).await;
+    assert_eq!(
+        c.get(follower, "p").await.expect("get"),
+        Some("during".into())
+    );
+}
+
+/// A leader cut off from its followers loses leadership (check quorum); the others elect a new one
+/// and go on; after healing the old leader follows and holds the new data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_steps_down() {
+    let mut c = Cluster::start(3, &[]).await;
+    let old = c.wait_leader().await;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let id = c.member_id(old).await;
+    c.cut_ids(&[id]).await;
+    let new = c.wait_leader_among(&rest).await;
+    assert_ne!(new, old);
+    c.put(new, "q", "new leader")
+        .await
+        .expect("put on the majority");
+    eventually(ELECTION_BOUND, "the old leader steps down", || async {
+        let (_, leader, _, _) = c.status(old).await.ok()?;
+        (leader != id).then_some(())
+    })
+    .await;
+    let write = tokio::time::timeout(Duration::from_secs(20), c.put(old, "q", "stale leader"))
+        .await
+        .expect("bounded");
+    assert!(
+        write.is_err(),
+        "the cut-off old leader acknowledged: {write:?}"
+    );
+    c.heal().await;
+    converge(&c, &[old], "q", &[("q".into(), "new leader".into())]).await;
+    let l = c.wait_leader().await;
+    assert_ne!(c.member_id(l).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_catches_up_when_resumed() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let f = (leader + 1) % 3;
+    c.pause(f);
+    for n in 0..20 {
+        c.put(leader, &format!("s{n:02}"), "x")
+            .await
+            .expect("put while paused");
+    }
+    c.resume(f);
+    let want: Vec<(String, String)> = (0..20).map(|n| (format!("s{n:02}"), "x".into())).collect();
+    converge(&c, &[f], "s", &want).await;
+}
+
+/// A member that missed more than the leader keeps in its log gets a snapshot of the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_catches_up_by_snapshot() {
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--snapshot-count",
+            "20",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
+    )
+    .await;
+    let leader = c.wait_leader().await;
+    let f = (leader + 1) % 3;
+    c.put(leader, "lease-free", "1").await.expect("put");
+    c.kill(f);
+    for n in 0..150 {
+        c.put(leader, &format!("far{n:03}"), &format!("v{n}"))
+            .await
+            .expect("put while a member is down");
+    }
+    c.restart(f).await;
+    let want: Vec<(String, String)> = (0..150)
+        .map(|n| (format!("far{n:03}"), format!("v{n}")))
+        .collect();
+    converge(&c, &[f], "far", &want).await;
+    assert!(
+        c.members[f]
+            .log_text()
+            .contains("installed a snapshot from the leader"),
+        "the member caught up without a snapshot:\n{}",
+        c.members[f].log_tail()
+    );
+    // And it goes on from there: a write after the snapshot reaches it, and it survives a restart.
+    c.put(leader, "after-snapshot", "yes").await.expect("put");
+    assert_eq!(
+        c.get(f, "after-snapshot").await.expect("get"),
+        Some("yes".into())
+    );
+    c.restart(f).await;
+    converge(&c, &[f], "far", &want).await;
+}
+
+/// A learner is added, catches up, is promoted; then a voter is removed and stops serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learners_are_added_promoted_and_members_removed() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    for n in 0..10 {
+        c.put(leader, &format!("l{n}"), "x").await.expect("put");
+    }
+    let new = c.add_member(leader, true).await;
+    let want: Vec<(String, String)> = (0..10).map(|n| (format!("l{n}"), "x".into())).collect();
+    converge(&c, &[new], "l", &want).await;
+    let new_id = c.member_id(new).await;
+    let list = c
+        .gateway(leader, "/v3/cluster/member/list", json!({}))
+        .await
+        .expect("list");
+    let entry = list["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["ID"] == json!(new_id.to_string()))
+        .cloned()
+        .expect("the learner is listed");
+    assert_eq!(entry["isLearner"], json!(true), "{entry}");
+    eventually(ELECTION_BOUND, "the learner is promoted", || async {
+        c.gateway(
+            leader,
+            "/v3/cluster/member/promote",
+            json!({"ID": new_id.to_string()}),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    // Promoting it again is refused with etcd's text.
+    let again = c
+        .gateway(
+            leader,
+            "/v3/cluster/member/promote",
+            json!({"ID": new_id.to_string()}),
+        )
+        .await
+        .expect_err("a voter is not promoted");
+    assert!(
+        again.contains("can only promote a learner member"),
+        "{again}"
+    );
+    // Remove a follower that is not the new member.
+    let gone = (0..3).find(|&i| i != leader).expect("a follower");
+    let gone_id = c.member_id(gone).await;
+    c.gateway(
+        leader,
+        "/v3/cluster/member/remove",
+        json!({"ID": gone_id.to_string()}),
+    )
+    .await
+    .expect("remove");
+    let deadline = Instant::now() + ELECTION_BOUND;
+    while c.members[gone].running() {
+        assert!(Instant::now() < deadline, "the removed member did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        c.members[gone]
+            .log_text()
+            .contains("the member has been permanently removed from the cluster"),
+        "{}",
+        c.members[gone].log_tail()
+    );
+    c.members[gone].child = None;
+    let live: Vec<usize> = (0..c.members.len()).filter(|&i| i != gone).collect();
+    let l = c.wait_leader_among(&live).await;
+    c.put(l, "after-remove", "ok").await.expect("put");
+    for &i in &live {
+        assert_eq!(
+            c.get(i, "after-remove").await.expect("get"),
+            Some("ok".into())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cluster_restart_keeps_everything() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    for n in 0..30 {
+        c.put((leader + n) % 3, &format!("r{n:02}"), &format!("{n}"))
+            .await
+            .expect("put");
+    }
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    for i in 0..3 {
+        c.wait_healthy(i).await;
+    }
+    c.wait_leader().await;
+    let want: Vec<(String, String)> = (0..30)
+        .map(|n| (format!("r{n:02}"), format!("{n}")))
+        .collect();
+    converge(&c, &[0, 1, 2], "r", &want).await;
+    for i in 0..3 {
+        assert_eq!(c.get(i, "r29").await.expect("get"), Some("29".into()));
+    }
+}
