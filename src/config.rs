@@ -112,6 +112,18 @@ pub struct ServerArgs {
     /// leader for this long starts an election.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Ours on by default (etcd's is off): the leader records leases' remaining TTLs through Raft
+    /// every --experimental-lease-checkpoint-interval, so that a new leader does not give every
+    /// lease its full TTL again.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// How often the leader checkpoints leases' remaining TTLs (`5m`, `30s`, `500ms`).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m"
+    )]
+    pub experimental_lease_checkpoint_interval: String,
     /// Number of applied Raft entries after which the applied state becomes a snapshot and older WAL
     /// segments are released.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = DEFAULT_SNAPSHOT_COUNT, value_parser = clap::value_parser!(u64).range(1..))]
@@ -185,6 +197,8 @@ pub struct Config {
     pub initial_cluster_token: String,
     /// Raft's heartbeat interval (one tick).
     pub heartbeat_interval: Duration,
+    /// How often the leader checkpoints leases' remaining TTLs (`None`: never).
+    pub lease_checkpoint_interval: Option<Duration>,
     /// Raft's election timeout, a whole number of heartbeat intervals.
     pub election_timeout: Duration,
     /// Applied entries between snapshots.
@@ -254,6 +268,20 @@ impl Config {
             initial_cluster_token: a.initial_cluster_token,
             heartbeat_interval,
             election_timeout,
+            lease_checkpoint_interval: if a.experimental_enable_lease_checkpoint {
+                let d = parse_duration(a.experimental_lease_checkpoint_interval.trim())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "--experimental-lease-checkpoint-interval: {:?} is not a positive \
+                             duration (e.g. 5m, 30s, 500ms)",
+                            a.experimental_lease_checkpoint_interval
+                        ))
+                    })?;
+                Some(d)
+            } else {
+                None
+            },
             snapshot_count: a.snapshot_count,
             snapshot_catchup_entries: a.experimental_snapshot_catchup_entries,
             inline_turn_limit: parse_short_duration(&a.experimental_inline_turn_limit).ok_or_else(
@@ -702,6 +730,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("duplicate URL"), "{err}");
+    }
+
+    #[test]
+    fn lease_checkpoints_are_on_every_five_minutes_unless_turned_off() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.lease_checkpoint_interval, Some(Duration::from_secs(300)));
+        let c = parse(&["--experimental-lease-checkpoint-interval", "500ms"]).unwrap();
+        assert_eq!(
+            c.lease_checkpoint_interval,
+            Some(Duration::from_millis(500))
+        );
+        let c = parse(&["--experimental-enable-lease-checkpoint=false"]).unwrap();
+        assert_eq!(c.lease_checkpoint_interval, None);
+        assert!(parse(&["--experimental-lease-checkpoint-interval", "0"]).is_err());
+        assert!(parse(&["--experimental-lease-checkpoint-interval", "soon"]).is_err());
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub enum Error {
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
 
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
+
     #[error("etcdserver: rpc not supported for learner")]
     LearnerNotSupported,
 
@@ -165,7 +168,10 @@ impl Error {
             | Error::TooManyLearners
             | Error::NotLeader
             | Error::BadLeaderTransferee => 412,
-            Error::LeaderChanged | Error::LearnerNotSupported | Error::MemberRemoved => 503,
+            Error::LeaderChanged
+            | Error::LearnerNotSupported
+            | Error::MemberRemoved
+            | Error::LeaderTransferTimeout => 503,
             Error::Timeout | Error::NoLeader | Error::Stopped | Error::NoSpace => 503,
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
@@ -208,6 +214,8 @@ impl Error {
             Error::LeaderChanged | Error::LearnerNotSupported | Error::MemberRemoved => {
                 Code::Unavailable
             }
+            // Not in etcd's gRPC error map: it goes out as Unknown.
+            Error::LeaderTransferTimeout => Code::Unknown,
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
             | Error::Io(_)

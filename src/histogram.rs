@@ -14,18 +14,25 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Number of finite buckets.
-const BUCKETS: usize = 14;
-/// Upper bound of the first bucket: 1 ms.
-const FIRST_BOUND_NANOS: u64 = 1_000_000;
+/// Most finite buckets a histogram has.
+const MAX_BUCKETS: usize = 16;
+/// etcd's disk buckets: 14, the first up to 1 ms.
+const DISK: (u64, usize) = (1_000_000, 14);
+/// etcd's peer round-trip buckets: 16, the first up to 100 µs.
+const ROUND_TRIP: (u64, usize) = (100_000, 16);
 
-/// A latency histogram with etcd's disk buckets.
+/// A latency histogram with exponential buckets (each bound twice the last), etcd's disk buckets
+/// unless made with [`Histogram::round_trip`].
 #[derive(Debug)]
 pub struct Histogram {
-    /// Observations per bucket (not cumulative); the last slot is `+Inf`.
-    counts: [AtomicU64; BUCKETS + 1],
+    /// Observations per bucket (not cumulative); the slot after the last finite one is `+Inf`.
+    counts: [AtomicU64; MAX_BUCKETS + 1],
     /// Sum of every observation, in nanoseconds.
     sum_nanos: AtomicU64,
+    /// Upper bound of the first bucket, in nanoseconds.
+    first_nanos: u64,
+    /// Finite buckets in use.
+    buckets: usize,
 }
 
 /// A histogram as Prometheus exposes it.
@@ -42,38 +49,49 @@ pub struct HistogramSnapshot {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_nanos: AtomicU64::new(0),
-        }
+        Histogram::with_buckets(DISK)
     }
 }
 
 impl Histogram {
-    /// An empty histogram.
+    /// An empty histogram with etcd's disk buckets (1 ms to 8.192 s).
     pub fn new() -> Histogram {
         Histogram::default()
+    }
+
+    /// An empty histogram with etcd's peer round-trip buckets (100 µs to 3.2768 s).
+    pub fn round_trip() -> Histogram {
+        Histogram::with_buckets(ROUND_TRIP)
+    }
+
+    fn with_buckets((first_nanos, buckets): (u64, usize)) -> Histogram {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+            first_nanos,
+            buckets: buckets.min(MAX_BUCKETS),
+        }
     }
 
     /// Records one observation. A value equal to a bound counts in that bound's bucket (`le`).
     pub fn observe(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let slot = (0..BUCKETS)
-            .find(|&i| nanos <= bound_nanos(i))
-            .unwrap_or(BUCKETS);
+        let slot = (0..self.buckets)
+            .find(|&i| nanos <= self.bound_nanos(i))
+            .unwrap_or(self.buckets);
         self.counts[slot].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// The cumulative view Prometheus wants.
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut buckets = Vec::with_capacity(BUCKETS);
+        let mut buckets = Vec::with_capacity(self.buckets);
         let mut running = 0u64;
-        for i in 0..BUCKETS {
+        for i in 0..self.buckets {
             running += self.counts[i].load(Ordering::Relaxed);
-            buckets.push((bound_nanos(i) as f64 / 1e9, running));
+            buckets.push((self.bound_nanos(i) as f64 / 1e9, running));
         }
-        let count = running + self.counts[BUCKETS].load(Ordering::Relaxed);
+        let count = running + self.counts[self.buckets].load(Ordering::Relaxed);
         HistogramSnapshot {
             buckets,
             count,
@@ -82,9 +100,11 @@ impl Histogram {
     }
 }
 
-/// Upper bound of finite bucket `i`, in nanoseconds.
-fn bound_nanos(i: usize) -> u64 {
-    FIRST_BOUND_NANOS << i
+impl Histogram {
+    /// Upper bound of finite bucket `i`, in nanoseconds.
+    fn bound_nanos(&self, i: usize) -> u64 {
+        self.first_nanos << i
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +138,13 @@ mod tests {
 
     #[test]
     fn an_empty_histogram_has_zero_everywhere() {
+        let rtt = Histogram::round_trip();
+        rtt.observe(Duration::from_micros(150));
+        let r = rtt.snapshot();
+        assert_eq!(r.buckets.len(), 16);
+        assert_eq!(r.buckets[0], (0.0001, 0));
+        assert_eq!(r.buckets[1], (0.0002, 1));
+        assert!((r.buckets[15].0 - 3.2768).abs() < 1e-9);
         let s = Histogram::new().snapshot();
         assert!(s.buckets.iter().all(|b| b.1 == 0));
         assert_eq!((s.count, s.sum_seconds), (0, 0.0));

@@ -72,6 +72,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // As etcd: a member the cluster removed says so and exits 0; its data dir must go.
+        Err(e) if e.to_string().contains(mini_etcd::peer::REMOVED) => {
+            tracing::warn!("{e}; the data directory used by this member must be removed");
+            eprintln!("mini-etcd: {e}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("mini-etcd: {e}");

@@ -431,3 +431,40 @@ async fn a_full_cluster_restart_keeps_everything() {
         assert_eq!(c.get(i, "r29").await.expect("get"), Some("29".into()));
     }
 }
+
+/// Keep-alives sent to a follower reach the leader; a new leader gives a lease what was left of it
+/// at the last checkpoint, not its full TTL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_keep_their_remaining_ttl_across_a_leader_change() {
+    let mut c = Cluster::start(3, &["--experimental-lease-checkpoint-interval", "300ms"]).await;
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    let grant = c
+        .gateway(leader, "/v3/lease/grant", json!({"TTL": "30"}))
+        .await
+        .expect("grant");
+    let id = grant["ID"].as_str().expect("lease id").to_string();
+    // A keep-alive through a follower is answered with the full TTL: the leader renewed it.
+    let ka = c
+        .gateway(follower, "/v3/lease/keepalive", json!({"ID": id}))
+        .await
+        .expect("keep-alive via a follower");
+    assert_eq!(ka["result"]["TTL"], json!("30"), "{ka}");
+    // Let it run down a few seconds, with checkpoints going through Raft meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    c.kill(leader);
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new = c.wait_leader_among(&rest).await;
+    let ttl = c
+        .gateway(new, "/v3/lease/timetolive", json!({"ID": id}))
+        .await
+        .expect("time to live");
+    let left: i64 = ttl["TTL"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no TTL in {ttl}"));
+    assert!(
+        (1..=27).contains(&left),
+        "the new leader gave the lease {left} s of 30 after 4 s had run down"
+    );
+}

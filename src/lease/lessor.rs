@@ -23,8 +23,8 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 pub const EXPIRED_LEASE_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 
 /// The persisted form of a lease in [`Table::Lease`], under the key [`lease_key`]. Field numbers
-/// follow etcd's `leasepb.Lease` (`ID = 1`, `TTL = 2`); etcd's `RemainingTTL = 3` (checkpoints) is not
-/// written.
+/// follow etcd's `leasepb.Lease` (`ID = 1`, `TTL = 2`, `RemainingTTL = 3`, the last checkpoint, 0
+/// when none).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeaseRecord {
     /// The lease id; repeated in the value so a record read alone is self-describing (and checked
@@ -34,6 +34,9 @@ pub struct LeaseRecord {
     /// The granted TTL in seconds (after raising to the minimum).
     #[prost(int64, tag = "2")]
     pub ttl: i64,
+    /// The remaining TTL the leader last checkpointed, in seconds; 0 when none (or since renewed).
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl: i64,
 }
 
 /// The backend key of lease `id`: the id as 8 bytes big-endian (etcd's `int64ToBytes`), so positive ids
@@ -60,6 +63,9 @@ pub struct LeaseTtl {
 struct Lease {
     /// Granted TTL in seconds, at least the lessor's minimum: what a renew extends by.
     ttl: i64,
+    /// The remaining TTL of the last checkpoint (0: none): a new leader's expiry counts from it
+    /// rather than from the full TTL.
+    remaining: i64,
     /// When the lease expires on this member's clock. Leader-local and never persisted.
     expiry: Instant,
     /// When [`Lessor::expired`] may next report this lease: `expiry`, or a retry instant after it has
@@ -80,6 +86,9 @@ struct State {
     queue: BTreeSet<(Instant, i64)>,
     /// Counter mixed into [`Lessor::new_lease_id`] so successive calls hash differently.
     id_counter: u64,
+    /// Leases renewed on the leader while they carried a checkpoint: the other members still hold
+    /// it, so the leader clears it through Raft ([`Lessor::take_cleared`]).
+    cleared: Vec<i64>,
 }
 
 impl State {
@@ -174,12 +183,14 @@ impl Lessor {
         for record in records {
             // Matches etcd's recovery: a TTL below the (possibly since raised) minimum is raised.
             let ttl = record.ttl.max(min_ttl);
-            let expiry = deadline(now, ttl);
+            let remaining = record.remaining_ttl.clamp(0, ttl);
+            let expiry = deadline(now, if remaining > 0 { remaining } else { ttl });
             state.queue.insert((expiry, record.id));
             state.leases.insert(
                 record.id,
                 Lease {
                     ttl,
+                    remaining,
                     expiry,
                     due: expiry,
                     keys: BTreeSet::new(),
@@ -249,6 +260,7 @@ impl Lessor {
             id,
             Lease {
                 ttl,
+                remaining: 0,
                 expiry,
                 due: expiry,
                 keys: BTreeSet::new(),
@@ -258,7 +270,12 @@ impl Lessor {
         batch.put(
             Table::Lease,
             lease_key(id).to_vec(),
-            LeaseRecord { id, ttl }.encode_to_vec(),
+            LeaseRecord {
+                id,
+                ttl,
+                remaining_ttl: 0,
+            }
+            .encode_to_vec(),
         );
         tracing::debug!(lease_id = id, ttl, "lease granted");
         Ok((id, ttl))
@@ -314,8 +331,53 @@ impl Lessor {
         let ttl = lease.ttl;
         lease.expiry = deadline(now, ttl);
         let expiry = lease.expiry;
+        let checkpointed = std::mem::take(&mut lease.remaining) > 0;
         state.reschedule(id, expiry);
+        if checkpointed {
+            state.cleared.push(id);
+        }
         Ok(ttl)
+    }
+
+    /// Apply path: records that lease `id` had `remaining` seconds left when the leader
+    /// checkpointed it (0 clears the checkpoint), and puts the updated record into `batch`. An
+    /// unknown lease is skipped (revoked since).
+    pub fn checkpoint(&self, id: i64, remaining: i64, batch: &mut WriteBatch) {
+        let mut state = lock(&self.state);
+        let Some(lease) = state.leases.get_mut(&id) else {
+            return;
+        };
+        lease.remaining = remaining.clamp(0, lease.ttl);
+        let record = LeaseRecord {
+            id,
+            ttl: lease.ttl,
+            remaining_ttl: lease.remaining,
+        };
+        drop(state);
+        batch.put(Table::Lease, lease_key(id).to_vec(), record.encode_to_vec());
+    }
+
+    /// Leader: `(id, remaining seconds)` of up to `limit` leases that have run down some of their
+    /// TTL, for a checkpoint through Raft (etcd's lease checkpointing).
+    pub fn due_checkpoints(&self, limit: usize) -> Vec<(i64, i64)> {
+        let now = self.clock.now();
+        let state = lock(&self.state);
+        let mut v: Vec<(i64, i64)> = state
+            .leases
+            .iter()
+            .filter_map(|(&id, l)| {
+                let left = remaining_secs(now, l.expiry);
+                (left > 0 && left < l.ttl && left != l.remaining).then_some((id, left))
+            })
+            .collect();
+        v.sort_unstable();
+        v.truncate(limit);
+        v
+    }
+
+    /// Leader: the leases renewed since they were checkpointed (their checkpoint is to be cleared).
+    pub fn take_cleared(&self) -> Vec<i64> {
+        std::mem::take(&mut lock(&self.state).cleared)
     }
 
     /// Leader: the granted and remaining TTL of lease `id` and its keys. [`Error::LeaseNotFound`] if
@@ -378,7 +440,14 @@ impl Lessor {
         let State { leases, queue, .. } = &mut *state;
         queue.clear();
         for (&id, lease) in leases.iter_mut() {
-            lease.expiry = deadline(now, lease.ttl);
+            // A checkpointed lease goes on from where the old leader last saw it, not from its full
+            // TTL (etcd's lease checkpointing).
+            let left = if lease.remaining > 0 {
+                lease.remaining
+            } else {
+                lease.ttl
+            };
+            lease.expiry = deadline(now, left);
             lease.due = lease.expiry;
             queue.insert((lease.due, id));
         }
@@ -668,7 +737,17 @@ mod tests {
         f.revoke(300).unwrap();
         // The record format: the big-endian id -> LeaseRecord { id, ttl }.
         let raw = f.backend.get(Table::Lease, &1i64.to_be_bytes()).unwrap();
-        assert_eq!(raw, Some(LeaseRecord { id: 1, ttl: 10 }.encode_to_vec()));
+        assert_eq!(
+            raw,
+            Some(
+                LeaseRecord {
+                    id: 1,
+                    ttl: 10,
+                    remaining_ttl: 0
+                }
+                .encode_to_vec()
+            )
+        );
         assert_eq!(raw, Some(vec![0x08, 0x01, 0x10, 0x0a]));
 
         f.advance(8.0);
@@ -690,7 +769,12 @@ mod tests {
         f.backend.put(
             Table::Lease,
             &lease_key(5),
-            &LeaseRecord { id: 6, ttl: 10 }.encode_to_vec(),
+            &LeaseRecord {
+                id: 6,
+                ttl: 10,
+                remaining_ttl: 0,
+            }
+            .encode_to_vec(),
         );
         assert!(matches!(
             Lessor::new(Arc::clone(&f.backend), f.clock.clone(), MIN_TTL),
@@ -701,5 +785,41 @@ mod tests {
             Lessor::new(Arc::clone(&f.backend), f.clock.clone(), MIN_TTL),
             Err(Error::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_checkpoint_carries_the_remaining_ttl_to_a_new_leader_and_a_restart() {
+        let f = Fixture::new();
+        f.grant(1, 30).unwrap();
+        f.grant(2, 30).unwrap();
+        f.advance(10.0);
+        // Only leases that ran down some of their TTL are due; each once per change.
+        let due = f.lessor.due_checkpoints(10);
+        assert_eq!(due, vec![(1, 20), (2, 20)]);
+        let mut batch = WriteBatch::new();
+        for (id, left) in due {
+            f.lessor.checkpoint(id, left, &mut batch);
+        }
+        f.lessor.checkpoint(99, 5, &mut batch); // revoked since: skipped
+        f.commit(batch);
+        assert!(
+            f.lessor.due_checkpoints(10).is_empty(),
+            "nothing changed since"
+        );
+        // A new leader counts from the checkpoint, not from the full TTL.
+        f.lessor.promote();
+        assert_eq!(f.lessor.time_to_live(1).unwrap().remaining_ttl, 20);
+        // So does a restart, from the persisted record.
+        let reopened = f.reopen();
+        assert_eq!(reopened.time_to_live(2).unwrap().remaining_ttl, 20);
+        // A renew on the leader clears the checkpoint, and reports it for clearing everywhere.
+        f.lessor.renew(1).unwrap();
+        assert_eq!(f.lessor.take_cleared(), vec![1]);
+        assert!(f.lessor.take_cleared().is_empty());
+        let mut batch = WriteBatch::new();
+        f.lessor.checkpoint(1, 0, &mut batch);
+        f.commit(batch);
+        f.lessor.promote();
+        assert_eq!(f.lessor.time_to_live(1).unwrap().remaining_ttl, 30);
     }
 }

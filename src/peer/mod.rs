@@ -55,6 +55,8 @@ pub const SNAPSHOT_CHUNK: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the round trip to each peer is measured (etcd: every 5 s while unhealthy, else 30 s).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the transport needs of the local member.
 pub trait Node: Send + Sync + 'static {
@@ -90,7 +92,6 @@ pub trait Node: Send + Sync + 'static {
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 /// Traffic counters per peer, for `/metrics` (etcd's `etcd_network_peer_*`).
-#[derive(Default)]
 pub struct PeerStats {
     /// Bytes sent to the peer.
     pub sent_bytes: AtomicU64,
@@ -100,13 +101,36 @@ pub struct PeerStats {
     pub dropped: AtomicU64,
     /// Round trips of the `Members` probe to the peer (etcd's peer round trip time).
     pub round_trip: Histogram,
+    /// Whether the peer's stream is connected.
+    pub active: AtomicBool,
+}
+
+impl Default for PeerStats {
+    fn default() -> Self {
+        PeerStats {
+            sent_bytes: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            round_trip: Histogram::round_trip(),
+            active: AtomicBool::new(false),
+        }
+    }
 }
 
 struct Peer {
     urls: Vec<String>,
     queue: mpsc::Sender<Message>,
     task: tokio::task::JoinHandle<()>,
+    prober: tokio::task::JoinHandle<()>,
     stats: Arc<PeerStats>,
+}
+
+impl Peer {
+    fn stop(self) {
+        self.task.abort();
+        self.prober.abort();
+        self.stats.active.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The outgoing side of the transport, and the fault switch both sides consult.
@@ -147,7 +171,7 @@ impl Transport {
             return;
         }
         if let Some(old) = peers.remove(&id) {
-            old.task.abort();
+            old.stop();
         }
         let stats = lock(&self.stats).entry(id).or_default().clone();
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
@@ -159,12 +183,14 @@ impl Transport {
             self.faults.clone(),
             stats.clone(),
         ));
+        let prober = self.runtime.spawn(probe(urls.clone(), stats.clone()));
         peers.insert(
             id,
             Peer {
                 urls,
                 queue: tx,
                 task,
+                prober,
                 stats,
             },
         );
@@ -173,7 +199,7 @@ impl Transport {
     /// Stops sending to peer `id`.
     pub fn remove_peer(&self, id: u64) {
         if let Some(p) = lock(&self.peers).remove(&id) {
-            p.task.abort();
+            p.stop();
         }
     }
 
@@ -232,7 +258,7 @@ impl Transport {
     /// Stops every sender.
     pub fn stop(&self) {
         for (_, p) in lock(&self.peers).drain() {
-            p.task.abort();
+            p.stop();
         }
     }
 }
@@ -298,6 +324,7 @@ async fn run_sender(
             tracing::info!(peer = format!("{id:x}"), "peer reachable again");
             was_up = true;
         }
+        stats.active.store(true, Ordering::Relaxed);
         backoff = Duration::from_millis(50);
         let (tx, stream_rx) = mpsc::channel::<peerpb::Batch>(64);
         let call = tokio::spawn(async move {
@@ -340,8 +367,29 @@ async fn run_sender(
             }
             tracing::debug!(peer = format!("{id:x}"), %status, "peer stream ended");
         }
+        stats.active.store(false, Ordering::Relaxed);
         node.report_unreachable(id);
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Measures the round trip to a peer (a `Members` call) every [`PROBE_INTERVAL`], for etcd's
+/// `etcd_network_peer_round_trip_time_seconds`.
+async fn probe(urls: Vec<String>, stats: Arc<PeerStats>) {
+    let mut client = None;
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        if client.is_none() {
+            client = connect(&urls).await;
+        }
+        let Some(c) = client.as_mut() else {
+            continue;
+        };
+        let started = Instant::now();
+        match c.members(peerpb::MembersRequest {}).await {
+            Ok(_) => stats.round_trip.observe(started.elapsed()),
+            Err(_) => client = None,
+        }
     }
 }
 

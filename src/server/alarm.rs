@@ -186,7 +186,8 @@ fn grows_backend(op: &Op) -> bool {
         | Op::Compaction(_)
         | Op::LeaseRevoke(_)
         | Op::Alarm(_)
-        | Op::MemberAttributes(_) => false,
+        | Op::MemberAttributes(_)
+        | Op::LeaseCheckpoint(_) => false,
     }
 }
 

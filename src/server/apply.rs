@@ -212,6 +212,16 @@ impl Applier {
             Some(Op::Alarm(req)) => Ok(ApplyResult::Alarm(
                 self.shared.alarms.apply(&store, index, &req)?,
             )),
+            Some(Op::LeaseCheckpoint(req)) => {
+                let mut batch = WriteBatch::new();
+                for c in &req.checkpoints {
+                    self.shared
+                        .lessor
+                        .checkpoint(c.id, c.remaining_ttl, &mut batch);
+                }
+                store.write_meta(index, batch);
+                Ok(ApplyResult::LeaseCheckpoint)
+            }
             Some(Op::MemberAttributes(attrs)) => {
                 let mut batch = WriteBatch::new();
                 self.shared.members.apply_attributes(&attrs, &mut batch);

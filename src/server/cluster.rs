@@ -214,6 +214,7 @@ impl Server {
         if self.is_solo() {
             return Ok(());
         }
+        self.refuse_learner()?;
         // Without a leader no read index can be had: wait an election for one, then give up as
         // etcd does, rather than hold the client for the whole request timeout.
         let deadline = tokio::time::Instant::now() + self.config().election_timeout * 2;
@@ -434,7 +435,7 @@ impl Server {
                 return Ok(());
             }
         }
-        Err(Error::Timeout)
+        Err(Error::LeaderTransferTimeout)
     }
 
     /// Renews lease `id`: here when this member leads (or is alone), else at the leader, over the

@@ -71,6 +71,8 @@ use crate::watch::{WatchHub, WatchRequest, Watcher};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 /// etcd's minimum lease TTL: 1.5 election timeouts (10 ticks of 100 ms), rounded up to whole seconds.
 pub const MIN_LEASE_TTL_SECS: i64 = 2;
+/// Most lease checkpoints in one proposal (etcd's `maxLeaseCheckpointBatchSize`).
+const CHECKPOINTS_PER_ROUND: usize = 1000;
 /// Most expired leases revoked per round of the expiry task.
 const EXPIRED_PER_ROUND: usize = 512;
 /// How often the backend write batch is committed to redb (etcd's batch interval).
@@ -134,6 +136,9 @@ pub struct Shared {
     pub solo: AtomicBool,
     /// Set once this member applied its own removal.
     pub removed: AtomicBool,
+    /// Whether this member is a learner: it then serves only Status and serializable reads, as
+    /// etcd's learners do.
+    pub learner: AtomicBool,
     /// Leader changes seen (etcd's `etcd_server_leader_changes_seen_total`).
     pub leader_changes: AtomicU64,
     /// Linearizable reads waiting for a read index (see `read.rs`).
@@ -243,6 +248,9 @@ impl Server {
             server.wait_replayed().await?;
         }
         tokio::spawn(server.clone().publish_attributes());
+        if let Some(every) = server.config().lease_checkpoint_interval {
+            tokio::spawn(server.clone().checkpoint_leases(every));
+        }
         tokio::spawn(server.clone().expire_leases());
         if let Some(retention) = server.config().auto_compaction {
             tokio::spawn(server.clone().auto_compact(retention));
@@ -470,6 +478,12 @@ impl Server {
             members: Membership::new(members.clone()),
             solo: AtomicBool::new(solo),
             removed: AtomicBool::new(false),
+            learner: AtomicBool::new(
+                members
+                    .members
+                    .iter()
+                    .any(|m| m.id == meta.member_id && m.is_learner),
+            ),
             leader_changes: AtomicU64::new(0),
             reads: read::Reads::default(),
             proposals_failed: AtomicU64::new(0),
@@ -573,6 +587,15 @@ impl Server {
                 return Err(Error::Timeout);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// `LearnerNotSupported` on a learner: etcd's learners serve only Status and serializable
+    /// reads.
+    pub fn refuse_learner(&self) -> Result<()> {
+        if self.inner.shared.learner.load(Ordering::Relaxed) {
+            return Err(Error::LearnerNotSupported);
         }
         Ok(())
     }
@@ -730,6 +753,44 @@ impl Server {
         }
     }
 
+    /// The leader's lease checkpoints: every `every`, the remaining TTL of each lease that ran down
+    /// some of its TTL goes through Raft, and so does the clearing of a checkpoint a renewal made
+    /// stale (etcd's lease checkpointing). Nothing on a member alone: no other can lead after it.
+    async fn checkpoint_leases(self, every: Duration) {
+        use crate::proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
+        let shared = self.inner.shared.clone();
+        while !shared.stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(every).await;
+            if self.is_solo() || shared.leader.load(Ordering::Relaxed) != shared.member_id {
+                continue;
+            }
+            let mut checkpoints: Vec<LeaseCheckpoint> = shared
+                .lessor
+                .take_cleared()
+                .into_iter()
+                .map(|id| LeaseCheckpoint {
+                    id,
+                    remaining_ttl: 0,
+                })
+                .collect();
+            checkpoints.extend(
+                shared
+                    .lessor
+                    .due_checkpoints(CHECKPOINTS_PER_ROUND)
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }),
+            );
+            for chunk in checkpoints.chunks(CHECKPOINTS_PER_ROUND) {
+                let req = LeaseCheckpointRequest {
+                    checkpoints: chunk.to_vec(),
+                };
+                if let Err(e) = self.propose(Op::LeaseCheckpoint(req)).await {
+                    tracing::debug!(error = %e, "lease checkpoint failed");
+                }
+            }
+        }
+    }
+
     /// The auto-compaction loop: shows the compactor the revision at every sample interval and proposes
     /// the compactions it decides on (leader only).
     async fn auto_compact(self, retention: compactor::Retention) {
@@ -852,6 +913,7 @@ impl Server {
 
     /// Proposes `op` and waits for its response of kind `T`, with the header completed.
     pub(crate) async fn propose_for<T: Applied>(&self, op: Op) -> Result<T> {
+        self.refuse_learner()?;
         let mut resp = T::take(self.propose(op).await?).map_err(|other| {
             Error::Internal(format!(
                 "apply returned a result of the wrong kind: {other:?}"
@@ -886,14 +948,21 @@ impl Server {
             return Err(Error::Stopped);
         }
         shared.proposals.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => {
                 shared.wait.cancel(id);
                 Err(Error::Timeout)
             }
+        };
+        if matches!(
+            result,
+            Err(Error::Timeout | Error::NoLeader | Error::Stopped | Error::LeaderChanged)
+        ) {
+            shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
         }
+        result
     }
 
     /// Stops the server: no new proposals, the Raft loop drains and stops, the backend

@@ -629,6 +629,15 @@ impl RaftLoop {
             is_solo(&self.node, self.shared.member_id),
             Ordering::Release,
         );
+        self.shared.learner.store(
+            self.node
+                .raft
+                .prs()
+                .conf()
+                .learners()
+                .contains(&self.shared.member_id),
+            Ordering::Release,
+        );
         if ctx.proposer == self.shared.member_id {
             self.shared.wait.trigger(ctx.waiter, result);
         }
@@ -663,6 +672,9 @@ impl RaftLoop {
             self.transport.add_peer(m.id, m.peer_urls.clone());
         }
         let (voters, learners) = membership::conf_of(&members);
+        shared
+            .learner
+            .store(learners.contains(&shared.member_id), Ordering::Release);
         shared.members.replace(members);
         shared.hub.resync();
         let mut raft_snap = snap;

@@ -17,7 +17,7 @@ pub struct RaftRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
 }
 
@@ -49,6 +49,9 @@ pub enum Op {
     /// `MemberUpdate` (peer URLs).
     #[prost(message, tag = "9")]
     MemberAttributes(crate::proto::peerpb::Member),
+    /// The leader's checkpoint of leases' remaining TTLs (etcd's lease checkpointing).
+    #[prost(message, tag = "10")]
+    LeaseCheckpoint(crate::proto::etcdserverpb::LeaseCheckpointRequest),
 }
 
 /// Identity written as the WAL's metadata record: who this log belongs to.

@@ -36,6 +36,8 @@ pub enum ApplyResult {
     LeaseRevoke(LeaseRevokeResponse),
     /// An alarm change.
     Alarm(AlarmResponse),
+    /// A lease checkpoint.
+    LeaseCheckpoint,
     /// A membership change: the members after it.
     Members(Vec<crate::proto::etcdserverpb::Member>),
 }

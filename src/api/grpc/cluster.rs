@@ -63,6 +63,7 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        self.server.refuse_learner().map_err(|e| e.to_status())?;
         Ok(Response::new(self.server.member_list()))
     }
 

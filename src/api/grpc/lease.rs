@@ -111,6 +111,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.server.refuse_learner().map_err(|e| e.to_status())?;
         let server = self.server.clone();
         let stream = req.into_inner().then(move |msg| {
             let server = server.clone();

@@ -217,6 +217,7 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.server.refuse_learner().map_err(|e| e.to_status())?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let session = Session {
             server: self.server.clone(),

@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use crate::histogram::HistogramSnapshot;
+use crate::peer::PeerStats;
 use crate::server::Server;
 
 /// Renders every metric.
@@ -31,6 +32,39 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         "gauge",
         "Whether this member is the leader.",
         u8::from(s.leader == s.member_id).to_string(),
+    );
+    metric(
+        "etcd_server_leader_changes_seen_total",
+        "counter",
+        "The number of leader changes seen.",
+        server
+            .shared()
+            .leader_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+    );
+    metric(
+        "etcd_server_proposals_failed_total",
+        "counter",
+        "The total number of failed proposals seen.",
+        server
+            .shared()
+            .proposals_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+    );
+    metric(
+        "etcd_server_is_learner",
+        "gauge",
+        "Whether this member is a learner.",
+        u8::from(
+            server
+                .shared()
+                .members
+                .member(s.member_id)
+                .is_some_and(|m| m.is_learner),
+        )
+        .to_string(),
     );
     metric(
         "etcd_server_proposals_committed_total",
@@ -122,7 +156,77 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         "The latency distributions of commit called by backend.",
         &s.backend_commit_latency,
     );
+    peers(&mut out, &server);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// etcd's per-peer network metrics, labelled with the peer's id in hex.
+fn peers(out: &mut String, server: &Server) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(t) = server.shared().transport.get() else {
+        return;
+    };
+    let stats = t.stats();
+    let me = format!("{:x}", server.shared().member_id);
+    type Counter = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&PeerStats) -> u64,
+    );
+    let counters: [Counter; 2] = [
+        (
+            "etcd_network_peer_sent_bytes_total",
+            "To",
+            "The total number of bytes sent to peers.",
+            |p| p.sent_bytes.load(Relaxed),
+        ),
+        (
+            "etcd_network_peer_received_bytes_total",
+            "From",
+            "The total number of bytes received from peers.",
+            |p| p.received_bytes.load(Relaxed),
+        ),
+    ];
+    for (name, label, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (id, p) in &stats {
+            let _ = writeln!(out, "{name}{{{label}=\"{id:x}\"}} {}", get(p));
+        }
+    }
+    let name = "etcd_network_active_peers";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The current number of active peer connections."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (id, p) in &stats {
+        let _ = writeln!(
+            out,
+            "{name}{{Local=\"{me}\",Remote=\"{id:x}\"}} {}",
+            u8::from(p.active.load(Relaxed))
+        );
+    }
+    let name = "etcd_network_peer_round_trip_time_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Round-Trip-Time histogram between peers."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (id, p) in &stats {
+        let h = p.round_trip.snapshot();
+        for (le, n) in &h.buckets {
+            let _ = writeln!(out, "{name}_bucket{{To=\"{id:x}\",le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{To=\"{id:x}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "{name}_sum{{To=\"{id:x}\"}} {}", h.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{To=\"{id:x}\"}} {}", h.count);
+    }
 }
 
 /// Writes `h` as a Prometheus histogram: cumulative `_bucket` lines, `+Inf`, `_sum` and `_count`.

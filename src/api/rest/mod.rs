@@ -422,10 +422,20 @@ fn sse(
 
 async fn health(State(server): State<Server>) -> Response {
     let st = server.status();
-    if st.leader == 0 || server.fatal_error().is_some() {
+    // etcd 3.5's reasons; a member that stopped (a fatal error, or removed) says why.
+    let reason = if let Some(why) = server.fatal_error() {
+        Some(why)
+    } else if st.leader == 0 {
+        Some("RAFT NO LEADER".to_string())
+    } else if server.shared().alarms.no_space() {
+        Some("ALARM NOSPACE".to_string())
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "health": "false", "reason": "no leader" })),
+            Json(json!({ "health": "false", "reason": reason })),
         )
             .into_response();
     }
