@@ -444,8 +444,8 @@ async fn ctl_compaction() {
 async fn ctl_endpoint_and_member() {
     let (server, _dir) = start(&[]).await;
     ctl(&server, &["put", "k", "v"]).await;
-    // Per-endpoint commands run with a bare endpoint: see `compat::etcdctl_cmd_bare`.
-    let url = server.client_endpoint();
+    // Endpoints carry their scheme, so per-endpoint commands send it in `:authority` too.
+    let url = server.client_url();
     let full_url = server.client_url();
 
     let v = ctl_json(&server, &["endpoint", "status"]).await;
@@ -521,8 +521,7 @@ async fn ctl_snapshot_defrag_alarm() {
         ctl(&server, &["defrag"]).await,
         format!(
             "Finished defragmenting etcd member[{}]\n",
-            // Per-endpoint commands run with a bare endpoint: see `compat::etcdctl_cmd_bare`.
-            server.client_endpoint()
+            server.client_url()
         )
     );
     assert_eq!(

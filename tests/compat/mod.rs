@@ -186,12 +186,6 @@ pub fn etcdctl_cmd(server: &Server, args: &[&str]) -> Command {
 }
 
 /// The same with `--endpoints=127.0.0.1:PORT` (no scheme).
-///
-/// Known difference: for its per-endpoint commands (`endpoint status`, `endpoint hashkv`, `defrag`)
-/// etcdctl 3.4 sends the endpoint *with its scheme* as the HTTP/2 `:authority`
-/// (`http://127.0.0.1:PORT`). etcd's Go server ignores the authority; the Rust HTTP/2 stack under
-/// mini-etcd (h2) rejects it as malformed (PROTOCOL_ERROR). With an endpoint written without scheme,
-/// as here, both servers answer the same.
 pub fn etcdctl_cmd_bare(server: &Server, args: &[&str]) -> Command {
     etcdctl_cmd_at(&server.client_endpoint(), args)
 }
@@ -210,13 +204,12 @@ fn etcdctl_cmd_at(endpoint: &str, args: &[&str]) -> Command {
 }
 
 /// Runs etcdctl to completion (bounded by [`CTL_BOUND`]), feeding `stdin` if given.
+///
+/// Endpoints carry their scheme (`http://...`), as users write them: for its per-endpoint commands
+/// (`endpoint status`, `endpoint hashkv`, `defrag`) etcdctl 3.4 then sends the scheme in the HTTP/2
+/// `:authority`, which mini-etcd accepts as etcd does (`vendor/h2/PATCH.md`).
 pub async fn etcdctl(server: &Server, args: &[&str], stdin: Option<&str>) -> CtlOut {
-    let per_endpoint = matches!(args.first(), Some(&"endpoint") | Some(&"defrag"));
-    let mut cmd = if per_endpoint {
-        etcdctl_cmd_bare(server, args)
-    } else {
-        etcdctl_cmd(server, args)
-    };
+    let mut cmd = etcdctl_cmd(server, args);
     if stdin.is_some() {
         cmd.stdin(Stdio::piped());
     }
