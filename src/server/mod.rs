@@ -526,6 +526,8 @@ impl Server {
             tick: config.heartbeat_interval,
             reads: read::InFlight::default(),
             last_leader: 0,
+            unreachable: Vec::new(),
+            reissue_reads: false,
         }));
         let thread_core = core.clone();
         threads.push(spawn_named("raft", shared.clone(), move || {

@@ -132,6 +132,10 @@ pub struct RaftLoop {
     pub reads: InFlight,
     /// The leader seen at the last turn.
     pub last_leader: u64,
+    /// Peers the transport could not queue messages for during the turn, reported after it.
+    pub unreachable: Vec<u64>,
+    /// Read index requests to issue again after the turn (the leader changed).
+    pub reissue_reads: bool,
 }
 
 /// Whether `node` is its cluster's only voter, with no learner: `id` alone.
@@ -400,9 +404,10 @@ impl RaftLoop {
         if msgs.is_empty() {
             return;
         }
-        for id in self.transport.send(msgs) {
-            self.node.report_unreachable(id);
-        }
+        // Reported after the turn: stepping Raft between `ready` and `advance` may make messages
+        // that raft-rs refuses to find there on a follower.
+        let unreachable = self.transport.send(msgs);
+        self.unreachable.extend(unreachable);
     }
 
     /// Answers a message that arrived after the loop ended.
@@ -453,7 +458,20 @@ impl RaftLoop {
             return Ok(false);
         }
         let started = Instant::now();
-        let result = self.ready_turn();
+        let mut result = self.ready_turn();
+        // What had to wait for the end of the turn steps Raft now; whatever that makes (a read
+        // index request, a probe) goes out in one more turn rather than at the next tick.
+        if result.is_ok() && (!self.unreachable.is_empty() || self.reissue_reads) {
+            for id in std::mem::take(&mut self.unreachable) {
+                self.node.report_unreachable(id);
+            }
+            if std::mem::take(&mut self.reissue_reads) {
+                self.issue_reads(true);
+            }
+            if self.node.has_ready() {
+                result = self.ready_turn();
+            }
+        }
         self.turn_cost.record(started.elapsed());
         if result.is_err() {
             self.ended = true;
@@ -480,8 +498,8 @@ impl RaftLoop {
                     self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
                 }
                 self.last_leader = ss.leader_id;
-                // Read requests the old leader held are lost: ask the new one.
-                self.issue_reads(true);
+                // Read requests the old leader held are lost: ask the new one (after the turn).
+                self.reissue_reads = true;
             }
             if leading {
                 tracing::info!(term = self.node.raft.term, "became leader");
