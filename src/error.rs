@@ -100,6 +100,11 @@ pub enum Error {
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
 
+    /// Another membership change is not applied yet (the server retries; a client sees it only
+    /// if that takes longer than its request may).
+    #[error("etcdserver: request timed out, a membership change is still in progress")]
+    ConfChangePending,
+
     #[error("etcdserver: rpc not supported for learner")]
     LearnerNotSupported,
 
@@ -171,7 +176,8 @@ impl Error {
             Error::LeaderChanged
             | Error::LearnerNotSupported
             | Error::MemberRemoved
-            | Error::LeaderTransferTimeout => 503,
+            | Error::LeaderTransferTimeout
+            | Error::ConfChangePending => 503,
             Error::Timeout | Error::NoLeader | Error::Stopped | Error::NoSpace => 503,
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
@@ -211,9 +217,10 @@ impl Error {
             | Error::TooManyLearners
             | Error::NotLeader
             | Error::BadLeaderTransferee => Code::FailedPrecondition,
-            Error::LeaderChanged | Error::LearnerNotSupported | Error::MemberRemoved => {
-                Code::Unavailable
-            }
+            Error::LeaderChanged
+            | Error::LearnerNotSupported
+            | Error::MemberRemoved
+            | Error::ConfChangePending => Code::Unavailable,
             // Not in etcd's gRPC error map: it goes out as Unknown.
             Error::LeaderTransferTimeout => Code::Unknown,
             Error::Corrupt(_)

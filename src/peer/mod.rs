@@ -85,6 +85,8 @@ pub trait Node: Send + Sync + 'static {
     fn is_removed(&self, id: u64) -> bool;
     /// A peer refused this member's messages because the cluster removed it.
     fn removed_by_peer(&self);
+    /// On the leader: whether learner `id` may be promoted; `None` when this member does not lead.
+    fn learner_ready(&self, id: u64) -> tokio::sync::oneshot::Receiver<Option<bool>>;
 }
 
 /// What a member answers to messages from a member the cluster removed (etcd's words); the removed

@@ -130,6 +130,21 @@ impl Peer for PeerService {
         Ok(Response::new(self.node.members()))
     }
 
+    async fn learner_ready(
+        &self,
+        req: Request<peerpb::LearnerReadyRequest>,
+    ) -> std::result::Result<Response<peerpb::LearnerReadyResponse>, Status> {
+        let answer = self
+            .node
+            .learner_ready(req.into_inner().id)
+            .await
+            .unwrap_or(None);
+        Ok(Response::new(peerpb::LearnerReadyResponse {
+            ready: answer == Some(true),
+            not_leader: answer.is_none(),
+        }))
+    }
+
     async fn lease_renew(
         &self,
         req: Request<peerpb::LeaseRenewRequest>,

@@ -9,9 +9,9 @@
 //! at start, peer URLs changed by `MemberUpdate`) are ordinary entries.
 //!
 //! Changes are checked as etcd's `--strict-reconfig-check` does (the started voters must stay a
-//! quorum; `membership::ready_to_*`). Left out: etcd's "unhealthy cluster" check (every voter
-//! connected in the last 5 s), and the promotion check on a follower (only the leader knows how far
-//! a learner is; a follower's promote is proposed without it).
+//! quorum; `membership::ready_to_*`). A promotion also needs the learner to hold 90 % of the
+//! leader's log; only the leader knows, so a follower asks it over the peer transport. Left out:
+//! etcd's "unhealthy cluster" check (every voter connected in the last 5 s).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -124,6 +124,12 @@ impl crate::peer::Node for PeerNode {
 
     fn is_removed(&self, id: u64) -> bool {
         self.shared.members.is_removed(id)
+    }
+
+    fn learner_ready(&self, id: u64) -> tokio::sync::oneshot::Receiver<Option<bool>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.to_raft(RaftMsg::LearnerReady(id, tx));
+        rx
     }
 
     fn removed_by_peer(&self) {
@@ -335,11 +341,59 @@ impl Server {
         if !membership::ready_to_promote(&self.shared().members.get(), id) {
             return Err(Error::NotEnoughStartedMembers);
         }
+        // Only the leader knows how far the learner is: asked here, or over the peer transport.
+        if !self.learner_ready(id).await? {
+            return Err(Error::LearnerNotReady);
+        }
         let list = self.conf_change(ConfChangeType::AddNode, member).await?;
         Ok(MemberPromoteResponse {
             header: Some(self.header(self.revision())),
             members: list,
         })
+    }
+
+    /// Whether learner `id` may be promoted, as the leader sees it.
+    async fn learner_ready(&self, id: u64) -> Result<bool> {
+        let s = self.shared();
+        let leader = s.leader.load(Ordering::Acquire);
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        if leader == s.member_id {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if !s.to_raft(RaftMsg::LearnerReady(id, tx)) {
+                return Err(Error::Stopped);
+            }
+            return match rx.await {
+                Ok(Some(ready)) => Ok(ready),
+                Ok(None) => Err(Error::LeaderChanged),
+                Err(_) => Err(Error::Stopped),
+            };
+        }
+        let urls = s
+            .transport
+            .get()
+            .and_then(|t| t.peer_urls(leader))
+            .ok_or(Error::NoLeader)?;
+        for url in urls {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
+                continue;
+            };
+            let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).connect().await else {
+                continue;
+            };
+            let mut client = crate::proto::peerpb::peer_client::PeerClient::new(ch);
+            match client
+                .learner_ready(peerpb::LearnerReadyRequest { id })
+                .await
+                .map(|r| r.into_inner())
+            {
+                Ok(r) if r.not_leader => return Err(Error::LeaderChanged),
+                Ok(r) => return Ok(r.ready),
+                Err(_) => continue,
+            }
+        }
+        Err(Error::NoLeader)
     }
 
     /// etcd's MemberUpdate: new peer URLs for a member.
@@ -369,6 +423,23 @@ impl Server {
     }
 
     async fn conf_change(
+        &self,
+        ty: ConfChangeType,
+        member: peerpb::Member,
+    ) -> Result<Vec<crate::proto::etcdserverpb::Member>> {
+        // One change at a time, as Raft allows: while another is not yet applied, try again.
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.conf_change_once(ty, member.clone()).await {
+                Err(Error::ConfChangePending) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn conf_change_once(
         &self,
         ty: ConfChangeType,
         member: peerpb::Member,

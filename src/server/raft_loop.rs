@@ -93,6 +93,8 @@ pub enum RaftMsg {
     ConfChange(Box<ConfChange>, u64),
     /// Hand leadership to this member.
     TransferLeader(u64),
+    /// On the leader: whether this learner may be promoted (`None`: not the leader).
+    LearnerReady(u64, tokio::sync::oneshot::Sender<Option<bool>>),
     /// Stop the loop.
     Stop,
 }
@@ -348,6 +350,9 @@ impl RaftLoop {
             RaftMsg::ReadIndex => self.issue_reads(false),
             RaftMsg::ConfChange(cc, waiter) => self.propose_conf_change(*cc, waiter),
             RaftMsg::TransferLeader(id) => self.node.transfer_leader(id),
+            RaftMsg::LearnerReady(id, tx) => {
+                let _ = tx.send(self.learner_ready(id));
+            }
             RaftMsg::Stop => return true,
         }
         false
@@ -364,34 +369,32 @@ impl RaftLoop {
         }
     }
 
+    /// On the leader, whether learner `id` holds at least 90 % of the leader's log (etcd's rule for
+    /// a promotion); `None` elsewhere.
+    fn learner_ready(&self, id: u64) -> Option<bool> {
+        if self.node.raft.state != StateRole::Leader {
+            return None;
+        }
+        let leader_match = self.node.raft.raft_log.last_index();
+        let learner_match = self.node.raft.prs().get(id).map_or(0, |p| p.matched);
+        Some(learner_match as f64 >= leader_match as f64 * 0.9)
+    }
+
     /// Proposes a membership change, after the checks only the Raft thread can make.
     fn propose_conf_change(&mut self, cc: ConfChange, waiter: u64) {
         let promoting = cc.get_change_type() == ConfChangeType::AddNode
             && self.node.raft.prs().conf().learners().contains(&cc.node_id);
-        if promoting && self.node.raft.state == StateRole::Leader {
-            // etcd's rule: a learner is promoted once it holds 90 % of the leader's log.
-            let leader_match = self.node.raft.raft_log.last_index();
-            let learner_match = self
-                .node
-                .raft
-                .prs()
-                .get(cc.node_id)
-                .map_or(0, |p| p.matched);
-            if (learner_match as f64) < leader_match as f64 * 0.9 {
-                self.shared
-                    .wait
-                    .trigger(waiter, Err(Error::LearnerNotReady));
-                return;
-            }
+        if promoting && self.learner_ready(cc.node_id) == Some(false) {
+            self.shared
+                .wait
+                .trigger(waiter, Err(Error::LearnerNotReady));
+            return;
         }
         if self.node.raft.has_pending_conf() {
             // One change at a time: the next waits until this one is applied.
-            self.shared.wait.trigger(
-                waiter,
-                Err(Error::Unimplemented(
-                    "etcdserver: a membership change is already in progress; retry".into(),
-                )),
-            );
+            self.shared
+                .wait
+                .trigger(waiter, Err(Error::ConfChangePending));
             return;
         }
         if let Err(e) = self.node.propose_conf_change(vec![], cc) {
