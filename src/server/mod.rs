@@ -12,13 +12,20 @@
 //! caller's task, without waiting for the apply step's open write transaction. On a single voter
 //! that is linearizable: a write is acknowledged only after it is applied, and the server serves
 //! nothing until the entries logged before a restart (committed by the new leader if the WAL
-//! had not yet recorded it) have been applied again. With peers, reads will go through Raft's read
-//! index first.
+//! had not yet recorded it) have been applied again. With peers, a linearizable read first waits
+//! for Raft's read index to be applied (`read.rs`); a serializable one does not.
+//!
+//! With peers, a write proposed on a follower is forwarded to the leader by Raft; the follower's
+//! waiter is answered when the follower applies the entry (request ids carry the member's id, so
+//! no member answers another's waiter). Membership lives in the backend and changes only through
+//! the log (`membership.rs`, `cluster.rs`); the peer transport (`crate::peer`) carries Raft's
+//! messages and snapshots.
 //!
 //! Two threads do the work: the Raft thread (runs Raft turns, which own Raft and the WAL and apply
 //! committed entries: the only writers of the store), and the backend committer (commits the store's
 //! write batch to redb every 100 ms; the WAL, not the backend, is what makes a write durable). A
-//! gRPC connection's task runs the turn for its own calls' proposals itself when that is cheap
+//! gRPC connection's task runs the turn for its own calls' proposals itself when that is cheap and the
+//! member is the only voter
 //! (`inline.rs`); turns never overlap, whichever thread runs them. A lock file keeps a second process off the data dir.
 
 pub mod alarm;
