@@ -402,6 +402,23 @@ async fn learners_are_added_promoted_and_members_removed() {
             Some("ok".into())
         );
     }
+    // The removed member is replaced by a new voter, which catches up and serves.
+    let replacement = c.add_member(l, false).await;
+    converge(&c, &[replacement], "l", &want).await;
+    assert_eq!(
+        c.get(replacement, "after-remove").await.expect("get"),
+        Some("ok".into())
+    );
+    let list = c
+        .gateway(l, "/v3/cluster/member/list", json!({}))
+        .await
+        .expect("list");
+    let members = list["members"].as_array().expect("members");
+    assert_eq!(members.len(), 4, "{list}");
+    assert!(
+        members.iter().all(|m| m["isLearner"] != json!(true)),
+        "{list}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,5 +483,23 @@ async fn leases_keep_their_remaining_ttl_across_a_leader_change() {
     assert!(
         (1..=27).contains(&left),
         "the new leader gave the lease {left} s of 30 after 4 s had run down"
+    );
+    // A follower answers with the leader's count, not its own.
+    let other = rest
+        .iter()
+        .copied()
+        .find(|&i| i != new)
+        .expect("a follower");
+    let ttl = c
+        .gateway(other, "/v3/lease/timetolive", json!({"ID": id}))
+        .await
+        .expect("time to live on a follower");
+    let via_follower: i64 = ttl["TTL"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no TTL in {ttl}"));
+    assert!(
+        (left - 2..=left).contains(&via_follower),
+        "follower says {via_follower}, leader said {left}"
     );
 }

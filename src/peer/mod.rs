@@ -79,8 +79,8 @@ pub trait Node: Send + Sync + 'static {
     fn snapshot_received(&self, msg: Message, path: PathBuf);
     /// The membership as this member knows it.
     fn members(&self) -> peerpb::Members;
-    /// Renews a lease if this member leads.
-    fn lease_renew(&self, id: i64) -> peerpb::LeaseRenewResponse;
+    /// Renews a lease if this member leads (with `peek`, only reports its remaining TTL).
+    fn lease_renew(&self, id: i64, peek: bool) -> peerpb::LeaseRenewResponse;
     /// Whether messages from `id` are refused (a removed member).
     fn is_removed(&self, id: u64) -> bool;
     /// A peer refused this member's messages because the cluster removed it.

@@ -149,7 +149,8 @@ impl Peer for PeerService {
         &self,
         req: Request<peerpb::LeaseRenewRequest>,
     ) -> std::result::Result<Response<peerpb::LeaseRenewResponse>, Status> {
-        Ok(Response::new(self.node.lease_renew(req.into_inner().id)))
+        let req = req.into_inner();
+        Ok(Response::new(self.node.lease_renew(req.id, req.peek)))
     }
 }
 

@@ -109,15 +109,23 @@ impl crate::peer::Node for PeerNode {
         m
     }
 
-    fn lease_renew(&self, id: i64) -> peerpb::LeaseRenewResponse {
+    fn lease_renew(&self, id: i64, peek: bool) -> peerpb::LeaseRenewResponse {
         if self.shared.leader.load(Ordering::Acquire) != self.shared.member_id {
             return peerpb::LeaseRenewResponse {
                 ttl: 0,
                 not_leader: true,
             };
         }
+        let ttl = if peek {
+            self.shared
+                .lessor
+                .time_to_live(id)
+                .map_or(-1, |t| t.remaining_ttl)
+        } else {
+            self.shared.lessor.renew(id).unwrap_or(-1)
+        };
         peerpb::LeaseRenewResponse {
-            ttl: self.shared.lessor.renew(id).unwrap_or(-1),
+            ttl,
             not_leader: false,
         }
     }
@@ -512,10 +520,24 @@ impl Server {
     /// Renews lease `id`: here when this member leads (or is alone), else at the leader, over the
     /// peer transport, as etcd forwards keep-alives. Its TTL, or `LeaseNotFound`.
     pub async fn lease_renew(&self, id: i64) -> Result<i64> {
+        self.at_lease_leader(id, false).await
+    }
+
+    /// Lease `id`'s remaining TTL as the leader counts it (only the leader tracks expiries; etcd
+    /// forwards `LeaseTimeToLive` the same way), or `LeaseNotFound`.
+    pub async fn lease_remaining(&self, id: i64) -> Result<i64> {
+        self.at_lease_leader(id, true).await
+    }
+
+    async fn at_lease_leader(&self, id: i64, peek: bool) -> Result<i64> {
         let s = self.shared();
         let leader = s.leader.load(Ordering::Acquire);
         if self.is_solo() || leader == s.member_id {
-            return s.lessor.renew(id);
+            return if peek {
+                s.lessor.time_to_live(id).map(|t| t.remaining_ttl)
+            } else {
+                s.lessor.renew(id)
+            };
         }
         if leader == 0 {
             return Err(Error::NoLeader);
@@ -534,7 +556,7 @@ impl Server {
             };
             let mut client = crate::proto::peerpb::peer_client::PeerClient::new(ch);
             match client
-                .lease_renew(peerpb::LeaseRenewRequest { id })
+                .lease_renew(peerpb::LeaseRenewRequest { id, peek })
                 .await
                 .map(|r| r.into_inner())
             {

@@ -515,6 +515,27 @@ impl Cluster {
         let i = self.members.len() - 1;
         self.spawn(i);
         self.wait_healthy(i).await;
+        // Started, as etcd counts it, once its name is in the membership (it publishes it).
+        let name = self.members[i].name.clone();
+        let deadline = Instant::now() + ELECTION_BOUND;
+        loop {
+            if let Ok(v) = self
+                .gateway(via, "/v3/cluster/member/list", json!({}))
+                .await
+            {
+                let listed = v["members"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["name"] == json!(name)));
+                if listed {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {name} never published its name"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         i
     }
 

@@ -48,24 +48,34 @@ pub async fn keep_alive_once(server: &Server, id: i64) -> Result<LeaseKeepAliveR
 }
 
 /// TimeToLive: an unknown lease answers TTL -1, as etcd does (etcdctl prints "already expired").
-pub fn time_to_live(server: &Server, req: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+/// The remaining TTL is the leader's (asked over the peer transport on a follower); the granted
+/// TTL and the keys are the same on every member.
+pub async fn time_to_live(
+    server: &Server,
+    req: &LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Status> {
     let header = Some(server.header(server.revision()));
-    match server.lessor().time_to_live(req.id) {
-        Ok(t) => LeaseTimeToLiveResponse {
+    let remaining = match server.lease_remaining(req.id).await {
+        Ok(ttl) => Some(ttl),
+        Err(Error::LeaseNotFound) => None,
+        Err(e) => return Err(e.to_status()),
+    };
+    Ok(match server.lessor().time_to_live(req.id) {
+        Ok(t) if remaining.is_some() => LeaseTimeToLiveResponse {
             header,
             id: t.id,
-            ttl: t.remaining_ttl,
+            ttl: remaining.unwrap_or(t.remaining_ttl),
             granted_ttl: t.granted_ttl,
             keys: if req.keys { t.keys } else { Vec::new() },
         },
-        Err(_) => LeaseTimeToLiveResponse {
+        _ => LeaseTimeToLiveResponse {
             header,
             id: req.id,
             ttl: -1,
             granted_ttl: 0,
             keys: Vec::new(),
         },
-    }
+    })
 }
 
 /// Leases: every lease id.
@@ -129,7 +139,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Ok(Response::new(time_to_live(&self.server, &req.into_inner())))
+        time_to_live(&self.server, &req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn lease_leases(
