@@ -1,6 +1,6 @@
 //! A measuring instrument, not a server: what a put costs when the HTTP/2 layer (h2, hyper, http)
 //! is taken away, so that the one large lever left on the put path can be weighed before anyone
-//! builds it (docs/performance.md, "put-64c, session 7").
+//! builds it (docs/performance-archive.md, "put-64c, session 7").
 //!
 //! It starts the real [`Server`] (Raft, WAL, MVCC, the waiter: everything behind
 //! `Server::put`) and serves the client URL with a minimal HTTP/2 connection loop that answers
@@ -16,7 +16,7 @@
 //! Only etcd's `benchmark put` and `etcdctl put` should be pointed at it.
 //!
 //! The same loop on h2's own frame codec (`h2::Codec`, which decodes HPACK into header maps) is here
-//! too, for the measurement in docs/performance.md ("put-64c, session 8"): build with `--features
+//! too, for the measurement in docs/performance-archive.md ("put-64c, session 8"): build with `--features
 //! floor-codec` and run with `FLOOR_FRAMING=h2codec`. That API sits behind h2's `unstable`
 //! feature, which has no semver promise, so the feature is off by default and nothing else uses it.
 //!

@@ -9,7 +9,7 @@
 # and each build's mean server CPU per put.
 #
 # Why: one bench-vs-etcd run of 5 repetitions cannot tell a 5 % change from noise on these shared
-# two cores (docs/performance.md, "put-64c, session 8"). 16 pairs take about three minutes and
+# two cores (docs/performance-archive.md, "put-64c, session 8"). 16 pairs take about three minutes and
 # give an interval of ±3 to ±9 %, depending on how steady the two builds are. Use it to decide
 # whether a change is worth harness runs, not instead of them: the harness against etcd is the ruler
 # the targets are measured with.

@@ -3,7 +3,7 @@
 # server and for etcd's load tool, and the CPU each spends per put, during etcd's `benchmark put
 # --clients 64 --conns 8` (TOTAL puts, default 30,000). mini-etcd, then etcd when /usr/bin/etcd is
 # there, each started with `setsid` as bench-vs-etcd starts them. This is how session 5 found one
-# socket write per put (docs/performance.md, "put-64c, session 5").
+# socket write per put (docs/performance-archive.md, "put-64c, session 5").
 # Usage: cargo build --release && scripts/syscalls-put.sh   (STORAGE=disk for /var/tmp; needs
 # linux-perf with tracepoints, and ../shared/tools/build-etcd-benchmark's tool at $BM)
 set -u

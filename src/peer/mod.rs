@@ -10,12 +10,15 @@
 //! - `Members`: the membership, for a member that joins with `--initial-cluster-state existing`.
 //! - `LeaseRenew`: a keep-alive that reached a follower, forwarded to the leader.
 //!
-//! **Sending** ([`Transport::send`]) never blocks the Raft thread: each peer has a bounded queue
-//! ([`PEER_QUEUE`] messages) drained by a task of its own, which connects, streams, and on any
-//! failure reconnects with a backoff (50 ms doubling to 1 s). A message that finds the queue full is
-//! dropped and the peer reported unreachable to Raft, which then probes it instead of streaming
-//! appends at it; Raft retransmits whatever was lost. A slow or dead peer therefore costs the others
-//! nothing. Snapshots go on a task of their own, so a large one never holds up the small messages.
+//! **Sending** ([`Transport::send`]) never blocks the Raft thread: the messages of a turn for one
+//! peer become one batch, put straight into the bounded queue ([`PEER_QUEUE`] batches) of that
+//! peer's open stream call; a task per peer connects, opens the call and hands its queue over, and
+//! on any failure takes it back and reconnects with a backoff (50 ms doubling to 1 s). A batch that
+//! finds the queue full or no call open is dropped and the peer reported unreachable to Raft, which
+//! then probes it instead of streaming appends at it; Raft retransmits whatever was lost. A slow or
+//! dead peer therefore costs the others nothing. Snapshots go on a task of their own, so a large one
+//! never holds up the small messages. (A task between the Raft thread and the call, batching on its
+//! own, cost one more thread wake-up per message; see docs/performance.md.)
 //!
 //! **Receiving** decodes with prost only (see `convert`), refuses a batch from another cluster and
 //! messages no peer may send, and hands the rest to Raft through the node's channel.
@@ -45,10 +48,12 @@ use crate::histogram::Histogram;
 use crate::proto::peerpb;
 use crate::proto::peerpb::peer_client::PeerClient;
 
-/// Messages queued for one peer before further ones are dropped (and the peer reported unreachable).
-pub const PEER_QUEUE: usize = 4096;
-/// Most messages sent in one batch.
-const BATCH_MESSAGES: usize = 512;
+/// Batches queued for one peer before further ones are dropped (and the peer reported
+/// unreachable). A batch holds the messages of one Raft turn for that peer.
+pub const PEER_QUEUE: usize = 1024;
+/// HTTP/2 flow-control windows of peer connections: a stream of appends must not wait for window
+/// updates at the 64 KiB default.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// Bytes of a snapshot per chunk.
 pub const SNAPSHOT_CHUNK: usize = 64 * 1024;
 /// How long a connection attempt to a peer may take.
@@ -121,11 +126,15 @@ impl Default for PeerStats {
 
 struct Peer {
     urls: Vec<String>,
-    queue: mpsc::Sender<Message>,
+    /// The open stream's queue of batches (`None` while not connected).
+    link: Link,
     task: tokio::task::JoinHandle<()>,
     prober: tokio::task::JoinHandle<()>,
     stats: Arc<PeerStats>,
 }
+
+/// Where the Raft thread puts a peer's batches: the queue of the stream call that is open now.
+type Link = Arc<Mutex<Option<mpsc::Sender<peerpb::Batch>>>>;
 
 impl Peer {
     fn stop(self) {
@@ -176,13 +185,12 @@ impl Transport {
             old.stop();
         }
         let stats = lock(&self.stats).entry(id).or_default().clone();
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let task = self.runtime.spawn(run_sender(
+        let link: Link = Arc::default();
+        let task = self.runtime.spawn(run_link(
             id,
             urls.clone(),
-            rx,
+            link.clone(),
             self.node.clone(),
-            self.faults.clone(),
             stats.clone(),
         ));
         let prober = self.runtime.spawn(probe(urls.clone(), stats.clone()));
@@ -190,7 +198,7 @@ impl Transport {
             id,
             Peer {
                 urls,
-                queue: tx,
+                link,
                 task,
                 prober,
                 stats,
@@ -226,10 +234,14 @@ impl Transport {
     }
 
     /// Queues `msgs` for their peers without waiting; returns the peers whose messages could not be
-    /// queued (Raft is to be told they are unreachable). Snapshots start a transfer of their own.
+    /// queued (Raft is to be told they are unreachable). A peer's messages of one call go as one
+    /// batch, straight into its open stream; snapshots start a transfer of their own.
     pub fn send(&self, msgs: Vec<Message>) -> Vec<u64> {
         let mut unreachable = Vec::new();
+        let me = self.node.member_id();
+        let cluster_id = self.node.cluster_id();
         let peers = lock(&self.peers);
+        let mut batches: Vec<(u64, peerpb::Batch)> = Vec::new();
         for m in msgs {
             let to = m.to;
             let Some(peer) = peers.get(&to) else {
@@ -247,7 +259,32 @@ impl Transport {
                 ));
                 continue;
             }
-            if peer.queue.try_send(m).is_err() {
+            if self.faults.cut(to) || self.faults.cut(me) {
+                continue;
+            }
+            let wire = convert::to_wire(&m);
+            match batches.iter_mut().find(|(id, _)| *id == to) {
+                Some((_, b)) => b.messages.push(wire),
+                None => batches.push((
+                    to,
+                    peerpb::Batch {
+                        cluster_id,
+                        messages: vec![wire],
+                    },
+                )),
+            }
+        }
+        for (to, batch) in batches {
+            let Some(peer) = peers.get(&to) else {
+                continue;
+            };
+            let bytes = prost::Message::encoded_len(&batch) as u64;
+            let sent = lock(&peer.link)
+                .as_ref()
+                .is_some_and(|tx| tx.try_send(batch).is_ok());
+            if sent {
+                peer.stats.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+            } else {
                 peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 unreachable.push(to);
             }
@@ -284,6 +321,8 @@ async fn connect(urls: &[String]) -> Option<PeerClient<tonic::transport::Channel
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(STREAM_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         if let Ok(ch) = endpoint.connect().await {
@@ -297,16 +336,16 @@ async fn connect(urls: &[String]) -> Option<PeerClient<tonic::transport::Channel
     None
 }
 
-/// One peer's sender: connect, stream batches until the call fails, back off, again.
-async fn run_sender(
+/// One peer's link: connect, open the stream call and hand its queue to the Raft thread's
+/// [`Transport::send`], which writes into it directly (no task in between); when the call fails,
+/// take the queue back, report the peer unreachable, back off and connect again.
+async fn run_link(
     id: u64,
     urls: Vec<String>,
-    mut rx: mpsc::Receiver<Message>,
+    link: Link,
     node: Arc<dyn Node>,
-    faults: Arc<Faults>,
     stats: Arc<PeerStats>,
 ) {
-    let cluster_id = node.cluster_id();
     let mut backoff = Duration::from_millis(50);
     let mut was_up = true;
     loop {
@@ -315,8 +354,6 @@ async fn run_sender(
                 tracing::warn!(peer = format!("{id:x}"), "cannot reach peer");
                 was_up = false;
             }
-            // What waited is stale by the time the peer is back; Raft resends what matters.
-            while rx.try_recv().is_ok() {}
             node.report_unreachable(id);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -326,42 +363,17 @@ async fn run_sender(
             tracing::info!(peer = format!("{id:x}"), "peer reachable again");
             was_up = true;
         }
-        stats.active.store(true, Ordering::Relaxed);
         backoff = Duration::from_millis(50);
-        let (tx, stream_rx) = mpsc::channel::<peerpb::Batch>(64);
-        let call = tokio::spawn(async move {
-            client
-                .stream(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
-                .await
-        });
-        loop {
-            let Some(first) = rx.recv().await else {
-                call.abort();
-                return; // the peer was removed
-            };
-            let mut msgs = vec![first];
-            while msgs.len() < BATCH_MESSAGES {
-                match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(_) => break,
-                }
-            }
-            if faults.cut(id) || faults.cut(node.member_id()) {
-                continue;
-            }
-            let batch = peerpb::Batch {
-                cluster_id,
-                messages: msgs.iter().map(convert::to_wire).collect(),
-            };
-            stats.sent_bytes.fetch_add(
-                prost::Message::encoded_len(&batch) as u64,
-                Ordering::Relaxed,
-            );
-            if tx.send(batch).await.is_err() {
-                break; // the call ended: the peer went away
-            }
-        }
-        if let Ok(Err(status)) = call.await {
+        let (tx, rx) = mpsc::channel::<peerpb::Batch>(PEER_QUEUE);
+        *lock(&link) = Some(tx);
+        stats.active.store(true, Ordering::Relaxed);
+        let ended = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        // Whatever was queued for the call is lost with it; Raft resends what matters.
+        lock(&link).take();
+        stats.active.store(false, Ordering::Relaxed);
+        if let Err(status) = ended {
             if status.message() == REMOVED {
                 tracing::error!(peer = format!("{id:x}"), "{REMOVED}");
                 node.removed_by_peer();
@@ -369,7 +381,6 @@ async fn run_sender(
             }
             tracing::debug!(peer = format!("{id:x}"), %status, "peer stream ended");
         }
-        stats.active.store(false, Ordering::Relaxed);
         node.report_unreachable(id);
         tokio::time::sleep(backoff).await;
     }

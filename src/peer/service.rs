@@ -13,6 +13,9 @@ use crate::peer::{convert, Faults, Node, PeerStats};
 use crate::proto::peerpb;
 use crate::proto::peerpb::peer_server::{Peer, PeerServer};
 
+/// Largest message decoded on the peer port: a turn's appends to one peer (Raft caps each append
+/// message at 1 MiB, and a turn sends few) stay far below it.
+const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
 /// Largest snapshot accepted: a backend over this is refused rather than written to disk.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
@@ -200,10 +203,12 @@ pub async fn serve(
     tracing::info!(addr = ?addr, "serving the peer API");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(crate::peer::STREAM_WINDOW)
+        .initial_connection_window_size(crate::peer::STREAM_WINDOW)
         .add_service(
             PeerServer::new(svc)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(MAX_BATCH_BYTES)
+                .max_encoding_message_size(MAX_BATCH_BYTES),
         )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

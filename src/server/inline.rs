@@ -5,7 +5,7 @@
 //! which woke to run the turn and then woke the task again with the answer. On two vCPUs shared
 //! with the clients those two wake-ups are the dearest part of a put: a scratch build whose put
 //! handler only made that round trip to a thread that did nothing else ran put-64c 17-28 % slower
-//! than one that answered at once, nearly as slow as the real Raft path (docs/performance.md,
+//! than one that answered at once, nearly as slow as the real Raft path (docs/performance-archive.md,
 //! session 9).
 //!
 //! So [`with_deferred_proposals`] wraps the part of a connection's poll that runs its calls

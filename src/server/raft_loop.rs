@@ -15,7 +15,7 @@
 //! average under `--experimental-inline-turn-limit`, 100 µs by default). Handing a proposal to
 //! another thread and the answer back costs two wake-ups, and on two vCPUs shared with the clients
 //! those cost more than the turn itself: an echo thread that did no work at all took 17-28 % of
-//! put-64c's throughput (docs/performance.md, session 9). A turn with a slow fsync (a disk that
+//! put-64c's throughput (docs/performance-archive.md, session 9). A turn with a slow fsync (a disk that
 //! takes hundreds of microseconds) would hold up every other connection on that worker, so slow
 //! turns stay on the Raft thread; the average follows every turn, wherever it ran, so the choice
 //! adapts in both directions. Turns that can be told to be slow before they start are left to the
