@@ -44,6 +44,7 @@ start() {
       setsid "$A" "${args[@]}" >"$D/m$i.log" 2>&1 &
     fi
     PIDS+=($!); EPS+=("127.0.0.1:$c")
+    disown $!  # no job-control notice when it is killed
   done
   local deadline=$((SECONDS + 30)) e
   for e in "${EPS[@]}"; do

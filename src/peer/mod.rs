@@ -450,34 +450,84 @@ async fn snapshot_transfer(
     let path = tokio::task::spawn_blocking(move || n.snapshot_file(index))
         .await
         .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
-    let _remove = RemoveOnDrop(path.clone());
-    let bytes = tokio::fs::read(&path).await?;
-    let total = bytes.len() as u64;
-    let crc = crc32c::crc32c(&bytes);
-    let cluster_id = node.cluster_id();
-    let mut chunks = vec![peerpb::SnapshotChunk {
-        cluster_id,
+    let remove = RemoveOnDrop(path.clone());
+    // One pass for the size and checksum, a second to send: a backend of any size is never held
+    // in memory, only a few chunks of it.
+    let sum_path = path.clone();
+    let (total, crc) = tokio::task::spawn_blocking(move || file_crc(&sum_path))
+        .await
+        .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
+    let (tx, rx) = mpsc::channel::<peerpb::SnapshotChunk>(4);
+    let first = peerpb::SnapshotChunk {
+        cluster_id: node.cluster_id(),
         message: Some(convert::to_wire(msg)),
         total_bytes: total,
         data: Vec::new(),
         crc32c: crc,
-    }];
-    let pieces: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK).collect();
-    for piece in pieces {
-        chunks.push(peerpb::SnapshotChunk {
-            data: piece.to_vec(),
-            ..Default::default()
-        });
+    };
+    if tx.send(first).await.is_err() {
+        return Err(Error::Internal("snapshot stream closed".into()));
     }
-    stats.sent_bytes.fetch_add(total, Ordering::Relaxed);
+    let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+        let _remove = remove;
+        let mut file = std::fs::File::open(&path)?;
+        loop {
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+            let n = read_full(&mut file, &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            let chunk = peerpb::SnapshotChunk {
+                data: buf,
+                ..Default::default()
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return Ok(()); // the call ended; its error is reported below
+            }
+        }
+    });
     let mut client = connect(urls)
         .await
         .ok_or_else(|| Error::Internal("cannot reach peer".into()))?;
-    client
-        .snapshot(tokio_stream::iter(chunks))
+    let sent = client
+        .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| Error::Internal(format!("snapshot refused: {}", s.message())))?;
+        .map_err(|s| Error::Internal(format!("snapshot refused: {}", s.message())));
+    reader
+        .await
+        .map_err(|e| Error::Internal(format!("snapshot reader failed: {e}")))??;
+    sent?;
+    stats.sent_bytes.fetch_add(total, Ordering::Relaxed);
     Ok(total)
+}
+
+/// The size and CRC-32C of a file, read in chunks.
+fn file_crc(path: &std::path::Path) -> Result<(u64, u32)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    let (mut total, mut crc) = (0u64, 0u32);
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            return Ok((total, crc));
+        }
+        total += n as u64;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    }
+}
+
+/// Fills `buf` from `file` as far as it goes; 0 at the end.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 struct RemoveOnDrop(PathBuf);
