@@ -218,6 +218,12 @@ impl Transport {
         lock(&self.peers).get(&id).map(|p| p.urls.clone())
     }
 
+    /// A client of peer `id`'s peer API, connected to the first of its URLs that answers.
+    pub async fn client_of(&self, id: u64) -> Option<PeerClient<tonic::transport::Channel>> {
+        let urls = self.peer_urls(id)?;
+        connect(&urls).await
+    }
+
     /// The counters of peer `id` (created on first use).
     pub fn stats_of(&self, id: u64) -> Arc<PeerStats> {
         lock(&self.stats).entry(id).or_default().clone()

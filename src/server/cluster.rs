@@ -378,30 +378,25 @@ impl Server {
                 Err(_) => Err(Error::Stopped),
             };
         }
-        let urls = s
-            .transport
-            .get()
-            .and_then(|t| t.peer_urls(leader))
-            .ok_or(Error::NoLeader)?;
-        for url in urls {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
-                continue;
-            };
-            let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).connect().await else {
-                continue;
-            };
-            let mut client = crate::proto::peerpb::peer_client::PeerClient::new(ch);
-            match client
-                .learner_ready(peerpb::LearnerReadyRequest { id })
-                .await
-                .map(|r| r.into_inner())
-            {
-                Ok(r) if r.not_leader => return Err(Error::LeaderChanged),
-                Ok(r) => return Ok(r.ready),
-                Err(_) => continue,
-            }
+        let mut client = self.leader_client(leader).await?;
+        match client
+            .learner_ready(peerpb::LearnerReadyRequest { id })
+            .await
+            .map(|r| r.into_inner())
+        {
+            Ok(r) if r.not_leader => Err(Error::LeaderChanged),
+            Ok(r) => Ok(r.ready),
+            Err(_) => Err(Error::NoLeader),
         }
-        Err(Error::NoLeader)
+    }
+
+    /// A client of the leader's peer API.
+    async fn leader_client(
+        &self,
+        leader: u64,
+    ) -> Result<crate::proto::peerpb::peer_client::PeerClient<tonic::transport::Channel>> {
+        let transport = self.shared().transport.get().ok_or(Error::NoLeader)?;
+        transport.client_of(leader).await.ok_or(Error::NoLeader)
     }
 
     /// etcd's MemberUpdate: new peer URLs for a member.
@@ -542,31 +537,17 @@ impl Server {
         if leader == 0 {
             return Err(Error::NoLeader);
         }
-        let urls = s
-            .transport
-            .get()
-            .and_then(|t| t.peer_urls(leader))
-            .ok_or(Error::NoLeader)?;
-        for url in urls {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
-                continue;
-            };
-            let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).connect().await else {
-                continue;
-            };
-            let mut client = crate::proto::peerpb::peer_client::PeerClient::new(ch);
-            match client
-                .lease_renew(peerpb::LeaseRenewRequest { id, peek })
-                .await
-                .map(|r| r.into_inner())
-            {
-                Ok(r) if r.not_leader => return Err(Error::LeaderChanged),
-                Ok(r) if r.ttl < 0 => return Err(Error::LeaseNotFound),
-                Ok(r) => return Ok(r.ttl),
-                Err(_) => continue,
-            }
+        let mut client = self.leader_client(leader).await?;
+        match client
+            .lease_renew(peerpb::LeaseRenewRequest { id, peek })
+            .await
+            .map(|r| r.into_inner())
+        {
+            Ok(r) if r.not_leader => Err(Error::LeaderChanged),
+            Ok(r) if r.ttl < 0 => Err(Error::LeaseNotFound),
+            Ok(r) => Ok(r.ttl),
+            Err(_) => Err(Error::NoLeader),
         }
-        Err(Error::NoLeader)
     }
 
     /// Publishes this member's name and client URLs to the cluster once a leader is known, as etcd

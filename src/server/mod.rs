@@ -581,23 +581,15 @@ impl Server {
     async fn wait_caught_up(&self) -> Result<()> {
         let s = &self.inner.shared;
         let target = s.committed_index.load(Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let leader = s.leader.load(Ordering::Acquire);
-            let since = s.leader_since.load(Ordering::Acquire);
-            let applied = s.applied_index.load(Ordering::Acquire);
-            if caught_up(leader, since, applied, target) {
-                break;
-            }
-            if let Some(why) = self.fatal_error() {
-                return Err(Error::Internal(why));
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Timeout);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
+        self.wait_start(|| {
+            caught_up(
+                s.leader.load(Ordering::Acquire),
+                s.leader_since.load(Ordering::Acquire),
+                s.applied_index.load(Ordering::Acquire),
+                target,
+            )
+        })
+        .await
     }
 
     /// `LearnerNotSupported` on a learner: etcd's learners serve only Status and serializable
@@ -613,8 +605,14 @@ impl Server {
     async fn wait_replayed(&self) -> Result<()> {
         let s = &self.inner.shared;
         let target = s.committed_index.load(Ordering::Relaxed);
+        self.wait_start(|| s.applied_index.load(Ordering::Acquire) >= target)
+            .await
+    }
+
+    /// Polls `ready` until it holds, the node fails, or the start-up bound (120 s) passes.
+    async fn wait_start(&self, ready: impl Fn() -> bool) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while s.applied_index.load(Ordering::Acquire) < target {
+        while !ready() {
             if let Some(why) = self.fatal_error() {
                 return Err(Error::Internal(why));
             }
