@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, ELECTION_BOUND};
 use serde_json::json;
 
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 /// Retries `f` until it returns `Some`, for at most `bound`.
 async fn eventually<T, F, Fut>(bound: Duration, what: &str, mut f: F) -> T
 where
@@ -82,6 +89,31 @@ async fn three_members_are_one_cluster() {
         all.then_some(ms)
     })
     .await;
+    // etcd's cluster metrics, on every member.
+    for (i, m) in c.members.iter().enumerate() {
+        let text = reqwest::get(format!("{}/metrics", m.rest_url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        assert!(text.contains("etcd_server_has_leader 1"), "member {i}");
+        let changes = metric(&text, "etcd_server_leader_changes_seen_total");
+        assert!(changes >= 1.0, "member {i}: leader changes {changes}");
+        let sent: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("etcd_network_peer_sent_bytes_total{To="))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(sent > 0.0, "member {i} sent nothing to its peers");
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("etcd_network_active_peers{"))
+                .count(),
+            2,
+            "member {i}: one line per peer"
+        );
+    }
     let mut names: Vec<String> = members
         .iter()
         .map(|m| m["name"].as_str().unwrap_or("").to_string())
@@ -223,6 +255,21 @@ async fn a_cut_off_follower_refuses_and_catches_up() {
     // Its own copy is stale, as a serializable read shows.
     let stale = c.dump(follower, "p").await.expect("serializable dump");
     assert_eq!(stale, vec![("p".to_string(), "before".to_string())]);
+    // And it says it is unhealthy: without a leader, as etcd 3.5 words it.
+    let health_url = format!("{}/health", c.members[follower].rest_url());
+    let body = eventually(
+        ELECTION_BOUND,
+        "the cut-off member turns unhealthy",
+        || async {
+            let r = reqwest::get(&health_url).await.ok()?;
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.ok()?;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["health"], json!("false"), "{body}");
+    assert_eq!(body["reason"], json!("RAFT NO LEADER"), "{body}");
     c.heal().await;
     converge(&c, &[follower], "p", &[("p".into(), "during".into())]).await;
     assert_eq!(
