@@ -550,3 +550,46 @@ async fn leases_keep_their_remaining_ttl_across_a_leader_change() {
         "follower says {via_follower}, leader said {left}"
     );
 }
+
+/// MemberUpdate gives a member new peer URLs; restarted on them, with `--initial-cluster` written as
+/// the cluster now is, it rejoins and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moves_to_new_peer_urls() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    let moved = (leader + 1) % 3;
+    let id = c.member_id(moved).await;
+    c.stop(moved).await;
+    let port = common::free_ports(1)[0];
+    let url = format!("http://127.0.0.1:{port}");
+    let resp = c
+        .gateway(
+            leader,
+            "/v3/cluster/member/update",
+            json!({"ID": id.to_string(), "peerURLs": [url]}),
+        )
+        .await
+        .expect("member update");
+    let listed = resp["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .any(|m| m["ID"] == json!(id.to_string()) && m["peerURLs"] == json!([url]));
+    assert!(listed, "{resp}");
+    c.put(leader, "moved", "while away").await.expect("put");
+    c.move_peer_port(moved, port);
+    c.spawn(moved);
+    c.wait_healthy(moved).await;
+    converge(
+        &c,
+        &[moved],
+        "moved",
+        &[("moved".into(), "while away".into())],
+    )
+    .await;
+    c.put(leader, "moved", "after").await.expect("put");
+    assert_eq!(
+        c.get(moved, "moved").await.expect("get"),
+        Some("after".into())
+    );
+}

@@ -295,12 +295,12 @@ impl Server {
                 tracing::warn!(file = %file.display(), offset, "cut a torn WAL tail");
             }
             let meta = WalMetadata::decode(contents.metadata.as_slice())?;
-            check_identity(&config, &meta)?;
             let members = match Membership::load(store.backend())? {
                 Some(m) => m,
                 // A data directory written before membership was stored: its one member.
                 None => single_member(&config, meta.member_id, meta.cluster_id),
             };
+            check_identity(&config, &meta, &members)?;
             (wal, contents, meta, members)
         } else {
             let members = if config.initial_cluster_new {
@@ -1089,7 +1089,7 @@ fn spawn_named(
 
 /// Refuses a data directory that belongs to another member: its WAL names another member than
 /// `--name`, or, for a static bootstrap, another cluster than `--initial-cluster` describes.
-fn check_identity(config: &Config, meta: &WalMetadata) -> Result<()> {
+fn check_identity(config: &Config, meta: &WalMetadata, members: &peerpb::Members) -> Result<()> {
     if !meta.name.is_empty() && meta.name != config.name {
         return Err(Error::InvalidArgument(format!(
             "data directory {} belongs to member {:?} (id {:x}), not to --name {:?}",
@@ -1099,16 +1099,30 @@ fn check_identity(config: &Config, meta: &WalMetadata) -> Result<()> {
             config.name
         )));
     }
-    if !meta.name.is_empty()
-        && config.initial_cluster_new
+    // As etcd, a restart takes its membership from the data directory, not from the flags, which
+    // may list the cluster as it is now (members added, peer URLs updated). They must still name
+    // the same cluster: at least one peer URL in common with the members the directory knows.
+    let known: Vec<&String> = members.members.iter().flat_map(|m| &m.peer_urls).collect();
+    let flags: Vec<String> = config
+        .initial_cluster
+        .iter()
+        .flat_map(|(_, urls)| urls.iter().map(crate::config::url_text))
+        .collect();
+    if config.initial_cluster_new
         && config.initial_cluster.len() > 1
-        && meta.cluster_id != config.cluster_id()
+        && !known.is_empty()
+        && !flags.iter().any(|u| known.contains(&u))
     {
         return Err(Error::InvalidArgument(format!(
-            "data directory {} belongs to cluster {:x}, but --initial-cluster describes cluster {:x}",
+            "data directory {} belongs to cluster {:x}, whose members ({}) are none of \
+             --initial-cluster's",
             config.data_dir.display(),
             meta.cluster_id,
-            config.cluster_id()
+            known
+                .iter()
+                .map(|u| u.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         )));
     }
     Ok(())

@@ -258,6 +258,22 @@ impl Cluster {
         }
     }
 
+    /// Moves member `i` (stopped) to a new peer port, and rewrites every member's
+    /// `--initial-cluster` to the cluster as it is now, as an operator would after `member update`.
+    pub fn move_peer_port(&mut self, i: usize, port: u16) {
+        assert!(self.members[i].child.is_none(), "stop the member first");
+        self.members[i].peer_port = port;
+        let ic = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut self.members {
+            m.initial_cluster = ic.clone();
+        }
+    }
+
     /// Kills member `i` with SIGKILL and reaps it.
     pub fn kill(&mut self, i: usize) {
         let m = &mut self.members[i];
