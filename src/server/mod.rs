@@ -1200,7 +1200,60 @@ impl slog::Drain for TracingDrain {
 
 #[cfg(test)]
 mod tests {
-    use super::caught_up;
+    use super::{caught_up, check_identity};
+    use crate::config::{Cli, Config};
+    use crate::proto::peerpb;
+    use crate::server::request::WalMetadata;
+    use clap::Parser;
+
+    fn config(name: &str, cluster: &str) -> Config {
+        let url = cluster
+            .split(',')
+            .find_map(|m| m.strip_prefix(&format!("{name}=")))
+            .expect("member in cluster");
+        let cli = Cli::try_parse_from([
+            "mini-etcd",
+            "--name",
+            name,
+            "--initial-advertise-peer-urls",
+            url,
+            "--initial-cluster",
+            cluster,
+        ])
+        .expect("flags");
+        Config::from_args(cli.server).expect("config")
+    }
+
+    #[test]
+    fn a_data_directory_of_another_member_or_cluster_is_refused() {
+        let abc = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3";
+        let cfg = config("a", abc);
+        let members = crate::server::Membership::bootstrap(&cfg);
+        let meta = WalMetadata {
+            member_id: cfg.member_id(),
+            cluster_id: cfg.cluster_id(),
+            name: "a".into(),
+        };
+        check_identity(&cfg, &meta, &members).expect("its own directory");
+        // The flags list the cluster as it is now: a member added, another moved.
+        let now = config(
+            "a",
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:9,d=http://127.0.0.1:4",
+        );
+        check_identity(&now, &meta, &members).expect("the same cluster, grown");
+        let err = check_identity(&config("b", abc), &meta, &members).unwrap_err();
+        assert!(err.to_string().contains("belongs to member"), "{err}");
+        let other = config("a", "a=http://127.0.0.1:7,x=http://127.0.0.1:8");
+        let err = check_identity(&other, &meta, &members).unwrap_err();
+        assert!(err.to_string().contains("belongs to cluster"), "{err}");
+        // A directory written before names and membership were stored is not refused.
+        let old = WalMetadata {
+            name: String::new(),
+            ..meta
+        };
+        let one = peerpb::Members::default();
+        check_identity(&cfg, &old, &one).expect("an old directory");
+    }
 
     #[test]
     fn a_starting_member_serves_once_entries_before_the_election_are_applied() {
