@@ -37,24 +37,63 @@ fn unb64(v: &Value) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// One request to the JSON gateway of `url`, bounded; `Err` when no answer was had.
-async fn call(http: &reqwest::Client, url: &str, path: &str, body: Value) -> Result<Value, String> {
-    let r = tokio::time::timeout(
+/// Why a request got no answer.
+enum Failure {
+    /// It certainly had no effect: the connection was refused, or the member answered that there
+    /// is no leader (raft-rs drops such a proposal before it enters the log).
+    NotApplied,
+    /// It may have taken effect (a timeout, a lost connection, any other error).
+    Unknown,
+}
+
+/// One request to the JSON gateway of `url`, bounded.
+async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    body: Value,
+) -> Result<Value, Failure> {
+    let r = match tokio::time::timeout(
         REQUEST_BOUND,
         http.post(format!("{url}{path}")).json(&body).send(),
     )
     .await
-    .map_err(|_| "timeout".to_string())?
-    .map_err(|e| e.to_string())?;
+    {
+        Err(_) => return Err(Failure::Unknown),
+        Ok(Err(e)) if e.is_connect() => return Err(Failure::NotApplied),
+        Ok(Err(_)) => return Err(Failure::Unknown),
+        Ok(Ok(r)) => r,
+    };
     let status = r.status();
-    let v: Value = tokio::time::timeout(REQUEST_BOUND, r.json())
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
+    let v: Value = match tokio::time::timeout(REQUEST_BOUND, r.json()).await {
+        Ok(Ok(v)) => v,
+        _ => return Err(Failure::Unknown),
+    };
     if !status.is_success() {
-        return Err(format!("{status}: {v}"));
+        let no_leader = v["error"].as_str() == Some("etcdserver: no leader");
+        return Err(if no_leader {
+            Failure::NotApplied
+        } else {
+            Failure::Unknown
+        });
     }
     Ok(v)
+}
+
+/// Records a failed write: left out when it certainly had no effect, indeterminate otherwise.
+/// Either way the client pauses briefly, so that an outage does not turn into a flood of requests.
+async fn failed_write(p: lincheck::Pending, why: Failure) -> bool {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    match why {
+        Failure::NotApplied => {
+            p.failed();
+            false
+        }
+        Failure::Unknown => {
+            p.unknown();
+            true
+        }
+    }
 }
 
 /// A small deterministic generator (xorshift), seeded per client.
@@ -102,7 +141,10 @@ async fn client(
                         done += 1;
                     }
                     // A read that failed changed nothing.
-                    Err(_) => p.unknown(),
+                    Err(_) => {
+                        p.failed();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
             }
             4..=6 => {
@@ -114,10 +156,7 @@ async fn client(
                         p.ok(Output::Ok);
                         done += 1;
                     }
-                    Err(_) => {
-                        p.unknown();
-                        unknown += 1;
-                    }
+                    Err(why) => unknown += usize::from(failed_write(p, why).await),
                 }
             }
             _ => {
@@ -152,10 +191,7 @@ async fn client(
                         p.ok(Output::Swapped(swapped));
                         done += 1;
                     }
-                    Err(_) => {
-                        p.unknown();
-                        unknown += 1;
-                    }
+                    Err(why) => unknown += usize::from(failed_write(p, why).await),
                 }
             }
         }
@@ -262,7 +298,7 @@ async fn histories_under_faults_are_linearizable() {
     );
     assert!(done > 100, "too few operations completed: {done}");
     assert!(!faults.is_empty(), "no fault was injected");
-    match check(&ops, 5_000_000) {
+    match check(&ops, lincheck::DEFAULT_BUDGET) {
         Verdict::Linearizable => {}
         Verdict::Violation { key, detail } => panic!("not linearizable on {key}:\n{detail}"),
         Verdict::Unknown { key } => panic!("the checker ran out of budget on {key}: no verdict"),

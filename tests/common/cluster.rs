@@ -28,6 +28,26 @@ use super::{bin, free_ports, read_log, tail};
 /// How long a cluster may take to elect a leader after a start or a fault.
 pub const ELECTION_BOUND: Duration = Duration::from_secs(20);
 
+/// Most clusters one test binary runs at once: each is three to five processes electing with 500 ms
+/// timeouts, and on two cores a dozen of them at once starve each other's heartbeats.
+const MAX_CLUSTERS: usize = 3;
+/// Clusters alive in this process.
+static RUNNING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Waits for a free cluster slot (bounded by the tests' own timeouts, not here).
+async fn take_slot() {
+    loop {
+        {
+            let mut n = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+            if *n < MAX_CLUSTERS {
+                *n += 1;
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One member: its ports, data directory and process.
 pub struct Member {
     pub name: String,
@@ -93,6 +113,10 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        {
+            let mut n = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+            *n = n.saturating_sub(1);
+        }
         let panicking = std::thread::panicking();
         for m in &mut self.members {
             if let Some(mut c) = m.child.take() {
@@ -113,20 +137,45 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// Boots `n` members with `extra` flags and waits until they agree on a leader.
+    ///
+    /// Ports are picked free and released before the members bind them, so another process (an
+    /// outgoing connection's ephemeral port, often) can take one in between; a start that fails
+    /// that way is retried on fresh ports, up to three times.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
-        let mut c = Cluster::new(n, extra);
-        for i in 0..n {
-            c.spawn(i);
+        take_slot().await;
+        let mut attempt = 1;
+        loop {
+            let mut c = Cluster::new_in_slot(n, extra);
+            for i in 0..n {
+                c.spawn(i);
+            }
+            let mut failed = None;
+            for i in 0..n {
+                if let Err(e) = c.try_wait_healthy(i).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                None => {
+                    c.wait_leader().await;
+                    return c;
+                }
+                Some(e) if attempt < 3 && e.contains("Address already in use") => {
+                    eprintln!("cluster start: a port was taken meanwhile; again on fresh ports");
+                    // Dropping `c` releases its slot: take one for the next attempt first.
+                    *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    drop(c);
+                    attempt += 1;
+                }
+                Some(e) => panic!("{e}"),
+            }
         }
-        for i in 0..n {
-            c.wait_healthy(i).await;
-        }
-        c.wait_leader().await;
-        c
     }
 
-    /// The cluster's members laid out (ports, directories), none started.
-    pub fn new(n: usize, extra: &[&str]) -> Cluster {
+    /// The cluster's members laid out (ports, directories), none started; holds a slot (see
+    /// [`MAX_CLUSTERS`]) taken by the caller.
+    fn new_in_slot(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir for the cluster");
         let faults = dir.path().join("peer-faults");
         std::fs::write(&faults, "").expect("fault file");
@@ -229,8 +278,16 @@ impl Cluster {
         m.paused = false;
     }
 
-    /// Waits until member `i` answers `/health` (any status: a member without a leader answers 503).
+    /// Waits until member `i` answers `/health` with 200.
     pub async fn wait_healthy(&mut self, i: usize) {
+        if let Err(e) = self.try_wait_healthy(i).await {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Cluster::wait_healthy`], with the failure as an error: the member exited, or was not
+    /// healthy within [`ELECTION_BOUND`].
+    async fn try_wait_healthy(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + ELECTION_BOUND;
         loop {
             {
@@ -238,22 +295,27 @@ impl Cluster {
                 if let Some(c) = m.child.as_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
                         m.child = None;
-                        panic!("member {} exited with {status}:\n{}", m.name, m.log_tail());
+                        return Err(format!(
+                            "member {} exited with {status}:\n{}",
+                            m.name,
+                            m.log_tail()
+                        ));
                     }
                 }
             }
             let url = format!("{}/health", self.members[i].rest_url());
             if let Ok(r) = self.http.get(&url).send().await {
                 if r.status().as_u16() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "member {} not healthy within {ELECTION_BOUND:?}:\n{}",
-                self.members[i].name,
-                self.members[i].log_tail()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "member {} not healthy within {ELECTION_BOUND:?}:\n{}",
+                    self.members[i].name,
+                    self.members[i].log_tail()
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -315,6 +315,13 @@ impl Pending {
         self.recorder.lock().push(op);
     }
 
+    /// The operation certainly did not take effect (the request never reached a server, or the
+    /// server refused it before proposing it): it is left out of the history. Use only where that
+    /// is certain; when in doubt, [`Pending::unknown`].
+    pub fn failed(mut self) {
+        self.op.take();
+    }
+
     /// The client got an error or a timeout: the operation may or may not take effect.
     pub fn unknown(mut self) {
         if let Some(op) = self.op.take() {
