@@ -520,8 +520,13 @@ impl RaftLoop {
         }
         let mut snapshot = self.apply_committed(rd.take_committed_entries())?;
 
-        // Persist before acknowledging: one write and one fsync for the whole batch.
-        if !rd.entries().is_empty() || rd.hs().is_some() {
+        // Persist before acknowledging: one write and one fsync for the whole batch. A Ready whose
+        // only change is the commit index need not be durable (raft-rs's `must_sync`, etcd's
+        // `MustSync`): a lost commit index is learned again from the leader, or, on a member
+        // alone, re-established at start (`Server::open`, `caught_up`). Such Readies, most of a
+        // leader's turns with peers (each append response that commits), are not written at all;
+        // the next written hard state carries the commit index.
+        if !rd.entries().is_empty() || rd.must_sync() {
             self.wal.save(rd.hs(), rd.entries())?;
             self.shared.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }

@@ -180,8 +180,10 @@ impl Cluster {
         let faults = dir.path().join("peer-faults");
         std::fs::write(&faults, "").expect("fault file");
         let mut members = Vec::new();
+        // All at once: ports picked in separate calls can repeat, as each call releases its own.
+        let all = free_ports(3 * n);
         for i in 0..n {
-            let ports = free_ports(3);
+            let ports = &all[3 * i..3 * i + 3];
             let name = format!("m{i}");
             members.push(Member {
                 data_dir: dir.path().join(format!("{name}.data")),
