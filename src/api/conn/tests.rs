@@ -58,7 +58,13 @@ async fn serve_limited(
         })
         .await;
     });
-    (h2_client(addr).await, stop_tx, served)
+    let client = h2_client(addr).await;
+    // One answered request first: the server's SETTINGS (its stream limit among them) come before
+    // any answer, so afterwards the client knows the limit. Without it a call sent right after the
+    // handshake could race the SETTINGS and be refused (REFUSED_STREAM) instead of held back.
+    let warm_up = send(&client, hyper::Request::post("http://localhost/warm-up")).await;
+    assert!(warm_up.is_ok(), "warm-up request failed: {warm_up:?}");
+    (client, stop_tx, served)
 }
 
 /// An HTTP/2 client connected to `addr`, its connection driven by a task of its own.
