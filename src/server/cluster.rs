@@ -289,11 +289,8 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let parsed: Vec<url::Url> = urls
-            .iter()
-            .filter_map(|u| url::Url::parse(u).ok())
-            .collect();
-        let id = crate::config::member_id(&parsed, &self.config().initial_cluster_token, Some(now));
+        // etcd's MemberAdd hashes the URLs and the time, with no cluster token.
+        let id = crate::config::member_id_of(&urls, "", Some(now));
         if members.members.iter().any(|m| m.id == id) || members.removed.contains(&id) {
             return Err(Error::MemberExists);
         }
