@@ -6,7 +6,8 @@
 //!   Raft needs no answer per message (replies travel the other way, on the other member's own
 //!   call), so one call per pair and direction is enough, and a message costs one HTTP/2 frame.
 //! - `Snapshot`: a snapshot of the whole state (the backend file) in 64 KiB chunks with a CRC-32C of the whole,
-//!   stored to a file before Raft sees the message that names it (see `server::snapshot`).
+//!   stored to a file before Raft sees the message that names it (installed by
+//!   `server::raft_loop`).
 //! - `Members`: the membership, for a member that joins with `--initial-cluster-state existing`.
 //! - `LeaseRenew`: a keep-alive that reached a follower, forwarded to the leader.
 //!
@@ -17,8 +18,8 @@
 //! finds the queue full or no call open is dropped and the peer reported unreachable to Raft, which
 //! then probes it instead of streaming appends at it; Raft retransmits whatever was lost. A slow or
 //! dead peer therefore costs the others nothing. Snapshots go on a task of their own, so a large one
-//! never holds up the small messages. (A task between the Raft thread and the call, batching on its
-//! own, cost one more thread wake-up per message; see docs/performance.md.)
+//! never holds up the small messages. No task sits between the Raft thread and the call: a message
+//! costs no thread wake-up before the HTTP/2 stack's own.
 //!
 //! **Receiving** decodes with prost only (see `convert`), refuses a batch from another cluster and
 //! messages no peer may send, and hands the rest to Raft through the node's channel.
@@ -104,7 +105,8 @@ pub struct PeerStats {
     pub sent_bytes: AtomicU64,
     /// Bytes received from the peer.
     pub received_bytes: AtomicU64,
-    /// Messages dropped because the peer's queue was full or its connection down.
+    /// Batches dropped because the peer's queue was full or its connection down (etcd's
+    /// `etcd_network_peer_sent_failures_total`).
     pub dropped: AtomicU64,
     /// Round trips of the `Members` probe to the peer (etcd's peer round trip time).
     pub round_trip: Histogram,
@@ -165,6 +167,11 @@ impl Transport {
             stats: Mutex::new(HashMap::new()),
             faults,
         })
+    }
+
+    /// The member this transport serves.
+    pub fn node(&self) -> &Arc<dyn Node> {
+        &self.node
     }
 
     /// The fault switch (shared with the receiving service).
@@ -319,7 +326,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Connects to the first of `urls` that answers.
-async fn connect(urls: &[String]) -> Option<PeerClient<tonic::transport::Channel>> {
+pub async fn connect(urls: &[String]) -> Option<PeerClient<tonic::transport::Channel>> {
     for url in urls {
         let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
             continue;

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
-use crate::peer::{convert, Faults, Node, PeerStats};
+use crate::peer::{convert, Transport};
 use crate::proto::peerpb;
 use crate::proto::peerpb::peer_server::{Peer, PeerServer};
 
@@ -19,29 +19,34 @@ const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
 /// Largest snapshot accepted: a backend over this is refused rather than written to disk.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
-/// The `Peer` service of one member.
+/// The `Peer` service of one member: the transport's receiving side, with its node and counters.
 pub struct PeerService {
-    node: Arc<dyn Node>,
-    faults: Arc<Faults>,
-    stats: Arc<dyn Fn(u64) -> Arc<PeerStats> + Send + Sync>,
+    transport: Arc<Transport>,
 }
 
 impl PeerService {
     fn check_cluster(&self, cluster_id: u64) -> std::result::Result<(), Status> {
-        if cluster_id != self.node.cluster_id() {
+        let ours = self.transport.node().cluster_id();
+        if cluster_id != ours {
             return Err(Status::failed_precondition(format!(
-                "cluster ID mismatch: this member is in cluster {:x}, the sender in {cluster_id:x}",
-                self.node.cluster_id()
+                "cluster ID mismatch: this member is in cluster {ours:x}, the sender in {cluster_id:x}"
             )));
         }
         Ok(())
     }
 
-    /// Whether a message from `from` is dropped: removed members, and the test switch.
-    fn refused(&self, from: u64) -> bool {
-        self.node.is_removed(from)
-            || self.faults.cut(from)
-            || self.faults.cut(self.node.member_id())
+    /// Whether messages from `from` are refused: a removed member (it is told so).
+    fn check_removed(&self, from: u64) -> std::result::Result<(), Status> {
+        if self.transport.node().is_removed(from) {
+            return Err(Status::failed_precondition(crate::peer::REMOVED));
+        }
+        Ok(())
+    }
+
+    /// Whether messages between `from` and this member are dropped by the test switch.
+    fn cut_off(&self, from: u64) -> bool {
+        let faults = self.transport.faults();
+        faults.cut(from) || faults.cut(self.transport.node().member_id())
     }
 }
 
@@ -52,27 +57,30 @@ impl Peer for PeerService {
         req: Request<Streaming<peerpb::Batch>>,
     ) -> std::result::Result<Response<peerpb::Ack>, Status> {
         let mut stream = req.into_inner();
+        let node = self.transport.node();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check_cluster(batch.cluster_id)?;
-            let size = prost::Message::encoded_len(&batch) as u64;
+            // Every message of a batch comes from the member that opened the call.
+            let Some(from) = batch.messages.first().map(|m| m.from) else {
+                continue;
+            };
+            self.check_removed(from)?;
+            if self.cut_off(from) {
+                continue;
+            }
+            self.transport.stats_of(from).received_bytes.fetch_add(
+                prost::Message::encoded_len(&batch) as u64,
+                Ordering::Relaxed,
+            );
             for m in batch.messages {
-                let from = m.from;
-                if self.node.is_removed(from) {
-                    return Err(Status::failed_precondition(crate::peer::REMOVED));
+                if m.from != from {
+                    return Err(Status::invalid_argument("a batch from several members"));
                 }
-                if self.refused(from) {
-                    continue;
-                }
-                (self.stats)(from)
-                    .received_bytes
-                    .fetch_add(size, Ordering::Relaxed);
                 match convert::from_wire(m) {
-                    Ok(msg) if msg.to == self.node.member_id() => self.node.step(msg),
+                    Ok(msg) if msg.to == node.member_id() => node.step(msg),
                     Ok(msg) => tracing::debug!(to = msg.to, "peer message for another member"),
-                    Err(e) => {
-                        return Err(Status::invalid_argument(e.to_string()));
-                    }
+                    Err(e) => return Err(Status::invalid_argument(e.to_string())),
                 }
             }
         }
@@ -96,13 +104,15 @@ impl Peer for PeerService {
         if msg.msg_type != raft::eraftpb::MessageType::MsgSnapshot || !msg.has_snapshot() {
             return Err(Status::invalid_argument("not a snapshot message"));
         }
-        if self.refused(msg.from) {
-            return Err(Status::unavailable("refused"));
+        self.check_removed(msg.from)?;
+        if self.cut_off(msg.from) {
+            return Err(Status::unavailable("cut off (test switch)"));
         }
         if first.total_bytes > MAX_SNAPSHOT_BYTES {
             return Err(Status::resource_exhausted("snapshot too large"));
         }
-        let dir = self.node.snapshot_dir();
+        let node = self.transport.node();
+        let dir = node.snapshot_dir();
         let path = dir.join(format!(
             "recv-{:016x}-{}.db",
             msg.get_snapshot().get_metadata().index,
@@ -113,7 +123,8 @@ impl Peer for PeerService {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(Status::data_loss(e.to_string()));
         }
-        (self.stats)(msg.from)
+        self.transport
+            .stats_of(msg.from)
             .received_bytes
             .fetch_add(first.total_bytes, Ordering::Relaxed);
         tracing::info!(
@@ -122,7 +133,7 @@ impl Peer for PeerService {
             bytes = first.total_bytes,
             "snapshot received"
         );
-        self.node.snapshot_received(msg, path);
+        node.snapshot_received(msg, path);
         Ok(Response::new(peerpb::Ack {}))
     }
 
@@ -130,7 +141,7 @@ impl Peer for PeerService {
         &self,
         _: Request<peerpb::MembersRequest>,
     ) -> std::result::Result<Response<peerpb::Members>, Status> {
-        Ok(Response::new(self.node.members()))
+        Ok(Response::new(self.transport.node().members()))
     }
 
     async fn learner_ready(
@@ -138,7 +149,8 @@ impl Peer for PeerService {
         req: Request<peerpb::LearnerReadyRequest>,
     ) -> std::result::Result<Response<peerpb::LearnerReadyResponse>, Status> {
         let answer = self
-            .node
+            .transport
+            .node()
             .learner_ready(req.into_inner().id)
             .await
             .unwrap_or(None);
@@ -153,7 +165,9 @@ impl Peer for PeerService {
         req: Request<peerpb::LeaseRenewRequest>,
     ) -> std::result::Result<Response<peerpb::LeaseRenewResponse>, Status> {
         let req = req.into_inner();
-        Ok(Response::new(self.node.lease_renew(req.id, req.peek)))
+        Ok(Response::new(
+            self.transport.node().lease_renew(req.id, req.peek),
+        ))
     }
 }
 
@@ -185,21 +199,14 @@ async fn receive_file(
     Ok(())
 }
 
-/// Serves the peer service on `addr` until `shutdown` resolves.
+/// Serves the peer service of `transport`'s member on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    node: Arc<dyn Node>,
-    transport: Arc<crate::peer::Transport>,
+    transport: Arc<Transport>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let faults = transport.faults().clone();
-    let weak = Arc::downgrade(&transport);
-    let svc = PeerService {
-        node,
-        faults,
-        stats: Arc::new(move |id| weak.upgrade().map(|t| t.stats_of(id)).unwrap_or_default()),
-    };
+    let svc = PeerService { transport };
     tracing::info!(addr = ?addr, "serving the peer API");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

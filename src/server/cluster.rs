@@ -81,9 +81,7 @@ impl crate::peer::Node for PeerNode {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let dir = self.snapshot_dir();
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!(
+        let path = self.snapshot_dir().join(format!(
             "send-{index:016x}-{}.db",
             SEND_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
@@ -92,9 +90,8 @@ impl crate::peer::Node for PeerNode {
     }
 
     fn snapshot_dir(&self) -> PathBuf {
-        let dir = self.data_dir.join("member").join("snap");
-        let _ = std::fs::create_dir_all(&dir);
-        dir
+        // Created at start (`Server::open`).
+        self.data_dir.join("member").join("snap")
     }
 
     fn snapshot_received(&self, mut msg: Message, path: PathBuf) {
@@ -171,14 +168,9 @@ pub fn join(config: &Config) -> Result<peerpb::Members> {
     let runtime = tokio::runtime::Handle::current();
     let members = runtime.block_on(async {
         for url in &others {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+            let Some(mut client) = crate::peer::connect(std::slice::from_ref(url)).await else {
                 continue;
             };
-            let ep = ep.connect_timeout(Duration::from_secs(2));
-            let Ok(ch) = ep.connect().await else {
-                continue;
-            };
-            let mut client = crate::proto::peerpb::peer_client::PeerClient::new(ch);
             if let Ok(resp) = client.members(peerpb::MembersRequest {}).await {
                 return Some(resp.into_inner());
             }
@@ -258,11 +250,7 @@ impl Server {
         let Some(transport) = self.shared().transport.get().cloned() else {
             return;
         };
-        let node = Arc::new(PeerNode {
-            shared: self.shared().clone(),
-            data_dir: self.config().data_dir.clone(),
-        });
-        if let Err(e) = crate::peer::service::serve(listener, node, transport, shutdown).await {
+        if let Err(e) = crate::peer::service::serve(listener, transport, shutdown).await {
             tracing::error!(error = %e, "the peer API stopped");
         }
     }

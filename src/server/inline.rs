@@ -1,12 +1,11 @@
 //! Proposals from a connection's task: held back while its calls run, then proposed together, in a
 //! Raft turn on the same thread when that is cheap.
 //!
-//! A put used to cross two threads: its connection's task sent the proposal to the Raft thread,
-//! which woke to run the turn and then woke the task again with the answer. On two vCPUs shared
-//! with the clients those two wake-ups are the dearest part of a put: a scratch build whose put
-//! handler only made that round trip to a thread that did nothing else ran put-64c 17-28 % slower
-//! than one that answered at once, nearly as slow as the real Raft path (docs/performance-archive.md,
-//! session 9).
+//! Sent to the Raft thread, a put crosses two threads: the connection's task wakes the Raft thread
+//! to run the turn, which wakes the task again with the answer. On two vCPUs shared with the
+//! clients those two wake-ups are the dearest part of a put (measured in
+//! docs/performance-archive.md); a turn run on the connection's own thread
+//! needs neither.
 //!
 //! So [`with_deferred_proposals`] wraps the part of a connection's poll that runs its calls
 //! (`api::conn`): the proposals they make are held on the thread ([`submit`]), and when the calls
@@ -104,6 +103,7 @@ fn propose(inner: &Inner, batch: Vec<Proposal>) {
             // No proposal may reach the Raft thread from now on: later ones are answered
             // `Stopped` at once, and the thread wakes to find the loop ended.
             inner
+                .shared
                 .raft_tx
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -126,7 +126,11 @@ fn send(inner: &Inner, batch: Vec<Proposal>) {
 /// Sends `batch` to the Raft thread, or gives it back if the thread is gone. Counted in
 /// `raft_queued` until the thread takes it, so that no turn on a connection's task overtakes it.
 fn try_send(inner: &Inner, batch: Vec<Proposal>) -> Result<(), Vec<Proposal>> {
-    let tx = inner.raft_tx.lock().unwrap_or_else(|p| p.into_inner());
+    let tx = inner
+        .shared
+        .raft_tx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let Some(tx) = tx.as_ref() else {
         return Err(batch);
     };

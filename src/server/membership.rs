@@ -82,10 +82,13 @@ impl Membership {
 
     /// The current membership.
     pub fn get(&self) -> peerpb::Members {
+        self.read().clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, peerpb::Members> {
         self.members
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 
     /// Replaces the membership (after a snapshot was installed).
@@ -98,17 +101,27 @@ impl Membership {
 
     /// The member `id`, if it is one.
     pub fn member(&self, id: u64) -> Option<peerpb::Member> {
-        self.get().members.into_iter().find(|m| m.id == id)
+        self.read().members.iter().find(|m| m.id == id).cloned()
     }
 
-    /// Whether `id` was removed from the cluster.
+    /// Whether `id` was removed from the cluster (asked for every message a peer sends: no copy).
     pub fn is_removed(&self, id: u64) -> bool {
-        self.get().removed.contains(&id)
+        self.read().removed.contains(&id)
     }
 
     /// Raft's configuration for this membership: (voters, learners).
     pub fn conf(&self) -> (Vec<u64>, Vec<u64>) {
-        conf_of(&self.get())
+        conf_of(&self.read())
+    }
+
+    /// Whether `id` is the only voter, with no learner; and whether it is a learner. The server
+    /// keeps both in flags its hot paths read (`Shared::solo`, `Shared::learner`).
+    pub fn roles_of(&self, id: u64) -> (bool, bool) {
+        let (voters, learners) = self.conf();
+        (
+            voters == [id] && learners.is_empty(),
+            learners.contains(&id),
+        )
     }
 
     /// Applies a configuration change of `member` and adds the record to `batch`.

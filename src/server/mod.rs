@@ -139,7 +139,8 @@ pub struct Shared {
     /// The cluster's members as applied here (see `membership.rs`).
     pub members: Membership,
     /// Whether this member is the cluster's only voter with no learner: then a turn may run on a
-    /// connection's task (`inline.rs`) and reads need no read index.
+    /// connection's task (`inline.rs`) and reads need no read index. Set from `members` by
+    /// [`Shared::refresh_roles`] whenever the membership changes.
     pub solo: AtomicBool,
     /// Set once this member applied its own removal.
     pub removed: AtomicBool,
@@ -152,13 +153,21 @@ pub struct Shared {
     pub reads: read::Reads,
     /// Proposals that failed (dropped, timed out).
     pub proposals_failed: AtomicU64,
-    /// The Raft thread's channel, for the peer transport (`None` once stopped).
+    /// Proposals and commands for the Raft thread, from every other thread (`None` once stopped:
+    /// nothing more reaches it).
     pub raft_tx: Mutex<Option<Sender<RaftMsg>>>,
     /// The peer transport.
     pub transport: std::sync::OnceLock<Arc<Transport>>,
 }
 
 impl Shared {
+    /// Sets `solo` and `learner` from the membership, after it changed.
+    pub(crate) fn refresh_roles(&self) {
+        let (solo, learner) = self.members.roles_of(self.member_id);
+        self.solo.store(solo, Ordering::Release);
+        self.learner.store(learner, Ordering::Release);
+    }
+
     /// Stops the node after a fatal error in `who` (the WAL or the backend could not be written):
     /// no new proposals, every waiter answered `Stopped`, and the reason kept for `/health`.
     fn fail(&self, who: &str, e: &Error) {
@@ -186,8 +195,6 @@ struct Inner {
     config: Config,
     /// State shared with the threads.
     shared: Arc<Shared>,
-    /// Proposals and commands for the Raft loop.
-    raft_tx: Mutex<Option<Sender<RaftMsg>>>,
     /// The Raft loop's state, shared with the Raft thread: connections' tasks run turns on it too.
     core: Arc<Mutex<RaftLoop>>,
     /// Tells the backend committer to stop.
@@ -267,7 +274,8 @@ impl Server {
 
     fn open(config: Config) -> Result<Server> {
         let member_dir = config.data_dir.join("member");
-        fs::create_dir_all(&member_dir)?;
+        // `snap` holds snapshots in transit between members.
+        fs::create_dir_all(member_dir.join("snap"))?;
         let lock = lock_data_dir(&config.data_dir)?;
 
         let wal_dir = member_dir.join("wal");
@@ -451,7 +459,8 @@ impl Server {
         raft_config.validate()?;
         let logger = slog::Logger::root(TracingDrain, slog::o!());
         let mut node = RawNode::new(&raft_config, storage, &logger)?;
-        let solo = raft_loop::is_solo(&node, meta.member_id);
+        let membership = Membership::new(members.clone());
+        let (solo, learner) = membership.roles_of(meta.member_id);
         if solo {
             // A single voter needs no election timeout: take leadership now.
             node.campaign()?;
@@ -482,15 +491,10 @@ impl Server {
             fatal_notify: tokio::sync::Notify::new(),
             closing: tokio::sync::watch::channel(false).0,
             alarms: alarm::AlarmStore::load(store.backend())?,
-            members: Membership::new(members.clone()),
+            members: membership,
             solo: AtomicBool::new(solo),
             removed: AtomicBool::new(false),
-            learner: AtomicBool::new(
-                members
-                    .members
-                    .iter()
-                    .any(|m| m.id == meta.member_id && m.is_learner),
-            ),
+            learner: AtomicBool::new(learner),
             leader_changes: AtomicU64::new(0),
             reads: read::Reads::default(),
             proposals_failed: AtomicU64::new(0),
@@ -502,7 +506,7 @@ impl Server {
             .store(commit_at_start, Ordering::Relaxed);
 
         let (raft_tx, raft_rx) = mpsc::channel();
-        *shared.raft_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(raft_tx.clone());
+        *shared.raft_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(raft_tx);
         let transport = Transport::new(
             Arc::new(cluster::PeerNode {
                 shared: shared.clone(),
@@ -564,7 +568,6 @@ impl Server {
             inner: Arc::new(Inner {
                 config,
                 shared,
-                raft_tx: Mutex::new(Some(raft_tx)),
                 core,
                 committer_stop: Mutex::new(Some(stop_tx)),
                 threads: Mutex::new(threads),
@@ -987,6 +990,7 @@ impl Inner {
         self.shared.stopped.store(true, Ordering::SeqCst);
         self.shared.closing.send_replace(true);
         if let Some(tx) = self
+            .shared
             .raft_tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -994,11 +998,6 @@ impl Inner {
         {
             let _ = tx.send(RaftMsg::Stop);
         }
-        self.shared
-            .raft_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         if let Some(t) = self.shared.transport.get() {
             t.stop();
         }

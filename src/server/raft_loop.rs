@@ -14,8 +14,8 @@
 //! round): when the mutex is free, the loop has not ended, and recent turns were short (a moving
 //! average under `--experimental-inline-turn-limit`, 100 µs by default). Handing a proposal to
 //! another thread and the answer back costs two wake-ups, and on two vCPUs shared with the clients
-//! those cost more than the turn itself: an echo thread that did no work at all took 17-28 % of
-//! put-64c's throughput (docs/performance-archive.md, session 9). A turn with a slow fsync (a disk that
+//! those cost more than the turn itself (docs/performance-archive.md has the measurements). A turn
+//! with a slow fsync (a disk that
 //! takes hundreds of microseconds) would hold up every other connection on that worker, so slow
 //! turns stay on the Raft thread; the average follows every turn, wherever it ran, so the choice
 //! adapts in both directions. Turns that can be told to be slow before they start are left to the
@@ -138,13 +138,6 @@ pub struct RaftLoop {
     pub unreachable: Vec<u64>,
     /// Read index requests to issue again after the turn (the leader changed).
     pub reissue_reads: bool,
-}
-
-/// Whether `node` is its cluster's only voter, with no learner: `id` alone.
-pub fn is_solo(node: &RawNode<MemStorage>, id: u64) -> bool {
-    let conf = node.raft.prs().conf();
-    let voters = conf.voters().ids();
-    voters.len() == 1 && voters.contains(id) && conf.learners().is_empty()
 }
 
 /// What [`RaftLoop::try_turn`] did with a batch.
@@ -651,19 +644,7 @@ impl RaftLoop {
             }
         };
         self.shared.applied_index.store(e.index, Ordering::Release);
-        self.shared.solo.store(
-            is_solo(&self.node, self.shared.member_id),
-            Ordering::Release,
-        );
-        self.shared.learner.store(
-            self.node
-                .raft
-                .prs()
-                .conf()
-                .learners()
-                .contains(&self.shared.member_id),
-            Ordering::Release,
-        );
+        self.shared.refresh_roles();
         if ctx.proposer == self.shared.member_id {
             self.shared.wait.trigger(ctx.waiter, result);
         }
@@ -698,10 +679,8 @@ impl RaftLoop {
             self.transport.add_peer(m.id, m.peer_urls.clone());
         }
         let (voters, learners) = membership::conf_of(&members);
-        shared
-            .learner
-            .store(learners.contains(&shared.member_id), Ordering::Release);
         shared.members.replace(members);
+        shared.refresh_roles();
         shared.hub.resync();
         let mut raft_snap = snap;
         raft_snap.data = Default::default();

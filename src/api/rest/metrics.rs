@@ -174,12 +174,18 @@ fn peers(out: &mut String, server: &Server) {
         &'static str,
         fn(&PeerStats) -> u64,
     );
-    let counters: [Counter; 2] = [
+    let counters: [Counter; 3] = [
         (
             "etcd_network_peer_sent_bytes_total",
             "To",
             "The total number of bytes sent to peers.",
             |p| p.sent_bytes.load(Relaxed),
+        ),
+        (
+            "etcd_network_peer_sent_failures_total",
+            "To",
+            "The total number of send failures to peers (batches dropped: queue full or not connected).",
+            |p| p.dropped.load(Relaxed),
         ),
         (
             "etcd_network_peer_received_bytes_total",
