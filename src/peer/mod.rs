@@ -5,7 +5,8 @@
 //! - `Stream`: a long-lived call from one member to another that carries batches of Raft messages.
 //!   Raft needs no answer per message (replies travel the other way, on the other member's own
 //!   call), so one call per pair and direction is enough, and a message costs one HTTP/2 frame.
-//! - `Snapshot`: a snapshot of the whole state (the backend file) in 64 KiB chunks with a CRC-32C of the whole,
+//! - `Snapshot`: a snapshot of the whole state (the backend file) in 64 KiB chunks, then a CRC-32C of
+//!   the whole,
 //!   stored to a file before Raft sees the message that names it (installed by
 //!   `server::raft_loop`).
 //! - `Members`: the membership, for a member that joins with `--initial-cluster-state existing`.
@@ -464,19 +465,15 @@ async fn snapshot_transfer(
         .await
         .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
     let remove = RemoveOnDrop(path.clone());
-    // One pass for the size and checksum, a second to send: a backend of any size is never held
-    // in memory, only a few chunks of it.
-    let sum_path = path.clone();
-    let (total, crc) = tokio::task::spawn_blocking(move || file_crc(&sum_path))
-        .await
-        .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
+    // Read once, chunk by chunk: a backend of any size is never held in memory. The checksum of
+    // the whole goes in a last chunk of its own.
+    let total = tokio::fs::metadata(&path).await?.len();
     let (tx, rx) = mpsc::channel::<peerpb::SnapshotChunk>(4);
     let first = peerpb::SnapshotChunk {
         cluster_id: node.cluster_id(),
         message: Some(convert::to_wire(msg)),
         total_bytes: total,
-        data: Vec::new(),
-        crc32c: crc,
+        ..Default::default()
     };
     if tx.send(first).await.is_err() {
         return Err(Error::Internal("snapshot stream closed".into()));
@@ -484,19 +481,25 @@ async fn snapshot_transfer(
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
         let _remove = remove;
         let mut file = std::fs::File::open(&path)?;
+        let mut crc = 0u32;
         loop {
             let mut buf = vec![0u8; SNAPSHOT_CHUNK];
             let n = read_full(&mut file, &mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.truncate(n);
-            let chunk = peerpb::SnapshotChunk {
-                data: buf,
-                ..Default::default()
+            let chunk = if n == 0 {
+                peerpb::SnapshotChunk {
+                    crc32c: crc,
+                    ..Default::default()
+                }
+            } else {
+                buf.truncate(n);
+                crc = crc32c::crc32c_append(crc, &buf);
+                peerpb::SnapshotChunk {
+                    data: buf,
+                    ..Default::default()
+                }
             };
-            if tx.blocking_send(chunk).is_err() {
-                return Ok(()); // the call ended; its error is reported below
+            if tx.blocking_send(chunk).is_err() || n == 0 {
+                return Ok(()); // sent, or the call ended (its error is reported below)
             }
         }
     });
@@ -513,21 +516,6 @@ async fn snapshot_transfer(
     sent?;
     stats.sent_bytes.fetch_add(total, Ordering::Relaxed);
     Ok(total)
-}
-
-/// The size and CRC-32C of a file, read in chunks.
-fn file_crc(path: &std::path::Path) -> Result<(u64, u32)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
-    let (mut total, mut crc) = (0u64, 0u32);
-    loop {
-        let n = read_full(&mut file, &mut buf)?;
-        if n == 0 {
-            return Ok((total, crc));
-        }
-        total += n as u64;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-    }
 }
 
 /// Fills `buf` from `file` as far as it goes; 0 at the end.

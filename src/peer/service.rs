@@ -118,7 +118,7 @@ impl Peer for PeerService {
             msg.get_snapshot().get_metadata().index,
             std::process::id()
         ));
-        let written = receive_file(&path, &mut stream, first.total_bytes, first.crc32c).await;
+        let written = receive_file(&path, &mut stream, first.total_bytes).await;
         if let Err(e) = written {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(Status::data_loss(e.to_string()));
@@ -171,16 +171,17 @@ impl Peer for PeerService {
     }
 }
 
-/// Writes the chunks to `path`, checks size and checksum, and syncs the file.
+/// Writes the chunks to `path`, checks the size and the checksum the last chunk carries, and syncs
+/// the file.
 async fn receive_file(
     path: &std::path::Path,
     stream: &mut Streaming<peerpb::SnapshotChunk>,
     total: u64,
-    crc: u32,
 ) -> Result<()> {
     let mut file = tokio::fs::File::create(path).await?;
     let mut got = 0u64;
     let mut sum = 0u32;
+    let mut expected = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|s| Error::Internal(format!("snapshot stream: {s}")))?;
         got += chunk.data.len() as u64;
@@ -189,10 +190,12 @@ async fn receive_file(
         }
         sum = crc32c::crc32c_append(sum, &chunk.data);
         file.write_all(&chunk.data).await?;
+        // Only the last chunk carries the checksum (a data chunk leaves it 0).
+        expected = Some(chunk.crc32c);
     }
-    if got != total || sum != crc {
+    if got != total || expected != Some(sum) {
         return Err(Error::Corrupt(format!(
-            "snapshot damaged in transit: {got} of {total} bytes, checksum {sum:08x} against {crc:08x}"
+            "snapshot damaged in transit: {got} of {total} bytes, checksum {sum:08x} against {expected:08x?}"
         )));
     }
     file.sync_all().await?;
