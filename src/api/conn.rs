@@ -16,9 +16,11 @@
 //! still gets a task of its own, as hyper would give it. KV calls also skip the axum router: they
 //! go to the KV service directly ([`Routes::kv`]).
 //!
-//! The proposals those inline calls make in one round are held until the round's calls have all
-//! run, then proposed together, and the Raft turn for them runs right here when the Raft loop
-//! allows it (`server::inline`): the next round then sends the replies, with no thread hand-off.
+//! Each round of those inline calls runs inside the listener's [`RoundScope`], a function the
+//! server hands in ([`Routes::round`]); this module knows nothing of what it does. (The server
+//! uses it to propose a round's writes together, and, on a member that is the only voter, to run
+//! their Raft turn on this thread, so that the next round sends the replies with no thread
+//! hand-off.)
 //!
 //! Not here: routing (the axum router this serves, apart from the KV shortcut) and TLS (the
 //! listener's job).
@@ -40,7 +42,6 @@ use hyper_util::server::conn::auto::Builder;
 use tower::ServiceExt;
 
 use crate::api::grpc::unary::{CallFuture, KvCalls, UnaryBody};
-use crate::server::inline::with_deferred_proposals;
 
 /// One HTTP/2 stream's future, as hyper hands it to its executor.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -104,6 +105,15 @@ pub fn runs_inline(path: &str) -> bool {
     )
 }
 
+/// Runs one round of a connection's inline calls (the closure polls them), with whatever the server
+/// wants around it; [`run_round`] runs them bare.
+pub type RoundScope = fn(&mut dyn FnMut());
+
+/// A [`RoundScope`] that adds nothing.
+pub fn run_round(calls: &mut dyn FnMut()) {
+    calls()
+}
+
 /// What a connection serves: an axum router, and the KV calls that skip it.
 #[derive(Clone)]
 pub struct Routes {
@@ -115,6 +125,8 @@ pub struct Routes {
     /// Most concurrent HTTP/2 streams a client may open on the connection
     /// (`--max-concurrent-streams`).
     pub max_concurrent_streams: u32,
+    /// What each round of inline calls runs inside.
+    pub round: RoundScope,
 }
 
 /// A reply from the lean path, as the connection's service returns it.
@@ -137,6 +149,7 @@ where
     };
     let marks = executor.next_inline.clone();
     let max_streams = routes.max_concurrent_streams;
+    let round = routes.round;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         // No CONNECT: nothing here tunnels, and a CONNECT answered 2xx would make hyper start an
         // upgrade task on whichever thread polls the stream, through this connection's executor.
@@ -179,10 +192,8 @@ where
             let new = std::mem::take(&mut *lock(&started));
             let mut progress = !new.is_empty();
             streams.extend(new);
-            // The proposals these calls make go to Raft together when they have all run, in a turn
-            // on this thread if the Raft loop allows (`server::inline`); the next round then sends
-            // the replies that turn answered.
-            with_deferred_proposals(|| {
+            // What the calls' scope did for them (answers included) is sent by the next round.
+            round(&mut || {
                 while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
                     progress = true;
                 }

@@ -36,6 +36,7 @@ pub async fn serve(
             router: rest::router(server.clone()),
             kv: None,
             max_concurrent_streams: server.config().max_concurrent_streams,
+            round: conn::run_round,
         },
     ));
     tracing::info!(addr = %rest_addr, "serving the REST API");
@@ -47,6 +48,7 @@ pub async fn serve(
                 router: client_router(server.clone()),
                 kv: Some(grpc::unary::KvCalls::new(server.clone())),
                 max_concurrent_streams: server.config().max_concurrent_streams,
+                round: server.call_round(),
             },
         ));
         tracing::info!(%addr, "serving the etcd v3 API (gRPC and JSON gateway)");

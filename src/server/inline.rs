@@ -48,6 +48,11 @@ pub fn with_deferred_proposals<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// [`with_deferred_proposals`] for one round of a connection's calls (`Server::call_round`).
+pub fn round(calls: &mut dyn FnMut()) {
+    with_deferred_proposals(calls)
+}
+
 /// Ends a holding scope, including when its calls panic: the flag is cleared, so later proposals on
 /// this thread are not held forever, and what is held is proposed. After a panic the batch goes to
 /// the Raft thread rather than running a turn during the unwind.

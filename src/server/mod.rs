@@ -32,7 +32,7 @@ pub mod alarm;
 pub mod apply;
 pub mod cluster;
 pub mod compactor;
-pub mod inline;
+mod inline;
 pub mod kv;
 pub mod maintenance;
 pub mod membership;
@@ -628,6 +628,18 @@ impl Server {
     }
 
     /// The configuration the server runs with.
+    /// What a connection runs each round of its calls inside: a scope that holds the proposals
+    /// they make and proposes them together when the round ends, in a Raft turn on the
+    /// connection's thread when this member is the only voter and turns are cheap (`inline.rs`).
+    /// With `--experimental-inline-turn-limit 0` the calls run bare.
+    pub fn call_round(&self) -> fn(&mut dyn FnMut()) {
+        if self.inner.config.inline_turn_limit.is_zero() {
+            |calls| calls()
+        } else {
+            inline::round
+        }
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }

@@ -52,6 +52,7 @@ async fn serve_limited(
             router,
             kv: None,
             max_concurrent_streams: max_streams,
+            round: crate::api::conn::run_round,
         };
         serve_connection(tcp, routes, async move {
             let _ = stop_rx.await;

@@ -144,6 +144,7 @@ async fn served() -> Served {
         router: crate::api::grpc::router(server.clone()),
         kv: Some(KvCalls::new(server.clone())),
         max_concurrent_streams: u32::MAX,
+        round: server.call_round(),
     };
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
