@@ -433,6 +433,39 @@ fn zero_sector_with_written_bytes_after_it_is_corrupt_not_torn() {
 }
 
 #[test]
+fn zeroed_record_in_the_middle_of_the_last_segment_is_corrupt_not_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, mid()).unwrap();
+    for i in 1..=20 {
+        wal.save(Some(&hs(1, 1, i)), &[entry(i, 1)]).unwrap();
+    }
+    drop(wal);
+    let seg = segments(&dir).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let offsets = record_offsets(&bytes);
+    assert!(offsets.len() > 30, "{offsets:?}");
+    // A whole record in the middle reads as zeros (a lost sector), with acknowledged records after.
+    let (victim, next) = (offsets[10], offsets[11]);
+    bytes[victim..next].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+
+    let text = corrupt_text(Wal::open(&dir, mid()).unwrap_err());
+    assert!(text.contains(&format!("byte offset {victim}:")), "{text}");
+    assert!(text.contains("with a record after them"), "{text}");
+    assert!(text.contains("repair"), "{text}");
+    // Nothing was cut: the records after the zeros are still in the file.
+    assert_eq!(fs::read(&seg).unwrap()[next..], bytes[next..]);
+
+    // Repair cuts there, keeping a copy, and the records before the zeros open.
+    let report = repair(&dir).unwrap().expect("something to repair");
+    assert_eq!(report.offset, victim as u64);
+    let (_wal, c) = Wal::open(&dir, mid()).unwrap();
+    assert!(!c.entries.is_empty());
+    assert_eq!(c.entries, entries(1..=c.entries.len() as u64, 1));
+}
+
+#[test]
 fn later_sector_of_a_write_whose_first_sector_was_lost_is_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");

@@ -322,15 +322,28 @@ fn read_segment(
     while off < bytes.len() {
         let here = off as u64;
         let (ty, data, crc, end) = match record::decode_frame(bytes, off) {
-            // Bytes after unused space in the last segment are a write whose first sector never
-            // reached the disk (a later one did): unacknowledged, so a torn tail. In an earlier
-            // segment, lost records there would break the next segment's crc chain.
-            Frame::Unused if last_segment && off > 0 && !all_zero(&bytes[off..]) => {
-                return Ok(Some((
-                    here,
-                    true,
-                    "non-zero bytes after an all-zero record header".to_string(),
-                )))
+            // Zeros where a record should start, then more bytes. If a whole record with an intact
+            // header follows, records were written after the zeros: the zeros are damage in the
+            // middle of the log, and cutting there could drop acknowledged entries. Otherwise the
+            // bytes are a write whose first sector never reached the disk (a later one did):
+            // unacknowledged, so a torn tail of the last segment. In an earlier segment, lost
+            // records there would break the next segment's crc chain.
+            Frame::Unused if off > 0 && !all_zero(&bytes[off..]) => {
+                if let Some(at) = record_after(bytes, off) {
+                    return Ok(Some((
+                        here,
+                        false,
+                        format!("zeroed bytes where a record should start, with a record after them at byte offset {at}"),
+                    )));
+                }
+                if last_segment {
+                    return Ok(Some((
+                        here,
+                        true,
+                        "non-zero bytes after an all-zero record header".to_string(),
+                    )));
+                }
+                break;
             }
             Frame::Unused => break,
             // A torn first record would leave an empty segment: that is damage, not a tail to cut.
@@ -422,6 +435,14 @@ fn read_segment(
         return Ok(Some((0, false, "segment holds no records".to_string())));
     }
     Ok(None)
+}
+
+/// The offset of the first whole record with an intact header (its header check passes) at an
+/// aligned offset after `from`, if any. A header check passes on random bytes once in 2^32.
+fn record_after(bytes: &[u8], from: usize) -> Option<usize> {
+    (from + record::ALIGN..bytes.len())
+        .step_by(record::ALIGN)
+        .find(|&at| matches!(record::decode_frame(bytes, at), Frame::Record { .. }))
 }
 
 fn all_zero(bytes: &[u8]) -> bool {
