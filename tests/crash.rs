@@ -227,6 +227,68 @@ async fn a_read_right_after_a_crash_restart_sees_the_last_acknowledged_put() {
     }
 }
 
+/// The metrics gauge `name` of `server`.
+async fn gauge(server: &Server, name: &str) -> i64 {
+    let text = reqwest::get(format!("{}/metrics", server.base_url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    common::parse_gauge(&text, name).unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Each run writes fewer entries than `--snapshot-count`, then is killed: the snapshot count must
+/// carry over from the WAL's last snapshot mark, or the log is never truncated and every start reads
+/// all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_count_from_the_last_snapshot_across_kill_9_restarts() {
+    const SNAPSHOT_COUNT: i64 = 50;
+    const PUTS_PER_RUN: i64 = 30;
+    const RUNS: i64 = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = SNAPSHOT_COUNT.to_string();
+    let mut server = Server::start(dir.path(), &["--snapshot-count", &count]).await;
+    for run in 0..RUNS {
+        let rest = server.rest();
+        for i in 0..PUTS_PER_RUN {
+            rest.put(&format!("k{}", i % 5), &format!("r{run}-{i}"))
+                .await;
+        }
+        // Let the backend commit (every 100 ms) catch up with the log, as it does in a long run:
+        // a start must not count from the backend's index.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.kill9();
+        server.restart().await;
+        let applied = gauge(&server, "etcd_server_proposals_applied_total").await;
+        let snapshot = gauge(&server, "mini_etcd_snapshot_index").await;
+        // Every run before this one wrote fewer than SNAPSHOT_COUNT entries; at most one
+        // snapshot's worth plus one run's entries (and the leaders' empty entries) are above the mark.
+        assert!(
+            applied - snapshot <= SNAPSHOT_COUNT + PUTS_PER_RUN + run + 2,
+            "run {run}: the log holds {} entries above the snapshot at {snapshot} (applied \
+             {applied}); snapshots did not count across restarts. Log:\n{}",
+            applied - snapshot,
+            server.log_tail()
+        );
+    }
+    let snapshot = gauge(&server, "mini_etcd_snapshot_index").await;
+    assert!(
+        snapshot >= RUNS * PUTS_PER_RUN - SNAPSHOT_COUNT - PUTS_PER_RUN,
+        "the last snapshot is at {snapshot}"
+    );
+    // Nothing was lost on the way: the last run's values are there.
+    let rest = server.rest();
+    for k in 0..5 {
+        let kv = rest.get(&format!("k{k}")).await.expect("key present");
+        assert!(
+            kv.value.starts_with(&format!("r{}-", RUNS - 1)),
+            "{}",
+            kv.value
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_wal_tail_is_cut_on_recovery() {
     let dir = tempfile::tempdir().expect("tempdir");

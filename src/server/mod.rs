@@ -523,7 +523,9 @@ impl Server {
 
         let applier = Applier {
             shared: shared.clone(),
-            snapshots: SnapshotPolicy::new(config.snapshot_count, snap.index.max(consistent_index)),
+            // Counted from the WAL's last snapshot mark, not from this start: a member that restarts
+            // more often than every `--snapshot-count` entries must still truncate its log.
+            snapshots: SnapshotPolicy::new(config.snapshot_count, snap.index),
         };
         let core = Arc::new(Mutex::new(RaftLoop {
             node,

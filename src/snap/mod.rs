@@ -15,7 +15,7 @@
 pub struct SnapshotPolicy {
     /// Entries between snapshots.
     count: u64,
-    /// The applied index of the last snapshot (or of the state at start).
+    /// The applied index of the last snapshot (at start, the WAL's last snapshot mark).
     last: u64,
 }
 
