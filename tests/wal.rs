@@ -12,7 +12,10 @@ use raft::eraftpb::{ConfState, Entry, HardState};
 const META: &[u8] = b"node=1;cluster=7";
 
 fn small() -> WalOptions {
-    WalOptions { segment_size: 512 }
+    WalOptions {
+        segment_size: 512,
+        ..WalOptions::default()
+    }
 }
 
 fn big() -> WalOptions {
@@ -198,6 +201,83 @@ fn overwritten_entries_are_truncated_on_read_and_in_memory() {
     assert_eq!(c.hard_state, hs(3, 3, 5));
 }
 
+fn retaining(from: u64) -> WalOptions {
+    WalOptions {
+        retain_from: from,
+        ..small()
+    }
+}
+
+#[test]
+fn open_keeps_only_entries_from_retain_from_and_names_the_one_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save(None, &entries(1..=100, 1)).unwrap();
+    drop(wal);
+
+    let (_wal, c) = Wal::open(&dir, retaining(60)).unwrap();
+    assert_eq!(c.entries, entries(60..=100, 1));
+    assert_eq!(c.before_retained, Some((59, 1)));
+    let (_wal, c) = Wal::open(&dir, retaining(0)).unwrap();
+    assert_eq!(c.entries, entries(1..=100, 1));
+    assert_eq!(c.before_retained, None);
+}
+
+#[test]
+fn truncations_below_and_across_retain_from_are_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save(None, &entries(1..=50, 1)).unwrap();
+    // A new leader replaces 40.. (below the window that will be kept) with its own entries.
+    wal.save(Some(&hs(2, 2, 39)), &entries(40..=70, 2)).unwrap();
+    drop(wal);
+
+    let (_wal, c) = Wal::open(&dir, retaining(45)).unwrap();
+    assert_eq!(c.entries, entries(45..=70, 2));
+    assert_eq!(c.before_retained, Some((44, 2)));
+    let (_wal, c) = Wal::open(&dir, retaining(30)).unwrap();
+    let mut want: Vec<(u64, u64)> = (30..=39).map(|i| (i, 1)).collect();
+    want.extend((40..=70).map(|i| (i, 2)));
+    assert_eq!(indexes(&c), want);
+    assert_eq!(c.before_retained, Some((29, 1)));
+}
+
+#[test]
+fn retain_from_past_the_end_keeps_nothing_and_appends_after_the_last_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save(None, &entries(1..=20, 1)).unwrap();
+    drop(wal);
+
+    let (mut wal, c) = Wal::open(&dir, retaining(1_000)).unwrap();
+    assert!(c.entries.is_empty());
+    assert_eq!(c.before_retained, Some((20, 1)));
+    wal.save(None, &entries(21..=25, 1)).unwrap();
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.entries, entries(1..=25, 1));
+}
+
+#[test]
+fn a_snapshot_mark_above_the_unretained_entries_forgets_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save(None, &entries(1..=30, 1)).unwrap();
+    wal.save_snapshot(&mark(25, 1)).unwrap();
+    drop(wal);
+
+    let (_wal, c) = Wal::open(&dir, retaining(20)).unwrap();
+    assert_eq!(c.entries, entries(26..=30, 1));
+    assert_eq!(c.before_retained, None);
+    let (_wal, c) = Wal::open(&dir, retaining(28)).unwrap();
+    assert_eq!(c.entries, entries(28..=30, 1));
+    assert_eq!(c.before_retained, Some((27, 1)));
+}
+
 #[test]
 fn release_to_removes_only_wholly_below_segments() {
     let tmp = tempfile::tempdir().unwrap();
@@ -317,6 +397,7 @@ fn zero_filled_tail_is_unused_space() {
 fn mid() -> WalOptions {
     WalOptions {
         segment_size: 64 * 1024,
+        ..WalOptions::default()
     }
 }
 

@@ -298,7 +298,16 @@ impl Server {
             );
         }
         let (wal, contents, meta, members) = if Wal::exists(&wal_dir) {
-            let (wal, contents) = Wal::open(&wal_dir, WalOptions::default())?;
+            // Only the catch-up window behind the applied index is kept in memory (see
+            // `raft_loop.rs`); the older entries are checked as they are read, then dropped.
+            let options = WalOptions {
+                retain_from: raft_loop::catch_up_start(
+                    store.consistent_index(),
+                    config.snapshot_catchup_entries,
+                ),
+                ..WalOptions::default()
+            };
+            let (wal, contents) = Wal::open(&wal_dir, options)?;
             if let Some((file, offset)) = &contents.repaired_tail {
                 tracing::warn!(file = %file.display(), offset, "cut a torn WAL tail");
             }
@@ -365,17 +374,17 @@ impl Server {
 
         let (mut wal, mut contents) = (wal, contents);
         let consistent_index = store.consistent_index();
-        let last_wal_index = contents
+        let last_entry = contents
             .entries
             .last()
-            .map_or(contents.snapshot.index, |e| e.index);
+            .map(|e| (e.index, e.term))
+            .or(contents.before_retained);
+        let last_wal_index = last_entry.map_or(contents.snapshot.index, |(index, _)| index);
         if consistent_index > last_wal_index {
             // Only after `mini-etcd repair` cut entries the backend had already applied: the backend
             // is then the newest state there is, so it becomes the snapshot the log restarts from.
-            let term = contents
-                .entries
-                .last()
-                .map_or(contents.snapshot.term, |e| e.term)
+            let term = last_entry
+                .map_or(contents.snapshot.term, |(_, term)| term)
                 .max(contents.hard_state.term);
             tracing::warn!(
                 consistent_index,
@@ -389,6 +398,7 @@ impl Server {
             };
             wal.save_snapshot(&mark)?;
             contents.entries.clear();
+            contents.before_retained = None;
             contents.snapshot = mark;
         }
         let entries = std::mem::take(&mut contents.entries);
@@ -413,7 +423,9 @@ impl Server {
                 entries.split_at(entries.iter().take_while(|e| e.index < keep_from).count());
             let base = older
                 .last()
-                .map_or((snap.index, snap.term), |e| (e.index, e.term));
+                .map(|e| (e.index, e.term))
+                .or(contents.before_retained)
+                .unwrap_or((snap.index, snap.term));
             // Raft's configuration is the membership's at the backend's consistent index (see
             // `membership.rs`); entries after it that change it are applied again.
             let (voters, learners) = membership::conf_of(&members);
@@ -427,7 +439,11 @@ impl Server {
             }
             core.set_conf_state(conf_state);
             core.append(kept)?;
-            let last_index = entries.last().map_or(snap.index, |e| e.index);
+            let last_index = entries
+                .last()
+                .map(|e| e.index)
+                .or(contents.before_retained.map(|(index, _)| index))
+                .unwrap_or(snap.index);
             let mut hs = contents.hard_state.clone();
             // The commit index in the WAL may lag what was applied (it is persisted with the next
             // Ready); anything the backend applied was committed.

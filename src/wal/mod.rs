@@ -145,12 +145,17 @@ pub struct WalOptions {
     /// A segment is cut once a write leaves it larger than this many bytes, and each new segment is
     /// preallocated to this size. Small values are for tests.
     pub segment_size: u64,
+    /// [`Wal::open`] keeps in memory only the entries from this index on: older ones are read and
+    /// checked but not kept, so a start holds no more of the log than its replay needs
+    /// ([`WalContents::before_retained`] names the last of them).
+    pub retain_from: u64,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_size: 64 * 1024 * 1024,
+            retain_from: 0,
         }
     }
 }
@@ -176,8 +181,12 @@ pub struct WalContents {
     pub hard_state: HardState,
     /// The latest snapshot mark (index 0 if none was saved).
     pub snapshot: SnapshotMark,
-    /// Every entry with index above `snapshot.index`, in order, with Raft's truncations applied.
+    /// Every entry with index above `snapshot.index` and at or above [`WalOptions::retain_from`], in
+    /// order, with Raft's truncations applied.
     pub entries: Vec<Entry>,
+    /// Index and term of the last entry above the snapshot that is below `retain_from`, so not in
+    /// `entries`: the entry just before `entries`, or the log's last if `entries` is empty.
+    pub before_retained: Option<(u64, u64)>,
     /// A torn tail that was cut off: the file and the offset it was truncated at.
     pub repaired_tail: Option<(PathBuf, u64)>,
 }
@@ -261,7 +270,7 @@ impl Wal {
     /// [`Error::Corrupt`], naming the file and offset and how to repair.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, WalContents)> {
         segment::remove_tmp_files(dir)?;
-        let scan = segment::scan(dir)?;
+        let mut scan = segment::scan(dir, opts.retain_from)?;
         let mut repaired_tail = None;
         if let Some(stop) = &scan.stop {
             let path = &scan.segments[stop.segment].path;
@@ -300,11 +309,13 @@ impl Wal {
         if repaired_tail.is_some() || file.metadata()?.len() != len_before {
             file.sync_all()?;
         }
+        let last_index = scan.replay.last_index();
         let contents = WalContents {
             metadata: metadata.clone(),
             hard_state: scan.replay.hard_state.clone(),
             snapshot: scan.replay.snapshot.clone(),
-            entries: scan.replay.entries.clone(),
+            entries: std::mem::take(&mut scan.replay.entries),
+            before_retained: scan.replay.before_retained,
             repaired_tail,
         };
         tracing::info!(
@@ -317,7 +328,7 @@ impl Wal {
         let wal = Wal {
             dir: dir.to_path_buf(),
             opts,
-            last_index: scan.replay.last_index(),
+            last_index,
             segments: scan.segments,
             file,
             offset: scan.end,

@@ -27,7 +27,8 @@ pub struct RepairReport {
 /// `.broken` files. Returns `None` when there was nothing to repair.
 pub fn repair(dir: &Path) -> Result<Option<RepairReport>> {
     segment::remove_tmp_files(dir)?;
-    let scan = segment::scan(dir)?;
+    // Only where the damage is matters here: no entry is kept in memory.
+    let scan = segment::scan(dir, u64::MAX)?;
     let Some(stop) = scan.stop else {
         return Ok(None);
     };

@@ -190,8 +190,12 @@ pub(crate) struct Replay {
     pub hard_state: HardState,
     /// The last snapshot mark read.
     pub snapshot: SnapshotMark,
-    /// Live entries above the snapshot mark, contiguous and ascending.
+    /// Live entries above the snapshot mark and at or above `retain_from`, contiguous and ascending.
     pub entries: Vec<Entry>,
+    /// Entries below this index are checked but not kept.
+    pub retain_from: u64,
+    /// Index and term of the last live entry above the mark and below `retain_from`.
+    pub before_retained: Option<(u64, u64)>,
 }
 
 impl Replay {
@@ -215,6 +219,9 @@ impl Replay {
                 }
                 let keep_from = self.entries.partition_point(|e| e.index <= s.index);
                 self.entries.drain(..keep_from);
+                if self.before_retained.is_some_and(|(i, _)| i <= s.index) {
+                    self.before_retained = None;
+                }
                 self.snapshot = s;
             }
             Record::Entry(e) => {
@@ -222,14 +229,24 @@ impl Replay {
                     // Already covered by the snapshot: a segment cut before the mark can start below it.
                     return Ok(());
                 }
-                if let (Some(first), Some(last)) = (self.entries.first(), self.entries.last()) {
-                    let (first, last) = (first.index, last.index);
-                    if e.index > last + 1 {
-                        return Err(format!(
-                            "entry {} does not follow entry {last}: the log has a gap",
-                            e.index
-                        ));
-                    }
+                let last = self
+                    .entries
+                    .last()
+                    .map(|e| e.index)
+                    .or(self.before_retained.map(|(i, _)| i));
+                if let Some(last) = last.filter(|&last| e.index > last + 1) {
+                    return Err(format!(
+                        "entry {} does not follow entry {last}: the log has a gap",
+                        e.index
+                    ));
+                }
+                if e.index < self.retain_from {
+                    // Raft truncated its log below the retained window: all of it is replaced.
+                    self.entries.clear();
+                    self.before_retained = Some((e.index, e.term));
+                    return Ok(());
+                }
+                if let Some(first) = self.entries.first().map(|e| e.index) {
                     // Raft truncated its log: everything from this index on is replaced.
                     let keep = e.index.saturating_sub(first) as usize;
                     self.entries.truncate(keep);
@@ -244,7 +261,9 @@ impl Replay {
     pub fn last_index(&self) -> u64 {
         self.entries
             .last()
-            .map_or(self.snapshot.index, |e| e.index)
+            .map(|e| e.index)
+            .or(self.before_retained.map(|(i, _)| i))
+            .unwrap_or(self.snapshot.index)
             .max(self.snapshot.index)
     }
 }
@@ -264,9 +283,9 @@ pub(crate) struct Scan {
     pub stop: Option<Stop>,
 }
 
-/// Reads every segment of `dir` in order. Damage is reported in [`Scan::stop`], never as an error;
-/// errors are I/O failures (or no segment at all).
-pub(crate) fn scan(dir: &Path) -> Result<Scan> {
+/// Reads every segment of `dir` in order, keeping the entries from `retain_from` on. Damage is
+/// reported in [`Scan::stop`], never as an error; errors are I/O failures (or no segment at all).
+pub(crate) fn scan(dir: &Path, retain_from: u64) -> Result<Scan> {
     let segments = list(dir)?;
     if segments.is_empty() {
         return Err(Error::Io(std::io::Error::new(
@@ -276,7 +295,10 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan> {
     }
     let mut scan = Scan {
         segments,
-        replay: Replay::default(),
+        replay: Replay {
+            retain_from,
+            ..Replay::default()
+        },
         last_crc: 0,
         end: 0,
         stop: None,
