@@ -172,6 +172,12 @@ pub struct ServerArgs {
     /// Log level: debug, info, warn or error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     pub log_level: String,
+    /// Log line format: json (etcd's default) or text (also etcd's name, console).
+    #[arg(long, env = "ETCD_LOG_FORMAT", default_value = "json", value_parser = ["json", "text", "console"])]
+    pub log_format: String,
+    /// Where logs go, comma-separated: stderr (or default), stdout, or file paths.
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
 }
 
 /// A validated server configuration.

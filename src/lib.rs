@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod histogram;
 pub mod lease;
+pub mod logging;
 pub mod mvcc;
 pub mod peer;
 pub mod proto;

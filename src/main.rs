@@ -15,14 +15,19 @@ use mini_etcd::server::Server;
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    let level = cli.server.log_level.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MINI_ETCD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let logging = mini_etcd::logging::Format::parse(&cli.server.log_format).and_then(|format| {
+        Ok((
+            format,
+            mini_etcd::logging::Outputs::parse(&cli.server.log_outputs)?,
+        ))
+    });
+    match logging {
+        Ok((format, outputs)) => mini_etcd::logging::init(&cli.server.log_level, format, outputs),
+        Err(e) => {
+            eprintln!("mini-etcd: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     if let Some(Command::Bench(args)) = &cli.command {
         return mini_etcd::bench::main(args);

@@ -88,3 +88,64 @@ fn flags_win_over_the_environment() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bogus"), "{}", stderr(&o));
 }
+
+/// A start that logs a few lines, then fails (its REST port is taken); returns its stderr.
+fn failed_start_log(extra: &[&str]) -> String {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let rest = format!("http://{}", taken.local_addr().expect("addr"));
+    let mut args = vec![
+        "--listen-rest-url",
+        &rest,
+        "--listen-client-urls",
+        "http://127.0.0.1:0",
+        "--listen-peer-urls",
+        "http://127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args, &[]);
+    assert!(
+        !o.status.success(),
+        "started on a taken port: {}",
+        stderr(&o)
+    );
+    stderr(&o)
+}
+
+#[test]
+fn logs_are_json_lines_by_default_and_text_without_colour_off_a_terminal() {
+    let json = failed_start_log(&[]);
+    let first = json.lines().next().expect("a log line");
+    let line: serde_json::Value =
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("not a JSON line ({e}): {first}"));
+    assert_eq!(line["level"], "INFO", "{first}");
+    assert!(line["message"].is_string(), "{first}");
+
+    let text = failed_start_log(&["--log-format", "text"]);
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in a log that is not a terminal:\n{text}"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap_or("")).is_err());
+}
+
+#[test]
+fn log_outputs_write_every_line_to_each_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let outputs = format!("{},{}", a.display(), b.display());
+    let stderr_text = failed_start_log(&["--log-outputs", &outputs]);
+    let a_text = std::fs::read_to_string(&a).expect("first log file");
+    assert!(a_text.contains("backend opened"), "{a_text}");
+    assert_eq!(
+        a_text,
+        std::fs::read_to_string(&b).expect("second log file")
+    );
+    assert!(!stderr_text.contains("backend opened"), "{stderr_text}");
+    let o = run(&["--log-outputs", "/no/such/dir/x.log"], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--log-outputs"), "{}", stderr(&o));
+    let o = run(&["--log-format", "xml"], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--log-format"), "{}", stderr(&o));
+}

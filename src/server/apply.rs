@@ -167,15 +167,7 @@ impl Applier {
                     store.prune(req.revision)?;
                     store.commit_backend()?;
                 } else {
-                    let (store, rev) = (store.clone(), req.revision);
-                    std::thread::Builder::new()
-                        .name("compaction".into())
-                        .spawn(move || {
-                            if let Err(e) = store.prune(rev) {
-                                // Finished by the next start; reads are unaffected meanwhile.
-                                tracing::error!(rev, error = %e, "compaction prune failed");
-                            }
-                        })?;
+                    self.shared.pruner.request(req.revision);
                 }
                 Ok(ApplyResult::Compaction(CompactionResponse {
                     header: header(store.current_revision()),

@@ -32,10 +32,12 @@ pub mod alarm;
 pub mod apply;
 pub mod cluster;
 pub mod compactor;
+pub mod fault;
 mod inline;
 pub mod kv;
 pub mod maintenance;
 pub mod membership;
+pub mod pruner;
 pub mod raft_loop;
 pub mod read;
 pub mod request;
@@ -93,6 +95,8 @@ pub struct Shared {
     pub hub: Arc<WatchHub>,
     /// Leases: granted and revoked by the apply step, renewed and expired by the leader.
     pub lessor: Arc<Lessor>,
+    /// Drops compacted revisions on its own thread.
+    pub pruner: Arc<pruner::Pruner>,
     /// Parked proposers.
     pub wait: Wait,
     /// This member's id.
@@ -516,6 +520,7 @@ impl Server {
             proposals_failed: AtomicU64::new(0),
             raft_tx: Mutex::new(None),
             transport: std::sync::OnceLock::new(),
+            pruner: Arc::default(),
         });
         shared
             .committed_index
@@ -563,11 +568,20 @@ impl Server {
             RaftLoop::run(thread_core, raft_rx)
         })?);
 
+        let (pruner, pruner_store) = (shared.pruner.clone(), store.clone());
+        threads.push(spawn_named("compaction", shared.clone(), move || {
+            pruner.run(pruner_store);
+            Ok(())
+        })?);
+
         let committer_store = store.clone();
         threads.push(spawn_named("backend-commit", shared.clone(), move || {
             loop {
                 match stop_rx.recv_timeout(BACKEND_COMMIT_INTERVAL) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => committer_store.commit_backend()?,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        fault::panic_point("backend-commit");
+                        committer_store.commit_backend()?
+                    }
                     _ => return Ok(()),
                 }
             }
@@ -1031,6 +1045,7 @@ impl Inner {
         if let Some(t) = self.shared.transport.get() {
             t.stop();
         }
+        self.shared.pruner.stop();
         if let Some(tx) = self
             .committer_stop
             .lock()
@@ -1099,8 +1114,8 @@ applied!(
     Alarm => crate::proto::etcdserverpb::AlarmResponse,
 );
 
-/// Spawns a server thread whose error stops the node: it is recorded as fatal and everyone waiting is
-/// told the server stopped.
+/// Spawns a core thread whose error or panic stops the node: it is recorded as fatal (so `/health`
+/// turns false and the process exits non-zero) and everyone waiting is told the server stopped.
 fn spawn_named(
     name: &str,
     shared: Arc<Shared>,
@@ -1109,11 +1124,20 @@ fn spawn_named(
     let thread_name = name.to_string();
     Ok(std::thread::Builder::new()
         .name(thread_name.clone())
-        .spawn(move || {
-            if let Err(e) = f() {
-                shared.fail(&thread_name, &e);
-            }
-        })?)
+        .spawn(
+            move || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => shared.fail(&thread_name, &e),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic with no message".to_string());
+                    shared.fail(&thread_name, &Error::Internal(format!("panicked: {what}")));
+                }
+            },
+        )?)
 }
 
 /// Refuses a data directory that belongs to another member: its WAL names another member than

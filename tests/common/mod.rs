@@ -145,6 +145,10 @@ pub async fn run_cli(args: &[&str], bound: Duration) -> (ExitStatus, String) {
 }
 
 fn spawn_logged(args: &[&str], log: &Path) -> Child {
+    spawn_logged_with_env(args, log, &[])
+}
+
+fn spawn_logged_with_env(args: &[&str], log: &Path, env: &[(String, String)]) -> Child {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -154,6 +158,7 @@ fn spawn_logged(args: &[&str], log: &Path) -> Child {
     let bin = reference_etcd().unwrap_or_else(bin);
     Command::new(&bin)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -181,11 +186,18 @@ pub struct Server {
     log: PathBuf,
     /// How many times this server has been started; names the log files.
     starts: u32,
+    /// Environment variables set for the process (test switches), on every restart.
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts a server on `data_dir` with `extra` flags and waits until `/health` answers 200.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[]).await
+    }
+
+    /// [`Server::start`] with `env` set for the process on every start.
+    pub async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         raise_nofile_limit();
         let mut server = Server {
             child: None,
@@ -197,6 +209,10 @@ impl Server {
             log_dir: tempfile::tempdir().expect("tempdir for logs"),
             log: PathBuf::new(),
             starts: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn();
         server.wait_healthy().await;
@@ -267,7 +283,7 @@ impl Server {
             .join(format!("server-{}.log", self.starts));
         let args = self.args_with_ports(ports[0], ports[1], ports[2]);
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        self.child = Some(spawn_logged(&args, &self.log));
+        self.child = Some(spawn_logged_with_env(&args, &self.log, &self.env));
     }
 
     async fn wait_healthy(&mut self) {
@@ -382,6 +398,19 @@ impl Server {
         );
         self.spawn();
         self.wait_healthy().await;
+    }
+
+    /// Waits (bounded by [`EXIT_BOUND`]) for the running process to exit on its own; returns its
+    /// status and the log of this incarnation. Panics if it is still running after the bound.
+    pub async fn wait_for_exit(&mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("server is not running");
+        match wait_exit(&mut child, EXIT_BOUND).await {
+            Some(status) => (status, read_log(&self.log)),
+            None => panic!(
+                "mini-etcd was still running {EXIT_BOUND:?} after it should have stopped; log:\n{}",
+                self.log_tail()
+            ),
+        }
     }
 
     /// Starts the server on the same data directory expecting it to fail. Returns its exit status and output.
