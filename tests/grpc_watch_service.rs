@@ -837,3 +837,43 @@ async fn progress_notify_reports_the_revision_to_idle_watches() {
     }
     serving.abort();
 }
+
+/// A watch from an old revision with a progress request right behind it: the progress response
+/// never reports a revision at or past an event the stream has not sent yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_never_runs_ahead_of_a_watch_being_caught_up() {
+    let (_dir, server) = fresh(&[]).await;
+    let mut c = Clients::connect(&server.client_url()).await;
+    for i in 0..3000 {
+        c.put(&format!("other/{}", i % 50), b"x").await;
+    }
+    let status = c.put("status", b"up").await;
+    for attempt in 0..5 {
+        let mut s = c.stream().await;
+        s.watch(WatchCreateRequest {
+            start_revision: 2,
+            ..key_watch("status")
+        })
+        .await;
+        s.progress().await;
+        let mut delivered = false;
+        loop {
+            let r = s.next().await;
+            if r.watch_id == -1 {
+                let reported = r.header.expect("header").revision;
+                assert!(
+                    delivered || reported < status,
+                    "attempt {attempt}: progress at {reported} before the event at {status} was sent"
+                );
+                break;
+            }
+            assert!(
+                r.events
+                    .iter()
+                    .all(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision == status)),
+                "{r:?}"
+            );
+            delivered = true;
+        }
+    }
+}

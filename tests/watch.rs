@@ -459,3 +459,65 @@ async fn sse_stream_delivers_events_in_order() {
     )
     .await;
 }
+
+/// Writes `n` revisions on `other/*` keys, 16 at a time.
+async fn write_many(rest: &common::Rest, n: usize) {
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| async move {
+            rest.put(&format!("other/{}", i % 50), "x").await;
+        })
+        .await;
+}
+
+/// The issue's scenario: after many writes, a watch from an old revision polled with `timeout=0`
+/// must not answer 204 with a revision at or past an event it has not delivered; a client that
+/// re-polls from the reported revision + 1, as the README says, gets the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_never_reports_a_revision_past_an_undelivered_event() {
+    let (_dir, server) = fresh().await;
+    let rest = server.rest();
+    write_many(&rest, 3000).await;
+    let status = rest.put("status", "up").await;
+    for attempt in 0..5 {
+        let mut rev = 3;
+        let mut polls = 0;
+        loop {
+            let r = rest
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/watch?key=status&rev={rev}&timeout=0"),
+                    None,
+                )
+                .await;
+            if r.status == 200 {
+                let evs = events(&r);
+                assert!(
+                    evs.iter().any(|e| as_i64(e, "mod_revision") == status),
+                    "attempt {attempt}: 200 without the event at {status}: {}",
+                    r.body
+                );
+                assert!(as_i64(&r.json(), "revision") >= status, "{}", r.body);
+                break;
+            }
+            assert_eq!(r.status, 204, "attempt {attempt}: {}", r.body);
+            let reported: i64 = r
+                .headers
+                .get("X-Etcd-Revision")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .expect("X-Etcd-Revision on a 204");
+            assert!(
+                reported < status,
+                "attempt {attempt}: 204 with X-Etcd-Revision {reported}, but the event at \
+                 {status} was never delivered"
+            );
+            assert!(
+                reported >= rev - 1,
+                "progress went back: {reported} < {rev} - 1"
+            );
+            rev = reported + 1;
+            polls += 1;
+            assert!(polls < 10_000, "the event never arrived");
+        }
+    }
+}

@@ -283,6 +283,9 @@ impl WatchHub {
             // A future start is synced at once; `next_revision` holds back the revisions below it.
             (req.start_revision, req.start_revision > head)
         };
+        shared
+            .forwarded
+            .store(next_revision.min(head + 1) - 1, Ordering::SeqCst);
         st.watchers.insert(
             id,
             Entry {
@@ -441,6 +444,24 @@ impl WatchHub {
     }
 
     /// Forgets a watcher; called when its [`Watcher`] is dropped.
+    /// The hub's part of [`super::Progress::revision`]: if nothing of watcher `id` is in its
+    /// channel or handed out and unreported, the revision up to which it has been sent everything
+    /// (`notified_revision` when synced, the revision before `next_revision` when being caught up);
+    /// `None` otherwise, or when the watcher is gone. Under the lock, so no batch is queued meanwhile.
+    pub(super) fn progress(&self, id: WatchId, shared: &Shared) -> Option<i64> {
+        let st = self.lock();
+        let entry = st.watchers.get(&id)?;
+        // `queued` first: the reader marks a batch outstanding before it lowers the count.
+        if shared.queued.load(Ordering::SeqCst) != 0 || shared.outstanding.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(if st.unsynced.contains(&id) {
+            entry.next_revision - 1
+        } else {
+            st.notified_revision
+        })
+    }
+
     pub(super) fn unregister(&self, id: WatchId) {
         self.lock().remove(id);
         tracing::debug!(watch_id = %id, "watch cancelled");

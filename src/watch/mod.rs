@@ -105,7 +105,7 @@ mod watcher;
 mod tests;
 
 pub use hub::{WatchConfig, WatchHub};
-pub use watcher::Watcher;
+pub use watcher::{Progress, Watcher};
 
 pub use crate::mvcc::{Event, EventKind, History, KeyValue};
 

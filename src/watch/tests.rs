@@ -731,3 +731,50 @@ async fn merging_stops_at_the_byte_limit_and_never_splits_or_overruns() {
     assert_eq!(keys(&pair.events), ["c", "d"]);
     assert_eq!(revs(&pair.events), [8, 8]);
 }
+
+/// Progress is never ahead of what was delivered: a watch being caught up from history reports
+/// where its catch-up stands, not the store's head (a client resuming after it would skip events).
+#[tokio::test]
+async fn progress_of_a_watch_behind_stays_below_its_undelivered_events() {
+    let f = Fixture::with_config(WatchConfig {
+        max_catch_up_revisions: 10,
+        ..WatchConfig::default()
+    });
+    for i in 0..100 {
+        f.commit(&[Op::Put("other", if i % 2 == 0 { "a" } else { "b" })]);
+    }
+    let status = f.commit(&[Op::Put("status", "up")]);
+    let mut w = f.watch("status", b"", 3);
+    let progress = w.progress();
+    // Nothing delivered yet: at most the revision before the watch's start.
+    assert!(progress.revision() < status, "{}", progress.revision());
+    assert_eq!(progress.revision(), 2);
+
+    let got = take(&mut w, 1).await;
+    assert_eq!(revs(&got), vec![status]);
+    // Handed out but not yet reported passed on: still below it.
+    assert!(progress.revision() < status, "{}", progress.revision());
+    w.forwarded(status);
+    assert_eq!(progress.revision(), status);
+
+    // Live: a queued batch is not counted until it is handed out and reported.
+    let other = f.commit(&[Op::Put("other", "c")]);
+    assert_eq!(progress.revision(), other, "synced with nothing queued");
+    let next = f.commit(&[Op::Put("status", "down")]);
+    assert_eq!(progress.revision(), status, "an event is queued");
+    assert_eq!(revs(&take(&mut w, 1).await), vec![next]);
+    assert_eq!(progress.revision(), status, "handed out, not reported");
+    w.forwarded(next);
+    assert_eq!(progress.revision(), next);
+}
+
+/// A watch from the future reports no more than the hub has notified, and a new watch from now
+/// reports the head.
+#[tokio::test]
+async fn progress_of_new_watches() {
+    let f = Fixture::new();
+    let head = f.commit(&[Op::Put("k", "v")]);
+    assert_eq!(f.watch("k", b"", 0).progress().revision(), head);
+    assert_eq!(f.watch("k", b"", head + 5).progress().revision(), head);
+    assert_eq!(f.watch("k", b"", head).progress().revision(), head - 1);
+}

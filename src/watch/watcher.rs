@@ -5,7 +5,7 @@
 //! value. The watcher turns them into owned events ([`WatchBatch`]) as it hands them out, dropping
 //! `prev_kv` unless the watch asked for it; that copy is the reader's, made only when it reads.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -34,6 +34,36 @@ pub(super) struct Shared {
     pub(super) slow: AtomicBool,
     /// Events in the channel: added by the hub before it sends, subtracted here on receipt.
     pub(super) queued: AtomicUsize,
+    /// True from the moment a batch leaves the channel (set before `queued` drops) until the reader
+    /// says it has passed everything it was handed on ([`Watcher::forwarded`]).
+    pub(super) outstanding: AtomicBool,
+    /// Every event of this watch up to this revision has been passed on by the reader (at start,
+    /// the revision before the watch's first).
+    pub(super) forwarded: AtomicI64,
+}
+
+/// What a client of this watch can be told about progress, readable by other tasks than the one
+/// that reads the [`Watcher`] (a stream answering a progress request for all its watches).
+#[derive(Clone)]
+pub struct Progress {
+    id: WatchId,
+    hub: Arc<WatchHub>,
+    shared: Arc<Shared>,
+}
+
+impl Progress {
+    /// The revision up to which every event of this watch has been passed on by its reader: a
+    /// client told this revision and resuming from the next one misses nothing. Never ahead of what
+    /// was delivered: while events are in the channel, or were handed out and not yet reported
+    /// [`Watcher::forwarded`], it is the last revision reported forwarded; otherwise the hub's
+    /// (everything notified for a synced watcher, everything below its next revision for one being
+    /// caught up).
+    pub fn revision(&self) -> i64 {
+        let forwarded = self.shared.forwarded.load(Ordering::SeqCst);
+        self.hub
+            .progress(self.id, &self.shared)
+            .map_or(forwarded, |hub| hub.max(forwarded))
+    }
 }
 
 /// One watch, as handed to a client stream. Read it with [`recv`](Self::recv); drop it to cancel the
@@ -75,6 +105,25 @@ impl Watcher {
     /// The hub-wide id of this watch.
     pub fn id(&self) -> WatchId {
         self.id
+    }
+
+    /// A handle on this watch's progress ([`Progress::revision`]).
+    pub fn progress(&self) -> Progress {
+        Progress {
+            id: self.id,
+            hub: Arc::clone(&self.hub),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Reports that every event handed out so far, up to `revision`, has been passed on to the
+    /// client (written into its response stream, in order before anything sent later). Until then
+    /// progress does not count the batches handed out.
+    pub fn forwarded(&mut self, revision: i64) {
+        self.shared.forwarded.fetch_max(revision, Ordering::SeqCst);
+        if self.held.is_none() {
+            self.shared.outstanding.store(false, Ordering::SeqCst);
+        }
     }
 
     /// The events waiting in this watcher's channel (at most `WatchConfig::max_queued_events`,
@@ -153,9 +202,12 @@ impl Watcher {
         let Some(queued) = batch else {
             return Poll::Ready(None);
         };
+        // Outstanding before the count drops: a progress check that sees the channel empty then
+        // sees the batch handed out (`WatchHub::progress`).
+        self.shared.outstanding.store(true, Ordering::SeqCst);
         self.shared
             .queued
-            .fetch_sub(queued.events.len(), Ordering::AcqRel);
+            .fetch_sub(queued.events.len(), Ordering::SeqCst);
         if self.shared.slow.load(Ordering::Acquire) {
             self.hub.wake_catch_up();
         }

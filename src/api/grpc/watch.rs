@@ -59,9 +59,13 @@
 //!   `canceled` true (etcd sets no `cancel_reason` there; clients derive the error from
 //!   `compact_revision`). Like etcd, the id stays taken until the client cancels it.
 //! * `progress_notify`: every progress interval (etcd: 10 minutes), a watch that was sent no events
-//!   in the last interval gets an empty response with its id and the current revision, unless its
+//!   in the last interval gets an empty response with its id and its progress revision, unless its
 //!   start revision is still in the future.
-//! * A `ProgressRequest` is answered with `watch_id` -1 and the current revision.
+//! * A `ProgressRequest` is answered with `watch_id` -1 and the stream's progress revision.
+//! * Progress is never ahead of what was sent, as etcd 3.5 promises: a watch's progress revision is
+//!   one up to which it has been sent every event ([`watch::Progress`]); for the whole stream, the
+//!   lowest of its watches'. A watch still being caught up from history reports where its catch-up
+//!   stands, not the store's head.
 //! * `fragment`: only for watches created with it, a response larger than `--max-request-bytes`
 //!   with at least two events is split; every part but the last has `fragment` set.
 //! * A request with no `request_union` is ignored. A client that half-closes its side keeps
@@ -70,9 +74,9 @@
 //!
 //! # Left out
 //!
-//! Progress responses do not wait for every watch of the stream to be caught up (etcd 3.5 only
-//! answers when all are synced; the hub does not expose that), and a `ProgressRequest` on a stream
-//! with no watches is still answered (as in etcd 3.4). Auth checks on create come with the auth
+//! A `ProgressRequest` is answered at once with the lowest progress of the stream's watches (etcd
+//! 3.5 waits until every watch is caught up and then sends the head), and on a stream with no
+//! watches with the store's revision (as in etcd 3.4). Auth checks on create come with the auth
 //! service.
 
 use std::collections::HashMap;
@@ -276,6 +280,8 @@ struct WatchTask {
     /// The task (`Option` only so that cancel and drop can take it). It may have ended by itself
     /// (compaction, server stop); the id stays taken until the client cancels it, as in etcd.
     task: Option<JoinHandle<()>>,
+    /// The watch's progress, for the stream's progress requests.
+    progress: watch::Progress,
 }
 
 impl Drop for WatchTask {
@@ -407,7 +413,7 @@ impl Session {
             Some(RequestUnion::CancelRequest(cancel)) => self.cancel(cancel.watch_id).await,
             Some(RequestUnion::ProgressRequest(_)) => {
                 let resp = WatchResponse {
-                    header: Some(self.server.header(self.server.revision())),
+                    header: Some(self.server.header(self.progress())),
                     watch_id: INVALID_WATCH_ID,
                     ..Default::default()
                 };
@@ -416,6 +422,21 @@ impl Session {
             // etcd ignores a request it does not understand rather than end the stream.
             None => true,
         }
+    }
+
+    /// The revision a `ProgressRequest` reports: the lowest up to which every watch of the stream
+    /// has been sent everything (each watch's [`watch::Progress`]), so that no client resuming
+    /// after it misses an event; the store's revision when the stream has no live watch.
+    fn progress(&self) -> i64 {
+        self.watches
+            .values()
+            .filter_map(|w| match w {
+                WatchEntry::Direct { watcher, .. } => watcher.as_ref().map(|w| w.progress()),
+                WatchEntry::Task(t) => t.task.is_some().then(|| t.progress.clone()),
+            })
+            .map(|p| p.revision())
+            .min()
+            .unwrap_or_else(|| self.server.revision())
     }
 
     async fn create(&mut self, mut create: WatchCreateRequest) -> bool {
@@ -482,6 +503,7 @@ impl Session {
         };
         let entry = if forward.progress.is_some() {
             WatchEntry::Task(WatchTask {
+                progress: watcher.progress(),
                 task: Some(tokio::spawn(forward.run(watcher))),
             })
         } else {
@@ -532,6 +554,10 @@ impl Session {
                     break;
                 };
                 let compacted = batch.compact_revision != 0;
+                // `out` reaches the response channel before the session does anything else.
+                if let Some(last) = batch.events.last() {
+                    watcher.forwarded(last.kv.mod_revision);
+                }
                 if compacted {
                     tracing::debug!(watch_id = id, "watch cancelled by compaction");
                     *slot = None;
@@ -628,7 +654,9 @@ impl Forward {
                     match watcher.recv_merged(MAX_EVENTS_PER_RESPONSE, MAX_BYTES_PER_SEND).now_or_never() {
                         Some(batch) => batch,
                         None => {
-                            if !std::mem::take(&mut sent_events) && !self.progress_notify().await {
+                            if !std::mem::take(&mut sent_events)
+                                && !self.progress_notify(watcher.progress().revision()).await
+                            {
                                 return;
                             }
                             continue;
@@ -640,11 +668,15 @@ impl Forward {
                 return; // The hub closed: the server is stopping and the session ends the stream.
             };
             let compacted = batch.compact_revision != 0;
+            let last = batch.events.last().map(|e| e.kv.mod_revision);
             for resp in self.responses(batch) {
                 let bytes = resp.encoded_len();
                 if !self.tx.send_counted(vec![Ok(resp)], bytes).await {
                     return;
                 }
+            }
+            if let Some(last) = last {
+                watcher.forwarded(last);
             }
             if compacted {
                 tracing::debug!(watch_id = self.id, "watch cancelled by compaction");
@@ -654,9 +686,9 @@ impl Forward {
         }
     }
 
-    /// Sends an empty response with the current revision. False when the stream is gone.
-    async fn progress_notify(&self) -> bool {
-        let revision = self.server.revision();
+    /// Sends an empty response with `revision`, the watch's progress. False when the stream is
+    /// gone.
+    async fn progress_notify(&self, revision: i64) -> bool {
         let start = self.progress.map_or(0, |(_, start)| start);
         if revision < start {
             return true; // etcd: no progress for a watch that starts in the future.

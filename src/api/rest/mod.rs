@@ -340,14 +340,16 @@ async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> Api
     if stream {
         return Ok(sse(watcher, timeout).into_response());
     }
-    long_poll(server, watcher, timeout).await
+    long_poll(watcher, timeout).await
 }
 
-async fn long_poll(server: Server, mut watcher: Watcher, timeout: Duration) -> ApiResult<Response> {
+async fn long_poll(mut watcher: Watcher, timeout: Duration) -> ApiResult<Response> {
     let first = match tokio::time::timeout(timeout, watcher.recv()).await {
         Err(_) => {
+            // Not the store's head: a watch still being caught up from history has been sent
+            // only so far, and a client resuming after this revision must miss nothing.
             let mut headers = HeaderMap::new();
-            if let Ok(v) = HeaderValue::from_str(&server.revision().to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&watcher.progress().revision().to_string()) {
                 headers.insert("X-Etcd-Revision", v);
             }
             return Ok((StatusCode::NO_CONTENT, headers).into_response());
@@ -373,7 +375,10 @@ async fn long_poll(server: Server, mut watcher: Watcher, timeout: Duration) -> A
         }
         events.extend(more.events.iter().map(event_json));
     }
-    let revision = server.revision();
+    if let Some(last) = events.last().and_then(|e| e["mod_revision"].as_i64()) {
+        watcher.forwarded(last);
+    }
+    let revision = watcher.progress().revision();
     let mut resp = Json(json!({ "events": events, "revision": revision })).into_response();
     if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
         resp.headers_mut().insert("X-Etcd-Revision", v);
