@@ -132,6 +132,10 @@ pub struct ServerArgs {
     /// catch up from; older ones stay only in the WAL, until a snapshot releases them.
     #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = DEFAULT_SNAPSHOT_CATCHUP_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
     pub experimental_snapshot_catchup_entries: u64,
+    /// Ours (etcd has no such flag): how many ranges of more than 10,000 records build their
+    /// responses at once; the others wait. Bounds the memory of many clients listing everything.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_MAX_LARGE_RANGES", default_value_t = crate::mvcc::store::DEFAULT_LARGE_READS, value_parser = clap::value_parser!(usize))]
+    pub experimental_max_large_ranges: usize,
     /// Ours (etcd has no such flag): a Raft turn runs on the connection's thread that proposed its
     /// entries, rather than handing them to the Raft thread, while recent turns took less than this on
     /// average (`100us`, `1ms`, ...; `0` keeps every turn on the Raft thread). Storage whose fsync
@@ -211,6 +215,8 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Applied Raft entries kept in memory behind the applied index.
     pub snapshot_catchup_entries: u64,
+    /// Ranges of more than 10,000 records that read at once.
+    pub max_large_ranges: usize,
     /// Turns run on the proposing connection's thread while they average less than this.
     pub inline_turn_limit: Duration,
     /// Largest request accepted, in bytes.
@@ -290,6 +296,7 @@ impl Config {
             },
             snapshot_count: a.snapshot_count,
             snapshot_catchup_entries: a.experimental_snapshot_catchup_entries,
+            max_large_ranges: a.experimental_max_large_ranges.max(1),
             inline_turn_limit: parse_short_duration(&a.experimental_inline_turn_limit).ok_or_else(
                 || {
                     Error::InvalidArgument(format!(

@@ -37,6 +37,14 @@ impl Revision {
     }
 
     /// The backend key for this revision; `tombstone` appends the deletion marker.
+    /// The backend key of the live record at this revision (no tombstone mark), on the stack.
+    pub fn live_key(&self) -> [u8; REVISION_LEN] {
+        let mut out = [0u8; REVISION_LEN];
+        out[..8].copy_from_slice(&self.main.to_be_bytes());
+        out[8..].copy_from_slice(&self.sub.to_be_bytes());
+        out
+    }
+
     pub fn to_bytes(&self, tombstone: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(REVISION_LEN + 1);
         out.extend_from_slice(&self.main.to_be_bytes());

@@ -30,7 +30,7 @@ use prost::Message;
 use super::backend::{Backend, Table, WriteBatch};
 use super::key_index::{KeyIndex, KeyRange};
 use super::kv::{Event, EventKind, KeyValue};
-use super::revision::Revision;
+use super::revision::{Revision, REVISION_LEN};
 use crate::error::{Error, Result};
 
 /// `meta` key of the consistent index (the last applied Raft index), 8 bytes big-endian.
@@ -117,6 +117,59 @@ pub struct Store {
     /// (lease, key) of every live key with a lease, found by the opening scan; taken once by the server
     /// to rebuild the lessor's attachments without a second pass over the store.
     leased_at_open: Mutex<Vec<(i64, Vec<u8>)>>,
+    /// Bounds how many large ranges read their records at once.
+    large_reads: LargeReads,
+}
+
+/// Large ranges reading at once unless [`Store::set_large_read_limit`] says otherwise.
+pub const DEFAULT_LARGE_READS: usize = 2;
+
+/// Ranges of more than this many records are large: they read their records only while holding
+/// one of the [`LargeReads`] slots.
+pub const LARGE_RANGE_RECORDS: usize = 10_000;
+
+/// The slots of large ranges. A range's response is built whole in memory (and encoded again by
+/// the API), so each large one costs as much memory as the data it returns; bounding how many are
+/// built at once bounds that memory to the slots times the largest response, however many clients
+/// list the whole key space at once. Waiting ranges hold no lock.
+#[derive(Debug)]
+struct LargeReads {
+    /// Slots in use, and the limit.
+    used: Mutex<(usize, usize)>,
+    /// Signalled when a slot frees up.
+    freed: std::sync::Condvar,
+}
+
+impl LargeReads {
+    fn new(limit: usize) -> LargeReads {
+        LargeReads {
+            used: Mutex::new((0, limit.max(1))),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; the guard frees it.
+    fn acquire(&self) -> LargeRead<'_> {
+        let mut used = lock(&self.used);
+        while used.0 >= used.1 {
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        used.0 += 1;
+        LargeRead(self)
+    }
+}
+
+/// One held [`LargeReads`] slot.
+struct LargeRead<'a>(&'a LargeReads);
+
+impl Drop for LargeRead<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.used).0 -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -231,6 +284,7 @@ impl Store {
             writer: Mutex::new(()),
             pruning: Mutex::new(()),
             leased_at_open: Mutex::new(leased),
+            large_reads: LargeReads::new(DEFAULT_LARGE_READS),
         };
         if compacted > 0 {
             // A prune that a crash cut short (or never started) is finished before serving.
@@ -288,9 +342,102 @@ impl Store {
     }
 
     /// Reads a range at a revision.
+    ///
+    /// Only the walk of the in-memory key index runs under the state lock: it picks the records
+    /// (their revisions) and counts the keys. The records are read afterwards, without the lock,
+    /// from the backend, so a long range holds up neither the apply step nor, through a waiting
+    /// writer, every other reader. Records never change once written; the one thing that can
+    /// remove a record meanwhile is a compaction above `rev`, and a record found missing then
+    /// answers `Compacted`, as the range would have had it started after that compaction.
     pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
-        let state = read_lock(&self.state);
-        self.range_locked(&state, opts, None)
+        let (mut result, rev, records) = self.plan_range(opts)?;
+        if opts.count_only || records.is_empty() {
+            return Ok(result);
+        }
+        let _slot = (records.len() > LARGE_RANGE_RECORDS).then(|| self.large_reads.acquire());
+        result.kvs = self.read_records(&records, rev, opts.keys_only)?;
+        Ok(result)
+    }
+
+    /// How many ranges of more than [`LARGE_RANGE_RECORDS`] records may read their records at
+    /// once (at least one); the others wait, holding no lock.
+    pub fn set_large_read_limit(&self, limit: usize) {
+        lock(&self.large_reads.used).1 = limit.max(1);
+        self.large_reads.freed.notify_all();
+    }
+
+    /// The locked half of [`Store::range`]: the result without its records, the revision read at,
+    /// and the revisions of the records to read.
+    fn plan_range(&self, opts: &RangeOptions) -> Result<(RangeResult, i64, Vec<Revision>)> {
+        Ok({
+            let state = read_lock(&self.state);
+            let rev = if opts.revision <= 0 {
+                state.current
+            } else {
+                opts.revision
+            };
+            if rev > state.current {
+                return Err(Error::FutureRevision);
+            }
+            if rev < state.compacted {
+                return Err(Error::Compacted);
+            }
+            let mut result = RangeResult {
+                revision: state.current,
+                ..RangeResult::default()
+            };
+            let Some(bounds) = KeyRange::new(&opts.key, &opts.range_end).bounds() else {
+                return Ok((result, rev, Vec::new()));
+            };
+            let mut visible = state
+                .index
+                .range::<[u8], _>(bounds)
+                .filter_map(|(_, ki)| ki.get(rev).map(|s| s.modified));
+            let take = if opts.count_only {
+                0
+            } else if opts.limit == 0 {
+                usize::MAX
+            } else {
+                opts.limit
+            };
+            let records: Vec<Revision> = visible.by_ref().take(take).collect();
+            let rest = visible.count();
+            result.count = records.len() + rest;
+            result.more = !opts.count_only && rest > 0;
+            (result, rev, records)
+        })
+    }
+
+    /// The records at `revisions` (visible at `rev`), read from the backend in chunks.
+    fn read_records(
+        &self,
+        revisions: &[Revision],
+        rev: i64,
+        keys_only: bool,
+    ) -> Result<Vec<KeyValue>> {
+        /// Records per backend read: bounds the key buffers, not the result.
+        const CHUNK: usize = 1024;
+        let mut kvs = Vec::with_capacity(revisions.len());
+        for chunk in revisions.chunks(CHUNK) {
+            let rev_keys: Vec<[u8; REVISION_LEN]> = chunk.iter().map(Revision::live_key).collect();
+            let keys: Vec<&[u8]> = rev_keys.iter().map(|k| k.as_slice()).collect();
+            let values = self.backend.get_many(Table::Key, &keys, decode_kv)?;
+            for (r, value) in chunk.iter().zip(values) {
+                let Some(mut kv) = value else {
+                    if read_lock(&self.state).compacted > rev {
+                        return Err(Error::Compacted);
+                    }
+                    return Err(Error::Corrupt(format!(
+                        "the record at revision {r:?} is indexed but missing"
+                    )));
+                };
+                if keys_only {
+                    kv.value.clear();
+                }
+                kvs.push(kv);
+            }
+        }
+        Ok(kvs)
     }
 
     /// Writes buffered backend changes to disk (batching timer, snapshot, shutdown).
@@ -926,6 +1073,52 @@ impl WriteTxn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_reads_wait_for_a_free_slot() {
+        let reads = Arc::new(LargeReads::new(1));
+        let held = reads.acquire();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let reads = Arc::clone(&reads);
+            std::thread::spawn(move || {
+                let _slot = reads.acquire();
+                tx.send(()).unwrap();
+            })
+        };
+        // The only slot is held here, so the other read cannot have started.
+        assert!(rx.try_recv().is_err());
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the waiting read gets the freed slot");
+        waiter.join().unwrap();
+        assert_eq!(lock(&reads.used).0, 0);
+    }
+
+    #[test]
+    fn a_compaction_between_picking_and_reading_records_answers_compacted() {
+        let (_dir, store) = open();
+        for v in ["1", "2", "3"] {
+            put(&store, "k", v);
+        }
+        let opts = RangeOptions {
+            key: b"k".to_vec(),
+            revision: 2,
+            ..RangeOptions::default()
+        };
+        let (_, rev, records) = store.plan_range(&opts).expect("plan");
+        assert_eq!(records.len(), 1);
+        // Present before the compaction, gone after it: the range answers Compacted, not Corrupt.
+        assert_eq!(
+            store.read_records(&records, rev, false).expect("read")[0].value,
+            b"1"
+        );
+        store.compact(4, 0).expect("compact");
+        assert!(matches!(
+            store.read_records(&records, rev, false),
+            Err(Error::Compacted)
+        ));
+    }
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

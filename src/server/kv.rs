@@ -569,6 +569,27 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<DeleteInt
 }
 
 /// True when a txn writes anything in either branch (a read-only txn needs no Raft round).
+/// Ranges with a limit above this, or none, may read any number of records.
+const WIDE_RANGE_LIMIT: i64 = 1000;
+
+/// Whether `req` may read many records (a key range with no limit, or a large one): such reads run
+/// on a blocking thread, never on an async worker that every other request needs.
+pub fn is_wide(req: &RangeRequest) -> bool {
+    !req.range_end.is_empty() && (req.limit <= 0 || req.limit > WIDE_RANGE_LIMIT)
+}
+
+/// Whether a read-only transaction has a wide range ([`is_wide`]) in any branch.
+pub fn txn_reads_wide(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => is_wide(r),
+            Some(request_op::Request::RequestTxn(t)) => txn_reads_wide(t),
+            _ => false,
+        })
+}
+
 pub fn txn_has_writes(req: &TxnRequest) -> bool {
     req.success
         .iter()

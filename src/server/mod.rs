@@ -288,6 +288,7 @@ impl Server {
             maintenance::prepare_restored_db(&member_dir.join("db"))?;
         }
         let store = Arc::new(Store::open(&member_dir.join("db"))?);
+        store.set_large_read_limit(config.max_large_ranges);
         let lessor = Arc::new(Lessor::new(
             store.backend().clone(),
             Arc::new(SystemClock),
@@ -717,13 +718,19 @@ impl Server {
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
         kv::check_txn(&req, self.inner.config.max_txn_ops)?;
         if !kv::txn_has_writes(&req) {
-            // As a Range is served: from a read, on this task, at one revision for the whole txn.
+            // As a Range is served: from a read, at one revision for the whole txn; on a blocking
+            // thread when a range in it may be wide.
             self.linearize().await?;
-            let at = kv::AtRevision::new(&self.inner.shared.store);
-            let mut resp = kv::read_txn(&at, &req)?;
-            kv::set_txn_revision(&mut resp, at.revision());
-            self.fill(&mut resp.header);
-            return Ok(resp);
+            let server = self.clone();
+            let wide = kv::txn_reads_wide(&req);
+            let read = move || {
+                let at = kv::AtRevision::new(&server.inner.shared.store);
+                let mut resp = kv::read_txn(&at, &req)?;
+                kv::set_txn_revision(&mut resp, at.revision());
+                server.fill(&mut resp.header);
+                Ok(resp)
+            };
+            return if wide { blocking(read).await } else { read() };
         }
         self.propose_for(Op::Txn(req)).await
     }
@@ -739,6 +746,10 @@ impl Server {
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if !req.serializable {
             self.linearize().await?;
+        }
+        if kv::is_wide(req) {
+            let (server, req) = (self.clone(), req.clone());
+            return blocking(move || server.range_local(&req)).await;
         }
         self.range_local(req)
     }
@@ -1113,6 +1124,16 @@ applied!(
     LeaseRevoke => LeaseRevokeResponse,
     Alarm => crate::proto::etcdserverpb::AlarmResponse,
 );
+
+/// Runs `read` on tokio's blocking pool: a read that may walk and copy many records must not hold
+/// an async worker (on two workers, two such reads would stall every other request).
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+}
 
 /// Spawns a core thread whose error or panic stops the node: it is recorded as fatal (so `/health`
 /// turns false and the process exits non-zero) and everyone waiting is told the server stopped.
