@@ -13,6 +13,9 @@
 //!   newest and at an old revision.
 //! - `watch/notify`: `WatchHub::notify` of one put event to 1000 synced watchers of that key (the
 //!   channels are drained outside the timed part).
+//! - `watch/prefix_watchers`: `WatchHub::notify` of a put and a delete of one key, with no watcher
+//!   at all and with 100,000 synced watchers on distinct prefixes (one of which covers the key):
+//!   what matching an event costs as prefix watchers pile up.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -249,12 +252,68 @@ fn watch_fan_out(c: &mut Criterion) {
     hub.close();
 }
 
+fn watch_prefix_watchers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("watch/prefix_watchers");
+    g.throughput(Throughput::Elements(2));
+    let many = if measuring() { 100_000 } else { 1_000 };
+    for n in [0usize, many] {
+        let history = Arc::new(BenchHistory(AtomicI64::new(1)));
+        let hub = {
+            let _guard = rt.enter();
+            WatchHub::new(history.clone())
+        };
+        let prefix = |i: usize| format!("/registry/pods/ns-{i:06}/").into_bytes();
+        let watchers: Vec<_> = (0..n)
+            .map(|i| {
+                let key = prefix(i);
+                hub.watch(WatchRequest {
+                    range_end: mini_etcd::watch::prefix_end(&key),
+                    key,
+                    ..WatchRequest::default()
+                })
+            })
+            .collect();
+        let mut rev = 1i64;
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::new("put_and_delete", n), |b| {
+            b.iter(|| {
+                // Each watcher gets at most two events per `n` iterations: none falls behind.
+                i = (i + 1) % n.max(1);
+                let mut key = prefix(i);
+                key.extend_from_slice(b"pod");
+                for kind in [EventKind::Put, EventKind::Delete] {
+                    rev += 1;
+                    history.0.store(rev, Ordering::Release);
+                    let ev = Event {
+                        kind,
+                        kv: KeyValue {
+                            key: key.clone(),
+                            mod_revision: rev,
+                            ..KeyValue::default()
+                        },
+                        prev_kv: None,
+                    };
+                    hub.notify(rev, std::slice::from_ref(&ev));
+                }
+            })
+        });
+        drop(watchers);
+        hub.close();
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = wal_save, mvcc, key_index, watch_fan_out
+    targets = wal_save, mvcc, key_index, watch_fan_out, watch_prefix_watchers
 }
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 //! The hub itself: the watcher table, live fan-out (`notify`) and history catch-up. The design and its
 //! invariant are described in the parent module.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
+use super::index::SyncedIndex;
 use super::watcher::{Queued, Shared, SharedEvents};
-use super::{in_range, Event, EventKind, History, WatchId, WatchRequest, Watcher};
+use super::{Event, EventKind, History, WatchId, WatchRequest, Watcher};
 use crate::error::Error;
 
 /// Tuning knobs of the hub. The defaults suit a server; tests shrink them to provoke slow watchers.
@@ -75,10 +76,9 @@ struct State {
     notified_revision: i64,
     /// Every live watcher, synced or not.
     watchers: HashMap<WatchId, Entry>,
-    /// Synced watchers of exactly one key, by key: one look-up per event however many watch the key.
-    synced_keys: HashMap<Vec<u8>, HashSet<WatchId>>,
-    /// Synced watchers of a range, checked one by one.
-    synced_ranges: HashSet<WatchId>,
+    /// Synced watchers, by the keys they cover: an event finds the watchers of its key without a
+    /// check per watcher (`index.rs`).
+    synced: SyncedIndex,
     /// Watchers behind the live stream, to be caught up from history. Ordered so rounds are
     /// deterministic.
     unsynced: BTreeSet<WatchId>,
@@ -142,58 +142,32 @@ impl Entry {
 }
 
 impl State {
-    /// Puts a registered watcher into the synced indexes.
+    /// Puts a registered watcher into the synced index.
     fn make_synced(&mut self, id: WatchId) {
         let Some(entry) = self.watchers.get(&id) else {
             return;
         };
         self.unsynced.remove(&id);
         entry.shared.slow.store(false, Ordering::Release);
-        if entry.range_end.is_empty() {
-            self.synced_keys
-                .entry(entry.key.clone())
-                .or_default()
-                .insert(id);
-        } else {
-            self.synced_ranges.insert(id);
-        }
+        self.synced.insert(id, &entry.key, &entry.range_end);
     }
 
-    /// Takes a watcher out of the synced indexes and queues it for catch-up.
+    /// Takes a watcher out of the synced index and queues it for catch-up.
     fn make_unsynced(&mut self, id: WatchId) {
         let Some(entry) = self.watchers.get(&id) else {
             return;
         };
         entry.shared.slow.store(true, Ordering::Release);
-        Self::unindex(&mut self.synced_keys, &mut self.synced_ranges, id, entry);
+        self.synced.remove(id, &entry.key, &entry.range_end);
         self.unsynced.insert(id);
     }
 
     /// Forgets a watcher entirely; dropping its sender ends its stream.
     fn remove(&mut self, id: WatchId) {
         if let Some(entry) = self.watchers.remove(&id) {
-            Self::unindex(&mut self.synced_keys, &mut self.synced_ranges, id, &entry);
+            self.synced.remove(id, &entry.key, &entry.range_end);
         }
         self.unsynced.remove(&id);
-    }
-
-    /// Removes `id` from the synced indexes (a no-op when it is not there).
-    fn unindex(
-        synced_keys: &mut HashMap<Vec<u8>, HashSet<WatchId>>,
-        synced_ranges: &mut HashSet<WatchId>,
-        id: WatchId,
-        entry: &Entry,
-    ) {
-        if entry.range_end.is_empty() {
-            if let Some(ids) = synced_keys.get_mut(&entry.key) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    synced_keys.remove(&entry.key);
-                }
-            }
-        } else {
-            synced_ranges.remove(&id);
-        }
     }
 }
 
@@ -330,48 +304,30 @@ impl WatchHub {
         // queues a reference to that copy.
         let mut shared: Vec<Option<Arc<Event>>> = vec![None; events.len()];
         let State {
-            watchers,
-            synced_keys,
-            synced_ranges,
-            ..
+            watchers, synced, ..
         } = &mut *st;
         if let [event] = events {
             // One event, the common case: each matching watcher gets just it, so no grouping map.
-            let exact = synced_keys.get(&event.kv.key).into_iter().flatten();
             let copy = &mut shared[0];
-            for id in exact.chain(synced_ranges.iter()) {
-                let Some(entry) = watchers.get_mut(id) else {
-                    continue;
+            synced.for_each_match(&event.kv.key, |id| {
+                let Some(entry) = watchers.get_mut(&id) else {
+                    return;
                 };
-                if !entry.range_end.is_empty()
-                    && !in_range(&event.kv.key, &entry.key, &entry.range_end)
-                {
-                    continue;
-                }
                 let event = copy.get_or_insert_with(|| Arc::new(event.clone()));
                 match deliver(entry, revision, std::iter::once(&*event), max_queued) {
                     Delivery::Done => {}
-                    Delivery::Full => fell_behind.push(*id),
-                    Delivery::Closed => gone.push(*id),
+                    Delivery::Full => fell_behind.push(id),
+                    Delivery::Closed => gone.push(id),
                 }
-            }
+            });
         } else {
             // Collect each matching synced watcher's events of this revision, in transaction order.
             let mut matched: HashMap<WatchId, Vec<Arc<Event>>> = HashMap::new();
             for (event, copy) in events.iter().zip(shared.iter_mut()) {
-                let mut copy = || Arc::clone(copy.get_or_insert_with(|| Arc::new(event.clone())));
-                if let Some(ids) = synced_keys.get(&event.kv.key) {
-                    for id in ids {
-                        matched.entry(*id).or_default().push(copy());
-                    }
-                }
-                for id in synced_ranges.iter() {
-                    if let Some(entry) = watchers.get(id) {
-                        if in_range(&event.kv.key, &entry.key, &entry.range_end) {
-                            matched.entry(*id).or_default().push(copy());
-                        }
-                    }
-                }
+                synced.for_each_match(&event.kv.key, |id| {
+                    let copy = Arc::clone(copy.get_or_insert_with(|| Arc::new(event.clone())));
+                    matched.entry(id).or_default().push(copy);
+                });
             }
             for (id, matched_events) in matched {
                 let Some(entry) = watchers.get_mut(&id) else {
@@ -419,8 +375,7 @@ impl WatchHub {
         self.closed.store(true, Ordering::Release);
         // Dropping the entries drops their senders, which wakes every waiting `recv`.
         st.watchers.clear();
-        st.synced_keys.clear();
-        st.synced_ranges.clear();
+        st.synced.clear();
         st.unsynced.clear();
         drop(st);
         self.wake.notify_one();
@@ -443,7 +398,6 @@ impl WatchHub {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Forgets a watcher; called when its [`Watcher`] is dropped.
     /// The hub's part of [`super::Progress::revision`]: if nothing of watcher `id` is in its
     /// channel or handed out and unreported, the revision up to which it has been sent everything
     /// (`notified_revision` when synced, the revision before `next_revision` when being caught up);
@@ -462,6 +416,7 @@ impl WatchHub {
         })
     }
 
+    /// Forgets a watcher; called when its [`Watcher`] is dropped.
     pub(super) fn unregister(&self, id: WatchId) {
         self.lock().remove(id);
         tracing::debug!(watch_id = %id, "watch cancelled");

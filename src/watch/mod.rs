@@ -99,12 +99,14 @@
 //! fills in.
 
 mod hub;
+mod index;
 mod watcher;
 
 #[cfg(test)]
 mod tests;
 
 pub use hub::{WatchConfig, WatchHub};
+pub use index::prefix_end;
 pub use watcher::{Progress, Watcher};
 
 pub use crate::mvcc::{Event, EventKind, History, KeyValue};

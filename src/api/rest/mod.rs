@@ -296,19 +296,6 @@ fn flag(v: Option<&str>, name: &str) -> ApiResult<bool> {
     }
 }
 
-/// The end of the range covering every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`).
-pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff: every key from the prefix on.
-    vec![0]
-}
-
 async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> ApiResult<Response> {
     let key = required_key(q.key)?;
     let start_revision = parse_rev(q.rev.as_deref())?;
@@ -326,7 +313,7 @@ async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> Api
     .min(MAX_WATCH_TIMEOUT_SECS);
     let key = key.into_bytes();
     let range_end = if prefix {
-        prefix_range_end(&key)
+        crate::watch::prefix_end(&key)
     } else {
         Vec::new()
     };
@@ -460,13 +447,6 @@ async fn version() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_range_end(b"abc"), b"abd".to_vec());
-        assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
-    }
 
     #[test]
     fn non_utf8_is_base64() {
