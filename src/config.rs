@@ -153,6 +153,10 @@ pub struct ServerArgs {
     /// (etcd's default: no limit, 2^32 - 1).
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
+    /// Ours (etcd has no such limit): most watches one Watch stream may hold at a time; a create
+    /// beyond it is refused (created and canceled, with a reason), the stream goes on.
+    #[arg(long, env = "ETCD_MAX_WATCHES_PER_STREAM", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watches_per_stream: u32,
     /// Interpretation of --auto-compaction-retention: `periodic` (a duration) or `revision` (a count).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
     pub auto_compaction_mode: String,
@@ -223,6 +227,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// Most watches on one Watch stream.
+    pub max_watches_per_stream: usize,
     /// Most operations in one transaction branch.
     pub max_txn_ops: usize,
     /// Automatic compaction, if enabled.
@@ -307,6 +313,7 @@ impl Config {
             )?,
             max_request_bytes,
             max_concurrent_streams: a.max_concurrent_streams,
+            max_watches_per_stream: a.max_watches_per_stream as usize,
             max_txn_ops: a.max_txn_ops,
             auto_compaction: Retention::parse(
                 &a.auto_compaction_mode,

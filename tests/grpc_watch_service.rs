@@ -877,3 +877,38 @@ async fn progress_never_runs_ahead_of_a_watch_being_caught_up() {
         }
     }
 }
+
+/// `--max-watches-per-stream`: creates beyond it are refused, the stream and its watches go on,
+/// and a cancel makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_per_stream_are_bounded() {
+    let (_dir, server) = fresh(&["--max-watches-per-stream", "3"]).await;
+    let mut c = Clients::connect(&server.client_url()).await;
+    let mut s = c.stream().await;
+    let mut ids = Vec::new();
+    for k in ["a", "b", "c"] {
+        ids.push(s.watch(key_watch(k)).await);
+    }
+    s.create(key_watch("d")).await;
+    let r = s.next().await;
+    assert!(r.created && r.canceled && r.watch_id == -1, "{r:?}");
+    assert!(
+        r.cancel_reason.contains("--max-watches-per-stream"),
+        "{r:?}"
+    );
+    // The watches already there still deliver.
+    let rev = c.put("b", b"1").await;
+    let got = s.events(1).await;
+    assert_eq!(
+        (got[0].0, got[0].1.kv.as_ref().map(|kv| kv.mod_revision)),
+        (ids[1], Some(rev))
+    );
+    // A cancel frees a place.
+    s.cancel(ids[0]).await;
+    let r = s.next().await;
+    assert!(r.canceled && r.watch_id == ids[0], "{r:?}");
+    s.watch(key_watch("d")).await;
+    // Another stream has its own budget.
+    let mut other = c.stream().await;
+    other.watch(key_watch("e")).await;
+}

@@ -68,6 +68,8 @@
 //!   stands, not the store's head.
 //! * `fragment`: only for watches created with it, a response larger than `--max-request-bytes`
 //!   with at least two events is split; every part but the last has `fragment` set.
+//! * Ours: a stream holds at most `--max-watches-per-stream` watches (10,000 by default; etcd has
+//!   no limit); a create beyond it is refused as above with a reason naming the flag.
 //! * A request with no `request_union` is ignored. A client that half-closes its side keeps
 //!   receiving (etcd's receive loop just returns); the session ends when the client goes away or
 //!   the server begins to shut down (the stream then ends with `etcdserver: server stopped`).
@@ -130,6 +132,10 @@ const INVALID_WATCH_ID: i64 = -1;
 
 /// etcd's reason for a create with a watch id already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// Our reason for a create beyond `--max-watches-per-stream` (etcd has no such limit).
+const TOO_MANY_WATCHES: &str =
+    "etcdserver: too many watches on this stream (--max-watches-per-stream)";
 
 /// etcd's reason for a create whose `range_end` is not above its key.
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
@@ -453,6 +459,8 @@ impl Session {
             Some(EMPTY_RANGE.to_string())
         } else if create.watch_id != 0 && self.watches.contains_key(&create.watch_id) {
             Some(DUPLICATE_ID.to_string())
+        } else if self.watches.len() >= self.server.config().max_watches_per_stream {
+            Some(TOO_MANY_WATCHES.to_string())
         } else {
             None
         };
