@@ -157,6 +157,10 @@ pub struct ServerArgs {
     /// beyond it is refused (created and canceled, with a reason), the stream goes on.
     #[arg(long, env = "ETCD_MAX_WATCHES_PER_STREAM", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watches_per_stream: u32,
+    /// Ours: most REST watches (long-polls and event streams) one client address may hold open at
+    /// once; one more is answered 429.
+    #[arg(long, env = "ETCD_MAX_REST_WATCHES_PER_CLIENT", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rest_watches_per_client: u32,
     /// Interpretation of --auto-compaction-retention: `periodic` (a duration) or `revision` (a count).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
     pub auto_compaction_mode: String,
@@ -229,6 +233,8 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// Most watches on one Watch stream.
     pub max_watches_per_stream: usize,
+    /// Most open REST watches per client address.
+    pub max_rest_watches_per_client: usize,
     /// Most operations in one transaction branch.
     pub max_txn_ops: usize,
     /// Automatic compaction, if enabled.
@@ -314,6 +320,7 @@ impl Config {
             max_request_bytes,
             max_concurrent_streams: a.max_concurrent_streams,
             max_watches_per_stream: a.max_watches_per_stream as usize,
+            max_rest_watches_per_client: a.max_rest_watches_per_client as usize,
             max_txn_ops: a.max_txn_ops,
             auto_compaction: Retention::parse(
                 &a.auto_compaction_mode,

@@ -66,6 +66,9 @@ pub enum Error {
     /// A member-management call a single-node server cannot serve yet.
     #[error("{0}")]
     Unimplemented(String),
+    /// A client holds as many of a bounded resource as it may (REST watches per address).
+    #[error("{0}")]
+    TooManyRequests(String),
 
     #[error("etcdserver: member ID already exist")]
     MemberExists,
@@ -164,6 +167,7 @@ impl Error {
             Error::Compacted => 410,
             Error::RequestTooLarge => 413,
             Error::Unimplemented(_) => 501,
+            Error::TooManyRequests(_) => 429,
             Error::MemberNotFound => 404,
             Error::MemberExists
             | Error::PeerUrlExists
@@ -208,6 +212,7 @@ impl Error {
             Error::NoSpace => Code::ResourceExhausted,
             Error::Timeout | Error::NoLeader | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::TooManyRequests(_) => Code::ResourceExhausted,
             Error::MemberNotFound => Code::NotFound,
             Error::MemberExists
             | Error::PeerUrlExists

@@ -521,3 +521,43 @@ async fn a_204_never_reports_a_revision_past_an_undelivered_event() {
         }
     }
 }
+
+/// `--max-rest-watches-per-client`: one client address holds at most that many open watches;
+/// one more answers 429 with a JSON error, and a finished watch frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_watches_per_client_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--max-rest-watches-per-client", "2"]).await;
+    let rest = server.rest();
+    let open: Vec<_> = (0..2)
+        .map(|i| {
+            let rest = rest.clone();
+            tokio::spawn(async move {
+                rest.call(
+                    reqwest::Method::GET,
+                    &format!("/watch?key=held{i}&timeout=3"),
+                    None,
+                )
+                .await
+            })
+        })
+        .collect();
+    rest.wait_watchers("two open watches", REGISTER_BOUND, |n| n == 2)
+        .await;
+    let refused = rest
+        .call(reqwest::Method::GET, "/watch?key=more&timeout=0", None)
+        .await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(
+        as_str(&refused.json(), "error").contains("--max-rest-watches-per-client"),
+        "{}",
+        refused.body
+    );
+    for w in open {
+        assert_eq!(w.await.expect("watch task").status, 204);
+    }
+    let again = rest
+        .call(reqwest::Method::GET, "/watch?key=more&timeout=0", None)
+        .await;
+    assert_eq!(again.status, 204, "{}", again.body);
+}

@@ -127,7 +127,14 @@ pub struct Routes {
     pub max_concurrent_streams: u32,
     /// What each round of inline calls runs inside.
     pub round: RoundScope,
+    /// The client's address, set per connection; requests through the router carry it as a
+    /// [`PeerAddr`] extension.
+    pub remote: Option<std::net::SocketAddr>,
 }
+
+/// The address of the client that sent a request (a request extension on the router's path).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// A reply from the lean path, as the connection's service returns it.
 async fn lean(
@@ -163,10 +170,11 @@ where
         if let Some((kv, method)) = routes.kv.as_ref().zip(KvCalls::takes(&req)) {
             return Either::Left(lean(kv.call(method, req)));
         }
-        let call = routes
-            .router
-            .clone()
-            .oneshot(req.map(axum::body::Body::new));
+        let mut req = req.map(axum::body::Body::new);
+        if let Some(addr) = routes.remote {
+            req.extensions_mut().insert(PeerAddr(addr));
+        }
+        let call = routes.router.clone().oneshot(req);
         Either::Right(async move { call.await.map(|r| r.map(BodyEither::Left)) })
     });
     let mut builder = Builder::new(executor.clone());

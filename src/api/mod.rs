@@ -37,6 +37,7 @@ pub async fn serve(
             kv: None,
             max_concurrent_streams: server.config().max_concurrent_streams,
             round: conn::run_round,
+            remote: None,
         },
     ));
     tracing::info!(addr = %rest_addr, "serving the REST API");
@@ -49,6 +50,7 @@ pub async fn serve(
                 kv: Some(grpc::unary::KvCalls::new(server.clone())),
                 max_concurrent_streams: server.config().max_concurrent_streams,
                 round: server.call_round(),
+                remote: None,
             },
         ));
         tracing::info!(%addr, "serving the etcd v3 API (gRPC and JSON gateway)");
@@ -66,7 +68,7 @@ pub async fn serve(
         let open_tx = open_tx.clone();
         tokio::spawn(async move {
             loop {
-                let (tcp, _) = tokio::select! {
+                let (tcp, remote) = tokio::select! {
                     accepted = Listener::accept(&mut listener) => accepted,
                     _ = stop.wait_for(|&stopping| stopping) => break,
                 };
@@ -78,7 +80,10 @@ pub async fn serve(
                 let mut conn_stop = stop.clone();
                 let mut cut = cut.clone();
                 let open_tx = open_tx.clone();
-                let routes = routes.clone();
+                let routes = conn::Routes {
+                    remote: Some(remote),
+                    ..routes.clone()
+                };
                 tokio::spawn(async move {
                     let stopping = async move {
                         let _ = conn_stop.wait_for(|&stopping| stopping).await;

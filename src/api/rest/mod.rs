@@ -21,17 +21,21 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use std::sync::Arc;
+
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use base64::Engine as _;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::conn::PeerAddr;
 use crate::error::Error;
 use crate::mvcc::{Event, EventKind, KeyValue};
 use crate::proto::etcdserverpb::{
@@ -47,8 +51,46 @@ pub const MAX_WATCH_TIMEOUT_SECS: u64 = 600;
 /// The etcd API level `/version` reports (clients parse it to choose their API paths).
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
+/// Long-polls and event streams open per client address, against `--max-rest-watches-per-client`.
+struct WatchesPerClient {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    limit: usize,
+}
+
+/// One open REST watch of a client; closing it (dropping the guard) frees its place.
+struct ClientWatch(Arc<WatchesPerClient>, std::net::IpAddr);
+
+impl WatchesPerClient {
+    /// A place for one more watch of `ip`, or `None` if it holds the limit already.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientWatch> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientWatch(Arc::clone(self), ip))
+    }
+}
+
+impl Drop for ClientWatch {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// The REST router for `server`.
 pub fn router(server: Server) -> Router {
+    let per_client = Arc::new(WatchesPerClient {
+        open: Default::default(),
+        limit: server.config().max_rest_watches_per_client,
+    });
     Router::new()
         .route("/put", post(put))
         .route("/get", get(get_key))
@@ -60,6 +102,7 @@ pub fn router(server: Server) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(per_client))
         .with_state(server)
 }
 
@@ -296,7 +339,12 @@ fn flag(v: Option<&str>, name: &str) -> ApiResult<bool> {
     }
 }
 
-async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> ApiResult<Response> {
+async fn watch(
+    State(server): State<Server>,
+    Extension(per_client): Extension<Arc<WatchesPerClient>>,
+    peer: Option<Extension<PeerAddr>>,
+    Query(q): Query<WatchQuery>,
+) -> ApiResult<Response> {
     let key = required_key(q.key)?;
     let start_revision = parse_rev(q.rev.as_deref())?;
     let prefix = flag(q.prefix.as_deref(), "prefix")?;
@@ -317,6 +365,15 @@ async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> Api
     } else {
         Vec::new()
     };
+    // Held until the answer is complete (for a stream, until it ends).
+    let place = match peer {
+        Some(Extension(PeerAddr(addr))) => Some(per_client.enter(addr.ip()).ok_or_else(|| {
+            ApiError(Error::TooManyRequests(
+                "too many watches from this client address (--max-rest-watches-per-client)".into(),
+            ))
+        })?),
+        None => None,
+    };
     let watcher = server.watch(WatchRequest {
         key,
         range_end,
@@ -325,7 +382,7 @@ async fn watch(State(server): State<Server>, Query(q): Query<WatchQuery>) -> Api
     });
     let timeout = Duration::from_secs(timeout_secs);
     if stream {
-        return Ok(sse(watcher, timeout).into_response());
+        return Ok(sse(watcher, timeout, place).into_response());
     }
     long_poll(watcher, timeout).await
 }
@@ -376,20 +433,22 @@ async fn long_poll(mut watcher: Watcher, timeout: Duration) -> ApiResult<Respons
 fn sse(
     watcher: Watcher,
     timeout: Duration,
+    place: Option<ClientWatch>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // The client's place goes with the stream: it is freed when the stream ends or is dropped.
     let events = futures::stream::unfold(
-        (watcher, Vec::<Value>::new().into_iter(), false),
-        move |(mut watcher, mut queued, done)| async move {
+        ((watcher, place), Vec::<Value>::new().into_iter(), false),
+        move |(mut held, mut queued, done)| async move {
             loop {
                 if let Some(ev) = queued.next() {
                     let e = SseEvent::default().data(ev.to_string());
-                    return Some((Ok(e), (watcher, queued, done)));
+                    return Some((Ok(e), (held, queued, done)));
                 }
                 if done {
                     return None;
                 }
-                match tokio::time::timeout_at(deadline, watcher.recv()).await {
+                match tokio::time::timeout_at(deadline, held.0.recv()).await {
                     Ok(Some(batch)) if batch.compact_revision != 0 => {
                         let e = SseEvent::default().event("error").data(
                             json!({
@@ -398,7 +457,7 @@ fn sse(
                             })
                             .to_string(),
                         );
-                        return Some((Ok(e), (watcher, queued, true)));
+                        return Some((Ok(e), (held, queued, true)));
                     }
                     Ok(Some(batch)) => {
                         let v: Vec<Value> = batch.events.iter().map(event_json).collect();
