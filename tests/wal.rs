@@ -725,7 +725,10 @@ fn the_next_segment_is_made_ahead_and_open_replaces_a_used_or_stale_one() {
     assert_eq!(c.entries, entries(1..=3, 1));
     assert_eq!(segments(&dir).len(), 1);
     let bytes = fs::read(&spare).unwrap();
-    assert!(bytes.iter().all(|&b| b == 0), "a fresh spare, not the old one");
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "a fresh spare, not the old one"
+    );
     // Cuts use the spare and make the next one.
     for i in 4..=60 {
         wal.save(None, &[entry(i, 1)]).unwrap();
@@ -741,7 +744,7 @@ fn the_next_segment_is_made_ahead_and_open_replaces_a_used_or_stale_one() {
 /// Set in the child process that [`a_cut_with_no_descriptor_left_uses_the_spare_segment`] starts.
 const EMFILE_CHILD: &str = "WAL_TEST_EMFILE_CHILD";
 
-fn set_soft_nofile(limit: u64) {
+fn set_soft_nofile(limit: libc::rlim_t) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -749,7 +752,7 @@ fn set_soft_nofile(limit: u64) {
     // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = limit.min(lim.rlim_max as u64) as libc::rlim_t;
+        lim.rlim_cur = limit.min(lim.rlim_max);
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
     }
 }
@@ -796,7 +799,10 @@ fn a_cut_with_no_descriptor_left_uses_the_spare_segment() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct it is given.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) }, 0);
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
 
     set_soft_nofile(0);
     let err = fs::File::open(&dir).unwrap_err();
@@ -809,13 +815,20 @@ fn a_cut_with_no_descriptor_left_uses_the_spare_segment() {
     wal.save(None, &[entry(31, 1)]).unwrap();
     assert_eq!(wal.segment_count(), 2);
 
-    set_soft_nofile(hard.rlim_cur as u64);
+    set_soft_nofile(hard.rlim_cur);
     let seg1 = segments(&dir)[1].clone();
     // The spare is tried again at most once a second.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     wal.save(None, &[entry(32, 1)]).unwrap();
-    assert_eq!(wal.segment_count(), 3, "the overdue cut, once a spare could be made");
-    assert!(fs::metadata(&seg1).unwrap().len() > 512, "segment 1 grew past the size");
+    assert_eq!(
+        wal.segment_count(),
+        3,
+        "the overdue cut, once a spare could be made"
+    );
+    assert!(
+        fs::metadata(&seg1).unwrap().len() > 512,
+        "segment 1 grew past the size"
+    );
     drop(wal);
     let (_wal, c) = Wal::open(&dir, small()).unwrap();
     assert_eq!(c.entries, entries(1..=32, 1));

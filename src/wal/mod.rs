@@ -487,11 +487,7 @@ impl Wal {
     /// After a write: makes a spare if there is none (when a retry is due), then cuts if the
     /// segment is full and a spare is ready. With no spare the segment grows until one is.
     fn cut_if_full(&mut self) -> Result<()> {
-        if self.spare.is_none()
-            && self
-                .spare_retry_at
-                .is_none_or(|at| Instant::now() >= at)
-        {
+        if self.spare.is_none() && self.spare_retry_at.is_none_or(|at| Instant::now() >= at) {
             self.prepare_spare();
         }
         if self.offset <= self.opts.segment_size {

@@ -53,6 +53,7 @@ async fn serve_limited(
             kv: None,
             max_concurrent_streams: max_streams,
             round: crate::api::conn::run_round,
+            liveness: crate::api::conn::Liveness::NONE,
         };
         serve_connection(tcp, routes, async move {
             let _ = stop_rx.await;

@@ -145,6 +145,7 @@ async fn served() -> Served {
         kv: Some(KvCalls::new(server.clone())),
         max_concurrent_streams: u32::MAX,
         round: server.call_round(),
+        liveness: crate::api::conn::Liveness::NONE,
     };
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
