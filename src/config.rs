@@ -161,6 +161,28 @@ pub struct ServerArgs {
     /// once; one more is answered 429.
     #[arg(long, env = "ETCD_MAX_REST_WATCHES_PER_CLIENT", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_rest_watches_per_client: u32,
+    /// Most open client connections, on every --listen-client-urls and --listen-rest-url together
+    /// (ours; etcd has no such flag). Beyond it a new connection waits in the listen queue until
+    /// one closes. The REST listener may open 16 more (its reserve), so `/health` there answers when
+    /// the client ports are full. 0: the open-file limit less a reserve for the rest of the server
+    /// (256 descriptors, or half the limit when that is lower).
+    #[arg(long, env = "ETCD_MAX_CLIENT_CONNECTIONS", default_value_t = 0)]
+    pub max_client_connections: usize,
+    /// Ours (etcd has no such flag): a client connection must send the first bytes of its
+    /// protocol, and each HTTP/1 request head, within this long, or it is closed. It also closes an
+    /// HTTP/1 keep-alive connection idle for this long. `0` disables it.
+    #[arg(long, env = "ETCD_HTTP_READ_HEADER_TIMEOUT", default_value = "30s")]
+    pub http_read_header_timeout: String,
+    /// Minimum duration a client should wait before pinging the server (etcd's flag; accepted and
+    /// checked, not enforced: the HTTP/2 server answers every ping).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s")]
+    pub grpc_keepalive_min_time: String,
+    /// How often the server pings an HTTP/2 client connection to check it is alive (`0`: never).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h")]
+    pub grpc_keepalive_interval: String,
+    /// How long the server waits for a ping's answer before it closes the connection.
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s")]
+    pub grpc_keepalive_timeout: String,
     /// Interpretation of --auto-compaction-retention: `periodic` (a duration) or `revision` (a count).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
     pub auto_compaction_mode: String,
@@ -235,6 +257,16 @@ pub struct Config {
     pub max_watches_per_stream: usize,
     /// Most open REST watches per client address.
     pub max_rest_watches_per_client: usize,
+    /// Most open client and REST connections (`None`: from the open-file limit at start).
+    pub max_client_connections: Option<usize>,
+    /// Deadline for a connection's first bytes and each HTTP/1 request head (`None`: none).
+    pub http_read_header_timeout: Option<Duration>,
+    /// `--grpc-keepalive-min-time`: checked, not enforced.
+    pub grpc_keepalive_min_time: Duration,
+    /// How often an idle HTTP/2 connection is pinged (`None`: never).
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub grpc_keepalive_timeout: Duration,
     /// Most operations in one transaction branch.
     pub max_txn_ops: usize,
     /// Automatic compaction, if enabled.
@@ -321,6 +353,30 @@ impl Config {
             max_concurrent_streams: a.max_concurrent_streams,
             max_watches_per_stream: a.max_watches_per_stream as usize,
             max_rest_watches_per_client: a.max_rest_watches_per_client as usize,
+            max_client_connections: (a.max_client_connections > 0)
+                .then_some(a.max_client_connections),
+            http_read_header_timeout: Some(go_duration(
+                "--http-read-header-timeout",
+                &a.http_read_header_timeout,
+            )?)
+            .filter(|d| !d.is_zero()),
+            grpc_keepalive_min_time: go_duration(
+                "--grpc-keepalive-min-time",
+                &a.grpc_keepalive_min_time,
+            )?,
+            grpc_keepalive_interval: Some(go_duration(
+                "--grpc-keepalive-interval",
+                &a.grpc_keepalive_interval,
+            )?)
+            .filter(|d| !d.is_zero()),
+            grpc_keepalive_timeout: Some(go_duration(
+                "--grpc-keepalive-timeout",
+                &a.grpc_keepalive_timeout,
+            )?)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                Error::InvalidArgument("--grpc-keepalive-timeout must be above 0".into())
+            })?,
             max_txn_ops: a.max_txn_ops,
             auto_compaction: Retention::parse(
                 &a.auto_compaction_mode,
@@ -600,6 +656,46 @@ fn parse_short_duration(s: &str) -> Option<Duration> {
     parse_with_unit(s, &[("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)])
 }
 
+/// A Go duration as etcd's flags take it: `0`, or numbers each with a unit (`ns`, `us`, `µs`, `ms`,
+/// `s`, `m`, `h`), as in `20s`, `1m30s`, `2h0m0s`.
+fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let unit_len = rest[num_len..]
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len() - num_len);
+        let part = parse_with_unit(
+            &rest[..num_len + unit_len],
+            &[
+                ("ns", 1e-9),
+                ("us", 1e-6),
+                ("µs", 1e-6),
+                ("ms", 1e-3),
+                ("s", 1.0),
+                ("m", 60.0),
+                ("h", 3600.0),
+            ],
+        )?;
+        total = total.checked_add(part)?;
+        rest = &rest[num_len + unit_len..];
+    }
+    Some(total)
+}
+
+/// [`parse_go_duration`], or an error naming `flag`.
+fn go_duration(flag: &str, value: &str) -> Result<Duration> {
+    parse_go_duration(value).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{flag}: {value:?} is not a duration (e.g. 20s, 1m30s, 2h, or 0)"
+        ))
+    })
+}
+
 /// `1h`, `30m`, `45s`, `500ms`, or a bare number of hours (etcd's periodic retention).
 fn parse_duration(s: &str) -> Option<Duration> {
     if let Ok(hours) = s.parse::<f64>() {
@@ -626,6 +722,47 @@ mod tests {
         v.extend_from_slice(args);
         let cli = Cli::try_parse_from(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         Config::from_args(cli.server)
+    }
+
+    #[test]
+    fn connection_flags_take_go_durations_with_etcd_defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.grpc_keepalive_min_time, Duration::from_secs(5));
+        assert_eq!(c.grpc_keepalive_interval, Some(Duration::from_secs(7200)));
+        assert_eq!(c.grpc_keepalive_timeout, Duration::from_secs(20));
+        assert_eq!(c.http_read_header_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.max_client_connections, None);
+        let c = parse(&[
+            "--grpc-keepalive-interval=2h0m0s",
+            "--grpc-keepalive-timeout=1m30s",
+            "--http-read-header-timeout=0",
+            "--max-client-connections=7",
+        ])
+        .unwrap();
+        assert_eq!(c.grpc_keepalive_interval, Some(Duration::from_secs(7200)));
+        assert_eq!(c.grpc_keepalive_timeout, Duration::from_secs(90));
+        assert_eq!(c.http_read_header_timeout, None);
+        assert_eq!(c.max_client_connections, Some(7));
+        assert_eq!(
+            parse(&["--grpc-keepalive-interval=0"])
+                .unwrap()
+                .grpc_keepalive_interval,
+            None
+        );
+        assert_eq!(
+            parse(&["--http-read-header-timeout=500ms"])
+                .unwrap()
+                .http_read_header_timeout,
+            Some(Duration::from_millis(500))
+        );
+        for bad in [
+            "--grpc-keepalive-timeout=0",
+            "--grpc-keepalive-timeout=20",
+            "--grpc-keepalive-interval=h",
+            "--http-read-header-timeout=10x",
+        ] {
+            assert!(parse(&[bad]).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

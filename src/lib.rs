@@ -13,11 +13,12 @@
 //! [`proto`] holds the etcd v3 wire types (compiled from `proto/` by `build.rs`, no system protoc).
 //! [`bench`](mod@bench) is the `mini-etcd bench` load generator, a client of the v3 API like any other.
 //! [`config`] turns flags and `ETCD_*` variables into a [`config::Config`]; [`error`] is the one error
-//! type.
+//! type; [`fdlimit`] raises and reads the open-file limit.
 pub mod api;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod fdlimit;
 pub mod histogram;
 pub mod lease;
 pub mod logging;

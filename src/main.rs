@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         }
     }
 
+    raise_open_file_limit();
+
     if let Some(Command::Bench(args)) = &cli.command {
         return mini_etcd::bench::main(args);
     }
@@ -146,6 +148,25 @@ fn release_freed_memory() {
     // SAFETY: mi_collect takes no pointers; it walks mimalloc's own structures and may be called from
     // any thread at any time.
     unsafe { mi_collect(true) }
+}
+
+/// Raises the soft open-file limit to the hard one, as Go (and so etcd) does at start: a soft limit
+/// of 256 or 1024 runs out under a few hundred idle clients. Not fatal if refused.
+fn raise_open_file_limit() {
+    match mini_etcd::fdlimit::raise_to_hard() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(
+                before,
+                after,
+                "raised the open-file soft limit to the hard limit"
+            )
+        }
+        Ok((_, after)) => tracing::debug!(
+            limit = after,
+            "open-file soft limit already at the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file soft limit"),
+    }
 }
 
 /// Turns transparent huge pages off for this process, as Redis and MongoDB advise for theirs.

@@ -708,6 +708,133 @@ fn unfinished_segment_from_a_crash_during_cut_is_ignored() {
     assert!(!tmp_seg.exists());
 }
 
+const SPARE: &str = "spare.wal.tmp";
+
+#[test]
+fn the_next_segment_is_made_ahead_and_open_replaces_a_used_or_stale_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    let spare = dir.join(SPARE);
+    assert_eq!(fs::metadata(&spare).unwrap().len(), 512, "preallocated");
+    wal.save(None, &entries(1..=3, 1)).unwrap();
+    drop(wal);
+    // A crash during a cut that had written into the spare but not renamed it.
+    fs::write(&spare, b"half a segment header").unwrap();
+    let (mut wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.entries, entries(1..=3, 1));
+    assert_eq!(segments(&dir).len(), 1);
+    let bytes = fs::read(&spare).unwrap();
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "a fresh spare, not the old one"
+    );
+    // Cuts use the spare and make the next one.
+    for i in 4..=60 {
+        wal.save(None, &[entry(i, 1)]).unwrap();
+    }
+    assert!(wal.segment_count() >= 3);
+    assert_eq!(segments(&dir).len(), wal.segment_count());
+    assert!(spare.exists());
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.entries, entries(1..=60, 1));
+}
+
+/// Set in the child process that [`a_cut_with_no_descriptor_left_uses_the_spare_segment`] starts.
+const EMFILE_CHILD: &str = "WAL_TEST_EMFILE_CHILD";
+
+fn set_soft_nofile(limit: libc::rlim_t) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = limit.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// The process runs out of descriptors (a soft RLIMIT_NOFILE of 0: every open fails with EMFILE,
+/// even into a descriptor a cut closes) before a save that fills the segment: the cut still happens, in the spare made
+/// ahead; the next full segment, with no spare to be had, grows instead of failing the save; once
+/// descriptors are back, a spare is made and the cut follows. Runs in a child process, since the
+/// limit is the whole process's.
+#[test]
+fn a_cut_with_no_descriptor_left_uses_the_spare_segment() {
+    if std::env::var_os(EMFILE_CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_cut_with_no_descriptor_left_uses_the_spare_segment",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EMFILE_CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child failed: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the child ran no test: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let mut wal = Wal::create(&dir, META, small()).unwrap();
+    wal.save(None, &entries(1..=2, 1)).unwrap();
+    assert_eq!(wal.segment_count(), 1);
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+
+    set_soft_nofile(0);
+    let err = fs::File::open(&dir).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+    // Fills segment 0: cut into the spare.
+    wal.save(Some(&hs(1, 1, 1)), &entries(3..=12, 1)).unwrap();
+    assert_eq!(wal.segment_count(), 2);
+    // Fills segment 1, with no spare: it grows.
+    wal.save(Some(&hs(1, 1, 2)), &entries(13..=30, 1)).unwrap();
+    wal.save(None, &[entry(31, 1)]).unwrap();
+    assert_eq!(wal.segment_count(), 2);
+
+    set_soft_nofile(hard.rlim_cur);
+    let seg1 = segments(&dir)[1].clone();
+    // The spare is tried again at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    wal.save(None, &[entry(32, 1)]).unwrap();
+    assert_eq!(
+        wal.segment_count(),
+        3,
+        "the overdue cut, once a spare could be made"
+    );
+    assert!(
+        fs::metadata(&seg1).unwrap().len() > 512,
+        "segment 1 grew past the size"
+    );
+    drop(wal);
+    let (_wal, c) = Wal::open(&dir, small()).unwrap();
+    assert_eq!(c.entries, entries(1..=32, 1));
+    assert_eq!(c.hard_state, hs(1, 1, 2));
+}
+
 #[test]
 fn missing_segment_is_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
@@ -779,11 +906,14 @@ fn write_fixture(dir: &Path) {
     }
 }
 
+/// The files of a WAL directory with their bytes, but for the spare segment (`spare.wal.tmp`, empty
+/// space that open removes): it is not part of the format.
 fn dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
         .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|x| x != "tmp"))
+        .map(|p| {
             let name = p.file_name().unwrap().to_str().unwrap().to_string();
             (name, fs::read(&p).unwrap())
         })

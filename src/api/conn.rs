@@ -22,8 +22,14 @@
 //! their Raft turn on this thread, so that the next round sends the replies with no thread
 //! hand-off.)
 //!
-//! Not here: routing (the axum router this serves, apart from the KV shortcut) and TLS (the
-//! listener's job).
+//! A connection that goes quiet is closed ([`Liveness`]): one that has not sent the first bytes of
+//! its protocol, or an HTTP/1 request head, within the header timeout (hyper's own header timer
+//! for the head; [`Opening`] for the bytes before hyper knows the protocol, which hyper waits for
+//! without a limit), and an HTTP/2 connection that leaves a keep-alive ping unanswered. TCP
+//! keep-alive, for a peer that vanished without a word, is the listener's.
+//!
+//! Not here: routing (the axum router this serves, apart from the KV shortcut), TLS and the
+//! connection limit (the listener's job).
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -31,14 +37,16 @@ use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::{Either, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use http_body_util::Either as BodyEither;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
 
 use crate::api::grpc::unary::{CallFuture, KvCalls, UnaryBody};
@@ -130,6 +138,132 @@ pub struct Routes {
     /// The client's address, set per connection; requests through the router carry it as a
     /// [`PeerAddr`] extension.
     pub remote: Option<std::net::SocketAddr>,
+    /// When a quiet connection is closed.
+    pub liveness: Liveness,
+}
+
+/// When a connection that does not speak is closed.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    /// The client must send the bytes that tell HTTP/1 from HTTP/2, and then each HTTP/1 request
+    /// head, within this long (`--http-read-header-timeout`); it is also how long an HTTP/1
+    /// keep-alive connection may sit idle. `None`: no limit.
+    pub header_timeout: Option<Duration>,
+    /// How often an HTTP/2 connection is pinged when nothing else arrives
+    /// (`--grpc-keepalive-interval`). `None`: never.
+    pub ping_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is closed
+    /// (`--grpc-keepalive-timeout`).
+    pub ping_timeout: Duration,
+}
+
+#[cfg(test)]
+impl Liveness {
+    /// No limits: a connection stays open until the client closes it.
+    pub const NONE: Liveness = Liveness {
+        header_timeout: None,
+        ping_interval: None,
+        ping_timeout: Duration::from_secs(20),
+    };
+}
+
+/// The HTTP/2 connection preface; hyper reads this many bytes (or up to the first that differs)
+/// before it picks HTTP/1 or HTTP/2.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The connection's socket while hyper works out its protocol: a read that would wait past the
+/// deadline fails with `TimedOut` instead, which ends the connection. Once the bytes read so far
+/// differ from the HTTP/2 preface, or hold all of it, hyper has decided, its own timers take over,
+/// and this only passes reads and writes through.
+struct Opening<I> {
+    /// The socket.
+    io: I,
+    /// How many bytes of [`H2_PREFACE`] the client has sent so far, while still undecided.
+    matched: usize,
+    /// Set until the protocol is decided; `None` after, or with no header timeout.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> Opening<I> {
+    fn new(io: I, timeout: Option<Duration>) -> Self {
+        Opening {
+            io,
+            matched: 0,
+            deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+        }
+    }
+
+    /// Notes bytes just read; drops the deadline once they decide the protocol.
+    fn saw(&mut self, bytes: &[u8]) {
+        let want = &H2_PREFACE[self.matched..];
+        let n = bytes.len().min(want.len());
+        if bytes[..n] != want[..n] || self.matched + n == H2_PREFACE.len() {
+            self.deadline = None;
+        } else {
+            self.matched += n;
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Opening<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.deadline.is_none() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled().len();
+                if filled > before {
+                    this.saw(&buf.filled()[before..filled]);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request from the client within the header timeout",
+                ))),
+                _ => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Opening<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The address of the client that sent a request (a request extension on the router's path).
@@ -157,6 +291,7 @@ where
     let marks = executor.next_inline.clone();
     let max_streams = routes.max_concurrent_streams;
     let round = routes.round;
+    let liveness = routes.liveness;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         // No CONNECT: nothing here tunnels, and a CONNECT answered 2xx would make hyper start an
         // upgrade task on whichever thread polls the stream, through this connection's executor.
@@ -183,7 +318,15 @@ where
     builder
         .http2()
         .auto_date_header(false)
-        .max_concurrent_streams(max_streams);
+        .max_concurrent_streams(max_streams)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(liveness.ping_interval)
+        .keep_alive_timeout(liveness.ping_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(liveness.header_timeout);
+    let io = Opening::new(io, liveness.header_timeout);
     let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
     let mut stop = pin!(stop);
     let mut stopping = false;

@@ -2,7 +2,15 @@
 //! handle, and maps results and errors to its wire format; none of them changes state itself.
 //!
 //! [`serve`] accepts the connections of every listener; `conn` serves each one (HTTP/1.1 or HTTP/2,
-//! and which calls run on the connection's own task).
+//! which calls run on the connection's own task, and when a quiet one is closed).
+//!
+//! Descriptors are bounded: the REST and client listeners together hold at most
+//! `--max-client-connections` connections ([`Slots`]); beyond it a listener stops accepting, and new
+//! connections wait in the kernel's listen queue until one closes, rather than the server running
+//! out of descriptors for its WAL and backend. The REST listener has [`REST_RESERVE`] more of its
+//! own, so `/health` there still answers when clients fill the rest. Accepted sockets get TCP
+//! keep-alive ([`TCP_KEEPALIVE`], etcd's), so a client that vanished without closing is noticed
+//! even when the connection is idle.
 
 mod conn;
 pub mod gateway;
@@ -10,8 +18,11 @@ pub mod grpc;
 pub mod rest;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::Listener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -22,12 +33,107 @@ use crate::server::Server;
 /// never end on their own, such as a client's `LeaseKeepAlive`, are cut there.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7);
 
+/// Connections the REST listener may hold beyond `--max-client-connections`, so that `/health` and
+/// an operator's requests get through when clients hold every other slot.
+pub const REST_RESERVE: usize = 16;
+
+/// Idle time before TCP keep-alive probes start, and the time between probes, on every accepted
+/// socket: etcd's keep-alive listener sets 30 s. With Linux's default 9 probes, a peer that is gone
+/// is noticed within about 5 minutes.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// The connection slots of the API listeners: one pool they all share, and optionally a reserve
+/// that only one listener draws on when the pool is empty. A connection holds its slot (a permit)
+/// until it closes.
+#[derive(Clone)]
+struct Slots {
+    /// Shared by every listener.
+    shared: Arc<Semaphore>,
+    /// This listener's own, used only when `shared` has none.
+    reserve: Option<Arc<Semaphore>>,
+}
+
+impl Slots {
+    /// A slot, once one is free. Warns when it has to wait, once until a slot is free at once again.
+    async fn acquire(&self, waited: &mut bool, what: &str) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = Arc::clone(&self.shared).try_acquire_owned() {
+            *waited = false;
+            return Some(p);
+        }
+        if let Some(p) = self
+            .reserve
+            .as_ref()
+            .and_then(|r| Arc::clone(r).try_acquire_owned().ok())
+        {
+            return Some(p);
+        }
+        if !*waited {
+            *waited = true;
+            tracing::warn!(
+                listener = what,
+                "--max-client-connections reached: new connections wait until one closes"
+            );
+        }
+        let shared = Arc::clone(&self.shared).acquire_owned();
+        match &self.reserve {
+            None => shared.await.ok(),
+            Some(r) => tokio::select! {
+                biased;
+                p = shared => p.ok(),
+                p = Arc::clone(r).acquire_owned() => p.ok(),
+            },
+        }
+    }
+}
+
+/// TCP_NODELAY and keep-alive on an accepted socket; failures only cost latency or liveness.
+fn tune_socket(tcp: &tokio::net::TcpStream) {
+    // Small request/response exchanges must not wait for Nagle's algorithm to meet the peer's
+    // delayed ACK (a ~40 ms stall per request seen with etcd's Go benchmark tool).
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keep-alive");
+    }
+}
+
 /// Binds every API listener first (so a busy port fails the start), then serves until `shutdown`
 /// resolves; in-flight requests finish before it returns, or are cut after [`DRAIN_TIMEOUT`].
 pub async fn serve(
     server: Server,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let config = server.config();
+    let liveness = conn::Liveness {
+        header_timeout: config.http_read_header_timeout,
+        ping_interval: config.grpc_keepalive_interval,
+        ping_timeout: config.grpc_keepalive_timeout,
+    };
+    let soft_limit = crate::fdlimit::limits().map(|(soft, _)| soft);
+    let max_connections = config
+        .max_client_connections
+        .unwrap_or_else(|| crate::fdlimit::default_max_connections(soft_limit));
+    if let Some(soft) = soft_limit
+        .filter(|&soft| (max_connections + REST_RESERVE) as u64 + crate::fdlimit::RESERVE > soft)
+    {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft,
+            "--max-client-connections leaves fewer than {} descriptors of the open-file limit for \
+             the rest of the server",
+            crate::fdlimit::RESERVE
+        );
+    }
+    tracing::info!(
+        max_connections,
+        rest_reserve = REST_RESERVE,
+        "client connection limit"
+    );
+    let shared = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     let mut listeners = Vec::new();
     let rest_addr = Config::socket_addr(&server.config().listen_rest_url)?;
     listeners.push((
@@ -38,7 +144,13 @@ pub async fn serve(
             max_concurrent_streams: server.config().max_concurrent_streams,
             round: conn::run_round,
             remote: None,
+            liveness,
         },
+        Slots {
+            shared: Arc::clone(&shared),
+            reserve: Some(Arc::new(Semaphore::new(REST_RESERVE))),
+        },
+        "rest",
     ));
     tracing::info!(addr = %rest_addr, "serving the REST API");
     for url in &server.config().listen_client_urls {
@@ -51,7 +163,13 @@ pub async fn serve(
                 max_concurrent_streams: server.config().max_concurrent_streams,
                 round: server.call_round(),
                 remote: None,
+                liveness,
             },
+            Slots {
+                shared: Arc::clone(&shared),
+                reserve: None,
+            },
+            "client",
         ));
         tracing::info!(%addr, "serving the etcd v3 API (gRPC and JSON gateway)");
     }
@@ -62,21 +180,25 @@ pub async fn serve(
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
     // Every connection task holds a clone of `open_tx`; when the last one ends, `open_rx` closes.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
-    for (mut listener, routes) in listeners {
+    for (mut listener, routes, slots, what) in listeners {
         let mut stop = stop_rx.clone();
         let cut = cut_rx.clone();
         let open_tx = open_tx.clone();
         tokio::spawn(async move {
+            let mut waited = false;
             loop {
+                // A slot first, then the connection: without a slot the connection stays in the
+                // listen queue and holds no descriptor of ours.
+                let slot = tokio::select! {
+                    slot = slots.acquire(&mut waited, what) => slot,
+                    _ = stop.wait_for(|&stopping| stopping) => break,
+                };
+                let Some(slot) = slot else { break };
                 let (tcp, remote) = tokio::select! {
                     accepted = Listener::accept(&mut listener) => accepted,
                     _ = stop.wait_for(|&stopping| stopping) => break,
                 };
-                // Small request/response exchanges must not wait for Nagle's algorithm to meet the
-                // peer's delayed ACK (a ~40 ms stall per request seen with etcd's Go benchmark tool).
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
+                tune_socket(&tcp);
                 let mut conn_stop = stop.clone();
                 let mut cut = cut.clone();
                 let open_tx = open_tx.clone();
@@ -93,6 +215,7 @@ pub async fn serve(
                         // Dropping the connection cancels its calls and closes the socket.
                         _ = cut.wait_for(|&cut| cut) => {}
                     }
+                    drop(slot);
                     drop(open_tx);
                 });
             }

@@ -44,6 +44,18 @@
 //! file, fsynced, renamed into place and the directory fsynced: a crash leaves either a complete new
 //! segment or none.
 //!
+//! # The spare segment
+//!
+//! As etcd's file pipeline does, the next segment is made before it is needed: `spare.wal.tmp`,
+//! created empty and preallocated after open and after each cut, and held open with the WAL
+//! directory. A cut writes the new segment's first records into it, fsyncs, renames it into place
+//! and fsyncs the directory: it opens no file, so a process out of descriptors (`EMFILE`) still
+//! cuts. If the spare cannot be made, the handle tries again after later writes (at most once a
+//! second), and a segment that is full with no spare ready keeps growing past
+//! [`WalOptions::segment_size`] until one is: the format allows a segment of any size, and the
+//! member keeps working. The spare is a `.tmp` file, so open removes it like any unfinished
+//! segment and makes a new one.
+//!
 //! # Preallocation
 //!
 //! Like etcd, every segment file is preallocated to `segment_size` when it is created (`fallocate`
@@ -113,8 +125,8 @@
 //!
 //! # What it leaves out
 //!
-//! - No preparing the next segment ahead of time and no background cutting: a cut creates and
-//!   preallocates the next segment inline, after the save that crossed the size limit.
+//! - No background cutting: the cut, and making the next spare after it, run inline after the save
+//!   that crossed the size limit.
 //! - No directory lock: the server holds the data directory lock; one process owns a WAL.
 //! - No reading of entries after open: the Raft storage keeps them in memory.
 //! - Releasing segments is up to the caller: [`Wal::release_to`] should only be given an index that a
@@ -128,7 +140,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfState, Entry, HardState};
 
@@ -202,6 +214,13 @@ pub struct Wal {
     segments: Vec<SegmentFile>,
     /// The last segment, open for writing at `offset`.
     file: File,
+    /// The WAL directory, open for the fsyncs that make creations, renames and removals durable, so
+    /// that a cut and a release need no new descriptor.
+    dir_file: File,
+    /// The next segment, created and preallocated ahead of the cut ([`segment::create_spare`]).
+    spare: Option<File>,
+    /// While there is no spare: when to try making one again (the last try failed).
+    spare_retry_at: Option<Instant>,
     /// End of the last record in `file` (its logical end; the file itself is usually longer,
     /// preallocated): where the next write goes.
     offset: u64,
@@ -247,12 +266,16 @@ impl Wal {
         let crc = record::encode_record(&mut buf, 0, &Record::Crc(0))?;
         let crc = record::encode_record(&mut buf, crc, &Record::Metadata(metadata.to_vec()))?;
         let (file, seg) = segment::create(dir, 0, 0, &buf, opts.segment_size)?;
+        let dir_file = File::open(dir)?;
         tracing::info!(dir = %dir.display(), "created WAL");
-        Ok(Wal {
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
             segments: vec![seg],
             file,
+            dir_file,
+            spare: None,
+            spare_retry_at: None,
             offset: buf.len() as u64,
             last_crc: crc,
             metadata: metadata.to_vec(),
@@ -262,7 +285,9 @@ impl Wal {
             sync_count: 1,
             failed: false,
             fsync_latency: Arc::default(),
-        })
+        };
+        wal.prepare_spare();
+        Ok(wal)
     }
 
     /// Recovers the log in `dir`: reads and checks every segment, cuts a torn tail, and returns the
@@ -297,6 +322,7 @@ impl Wal {
             .cloned()
             .ok_or_else(|| Error::Internal("scan returned no segments".to_string()))?;
         let file = OpenOptions::new().write(true).open(&last.path)?;
+        let dir_file = File::open(dir)?;
         let len_before = file.metadata()?.len();
         // A torn tail must go entirely: a later write may cover only part of it, leaving bytes that
         // the next recovery would take for damage. Everything after `scan.end` is zero otherwise.
@@ -325,12 +351,15 @@ impl Wal {
             snapshot_index = contents.snapshot.index,
             "opened WAL"
         );
-        let wal = Wal {
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
             opts,
             last_index,
             segments: scan.segments,
             file,
+            dir_file,
+            spare: None,
+            spare_retry_at: None,
             offset: scan.end,
             last_crc: scan.last_crc,
             metadata,
@@ -340,6 +369,7 @@ impl Wal {
             failed: false,
             fsync_latency: Arc::default(),
         };
+        wal.prepare_spare();
         Ok((wal, contents))
     }
 
@@ -411,7 +441,8 @@ impl Wal {
             tracing::debug!(path = %seg.path.display(), "released WAL segment");
         }
         self.segments.drain(..remove);
-        self.guard(segment::sync_dir(&self.dir))?;
+        let res = self.dir_file.sync_all();
+        self.guard(res.map_err(Error::from))?;
         Ok(remove)
     }
 
@@ -453,16 +484,56 @@ impl Wal {
         Ok(())
     }
 
+    /// After a write: makes a spare if there is none (when a retry is due), then cuts if the
+    /// segment is full and a spare is ready. With no spare the segment grows until one is.
     fn cut_if_full(&mut self) -> Result<()> {
+        if self.spare.is_none() && self.spare_retry_at.is_none_or(|at| Instant::now() >= at) {
+            self.prepare_spare();
+        }
         if self.offset <= self.opts.segment_size {
             return Ok(());
         }
-        let res = self.cut();
-        self.guard(res)
+        let Some(spare) = self.spare.take() else {
+            tracing::debug!(
+                dir = %self.dir.display(),
+                size = self.offset,
+                "WAL segment is full but no spare is ready; writing on past its size"
+            );
+            return Ok(());
+        };
+        let res = self.cut(spare);
+        self.guard(res)?;
+        self.prepare_spare();
+        Ok(())
     }
 
-    /// Starts the next segment with the records recovery needs to continue from it alone.
-    fn cut(&mut self) -> Result<()> {
+    /// How long after a failed try the spare is tried again.
+    const SPARE_RETRY: Duration = Duration::from_secs(1);
+
+    /// Makes the spare next segment, if it can; a failure is logged and tried again later.
+    fn prepare_spare(&mut self) {
+        match segment::create_spare(&self.dir, self.opts.segment_size) {
+            Ok(file) => {
+                if self.spare_retry_at.take().is_some() {
+                    tracing::info!(dir = %self.dir.display(), "made the spare WAL segment");
+                }
+                self.spare = Some(file);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    error = %e,
+                    "cannot make the spare WAL segment; trying again after later writes (a \
+                     full segment grows past its size until then)"
+                );
+                self.spare_retry_at = Some(Instant::now() + Self::SPARE_RETRY);
+            }
+        }
+    }
+
+    /// Starts the next segment, in `spare`, with the records recovery needs to continue from it
+    /// alone. Opens no file.
+    fn cut(&mut self, spare: File) -> Result<()> {
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
         let first_index = self.last_index + 1;
         // A finished segment ends at its last record: drop its unused preallocated space. No fsync
@@ -479,7 +550,7 @@ impl Wal {
             crc = record::encode_record(&mut buf, crc, &rec)?;
         }
         let (file, seg) =
-            segment::create(&self.dir, seq, first_index, &buf, self.opts.segment_size)?;
+            segment::install_spare(&self.dir, &self.dir_file, spare, seq, first_index, &buf)?;
         self.sync_count += 1;
         tracing::info!(path = %seg.path.display(), first_index, "cut WAL segment");
         self.file = file;

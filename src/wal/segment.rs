@@ -1,8 +1,9 @@
-//! Segment files: naming, listing, atomic creation, and the scan that reads every segment in order,
-//! checks the chain and replays the records into the state recovery hands back.
+//! Segment files: naming, listing, atomic creation, the spare next segment made ahead of a cut, and
+//! the scan that reads every segment in order, checks the chain and replays the records into the
+//! state recovery hands back.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{Entry, HardState};
@@ -15,6 +16,9 @@ use crate::error::{Error, Result};
 const SUFFIX: &str = ".wal";
 /// Suffix of a segment being created; never read, removed on open.
 const TMP_SUFFIX: &str = ".wal.tmp";
+/// The next segment, created and preallocated ahead of the cut that will need it ([`create_spare`]);
+/// a `.wal.tmp` file, so recovery removes it like any unfinished segment.
+pub(crate) const SPARE_NAME: &str = "spare.wal.tmp";
 
 /// The unit a disk writes atomically, at the least: a crash leaves each 512-byte sector of a write
 /// either written or as it was. Torn-write detection reasons in sectors of this size, by file offset.
@@ -72,15 +76,18 @@ pub(crate) fn remove_tmp_files(dir: &Path) -> Result<bool> {
     let mut found = false;
     for item in fs::read_dir(dir)? {
         let item = item?;
-        if item
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(TMP_SUFFIX))
-        {
+        let name = item.file_name();
+        let Some(name) = name.to_str().filter(|n| n.ends_with(TMP_SUFFIX)) else {
+            continue;
+        };
+        if name == SPARE_NAME {
+            // Left by every stop, clean or not: a new one is made after open.
+            tracing::debug!(path = %item.path().display(), "removing the spare WAL segment");
+        } else {
             tracing::info!(path = %item.path().display(), "removing unfinished WAL segment");
-            fs::remove_file(item.path())?;
-            found = true;
         }
+        fs::remove_file(item.path())?;
+        found = true;
     }
     if found {
         sync_dir(dir)?;
@@ -160,6 +167,56 @@ pub(crate) fn create(
     sync_dir(dir)?;
     Ok((
         file,
+        SegmentFile {
+            path,
+            seq,
+            first_index,
+        },
+    ))
+}
+
+/// Creates the spare next segment in `dir`: an empty file preallocated to `prealloc` bytes and
+/// fsynced, replacing any earlier spare. A cut then needs no new descriptor ([`install_spare`]),
+/// so running out of descriptors cannot stop it. On failure, no spare is left behind.
+pub(crate) fn create_spare(dir: &Path, prealloc: u64) -> Result<File> {
+    let path = dir.join(SPARE_NAME);
+    let res = (|| -> Result<File> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        preallocate(&file, prealloc)?;
+        file.sync_all()?;
+        Ok(file)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    res
+}
+
+/// Makes the spare segment `spare` (from [`create_spare`]) segment `seq`, holding `initial` bytes:
+/// they are written at its start and fsynced, then the file is renamed into place and the directory
+/// (`dir_file`, kept open) fsynced. Opens nothing. A crash leaves either no new segment (the spare is
+/// removed on open) or a complete one.
+pub(crate) fn install_spare(
+    dir: &Path,
+    dir_file: &File,
+    mut spare: File,
+    seq: u64,
+    first_index: u64,
+    initial: &[u8],
+) -> Result<(File, SegmentFile)> {
+    let path = dir.join(file_name(seq, first_index));
+    spare.seek(SeekFrom::Start(0))?;
+    spare.write_all(initial)?;
+    // sync_all, not sync_data: where preallocation is not supported the write grew the file.
+    spare.sync_all()?;
+    fs::rename(dir.join(SPARE_NAME), &path)?;
+    dir_file.sync_all()?;
+    Ok((
+        spare,
         SegmentFile {
             path,
             seq,

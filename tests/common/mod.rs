@@ -145,10 +145,15 @@ pub async fn run_cli(args: &[&str], bound: Duration) -> (ExitStatus, String) {
 }
 
 fn spawn_logged(args: &[&str], log: &Path) -> Child {
-    spawn_logged_with_env(args, log, &[])
+    spawn_logged_with_env(args, log, &[], None)
 }
 
-fn spawn_logged_with_env(args: &[&str], log: &Path, env: &[(String, String)]) -> Child {
+fn spawn_logged_with_env(
+    args: &[&str],
+    log: &Path,
+    env: &[(String, String)],
+    soft_nofile: Option<u64>,
+) -> Child {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -156,8 +161,28 @@ fn spawn_logged_with_env(args: &[&str], log: &Path, env: &[(String, String)]) ->
         .expect("open log file");
     let err: File = out.try_clone().expect("clone log file handle");
     let bin = reference_etcd().unwrap_or_else(bin);
-    Command::new(&bin)
-        .args(args)
+    let mut cmd = Command::new(&bin);
+    if let Some(soft) = soft_nofile {
+        use std::os::unix::process::CommandExt;
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim.rlim_cur = (soft as libc::rlim_t).min(lim.rlim_max);
+        // SAFETY: runs in the child between fork and exec; setrlimit is async-signal-safe and
+        // only reads the struct, which was filled in before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
@@ -188,6 +213,8 @@ pub struct Server {
     starts: u32,
     /// Environment variables set for the process (test switches), on every restart.
     env: Vec<(String, String)>,
+    /// The open-file soft limit the process starts with, if not this test process's.
+    soft_nofile: Option<u64>,
 }
 
 impl Server {
@@ -198,6 +225,20 @@ impl Server {
 
     /// [`Server::start`] with `env` set for the process on every start.
     pub async fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with(data_dir, extra, env, None).await
+    }
+
+    /// [`Server::start`] with the process's open-file soft limit set to `soft` (as `ulimit -Sn`).
+    pub async fn start_with_soft_nofile(data_dir: &Path, extra: &[&str], soft: u64) -> Server {
+        Server::start_with(data_dir, extra, &[], Some(soft)).await
+    }
+
+    async fn start_with(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        soft_nofile: Option<u64>,
+    ) -> Server {
         raise_nofile_limit();
         let mut server = Server {
             child: None,
@@ -213,6 +254,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            soft_nofile,
         };
         server.spawn();
         server.wait_healthy().await;
@@ -283,7 +325,12 @@ impl Server {
             .join(format!("server-{}.log", self.starts));
         let args = self.args_with_ports(ports[0], ports[1], ports[2]);
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        self.child = Some(spawn_logged_with_env(&args, &self.log, &self.env));
+        self.child = Some(spawn_logged_with_env(
+            &args,
+            &self.log,
+            &self.env,
+            self.soft_nofile,
+        ));
     }
 
     async fn wait_healthy(&mut self) {

@@ -54,6 +54,7 @@ async fn serve_limited(
             max_concurrent_streams: max_streams,
             round: crate::api::conn::run_round,
             remote: None,
+            liveness: crate::api::conn::Liveness::NONE,
         };
         serve_connection(tcp, routes, async move {
             let _ = stop_rx.await;

@@ -146,6 +146,7 @@ async fn served() -> Served {
         max_concurrent_streams: u32::MAX,
         round: server.call_round(),
         remote: None,
+        liveness: crate::api::conn::Liveness::NONE,
     };
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
