@@ -113,6 +113,10 @@ pub enum Error {
     /// Authentication is requested but not available.
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
+    /// A bounded resource is in use to its limit (etcd's `ErrTooManyRequests`): at most
+    /// `--max-snapshot-copies` Snapshot calls at a time.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     /// The backend is over `--quota-backend-bytes`.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
@@ -179,6 +183,7 @@ impl Error {
             | Error::LeaderTransferTimeout
             | Error::ConfChangePending => 503,
             Error::Timeout | Error::NoLeader | Error::Stopped | Error::NoSpace => 503,
+            Error::TooManyRequests => 429,
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
             | Error::Io(_)
@@ -205,7 +210,7 @@ impl Error {
             Error::LeaseNotFound | Error::KeyNotFound | Error::NotFound(_) => Code::NotFound,
             Error::LeaseExists => Code::FailedPrecondition,
             Error::AuthNotEnabled => Code::FailedPrecondition,
-            Error::NoSpace => Code::ResourceExhausted,
+            Error::NoSpace | Error::TooManyRequests => Code::ResourceExhausted,
             Error::Timeout | Error::NoLeader | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::MemberNotFound => Code::NotFound,

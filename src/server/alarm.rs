@@ -11,7 +11,8 @@
 //!
 //! - Before a write that can grow the backend (a put, a transaction with a put, a lease grant) is
 //!   proposed, `Server::check_quota` estimates its cost (etcd: the key and value plus 256 bytes of
-//!   overhead per put) and compares the backend's file size plus that cost with
+//!   overhead per put) and compares the backend's file size, plus the temporary snapshot copies of it
+//!   on disk (`snap/copies.rs`; etcd streams without copies), plus that cost with
 //!   `--quota-backend-bytes` (0 = etcd's default of 2 GiB). If it does not fit, the server proposes
 //!   `ACTIVATE NOSPACE` for itself and answers the request with `Error::NoSpace`.
 //! - While a `NOSPACE` alarm is active, the apply step refuses the same kinds of writes with
@@ -273,15 +274,19 @@ impl Server {
         if !grows_backend(op) {
             return Ok(());
         }
-        let size = self.shared().store.backend().size_bytes().unwrap_or(0);
+        let backend = self.shared().store.backend().size_bytes().unwrap_or(0);
+        // Snapshot copies are copies of the backend on the same disk: they count.
+        let copies = self.shared().snapshot_copies.bytes();
+        let size = backend.saturating_add(copies);
         if size.saturating_add(cost(op)) <= self.quota_backend_bytes() {
             return Ok(());
         }
         if !self.shared().alarms.no_space() {
             tracing::warn!(
-                size,
+                backend,
+                snapshot_copies = copies,
                 quota = self.quota_backend_bytes(),
-                "backend over its quota: raising NOSPACE"
+                "backend and its snapshot copies over the quota: raising NOSPACE"
             );
             let raise = AlarmRequest {
                 action: AlarmAction::Activate as i32,
