@@ -162,6 +162,11 @@ pub struct ServerArgs {
     /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Ours: free disk space (bytes) kept in reserve on the data directory's filesystem: a write that
+    /// would leave less raises NOSPACE, as the quota does, before the disk is full. The default is one
+    /// WAL segment (the next one is preallocated whole); 0 turns the check off.
+    #[arg(long, env = "ETCD_DISK_RESERVE_BYTES", default_value_t = crate::server::alarm::DEFAULT_DISK_RESERVE_BYTES)]
+    pub disk_reserve_bytes: u64,
     /// Ours: most concurrent Snapshot calls from clients, each holding a temporary copy of the backend
     /// on disk; one more is refused with `etcdserver: too many requests`.
     #[arg(long, env = "ETCD_MAX_SNAPSHOT_COPIES", default_value_t = crate::snap::copies::DEFAULT_MAX_SNAPSHOT_COPIES, value_parser = clap::value_parser!(u64).range(1..))]
@@ -232,6 +237,8 @@ pub struct Config {
     pub auto_compaction: Option<Retention>,
     /// Backend quota in bytes.
     pub quota_backend_bytes: u64,
+    /// Free disk space kept in reserve (0: not checked).
+    pub disk_reserve_bytes: u64,
     /// Most concurrent client Snapshot calls.
     pub max_snapshot_copies: usize,
     /// How long a snapshot transfer waits for its receiver to take a chunk.
@@ -319,6 +326,7 @@ impl Config {
                 &a.auto_compaction_retention,
             )?,
             quota_backend_bytes: a.quota_backend_bytes,
+            disk_reserve_bytes: a.disk_reserve_bytes,
             max_snapshot_copies: usize::try_from(a.max_snapshot_copies).unwrap_or(usize::MAX),
             snapshot_send_timeout: parse_with_unit(
                 a.snapshot_send_timeout.trim(),

@@ -259,6 +259,40 @@ async fn snapshot_copies_count_against_the_space_quota() {
     refused.assert_error(503, "database space exceeded");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_with_less_free_space_than_the_reserve_raises_nospace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // More than any test machine's disk holds free: every growing write leaves less than this.
+    let server = Server::start(&data, &["--disk-reserve-bytes", "1152921504606846976"]).await;
+    let refused = server.rest().try_put("k", "v").await.expect("an answer");
+    refused.assert_error(503, "a write with the disk below its reserve");
+    assert!(
+        refused.body.contains("database space exceeded"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        server.log_tail().contains("--disk-reserve-bytes"),
+        "the log does not say why:\n{}",
+        server.log_tail()
+    );
+    let alarms = reqwest::Client::new()
+        .post(format!("{}/v3/maintenance/alarm", server.client_url()))
+        .body(r#"{"action": "GET"}"#)
+        .send()
+        .await
+        .expect("alarm list")
+        .text()
+        .await
+        .expect("alarm body");
+    assert!(alarms.contains("NOSPACE"), "{alarms}");
+
+    // Reads and deletes still go through, so an operator can free space.
+    assert!(server.rest().get("k").await.is_none());
+    server.rest().delete("k").await;
+}
+
 /// Sets the disk-full switch to `what` while writes go on; checks that the member stops (non-zero
 /// exit, the reason in the log), then that after the switch is cleared it starts again with every
 /// acknowledged write and serves writes.

@@ -164,6 +164,8 @@ pub struct Shared {
     pub transport: std::sync::OnceLock<Arc<Transport>>,
     /// Temporary backend copies that snapshots are sent from: bounded, and counted by the quota.
     pub snapshot_copies: SnapshotCopies,
+    /// Free space on the data directory's filesystem, for `--disk-reserve-bytes`.
+    pub free_space: alarm::FreeSpace,
 }
 
 impl Shared {
@@ -529,6 +531,7 @@ impl Server {
                 config.max_snapshot_copies,
                 config.snapshot_send_timeout,
             ),
+            free_space: alarm::FreeSpace::new(config.data_dir.clone()),
         });
         shared
             .committed_index
