@@ -669,6 +669,23 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_concurrent_streams, u32::MAX);
         assert_eq!(c.initial_cluster[0].0, "default");
+        assert_eq!(c.max_snapshot_copies, 2);
+        assert_eq!(c.snapshot_send_timeout, Duration::from_secs(30));
+        assert_eq!(c.disk_reserve_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn snapshot_flags_are_checked() {
+        let timeout = |v: &str| {
+            parse(&[&format!("--snapshot-send-timeout={v}")]).map(|c| c.snapshot_send_timeout)
+        };
+        assert_eq!(timeout("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(timeout("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["0s", "30", "-1s", "1h", "slow", ""] {
+            let err = timeout(bad).expect_err(bad).to_string();
+            assert!(err.contains("snapshot-send-timeout"), "{bad}: {err}");
+        }
+        assert!(parse(&["--max-snapshot-copies=0"]).is_err());
     }
 
     #[test]
