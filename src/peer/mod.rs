@@ -36,6 +36,8 @@
 
 pub mod convert;
 pub mod service;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
