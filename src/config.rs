@@ -196,6 +196,20 @@ pub struct ServerArgs {
     /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Ours: free disk space (bytes) kept in reserve on the data directory's filesystem: a write that
+    /// would leave less raises NOSPACE, as the quota does, before the disk is full. The default is one
+    /// WAL segment (the next one is preallocated whole); 0 turns the check off.
+    #[arg(long, env = "ETCD_DISK_RESERVE_BYTES", default_value_t = crate::server::alarm::DEFAULT_DISK_RESERVE_BYTES)]
+    pub disk_reserve_bytes: u64,
+    /// Ours: most concurrent Snapshot calls from clients, each holding a temporary copy of the backend
+    /// on disk; one more is refused with `etcdserver: too many requests`.
+    #[arg(long, env = "ETCD_MAX_SNAPSHOT_COPIES", default_value_t = crate::snap::copies::DEFAULT_MAX_SNAPSHOT_COPIES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_snapshot_copies: u64,
+    /// Ours: how long a snapshot transfer (a client's Snapshot call, or a snapshot for a follower)
+    /// waits for its receiver to take the next chunk before it gives up and removes its copy
+    /// (`30s`, `500ms`, `2m`).
+    #[arg(long, env = "ETCD_SNAPSHOT_SEND_TIMEOUT", default_value = "30s")]
+    pub snapshot_send_timeout: String,
     /// URL to serve the seed's REST API on (ours; etcd has no such flag).
     #[arg(
         long,
@@ -273,6 +287,12 @@ pub struct Config {
     pub auto_compaction: Option<Retention>,
     /// Backend quota in bytes.
     pub quota_backend_bytes: u64,
+    /// Free disk space kept in reserve (0: not checked).
+    pub disk_reserve_bytes: u64,
+    /// Most concurrent client Snapshot calls.
+    pub max_snapshot_copies: usize,
+    /// How long a snapshot transfer waits for its receiver to take a chunk.
+    pub snapshot_send_timeout: Duration,
     /// The REST API's listen address.
     pub listen_rest_url: Url,
     /// The log filter level.
@@ -383,6 +403,19 @@ impl Config {
                 &a.auto_compaction_retention,
             )?,
             quota_backend_bytes: a.quota_backend_bytes,
+            disk_reserve_bytes: a.disk_reserve_bytes,
+            max_snapshot_copies: usize::try_from(a.max_snapshot_copies).unwrap_or(usize::MAX),
+            snapshot_send_timeout: parse_with_unit(
+                a.snapshot_send_timeout.trim(),
+                &[("ms", 1e-3), ("s", 1.0), ("m", 60.0)],
+            )
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "--snapshot-send-timeout: {:?} is not a positive duration (e.g. 30s, 500ms, 2m)",
+                    a.snapshot_send_timeout
+                ))
+            })?,
             listen_rest_url: parse_url("--listen-rest-url", &a.listen_rest_url)?,
             log_level: a.log_level,
             name: a.name,
@@ -794,6 +827,23 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_concurrent_streams, u32::MAX);
         assert_eq!(c.initial_cluster[0].0, "default");
+        assert_eq!(c.max_snapshot_copies, 2);
+        assert_eq!(c.snapshot_send_timeout, Duration::from_secs(30));
+        assert_eq!(c.disk_reserve_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn snapshot_flags_are_checked() {
+        let timeout = |v: &str| {
+            parse(&[&format!("--snapshot-send-timeout={v}")]).map(|c| c.snapshot_send_timeout)
+        };
+        assert_eq!(timeout("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(timeout("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["0s", "30", "-1s", "1h", "slow", ""] {
+            let err = timeout(bad).expect_err(bad).to_string();
+            assert!(err.contains("snapshot-send-timeout"), "{bad}: {err}");
+        }
+        assert!(parse(&["--max-snapshot-copies=0"]).is_err());
     }
 
     #[test]

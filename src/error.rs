@@ -68,7 +68,7 @@ pub enum Error {
     Unimplemented(String),
     /// A client holds as many of a bounded resource as it may (REST watches per address).
     #[error("{0}")]
-    TooManyRequests(String),
+    ClientLimit(String),
 
     #[error("etcdserver: member ID already exist")]
     MemberExists,
@@ -116,6 +116,10 @@ pub enum Error {
     /// Authentication is requested but not available.
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
+    /// A bounded resource is in use to its limit (etcd's `ErrTooManyRequests`): at most
+    /// `--max-snapshot-copies` Snapshot calls at a time.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     /// The backend is over `--quota-backend-bytes`.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
@@ -167,7 +171,7 @@ impl Error {
             Error::Compacted => 410,
             Error::RequestTooLarge => 413,
             Error::Unimplemented(_) => 501,
-            Error::TooManyRequests(_) => 429,
+            Error::ClientLimit(_) => 429,
             Error::MemberNotFound => 404,
             Error::MemberExists
             | Error::PeerUrlExists
@@ -183,6 +187,7 @@ impl Error {
             | Error::LeaderTransferTimeout
             | Error::ConfChangePending => 503,
             Error::Timeout | Error::NoLeader | Error::Stopped | Error::NoSpace => 503,
+            Error::TooManyRequests => 429,
             Error::Corrupt(_)
             | Error::DataDirLocked(_)
             | Error::Io(_)
@@ -209,10 +214,10 @@ impl Error {
             Error::LeaseNotFound | Error::KeyNotFound | Error::NotFound(_) => Code::NotFound,
             Error::LeaseExists => Code::FailedPrecondition,
             Error::AuthNotEnabled => Code::FailedPrecondition,
-            Error::NoSpace => Code::ResourceExhausted,
+            Error::NoSpace | Error::TooManyRequests => Code::ResourceExhausted,
             Error::Timeout | Error::NoLeader | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
-            Error::TooManyRequests(_) => Code::ResourceExhausted,
+            Error::ClientLimit(_) => Code::ResourceExhausted,
             Error::MemberNotFound => Code::NotFound,
             Error::MemberExists
             | Error::PeerUrlExists

@@ -18,6 +18,7 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod fdlimit;
 pub mod histogram;
 pub mod lease;

@@ -305,7 +305,9 @@ impl Backend {
             batch
         };
         let start = Instant::now();
-        let result = write_batch(&self.db(), &batch);
+        let result = crate::fault::disk_full_point("backend")
+            .map_err(Error::from)
+            .and_then(|()| write_batch(&self.db(), &batch));
         self.commit_latency.observe(start.elapsed());
         self.refresh_size();
         if result.is_ok() {

@@ -6,9 +6,10 @@
 //!   Raft needs no answer per message (replies travel the other way, on the other member's own
 //!   call), so one call per pair and direction is enough, and a message costs one HTTP/2 frame.
 //! - `Snapshot`: a snapshot of the whole state (the backend file) in 64 KiB chunks, then a CRC-32C of
-//!   the whole,
-//!   stored to a file before Raft sees the message that names it (installed by
-//!   `server::raft_loop`).
+//!   the whole, stored to a file before Raft sees the message that names it (installed by
+//!   `server::raft_loop`). The sender streams from a temporary copy (`snap::copies`: accounted,
+//!   removed when the transfer ends) and gives up, failing the transfer, when the receiver takes no
+//!   chunk for `--snapshot-send-timeout`.
 //! - `Members`: the membership, for a member that joins with `--initial-cluster-state existing`.
 //! - `LeaseRenew`: a keep-alive that reached a follower, forwarded to the leader.
 //!
@@ -35,6 +36,8 @@
 
 pub mod convert;
 pub mod service;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -49,6 +52,7 @@ use crate::error::Result;
 use crate::histogram::Histogram;
 use crate::proto::peerpb;
 use crate::proto::peerpb::peer_client::PeerClient;
+use crate::snap::copies::{send_within, SnapshotCopy};
 
 /// Batches queued for one peer before further ones are dropped (and the peer reported
 /// unreachable). A batch holds the messages of one Raft turn for that peer.
@@ -78,8 +82,10 @@ pub trait Node: Send + Sync + 'static {
     /// Tells Raft how sending a snapshot to `to` ended.
     fn report_snapshot(&self, to: u64, finished: bool);
     /// Writes a consistent copy of the state that covers at least `index` to a new file and returns
-    /// it (blocking; the caller removes the file).
-    fn snapshot_file(&self, index: u64) -> Result<PathBuf>;
+    /// it (blocking); dropping the copy removes the file.
+    fn snapshot_file(&self, index: u64) -> Result<SnapshotCopy>;
+    /// How long a snapshot transfer waits for the receiver to take a chunk before it gives up.
+    fn snapshot_send_timeout(&self) -> Duration;
     /// Where a received snapshot is written before Raft sees it.
     fn snapshot_dir(&self) -> PathBuf;
     /// Hands a received snapshot message to Raft; its file is `path`.
@@ -461,13 +467,13 @@ async fn snapshot_transfer(
     }
     let index = msg.get_snapshot().get_metadata().index;
     let n = node.clone();
-    let path = tokio::task::spawn_blocking(move || n.snapshot_file(index))
+    let copy = tokio::task::spawn_blocking(move || n.snapshot_file(index))
         .await
         .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))??;
-    let remove = RemoveOnDrop(path.clone());
+    let timeout = node.snapshot_send_timeout();
     // Read once, chunk by chunk: a backend of any size is never held in memory. The checksum of
     // the whole goes in a last chunk of its own.
-    let total = tokio::fs::metadata(&path).await?.len();
+    let total = tokio::fs::metadata(copy.path()).await?.len();
     let (tx, rx) = mpsc::channel::<peerpb::SnapshotChunk>(4);
     let first = peerpb::SnapshotChunk {
         cluster_id: node.cluster_id(),
@@ -478,42 +484,59 @@ async fn snapshot_transfer(
     if tx.send(first).await.is_err() {
         return Err(Error::Internal("snapshot stream closed".into()));
     }
-    let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-        let _remove = remove;
-        let mut file = std::fs::File::open(&path)?;
+    // Owns the copy: its file is gone as soon as the last chunk is queued or the transfer fails.
+    let reader = async move {
+        let mut file = Some(std::fs::File::open(copy.path())?);
         let mut crc = 0u32;
         loop {
-            let mut buf = vec![0u8; SNAPSHOT_CHUNK];
-            let n = read_full(&mut file, &mut buf)?;
+            let mut f = file
+                .take()
+                .ok_or_else(|| Error::Internal("snapshot reader lost".into()))?;
+            let (buf, n, f) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = read_full(&mut f, &mut buf)?;
+                buf.truncate(n);
+                Ok((buf, n, f))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("snapshot reader failed: {e}")))??;
+            file = Some(f);
             let chunk = if n == 0 {
                 peerpb::SnapshotChunk {
                     crc32c: crc,
                     ..Default::default()
                 }
             } else {
-                buf.truncate(n);
                 crc = crc32c::crc32c_append(crc, &buf);
                 peerpb::SnapshotChunk {
                     data: buf,
                     ..Default::default()
                 }
             };
-            if tx.blocking_send(chunk).is_err() || n == 0 {
-                return Ok(()); // sent, or the call ended (its error is reported below)
+            // A receiver that stops reading fails the transfer after `timeout`; one that went away
+            // ends it here, and the call reports why.
+            if !send_within(&tx, chunk, timeout).await? || n == 0 {
+                drop(copy);
+                return Ok::<(), Error>(());
             }
         }
-    });
+    };
     let mut client = connect(urls)
         .await
         .ok_or_else(|| Error::Internal("cannot reach peer".into()))?;
-    let sent = client
-        .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| Error::Internal(format!("snapshot refused: {}", s.message())));
-    reader
-        .await
-        .map_err(|e| Error::Internal(format!("snapshot reader failed: {e}")))??;
-    sent?;
+    let call = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+    tokio::pin!(reader);
+    tokio::pin!(call);
+    // A reader that gives up abandons the call too (dropping it resets the stream): a follower that
+    // stopped reading holds neither a thread nor the copy.
+    let sent = tokio::select! {
+        read = &mut reader => {
+            read?;
+            call.await
+        }
+        sent = &mut call => sent,
+    };
+    sent.map_err(|s| Error::Internal(format!("snapshot refused: {}", s.message())))?;
     stats.sent_bytes.fetch_add(total, Ordering::Relaxed);
     Ok(total)
 }
@@ -529,14 +552,6 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(filled)
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// The test switch: member ids cut off from the rest (see the module docs).

@@ -11,7 +11,8 @@
 //!
 //! - Before a write that can grow the backend (a put, a transaction with a put, a lease grant) is
 //!   proposed, `Server::check_quota` estimates its cost (etcd: the key and value plus 256 bytes of
-//!   overhead per put) and compares the backend's file size plus that cost with
+//!   overhead per put) and compares the backend's file size, plus the temporary snapshot copies of it
+//!   on disk (`snap/copies.rs`; etcd streams without copies), plus that cost with
 //!   `--quota-backend-bytes` (0 = etcd's default of 2 GiB). If it does not fit, the server proposes
 //!   `ACTIVATE NOSPACE` for itself and answers the request with `Error::NoSpace`.
 //! - While a `NOSPACE` alarm is active, the apply step refuses the same kinds of writes with
@@ -21,11 +22,24 @@
 //!   checked against the quota again and, if the file is still too large, raises the alarm again. The
 //!   way out is delete, compact, defragment (which shrinks the file), then disarm.
 //!
+//! Ours beyond etcd, so that the alarm fires before the disk is full:
+//!
+//! - The quota counts the backend file plus its temporary snapshot copies, not the WAL. The WAL is
+//!   bounded by `--snapshot-count` (segments below a snapshot are removed), and counting it would
+//!   make the way out above wait for the next snapshot.
+//! - The same check raises `NOSPACE` when the write would leave less than `--disk-reserve-bytes` free
+//!   on the data directory's filesystem (default: one WAL segment, which is preallocated whole),
+//!   whatever uses the disk. Freeing space and disarming is the way out.
+//! - If the disk fills anyway, the WAL append or backend commit that hits `ENOSPC` stops the member
+//!   (`Shared::fail`) before anything it covers is acknowledged; it starts again once space is freed.
+//!
 //! Left out: `CORRUPT` is recorded and listed but does not yet stop the apply step (etcd then refuses
 //! everything); nothing raises it until corruption checks between members exist.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::mvcc::{Backend, Store, Table, WriteBatch};
@@ -36,6 +50,9 @@ use crate::proto::etcdserverpb::{
 use crate::server::request::Op;
 use crate::server::Server;
 
+/// Default of `--disk-reserve-bytes` (ours): one WAL segment, which is preallocated whole when the
+/// log moves to it.
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
 /// etcd's default `--quota-backend-bytes` (used when the flag is 0): 2 GiB.
 pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// The backend bytes a put is charged beyond its key and value (etcd's `kvOverhead`).
@@ -258,6 +275,65 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+/// How long a reading of the free disk space is used before it is read again: the check runs before
+/// every write that grows the backend, and a `statvfs` each time would cost more than the write's
+/// own bookkeeping.
+const FREE_SPACE_EVERY: Duration = Duration::from_millis(100);
+
+/// The space left on the filesystem of the data directory.
+#[derive(Debug)]
+pub struct FreeSpace {
+    /// A directory on that filesystem.
+    dir: PathBuf,
+    /// The last reading: when, and the bytes an unprivileged writer may still use.
+    last: Mutex<Option<(Instant, u64)>>,
+}
+
+impl FreeSpace {
+    /// The free space of the filesystem holding `dir`.
+    pub fn new(dir: PathBuf) -> FreeSpace {
+        FreeSpace {
+            dir,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Bytes still available, at most [`FREE_SPACE_EVERY`] old; `None` if the filesystem cannot
+    /// say (then nothing is refused for it).
+    pub fn available(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, bytes)) = *last {
+            if at.elapsed() < FREE_SPACE_EVERY {
+                return Some(bytes);
+            }
+        }
+        match statvfs_available(&self.dir) {
+            Ok(bytes) => {
+                *last = Some((Instant::now(), bytes));
+                Some(bytes)
+            }
+            Err(e) => {
+                tracing::debug!(dir = %self.dir.display(), error = %e, "cannot read free disk space");
+                None
+            }
+        }
+    }
+}
+
+/// `statvfs(2)`: the bytes of `dir`'s filesystem available to an unprivileged writer.
+#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+fn statvfs_available(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `st` is a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 impl Server {
     /// The backend quota in bytes (`--quota-backend-bytes`, 0 = etcd's 2 GiB default).
     pub fn quota_backend_bytes(&self) -> u64 {
@@ -273,16 +349,35 @@ impl Server {
         if !grows_backend(op) {
             return Ok(());
         }
-        let size = self.shared().store.backend().size_bytes().unwrap_or(0);
-        if size.saturating_add(cost(op)) <= self.quota_backend_bytes() {
+        let backend = self.shared().store.backend().size_bytes().unwrap_or(0);
+        // Snapshot copies are copies of the backend on the same disk: they count.
+        let copies = self.shared().snapshot_copies.bytes();
+        let size = backend.saturating_add(copies);
+        let over_quota = size.saturating_add(cost(op)) > self.quota_backend_bytes();
+        let reserve = self.config().disk_reserve_bytes;
+        let free = match reserve {
+            0 => None,
+            _ => self.shared().free_space.available(),
+        };
+        let disk_short = free.is_some_and(|f| f.saturating_sub(cost(op)) < reserve);
+        if !over_quota && !disk_short {
             return Ok(());
         }
         if !self.shared().alarms.no_space() {
-            tracing::warn!(
-                size,
-                quota = self.quota_backend_bytes(),
-                "backend over its quota: raising NOSPACE"
-            );
+            if over_quota {
+                tracing::warn!(
+                    backend,
+                    snapshot_copies = copies,
+                    quota = self.quota_backend_bytes(),
+                    "backend and its snapshot copies over the quota: raising NOSPACE"
+                );
+            } else {
+                tracing::warn!(
+                    free,
+                    reserve,
+                    "free disk space below --disk-reserve-bytes: raising NOSPACE"
+                );
+            }
             let raise = AlarmRequest {
                 action: AlarmAction::Activate as i32,
                 member_id: self.shared().member_id,

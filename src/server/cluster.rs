@@ -33,6 +33,7 @@ use crate::server::raft_loop::RaftMsg;
 use crate::server::request::Op;
 use crate::server::wait::ApplyResult;
 use crate::server::{Server, Shared, REQUEST_TIMEOUT};
+use crate::snap::copies::SnapshotCopy;
 
 /// What the peer transport reaches of this member.
 pub struct PeerNode {
@@ -71,7 +72,7 @@ impl crate::peer::Node for PeerNode {
         self.shared.to_raft(RaftMsg::SnapshotStatus(to, finished));
     }
 
-    fn snapshot_file(&self, index: u64) -> Result<PathBuf> {
+    fn snapshot_file(&self, index: u64) -> Result<SnapshotCopy> {
         // The snapshot's metadata comes from Raft's storage, whose commit index is applied by the
         // end of the turn that recorded it; wait for that, so the copy covers the index.
         let deadline = Instant::now() + REQUEST_TIMEOUT;
@@ -85,8 +86,18 @@ impl crate::peer::Node for PeerNode {
             "send-{index:016x}-{}.db",
             SEND_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        self.shared.store.backend().snapshot_to(&path)?;
-        Ok(path)
+        let backend = self.shared.store.backend();
+        let mut copy =
+            self.shared
+                .snapshot_copies
+                .start(path, backend.size_bytes().unwrap_or(0), None);
+        let bytes = backend.snapshot_to(copy.path())?;
+        copy.settle(bytes);
+        Ok(copy)
+    }
+
+    fn snapshot_send_timeout(&self) -> Duration {
+        self.shared.snapshot_copies.send_timeout()
     }
 
     fn snapshot_dir(&self) -> PathBuf {

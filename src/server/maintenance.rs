@@ -8,8 +8,9 @@
 //! # Snapshots and restoring them
 //!
 //! [`Server::snapshot`] streams a consistent copy of the backend: the backend is committed, copied
-//! from one redb read transaction into a temporary file beside the data (`member/db.snapshot.*.tmp`),
-//! and that file is sent in 32 KiB chunks whose `remaining_bytes` counts down to 0, followed, as etcd
+//! from one redb read transaction into a temporary file beside the data (`member/db.snapshot.*.tmp`;
+//! bounded, accounted and removed as `snap/copies.rs` describes), and that file is sent in 32 KiB
+//! chunks whose `remaining_bytes` counts down to 0, followed, as etcd
 //! does since 3.x, by one last chunk holding the SHA-256 of everything sent before it (also with
 //! `remaining_bytes` 0). `etcdctl snapshot save` writes the whole stream, trailer included, to a file.
 //!
@@ -24,8 +25,10 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -34,6 +37,7 @@ use crate::mvcc::backend::DefragStats;
 use crate::mvcc::store::KvHash;
 use crate::proto::etcdserverpb::{Member, SnapshotResponse, StatusResponse};
 use crate::server::Server;
+use crate::snap::copies::send_within;
 
 /// Bytes per snapshot chunk (etcd: 32 KiB, several OS pages).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
@@ -92,27 +96,51 @@ impl Server {
     }
 
     /// etcd's Snapshot: a stream of chunks of a consistent copy of the backend, then the SHA-256
-    /// trailer (see the module docs). The copy is taken before this returns; a copy that fails ends
-    /// the stream with the error. The temporary file is removed when the stream ends or is dropped.
-    pub async fn snapshot(&self) -> Result<mpsc::Receiver<Result<SnapshotResponse>>> {
+    /// trailer (see the module docs). Refused with `too many requests` while `--max-snapshot-copies`
+    /// calls hold copies. The copy is taken before this returns; it is removed when the stream ends,
+    /// fails, is dropped, or its reader takes no chunk for `--snapshot-send-timeout`. A stream that
+    /// ends early for any reason but the client going away ends with an error, never a clean end.
+    pub async fn snapshot(&self) -> Result<SnapshotStream> {
+        let copies = &self.shared().snapshot_copies;
+        let slot = copies.client_slot()?;
         let backend = self.shared().store.backend().clone();
-        let tmp = TempFile(self.config().data_dir.join("member").join(format!(
+        let path = self.config().data_dir.join("member").join(format!(
             "db.snapshot.{}.{}.tmp",
             std::process::id(),
             SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed)
-        )));
+        ));
+        let mut copy = copies.start(path, backend.size_bytes().unwrap_or(0), Some(slot));
         let header = self.header(self.revision());
-        let path = tmp.0.clone();
-        let total = blocking(move || backend.snapshot_to(&path)).await?;
+        let dest = copy.path().to_path_buf();
+        let total = blocking(move || backend.snapshot_to(&dest)).await?;
+        copy.settle(total);
         tracing::info!(bytes = total, "sending a backend snapshot");
+        let timeout = copies.send_timeout();
         let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let tmp = tmp;
-            if let Err(e) = send_file(&tmp.0, total, header, &tx) {
-                let _ = tx.blocking_send(Err(e));
+        let failure = Arc::new(Mutex::new(None));
+        let failed = failure.clone();
+        tokio::spawn(async move {
+            let result = send_copy(copy.path(), total, header, &tx, timeout).await;
+            if let Err(e) = result {
+                if matches!(e, Error::Timeout) {
+                    tracing::warn!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "snapshot client took no data within --snapshot-send-timeout: \
+                         abandoning the transfer and removing its copy"
+                    );
+                } else {
+                    tracing::warn!(error = %e, "sending a snapshot failed");
+                }
+                // Set before `tx` is dropped, so the stream sees it before it sees the end.
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
             }
+            drop(copy);
         });
-        Ok(rx)
+        Ok(SnapshotStream {
+            rx,
+            failure,
+            ended: false,
+        })
     }
 
     /// This member as etcd's MemberList shows it.
@@ -135,49 +163,95 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Internal(format!("maintenance task failed: {e}")))?
 }
 
-/// A file removed when dropped.
-struct TempFile(PathBuf);
+/// The chunks of a client's snapshot (see [`Server::snapshot`]).
+pub struct SnapshotStream {
+    /// Chunks from the sending task.
+    rx: mpsc::Receiver<SnapshotResponse>,
+    /// Why the sending task gave up, if it did; yielded ahead of any chunk still queued.
+    failure: Arc<Mutex<Option<Error>>>,
+    /// Set once an error was yielded: nothing follows it.
+    ended: bool,
+}
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl SnapshotStream {
+    fn take_failure(&mut self) -> Option<Error> {
+        let e = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.ended |= e.is_some();
+        e
     }
 }
 
-/// Streams `path` (`total` bytes) in chunks, then the SHA-256 trailer. Stops quietly when the client
-/// went away.
-fn send_file(
+impl futures::Stream for SnapshotStream {
+    type Item = Result<SnapshotResponse>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(e) = self.take_failure() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(chunk))),
+            // The sender is gone: finished, or failed (it records why before it goes).
+            Poll::Ready(None) => Poll::Ready(self.take_failure().map(Err)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Streams the copy at `path` (`total` bytes) in chunks, then the SHA-256 trailer. Reading and
+/// hashing run on a blocking thread a chunk at a time; no thread waits on the client. Ends quietly
+/// when the client went away, with `Error::Timeout` when it took no chunk within `timeout`.
+async fn send_copy(
     path: &Path,
     total: u64,
     header: crate::proto::etcdserverpb::ResponseHeader,
-    tx: &mpsc::Sender<Result<SnapshotResponse>>,
+    tx: &mpsc::Sender<SnapshotResponse>,
+    timeout: Duration,
 ) -> Result<()> {
-    let mut file = File::open(path)?;
-    let mut sha = Sha256::new();
+    let mut reader = Some((File::open(path)?, Sha256::new()));
     let mut sent = 0u64;
     while sent < total {
         let want = SNAPSHOT_CHUNK_BYTES.min((total - sent) as usize);
-        let mut buf = vec![0u8; want];
-        file.read_exact(&mut buf)?;
+        let (mut file, mut sha) = reader
+            .take()
+            .ok_or_else(|| Error::Internal("snapshot reader lost".into()))?;
+        let (buf, file, sha) = blocking(move || {
+            let mut buf = vec![0u8; want];
+            file.read_exact(&mut buf)?;
+            sha.update(&buf);
+            Ok((buf, file, sha))
+        })
+        .await?;
+        reader = Some((file, sha));
         sent += want as u64;
-        sha.update(&buf);
         let chunk = SnapshotResponse {
             header: Some(header),
             remaining_bytes: total - sent,
             blob: buf,
             ..Default::default()
         };
-        if tx.blocking_send(Ok(chunk)).is_err() {
+        if !send_within(tx, chunk, timeout).await? {
             return Ok(());
         }
     }
+    let (_, sha) = reader.ok_or_else(|| Error::Internal("snapshot reader lost".into()))?;
     let trailer = SnapshotResponse {
         header: Some(header),
         remaining_bytes: 0,
         blob: sha.finish().to_vec(),
         ..Default::default()
     };
-    let _ = tx.blocking_send(Ok(trailer));
+    send_within(tx, trailer, timeout).await?;
     Ok(())
 }
 

@@ -32,7 +32,6 @@ pub mod alarm;
 pub mod apply;
 pub mod cluster;
 pub mod compactor;
-pub mod fault;
 mod inline;
 pub mod kv;
 pub mod maintenance;
@@ -72,6 +71,7 @@ use crate::server::membership::Membership;
 use crate::server::raft_loop::{Proposal, RaftLoop, RaftMsg, TurnCost};
 use crate::server::request::{Op, RaftRequest, WalMetadata};
 use crate::server::wait::{ApplyResult, Wait};
+use crate::snap::copies::{self, SnapshotCopies};
 use crate::snap::SnapshotPolicy;
 use crate::wal::{SnapshotMark, Wal, WalContents, WalOptions};
 use crate::watch::{WatchHub, WatchRequest, Watcher};
@@ -162,6 +162,10 @@ pub struct Shared {
     pub raft_tx: Mutex<Option<Sender<RaftMsg>>>,
     /// The peer transport.
     pub transport: std::sync::OnceLock<Arc<Transport>>,
+    /// Temporary backend copies that snapshots are sent from: bounded, and counted by the quota.
+    pub snapshot_copies: SnapshotCopies,
+    /// Free space on the data directory's filesystem, for `--disk-reserve-bytes`.
+    pub free_space: alarm::FreeSpace,
 }
 
 impl Shared {
@@ -281,6 +285,8 @@ impl Server {
         // `snap` holds snapshots in transit between members.
         fs::create_dir_all(member_dir.join("snap"))?;
         let lock = lock_data_dir(&config.data_dir)?;
+        // Under the lock, nothing else can be sending from these files: any left are stale.
+        copies::remove_stale(&member_dir)?;
 
         let wal_dir = member_dir.join("wal");
         if !Wal::exists(&wal_dir) {
@@ -522,6 +528,11 @@ impl Server {
             raft_tx: Mutex::new(None),
             transport: std::sync::OnceLock::new(),
             pruner: Arc::default(),
+            snapshot_copies: SnapshotCopies::new(
+                config.max_snapshot_copies,
+                config.snapshot_send_timeout,
+            ),
+            free_space: alarm::FreeSpace::new(config.data_dir.clone()),
         });
         shared
             .committed_index
@@ -580,7 +591,7 @@ impl Server {
             loop {
                 match stop_rx.recv_timeout(BACKEND_COMMIT_INTERVAL) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        fault::panic_point("backend-commit");
+                        crate::fault::panic_point("backend-commit");
                         committer_store.commit_backend()?
                     }
                     _ => return Ok(()),

@@ -59,7 +59,7 @@ impl Pruner {
                     p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            super::fault::panic_point("compaction");
+            crate::fault::panic_point("compaction");
             if let Err(e) = store.prune(rev) {
                 tracing::error!(rev, error = %e, "compaction prune failed");
             }

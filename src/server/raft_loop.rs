@@ -450,7 +450,7 @@ impl RaftLoop {
     /// turn ends the loop before its mutex is released, so no other thread runs a turn after it
     /// (raft-rs has already counted the failed turn's entries as handed out).
     fn on_ready(&mut self) -> Result<bool> {
-        super::fault::panic_point("raft");
+        crate::fault::panic_point("raft");
         if !self.node.has_ready() {
             return Ok(false);
         }

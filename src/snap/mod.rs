@@ -7,8 +7,11 @@
 //! the mark, rebuilds Raft's storage from it and replays only the entries after the backend's consistent
 //! index. This module holds the policy of when to do that; the Raft loop and the apply step do the steps.
 //!
-//! Left out until peers exist: shipping the backend file to a follower that fell behind the log
-//! (etcd's `.snap.db` transfer), and keeping older snapshot files for it.
+//! Shipping the backend to a follower that fell behind the log is `peer`'s (etcd's `.snap.db`
+//! transfer); the temporary copies every transfer sends from are bounded and accounted in [`copies`].
+//! Left out: keeping older snapshot files.
+
+pub mod copies;
 
 /// Every `count` applied entries, take a snapshot (etcd's `--snapshot-count`).
 #[derive(Debug, Clone)]

@@ -469,6 +469,7 @@ impl Wal {
     fn append(&mut self, buf: &[u8], crc: u32) -> Result<()> {
         let offset = self.offset;
         let res = (|| -> Result<()> {
+            crate::fault::disk_full_point("wal")?;
             self.file.seek(SeekFrom::Start(offset))?;
             self.file.write_all(buf)?;
             // fsync before ack: the caller acknowledges as soon as this returns.

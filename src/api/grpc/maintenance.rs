@@ -6,7 +6,6 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -95,8 +94,8 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let rx = self.server.snapshot().await.map_err(|e| e.to_status())?;
-        let stream = ReceiverStream::new(rx).map(|r| r.map_err(|e| e.to_status()));
+        let chunks = self.server.snapshot().await.map_err(|e| e.to_status())?;
+        let stream = chunks.map(|r| r.map_err(|e| e.to_status()));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -368,7 +368,7 @@ async fn watch(
     // Held until the answer is complete (for a stream, until it ends).
     let place = match peer {
         Some(Extension(PeerAddr(addr))) => Some(per_client.enter(addr.ip()).ok_or_else(|| {
-            ApiError(Error::TooManyRequests(
+            ApiError(Error::ClientLimit(
                 "too many watches from this client address (--max-rest-watches-per-client)".into(),
             ))
         })?),
