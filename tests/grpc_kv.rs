@@ -348,6 +348,21 @@ async fn range_sorting() {
     assert_eq!(keys(r.kvs()), ["s/c"]);
     assert!(r.more());
     assert_eq!(r.count(), 3);
+    // keys-only still sorts on the values (etcdctl get --prefix --keys-only --sort-by=VALUE),
+    // in both directions, and leaves the values out.
+    for (order, want) in [
+        (SortOrder::Ascend, ["s/a", "s/b", "s/c"]),
+        (SortOrder::Descend, ["s/c", "s/b", "s/a"]),
+    ] {
+        let r = get(
+            &mut c,
+            "s/",
+            sorted(SortTarget::Value, order).with_keys_only(),
+        )
+        .await;
+        assert_eq!(keys(r.kvs()), want, "keys-only by value {order:?}");
+        assert!(r.kvs().iter().all(|kv| kv.value().is_empty()), "{order:?}");
+    }
 }
 
 #[tokio::test]

@@ -161,13 +161,15 @@ pub fn range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeResponse> {
     if limit > 0 {
         limit += 1;
     }
+    // Sorting by value needs the values even when the answer leaves them out.
+    let by_value = sort_target == SortTarget::Value;
     let res = r.read(&RangeOptions {
         key: req.key.clone(),
         range_end: req.range_end.clone(),
         revision: req.revision,
         limit,
         count_only: req.count_only && !filtered,
-        keys_only: req.keys_only,
+        keys_only: req.keys_only && !by_value,
     })?;
     let mut kvs = res.kvs;
     if filtered {
@@ -209,6 +211,11 @@ pub fn range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeResponse> {
     }
     if req.count_only {
         kvs.clear();
+    }
+    if req.keys_only && by_value {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
     }
     Ok(RangeResponse {
         header: header(res.revision),
