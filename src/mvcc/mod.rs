@@ -50,4 +50,4 @@ pub use backend::{Backend, Table, WriteBatch};
 pub use key_index::{KeyIndex, KeyRange};
 pub use kv::{Event, EventKind, KeyValue};
 pub use revision::Revision;
-pub use store::{History, RangeOptions, RangeResult, Store, WriteTxn};
+pub use store::{History, RangeOptions, RangeResult, RangeSink, Store, WriteTxn};

@@ -121,6 +121,17 @@ pub struct Store {
     large_reads: LargeReads,
 }
 
+/// Records per backend read of a range: bounds the key buffers, not the result.
+const READ_CHUNK: usize = 1024;
+
+/// Where [`Store::range_encoded`] puts a range's answer.
+pub trait RangeSink {
+    /// The result without its records; called once, first.
+    fn begin(&mut self, result: &RangeResult) -> Result<()>;
+    /// One record as stored (an encoded `mvccpb.KeyValue`), in key order.
+    fn record(&mut self, encoded: &[u8]) -> Result<()>;
+}
+
 /// Large ranges reading at once unless [`Store::set_large_read_limit`] says otherwise.
 pub const DEFAULT_LARGE_READS: usize = 2;
 
@@ -408,6 +419,40 @@ impl Store {
         })
     }
 
+    /// [`Store::range`] for a caller that encodes the answer itself: `sink` gets the result without
+    /// its records (count, more, revision), then each record as it is stored (an encoded
+    /// `mvccpb.KeyValue`), in key order, straight from the backend: nothing is decoded or copied on
+    /// the way. `opts.keys_only` is not applied (a sink that wants it decodes).
+    pub fn range_encoded(&self, opts: &RangeOptions, sink: &mut impl RangeSink) -> Result<()> {
+        let (result, rev, records) = self.plan_range(opts)?;
+        sink.begin(&result)?;
+        if opts.count_only || records.is_empty() {
+            return Ok(());
+        }
+        let _slot = (records.len() > LARGE_RANGE_RECORDS).then(|| self.large_reads.acquire());
+        for chunk in records.chunks(READ_CHUNK) {
+            let rev_keys: Vec<[u8; REVISION_LEN]> = chunk.iter().map(Revision::live_key).collect();
+            let keys: Vec<&[u8]> = rev_keys.iter().map(|k| k.as_slice()).collect();
+            let found = self
+                .backend
+                .get_many(Table::Key, &keys, |bytes| sink.record(bytes))?;
+            if let Some(i) = found.iter().position(Option::is_none) {
+                return Err(self.missing_record(chunk[i], rev));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a record the key index names but the backend lacks.
+    fn missing_record(&self, r: Revision, rev: i64) -> Error {
+        if read_lock(&self.state).compacted > rev {
+            return Error::Compacted;
+        }
+        Error::Corrupt(format!(
+            "the record at revision {r:?} is indexed but missing"
+        ))
+    }
+
     /// The records at `revisions` (visible at `rev`), read from the backend in chunks.
     fn read_records(
         &self,
@@ -415,21 +460,14 @@ impl Store {
         rev: i64,
         keys_only: bool,
     ) -> Result<Vec<KeyValue>> {
-        /// Records per backend read: bounds the key buffers, not the result.
-        const CHUNK: usize = 1024;
         let mut kvs = Vec::with_capacity(revisions.len());
-        for chunk in revisions.chunks(CHUNK) {
+        for chunk in revisions.chunks(READ_CHUNK) {
             let rev_keys: Vec<[u8; REVISION_LEN]> = chunk.iter().map(Revision::live_key).collect();
             let keys: Vec<&[u8]> = rev_keys.iter().map(|k| k.as_slice()).collect();
             let values = self.backend.get_many(Table::Key, &keys, decode_kv)?;
             for (r, value) in chunk.iter().zip(values) {
                 let Some(mut kv) = value else {
-                    if read_lock(&self.state).compacted > rev {
-                        return Err(Error::Compacted);
-                    }
-                    return Err(Error::Corrupt(format!(
-                        "the record at revision {r:?} is indexed but missing"
-                    )));
+                    return Err(self.missing_record(*r, rev));
                 };
                 if keys_only {
                     kv.value.clear();

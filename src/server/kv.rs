@@ -585,6 +585,26 @@ pub fn is_wide(req: &RangeRequest) -> bool {
     !req.range_end.is_empty() && (req.limit <= 0 || req.limit > WIDE_RANGE_LIMIT)
 }
 
+/// Whether the answer to `req` is its records as stored, in key order, with nothing to sort, filter
+/// or strip: then it can be encoded straight from the stored bytes (`Server::range_frame`).
+pub fn answers_as_stored(req: &RangeRequest) -> bool {
+    use range_request::{SortOrder, SortTarget};
+    let key_order = matches!(
+        (
+            SortTarget::try_from(req.sort_target),
+            SortOrder::try_from(req.sort_order)
+        ),
+        (Ok(SortTarget::Key), Ok(SortOrder::None | SortOrder::Ascend))
+    );
+    key_order
+        && !req.keys_only
+        && !req.count_only
+        && req.min_mod_revision == 0
+        && req.max_mod_revision == 0
+        && req.min_create_revision == 0
+        && req.max_create_revision == 0
+}
+
 /// Whether a read-only transaction has a wide range ([`is_wide`]) in any branch.
 pub fn txn_reads_wide(req: &TxnRequest) -> bool {
     req.success

@@ -671,7 +671,6 @@ impl Server {
         Ok(())
     }
 
-    /// The configuration the server runs with.
     /// What a connection runs each round of its calls inside: a scope that holds the proposals
     /// they make and proposes them together when the round ends, in a Raft turn on the
     /// connection's thread when this member is the only voter and turns are cheap (`inline.rs`).
@@ -684,6 +683,7 @@ impl Server {
         }
     }
 
+    /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -763,6 +763,60 @@ impl Server {
             return blocking(move || server.range_local(&req)).await;
         }
         self.range_local(req)
+    }
+
+    /// etcd's Range as the gRPC message frame of its answer (the 5-byte prefix, then the encoded
+    /// `RangeResponse`), written straight from the stored records into one buffer: no record is
+    /// decoded and no response struct is built, so a large range costs one copy of its data. Only
+    /// for ranges whose answer is the records as stored ([`kv::answers_as_stored`]); `None` for the
+    /// others. The fields come in another order than prost writes them (header, more, count, then
+    /// the records), which every protobuf decoder accepts.
+    pub async fn range_frame(&self, req: &RangeRequest) -> Result<Option<Vec<u8>>> {
+        if !kv::answers_as_stored(req) {
+            return Ok(None);
+        }
+        if !req.serializable {
+            self.linearize().await?;
+        }
+        if kv::is_wide(req) {
+            let (server, req) = (self.clone(), req.clone());
+            return blocking(move || server.range_frame_local(&req))
+                .await
+                .map(Some);
+        }
+        self.range_frame_local(req).map(Some)
+    }
+
+    /// [`Server::range_frame`] on this member's store as it is.
+    fn range_frame_local(&self, req: &RangeRequest) -> Result<Vec<u8>> {
+        if self.inner.shared.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Stopped);
+        }
+        kv::check_range(req)?;
+        let mut frame = FrameSink {
+            server: self,
+            buf: vec![0; 5],
+        };
+        self.inner.shared.store.range_encoded(
+            &crate::mvcc::RangeOptions {
+                key: req.key.clone(),
+                range_end: req.range_end.clone(),
+                revision: req.revision,
+                limit: req.limit.max(0) as usize,
+                count_only: false,
+                keys_only: false,
+            },
+            &mut frame,
+        )?;
+        let mut buf = frame.buf;
+        let len = u32::try_from(buf.len() - 5).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "a range answer of {} bytes is over gRPC's 4 GiB message limit",
+                buf.len() - 5
+            ))
+        })?;
+        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        Ok(buf)
     }
 
     /// A Range served from this member's store as it is (serializable).
@@ -1135,6 +1189,35 @@ applied!(
     LeaseRevoke => LeaseRevokeResponse,
     Alarm => crate::proto::etcdserverpb::AlarmResponse,
 );
+
+/// Encodes a `RangeResponse` after a 5-byte gRPC prefix, as [`Server::range_frame`] describes.
+struct FrameSink<'a> {
+    server: &'a Server,
+    buf: Vec<u8>,
+}
+
+impl crate::mvcc::RangeSink for FrameSink<'_> {
+    fn begin(&mut self, result: &crate::mvcc::RangeResult) -> Result<()> {
+        use prost::encoding;
+        let header = self.server.header(result.revision);
+        encoding::message::encode(1, &header, &mut self.buf);
+        if result.more {
+            encoding::bool::encode(3, &true, &mut self.buf);
+        }
+        if result.count != 0 {
+            encoding::int64::encode(4, &(result.count as i64), &mut self.buf);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, encoded: &[u8]) -> Result<()> {
+        use prost::encoding;
+        encoding::encode_key(2, encoding::WireType::LengthDelimited, &mut self.buf);
+        encoding::encode_varint(encoded.len() as u64, &mut self.buf);
+        self.buf.extend_from_slice(encoded);
+        Ok(())
+    }
+}
 
 /// Runs `read` on tokio's blocking pool: a read that may walk and copy many records must not hold
 /// an async worker (on two workers, two such reads would stall every other request).

@@ -20,6 +20,11 @@ impl KvService {
     pub fn new(server: Server) -> KvService {
         KvService { server }
     }
+
+    /// The server the calls go to.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
 }
 
 #[tonic::async_trait]

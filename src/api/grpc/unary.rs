@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::api::grpc::kv::KvService;
 use crate::api::grpc::max_message_bytes;
 use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::RangeRequest;
 use crate::server::Server;
 
 /// A gRPC message's prefix: a compression flag and a 4-byte big-endian length.
@@ -82,7 +83,7 @@ impl KvCalls {
     pub fn call(&self, method: KvMethod, req: http::Request<Incoming>) -> CallFuture {
         let (kv, max) = (self.kv.clone(), self.max);
         match method {
-            KvMethod::Range => Box::pin(serve(req, max, move |r| async move { kv.range(r).await })),
+            KvMethod::Range => Box::pin(serve_range(req, max, kv)),
             KvMethod::Put => Box::pin(serve(req, max, move |r| async move { kv.put(r).await })),
             KvMethod::DeleteRange => {
                 Box::pin(serve(
@@ -133,6 +134,33 @@ where
     {
         Ok(response) => reply(&response.into_inner()),
         Err(status) => status.into_http(),
+    }
+}
+
+/// A Range: answered with the frame the server writes straight from the stored records when it
+/// can (`Server::range_frame`), else as every other call.
+async fn serve_range(
+    req: http::Request<Incoming>,
+    max: usize,
+    kv: Arc<KvService>,
+) -> http::Response<UnaryBody> {
+    let (parts, body) = req.into_parts();
+    let message: RangeRequest = match read_message(body, max).await {
+        Ok(m) => m,
+        Err(status) => return status.into_http(),
+    };
+    match kv.server().range_frame(&message).await {
+        Ok(Some(frame)) => reply_frame(Bytes::from(frame)),
+        Ok(None) => match kv
+            .range(Request::from_http(http::Request::from_parts(
+                parts, message,
+            )))
+            .await
+        {
+            Ok(response) => reply(&response.into_inner()),
+            Err(status) => status.into_http(),
+        },
+        Err(e) => e.to_status().into_http(),
     }
 }
 
@@ -272,10 +300,16 @@ fn reply<M: Message>(message: &M) -> http::Response<UnaryBody> {
     buf.extend_from_slice(&prefix_len.to_be_bytes());
     // Encoding into a Vec with room for the message cannot fail.
     let _ = message.encode(&mut buf);
+    reply_frame(Bytes::from(buf))
+}
+
+/// A successful reply of one message already framed (its 5-byte prefix included), then
+/// `grpc-status: 0`.
+fn reply_frame(frame: Bytes) -> http::Response<UnaryBody> {
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert(Status::GRPC_STATUS, HeaderValue::from_static("0"));
     let mut response = http::Response::new(UnaryBody {
-        data: Some(Bytes::from(buf)),
+        data: Some(frame),
         trailers: Some(trailers),
     });
     response.headers_mut().insert(

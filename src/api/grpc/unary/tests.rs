@@ -271,3 +271,96 @@ async fn errors_are_trailers_only_with_etcds_and_tonics_texts() {
     assert_eq!(got.count, 0);
     s.server.shutdown().await.expect("shutdown");
 }
+
+/// A Range answered from the stored records (`Server::range_frame`) decodes to exactly what the
+/// decoding path answers, for every shape that takes it, and shapes that do not take it still get
+/// the decoding path's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_from_stored_records_answer_as_decoded_ones_do() {
+    let s = served().await;
+    for (k, v) in [
+        ("a", "1"),
+        ("b/1", "2"),
+        ("b/2", "3"),
+        ("b/3", ""),
+        ("c", "4"),
+    ] {
+        s.server
+            .put(put(k, v))
+            .await
+            .unwrap_or_else(|e| panic!("put {k}: {e}"));
+    }
+    s.server.put(put("b/2", "changed")).await.expect("put");
+    let req = |key: &str, end: &str| RangeRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: end.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let cases = vec![
+        req("a", ""),
+        req("zzz", ""),
+        req("b/", "b0"),
+        req("a", "\0"),
+        RangeRequest {
+            limit: 2,
+            ..req("b/", "b0")
+        },
+        RangeRequest {
+            revision: 3,
+            ..req("a", "\0")
+        },
+        RangeRequest {
+            serializable: true,
+            ..req("b/", "b0")
+        },
+        RangeRequest {
+            sort_order: 1, // ascending by key: the stored order
+            ..req("a", "\0")
+        },
+        // Shapes the decoding path answers.
+        RangeRequest {
+            keys_only: true,
+            ..req("a", "\0")
+        },
+        RangeRequest {
+            sort_order: 2,
+            ..req("a", "\0")
+        },
+        RangeRequest {
+            count_only: true,
+            ..req("a", "\0")
+        },
+        RangeRequest {
+            min_mod_revision: 4,
+            ..req("a", "\0")
+        },
+    ];
+    for case in cases {
+        let want = s.server.range(&case).await.expect("decoded range");
+        let r = send(&s, "/etcdserverpb.KV/Range", framed(&case), None).await;
+        assert_eq!(r.code, "0", "{case:?}: {}", r.message);
+        let got: RangeResponse = unframe(&r.body);
+        assert_eq!(got, want, "{case:?}");
+        let framed = s.server.range_frame(&case).await.expect("frame");
+        assert_eq!(
+            framed.is_some(),
+            crate::server::kv::answers_as_stored(&case)
+        );
+    }
+    // Errors are etcd's either way.
+    let r = send(
+        &s,
+        "/etcdserverpb.KV/Range",
+        framed(&RangeRequest {
+            revision: 1_000,
+            ..req("a", "")
+        }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.message,
+        "etcdserver: mvcc: required revision is a future revision"
+    );
+    s.server.shutdown().await.expect("shutdown");
+}
