@@ -18,6 +18,8 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod histogram;
 pub mod lease;
 pub mod logging;
