@@ -78,10 +78,10 @@ pub fn proto(data: &[u8]) {
     };
     let name = KINDS[k as usize % KINDS.len()];
     match name {
-        "/etcdserverpb.KV/Range" => kv_call::<pb::RangeRequest>(name, msg, |r| kv::check_range(r)),
-        "/etcdserverpb.KV/Put" => kv_call::<pb::PutRequest>(name, msg, |r| kv::check_put(r)),
+        "/etcdserverpb.KV/Range" => kv_call::<pb::RangeRequest>(name, msg, kv::check_range),
+        "/etcdserverpb.KV/Put" => kv_call::<pb::PutRequest>(name, msg, kv::check_put),
         "/etcdserverpb.KV/DeleteRange" => {
-            kv_call::<pb::DeleteRangeRequest>(name, msg, |r| kv::check_delete(r))
+            kv_call::<pb::DeleteRangeRequest>(name, msg, kv::check_delete)
         }
         "/etcdserverpb.KV/Txn" => kv_call::<pb::TxnRequest>(name, msg, |r| {
             let _ = kv::txn_has_writes(r);
