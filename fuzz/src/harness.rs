@@ -21,8 +21,35 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+/// SplitMix64: a small seeded generator, the same numbers on every platform for a seed.
+pub struct SmallRng(u64);
+
+impl SmallRng {
+    pub fn seed_from_u64(seed: u64) -> SmallRng {
+        SmallRng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `range` (start inclusive, end exclusive, end above start).
+    fn below(&mut self, start: usize, end: usize) -> usize {
+        start + (self.next_u64() % (end - start) as u64) as usize
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next_u64() & 1 == 1
+    }
+}
 
 /// One fuzz target.
 pub struct Target {
@@ -102,7 +129,14 @@ pub fn fuzz(target: &Target) {
     });
 
     if let Ok(path) = std::env::var("FUZZ_INPUT") {
-        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("FUZZ_INPUT={path}: {e}"));
+        // cargo runs tests in fuzz/; a relative path may also be meant from the repository root.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&path);
+        let file = if Path::new(&path).exists() {
+            PathBuf::from(&path)
+        } else {
+            root
+        };
+        let data = std::fs::read(&file).unwrap_or_else(|e| panic!("FUZZ_INPUT={path}: {e}"));
         check_one(target, &data, &format!("FUZZ_INPUT={path}"), 0);
         eprintln!("fuzz {}: {path} passed", target.name);
         return;
@@ -163,7 +197,7 @@ fn check_one(target: &Target, data: &[u8], what: &str, seed: u64) {
     };
     panic!(
         "fuzz target {} failed on {what} (FUZZ_SEED={seed}); the input ({} bytes) is {saved}; replay: \
-         FUZZ_INPUT={} cargo test --manifest-path fuzz/Cargo.toml --test fuzz -- --exact {}",
+         FUZZ_INPUT={} scripts/fuzz --exact {}",
         target.name,
         data.len(),
         path.display(),
@@ -180,12 +214,12 @@ pub fn fnv(data: &[u8]) -> u64 {
 
 /// One new input: mostly a mutated corpus entry, sometimes random bytes.
 fn generate(rng: &mut SmallRng, corpus: &[&[u8]], dict: &[&[u8]], max_len: usize) -> Vec<u8> {
-    if rng.gen_ratio(1, 16) {
-        let len = rng.gen_range(0..=max_len.min(512));
-        return (0..len).map(|_| rng.gen()).collect();
+    if rng.below(0, 16) == 0 {
+        let len = rng.below(0, max_len.min(512) + 1);
+        return (0..len).map(|_| rng.byte()).collect();
     }
-    let mut data = corpus[rng.gen_range(0..corpus.len())].to_vec();
-    let rounds = 1 << rng.gen_range(0..4);
+    let mut data = corpus[rng.below(0, corpus.len())].to_vec();
+    let rounds = 1 << rng.below(0, 4);
     for _ in 0..rounds {
         mutate(rng, &mut data, corpus, dict);
     }
@@ -218,22 +252,22 @@ const INTERESTING: &[u64] = &[
 
 fn mutate(rng: &mut SmallRng, data: &mut Vec<u8>, corpus: &[&[u8]], dict: &[&[u8]]) {
     let len = data.len();
-    match rng.gen_range(0..12) {
+    match rng.below(0, 12) {
         // Flip a bit.
         0 if len > 0 => {
-            let i = rng.gen_range(0..len);
-            data[i] ^= 1 << rng.gen_range(0..8);
+            let i = rng.below(0, len);
+            data[i] ^= 1 << rng.below(0, 8);
         }
         // A random byte.
         1 if len > 0 => {
-            let i = rng.gen_range(0..len);
-            data[i] = rng.gen();
+            let i = rng.below(0, len);
+            data[i] = rng.byte();
         }
         // Add or subtract a little.
         2 if len > 0 => {
-            let i = rng.gen_range(0..len);
-            let d = rng.gen_range(1..=8u8);
-            data[i] = if rng.gen() {
+            let i = rng.below(0, len);
+            let d = rng.below(1, 9) as u8;
+            data[i] = if rng.coin() {
                 data[i].wrapping_add(d)
             } else {
                 data[i].wrapping_sub(d)
@@ -241,78 +275,78 @@ fn mutate(rng: &mut SmallRng, data: &mut Vec<u8>, corpus: &[&[u8]], dict: &[&[u8
         }
         // An interesting integer, 1/2/4/8 bytes, either byte order.
         3 if len > 0 => {
-            let v = INTERESTING[rng.gen_range(0..INTERESTING.len())];
-            let width = 1 << rng.gen_range(0..4);
-            let bytes = if rng.gen() {
+            let v = INTERESTING[rng.below(0, INTERESTING.len())];
+            let width = 1 << rng.below(0, 4);
+            let bytes = if rng.coin() {
                 v.to_le_bytes()
             } else {
                 v.to_be_bytes()
             };
-            let bytes = if rng.gen() {
+            let bytes = if rng.coin() {
                 &bytes[..width]
             } else {
                 &bytes[8 - width..]
             };
-            let i = rng.gen_range(0..len);
+            let i = rng.below(0, len);
             let end = (i + width).min(len);
             data[i..end].copy_from_slice(&bytes[..end - i]);
         }
         // Delete a range.
         4 if len > 0 => {
-            let i = rng.gen_range(0..len);
-            let n = rng.gen_range(1..=(len - i).min(64));
+            let i = rng.below(0, len);
+            let n = rng.below(1, (len - i).min(64) + 1);
             data.drain(i..i + n);
         }
         // Insert random bytes.
         5 => {
-            let i = rng.gen_range(0..=len);
-            let n = rng.gen_range(1..=16);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+            let i = rng.below(0, len + 1);
+            let n = rng.below(1, 17);
+            let bytes: Vec<u8> = (0..n).map(|_| rng.byte()).collect();
             data.splice(i..i, bytes);
         }
         // Copy a range of itself elsewhere.
         6 if len > 0 => {
-            let from = rng.gen_range(0..len);
-            let n = rng.gen_range(1..=(len - from).min(64));
+            let from = rng.below(0, len);
+            let n = rng.below(1, (len - from).min(64) + 1);
             let chunk = data[from..from + n].to_vec();
-            let at = rng.gen_range(0..=len);
+            let at = rng.below(0, len + 1);
             data.splice(at..at, chunk);
         }
         // Insert a dictionary token.
         7 if !dict.is_empty() => {
-            let tok = dict[rng.gen_range(0..dict.len())];
-            let at = rng.gen_range(0..=len);
+            let tok = dict[rng.below(0, dict.len())];
+            let at = rng.below(0, len + 1);
             data.splice(at..at, tok.iter().copied());
         }
         // Overwrite with a dictionary token.
         8 if !dict.is_empty() && len > 0 => {
-            let tok = dict[rng.gen_range(0..dict.len())];
-            let at = rng.gen_range(0..len);
+            let tok = dict[rng.below(0, dict.len())];
+            let at = rng.below(0, len);
             let end = (at + tok.len()).min(len);
             data[at..end].copy_from_slice(&tok[..end - at]);
         }
         // Splice: this input's head with another's tail.
         9 => {
-            let other = corpus[rng.gen_range(0..corpus.len())];
-            let cut = rng.gen_range(0..=len);
-            let from = rng.gen_range(0..=other.len());
+            let other = corpus[rng.below(0, corpus.len())];
+            let cut = rng.below(0, len + 1);
+            let from = rng.below(0, other.len() + 1);
             data.truncate(cut);
             data.extend_from_slice(&other[from..]);
         }
         // Cut the end off.
         10 if len > 0 => {
-            let keep = rng.gen_range(0..len);
+            let keep = rng.below(0, len);
             data.truncate(keep);
         }
         // Zero a range (what a torn write leaves).
         11 if len > 0 => {
-            let i = rng.gen_range(0..len);
-            let n = rng.gen_range(1..=(len - i).min(512));
+            let i = rng.below(0, len);
+            let n = rng.below(1, (len - i).min(512) + 1);
             data[i..i + n].fill(0);
         }
         _ => {
-            let i = rng.gen_range(0..=len);
-            data.insert(i, rng.gen());
+            let i = rng.below(0, len + 1);
+            data.insert(i, rng.byte());
         }
     }
 }

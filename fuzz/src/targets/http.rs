@@ -204,6 +204,9 @@ async fn check_response(resp: Response<Body>) {
         return;
     };
     let bytes = body.to_bytes();
+    if status.is_server_error() && std::env::var_os("FUZZ_VERBOSE").is_some() {
+        eprintln!("{status}: {}", String::from_utf8_lossy(&bytes));
+    }
     if json && status != StatusCode::NO_CONTENT {
         // One JSON value, or a stream of them (the gateway's streaming calls).
         for v in serde_json::Deserializer::from_slice(&bytes).into_iter::<Value>() {

@@ -272,11 +272,28 @@ fn grpc(path: &str, body: Vec<u8>) {
 
 async fn check_grpc(resp: Response<Body>) {
     let in_headers = resp.headers().contains_key("grpc-status");
+    let header_code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let header_msg = resp.headers().get("grpc-message").cloned();
     let status = resp.status();
     let collected = resp.into_body().collect().await;
     let Ok(collected) = collected else {
         return;
     };
+    if std::env::var_os("FUZZ_VERBOSE").is_some() {
+        let t = collected.trailers().cloned().unwrap_or_default();
+        let code = t
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or(header_code)
+            .unwrap_or_default();
+        let msg = t.get("grpc-message").cloned().or(header_msg);
+        eprintln!("grpc {code}: {msg:?}");
+    }
     let in_trailers = collected
         .trailers()
         .is_some_and(|t| t.contains_key("grpc-status"));
