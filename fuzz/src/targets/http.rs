@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 use tower::ServiceExt;
 
-use crate::server::{assert_alive, shared, REQUEST_DEADLINE};
+use crate::server::{assert_alive, disarm, shared, REQUEST_DEADLINE};
 
 /// Paths and field names of the REST API (`src/api/rest/mod.rs`).
 const REST_PATHS: &[&str] = &[
@@ -186,6 +186,7 @@ fn send(router: axum::Router, req: Request<Body>) {
         std::panic::resume_unwind(panic);
     }
     assert_alive(&s.server);
+    disarm(s);
 }
 
 async fn check_response(resp: Response<Body>) {

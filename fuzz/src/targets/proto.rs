@@ -29,7 +29,7 @@ use mini_etcd::server::request::{Op, RaftRequest, WalMetadata};
 use prost::Message;
 use tower::ServiceExt;
 
-use crate::server::{assert_alive, shared, REQUEST_DEADLINE};
+use crate::server::{assert_alive, disarm, shared, REQUEST_DEADLINE};
 
 /// etcd's default `--max-txn-ops`.
 const MAX_TXN_OPS: usize = 128;
@@ -268,6 +268,7 @@ fn grpc(path: &str, body: Vec<u8>) {
         std::panic::resume_unwind(panic);
     }
     assert_alive(&s.server);
+    disarm(s);
 }
 
 async fn check_grpc(resp: Response<Body>) {
