@@ -20,6 +20,8 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod fdlimit;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod histogram;
 pub mod lease;
 pub mod logging;

@@ -242,7 +242,7 @@ pub async fn serve(
 }
 
 /// What the client port serves: gRPC, plus etcd's plain-HTTP endpoints.
-fn client_router(server: Server) -> axum::Router {
+pub(crate) fn client_router(server: Server) -> axum::Router {
     grpc::router(server.clone())
         .merge(grpc::gateway_router(server.clone()))
         .merge(rest::etcd_http_router(server))

@@ -43,10 +43,11 @@ fn entry_to_wire(e: &Entry) -> peerpb::Entry {
     }
 }
 
+/// A metadata without a `ConfState` stays without one, so that the conversion is exact both ways.
 fn meta_to_wire(m: &SnapshotMetadata) -> peerpb::SnapshotMetadata {
     let cs = m.get_conf_state();
     peerpb::SnapshotMetadata {
-        conf_state: Some(peerpb::ConfState {
+        conf_state: m.has_conf_state().then(|| peerpb::ConfState {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             voters_outgoing: cs.voters_outgoing.clone(),
@@ -192,6 +193,26 @@ mod tests {
         m.set_snapshot(snap);
         let back = from_wire(to_wire(&m)).expect("converts");
         assert_eq!(back, m);
+    }
+
+    /// Found by the `proto` fuzz target (corpus file `fuzz/corpus/proto/regression-snapshot-without-conf-state`).
+    #[test]
+    fn a_snapshot_without_conf_state_survives_the_round_trip() {
+        let wire = peerpb::Message {
+            msg_type: MessageType::MsgSnapshot as i32,
+            to: 2,
+            from: 1,
+            snapshot: Some(peerpb::SnapshotMetadata {
+                conf_state: None,
+                index: 10,
+                term: 2,
+            }),
+            ..Default::default()
+        };
+        let m = from_wire(wire.clone()).expect("converts");
+        assert!(!m.get_snapshot().get_metadata().has_conf_state());
+        assert_eq!(to_wire(&m), wire);
+        assert_eq!(from_wire(to_wire(&m)).expect("converts again"), m);
     }
 
     #[test]

@@ -132,7 +132,7 @@
 //! - Releasing segments is up to the caller: [`Wal::release_to`] should only be given an index that a
 //!   snapshot already covers.
 
-mod record;
+pub(crate) mod record;
 mod repair;
 mod segment;
 

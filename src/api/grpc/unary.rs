@@ -165,7 +165,7 @@ async fn serve_range(
 }
 
 /// The one message of a unary request body, with tonic's errors for what is wrong with it.
-async fn read_message<Req, B>(body: B, max: usize) -> Result<Req, Status>
+pub(crate) async fn read_message<Req, B>(body: B, max: usize) -> Result<Req, Status>
 where
     Req: Message + Default,
     B: Body<Data = Bytes> + Unpin,
