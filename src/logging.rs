@@ -22,9 +22,10 @@ enum Output {
     File(Arc<File>),
 }
 
-/// Every output, as one writer: each line is written to all of them.
+/// Every output, as one writer: each line is written to all of them, one line at a time, so that
+/// every output holds the same lines in the same order.
 #[derive(Clone, Debug)]
-pub struct Outputs(Vec<Output>);
+pub struct Outputs(Vec<Output>, Arc<std::sync::Mutex<()>>);
 
 impl Outputs {
     /// Parses `--log-outputs`, opening the files it names.
@@ -52,7 +53,7 @@ impl Outputs {
                 "--log-outputs: no output given (stderr, stdout or a file path)".into(),
             ));
         }
-        Ok(Outputs(outputs))
+        Ok(Outputs(outputs, Arc::default()))
     }
 
     /// True if every output is a terminal: only then are lines coloured.
@@ -66,7 +67,7 @@ impl Outputs {
 }
 
 /// One line being written to every output.
-pub struct Tee<'a>(&'a [Output]);
+pub struct Tee<'a>(&'a Outputs);
 
 impl Write for Tee<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -77,7 +78,8 @@ impl Write for Tee<'_> {
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         // A failing output (a full disk under a log file) must not stop the others.
         let mut first_error = None;
-        for o in self.0 {
+        let _one_line_at_a_time = self.0 .1.lock().unwrap_or_else(|e| e.into_inner());
+        for o in &self.0 .0 {
             let r = match o {
                 Output::Stderr => std::io::stderr().lock().write_all(buf),
                 Output::Stdout => std::io::stdout().lock().write_all(buf),
@@ -99,7 +101,7 @@ impl<'a> MakeWriter<'a> for Outputs {
     type Writer = Tee<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        Tee(&self.0)
+        Tee(self)
     }
 }
 
@@ -153,7 +155,7 @@ mod tests {
             [Output::Stderr, Output::Stdout, Output::File(_)]
         ));
         assert!(!o.all_terminals(), "a file is never a terminal");
-        let mut tee = Outputs(vec![o.0[2].clone()]);
+        let mut tee = Outputs(vec![o.0[2].clone()], Arc::default());
         tee.make_writer().write_all(b"line\n").expect("write");
         tee = Outputs::parse(&file.display().to_string()).expect("reopen");
         tee.make_writer().write_all(b"more\n").expect("append");

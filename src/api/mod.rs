@@ -117,9 +117,11 @@ pub async fn serve(
     let max_connections = config
         .max_client_connections
         .unwrap_or_else(|| crate::fdlimit::default_max_connections(soft_limit));
-    if let Some(soft) = soft_limit
-        .filter(|&soft| (max_connections + REST_RESERVE) as u64 + crate::fdlimit::RESERVE > soft)
-    {
+    // Only a value the user chose can be too high; the default is derived from the limit.
+    if let Some(soft) = soft_limit.filter(|&soft| {
+        config.max_client_connections.is_some()
+            && (max_connections + REST_RESERVE) as u64 + crate::fdlimit::RESERVE > soft
+    }) {
         tracing::warn!(
             max_connections,
             open_file_limit = soft,
