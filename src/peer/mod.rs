@@ -227,6 +227,25 @@ impl Transport {
         }
     }
 
+    /// Stops sending to every peer `keep` refuses (members a newer membership no longer has).
+    pub fn retain_peers(&self, keep: impl Fn(u64) -> bool) {
+        let gone: Vec<Peer> = {
+            let mut peers = lock(&self.peers);
+            let ids: Vec<u64> = peers.keys().copied().filter(|&id| !keep(id)).collect();
+            ids.into_iter().filter_map(|id| peers.remove(&id)).collect()
+        };
+        for p in gone {
+            p.stop();
+        }
+    }
+
+    /// The ids of the peers this member sends to.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = lock(&self.peers).keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The peer URLs of `id`, if it is a peer.
     pub fn peer_urls(&self, id: u64) -> Option<Vec<String>> {
         lock(&self.peers).get(&id).map(|p| p.urls.clone())

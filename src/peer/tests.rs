@@ -1,4 +1,4 @@
-//! The snapshot sender against a follower that stops reading.
+//! The snapshot sender against a follower that stops reading; the peer set following a membership.
 
 use std::sync::Mutex;
 
@@ -138,4 +138,23 @@ async fn a_follower_that_stops_reading_fails_the_transfer_and_frees_the_copy() {
         "copy left behind"
     );
     assert_eq!(sender.copies.bytes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_peers_stops_the_members_a_membership_dropped() {
+    let node: Arc<dyn Node> = Arc::new(Sender {
+        dir: tempfile::tempdir().unwrap(),
+        copies: SnapshotCopies::new(1, Duration::from_secs(1)),
+        reports: Mutex::new(Vec::new()),
+    });
+    let transport = Transport::new(node, tokio::runtime::Handle::current());
+    // Unreachable URLs: the links retry in the background, which is all a peer needs here.
+    for id in [2, 3, 4] {
+        transport.add_peer(id, vec![format!("http://127.0.0.1:9/{id}")]);
+    }
+    assert_eq!(transport.peer_ids(), vec![2, 3, 4]);
+    transport.retain_peers(|id| id != 3);
+    assert_eq!(transport.peer_ids(), vec![2, 4]);
+    assert_eq!(transport.peer_urls(3), None);
+    transport.stop();
 }

@@ -676,6 +676,10 @@ impl RaftLoop {
         }
         shared.alarms.reload(&backend)?;
         let members = Membership::load(&backend)?.unwrap_or_default();
+        // The snapshot's membership is the whole truth: members removed in the entries it covers
+        // are no longer peers, and members added there are.
+        self.transport
+            .retain_peers(|id| members.members.iter().any(|m| m.id == id));
         for m in &members.members {
             self.transport.add_peer(m.id, m.peer_urls.clone());
         }
