@@ -135,6 +135,9 @@ impl Default for PeerStats {
 
 struct Peer {
     urls: Vec<String>,
+    /// A client of the peer's API for forwarded calls (keep-alives, TTLs, learner checks), made on
+    /// the first one and kept: tonic's channel reconnects by itself, so calls share one connection.
+    client: Arc<Mutex<Option<PeerClient<tonic::transport::Channel>>>>,
     /// The open stream's queue of batches (`None` while not connected).
     link: Link,
     task: tokio::task::JoinHandle<()>,
@@ -212,6 +215,7 @@ impl Transport {
             id,
             Peer {
                 urls,
+                client: Arc::default(),
                 link,
                 task,
                 prober,
@@ -251,10 +255,20 @@ impl Transport {
         lock(&self.peers).get(&id).map(|p| p.urls.clone())
     }
 
-    /// A client of peer `id`'s peer API, connected to the first of its URLs that answers.
+    /// A client of peer `id`'s peer API, connected to the first of its URLs that answers, and kept
+    /// for the next call.
     pub async fn client_of(&self, id: u64) -> Option<PeerClient<tonic::transport::Channel>> {
-        let urls = self.peer_urls(id)?;
-        connect(&urls).await
+        let (urls, cache) = {
+            let peers = lock(&self.peers);
+            let peer = peers.get(&id)?;
+            (peer.urls.clone(), peer.client.clone())
+        };
+        if let Some(client) = lock(&cache).clone() {
+            return Some(client);
+        }
+        let client = connect(&urls).await?;
+        *lock(&cache) = Some(client.clone());
+        Some(client)
     }
 
     /// The counters of peer `id` (created on first use).

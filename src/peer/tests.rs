@@ -158,3 +158,34 @@ async fn retain_peers_stops_the_members_a_membership_dropped() {
     assert_eq!(transport.peer_urls(3), None);
     transport.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_calls_share_one_kept_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PeerServer::new(Stalled))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let node: Arc<dyn Node> = Arc::new(Sender {
+        dir: tempfile::tempdir().unwrap(),
+        copies: SnapshotCopies::new(1, Duration::from_secs(1)),
+        reports: Mutex::new(Vec::new()),
+    });
+    let transport = Transport::new(node, tokio::runtime::Handle::current());
+    transport.add_peer(2, vec![url]);
+    let mut first = transport.client_of(2).await.expect("connects");
+    first
+        .members(peerpb::MembersRequest::default())
+        .await
+        .expect("a call");
+    // With the peer's listener gone a new connection cannot be made; the kept client is handed out.
+    server.abort();
+    let _ = server.await;
+    assert!(
+        transport.client_of(2).await.is_some(),
+        "the client was not kept"
+    );
+    transport.stop();
+}
