@@ -69,14 +69,14 @@ pub mod wal {
 
     /// `record::decode_record` for the type byte `ty`; `None` for a byte that is no record type.
     pub fn decode_record(ty: u8, data: &[u8]) -> Option<Result<DecodedRecord, String>> {
-        let ty = type_of(ty)?;
+        let ty = RecordType::from_byte(ty)?;
         Some(record::decode_record(ty, data).map(DecodedRecord))
     }
 
     /// Frames `data` as a record of type byte `ty` after `prev` (`record::encode`); `None` for a
     /// byte that is no record type.
     pub fn encode(prev: u32, ty: u8, data: &[u8]) -> Option<Result<(Vec<u8>, u32), String>> {
-        let ty = type_of(ty)?;
+        let ty = RecordType::from_byte(ty)?;
         let mut buf = Vec::new();
         Some(
             record::encode(&mut buf, prev, ty, data)
@@ -87,7 +87,7 @@ pub mod wal {
 
     /// The chained checksum of a record of type byte `ty` after `prev`.
     pub fn chain(prev: u32, ty: u8, data: &[u8]) -> Option<u32> {
-        Some(record::chain(prev, type_of(ty)?, data))
+        Some(record::chain(prev, RecordType::from_byte(ty)?, data))
     }
 
     /// Rewrites the headers and checksums of a (mutated) segment so that every record the
@@ -103,7 +103,9 @@ pub mod wal {
         while bytes.len() - off >= HEADER_LEN {
             let h = &bytes[off..off + HEADER_LEN];
             let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-            let Some(ty) = type_of(h[4]) else { break };
+            let Some(ty) = RecordType::from_byte(h[4]) else {
+                break;
+            };
             let total = HEADER_LEN + len + record::padding(len);
             if bytes.len() - off < total {
                 break;
@@ -123,17 +125,6 @@ pub mod wal {
         }
         out.extend_from_slice(&bytes[off..]);
         (out, prev)
-    }
-
-    fn type_of(b: u8) -> Option<RecordType> {
-        Some(match b {
-            1 => RecordType::Crc,
-            2 => RecordType::Metadata,
-            3 => RecordType::Entry,
-            4 => RecordType::HardState,
-            5 => RecordType::Snapshot,
-            _ => return None,
-        })
     }
 }
 

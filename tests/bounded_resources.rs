@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{assert_acked_present, start_switched, Server, Switched};
 use mini_etcd::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use mini_etcd::proto::etcdserverpb::{SnapshotRequest, SnapshotResponse};
 use tonic::transport::{Channel, Endpoint};
@@ -297,22 +297,13 @@ async fn a_disk_with_less_free_space_than_the_reserve_raises_nospace() {
 /// exit, the reason in the log), then that after the switch is cleared it starts again with every
 /// acknowledged write and serves writes.
 async fn a_full_disk_stops_the_member(what: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let switch = dir.path().join("disk-full-switch");
-    let data = dir.path().join("data");
-    let switch_text = switch.display().to_string();
-    let mut server = Server::start_with_env(
-        &data,
-        &[],
-        &[("MINI_ETCD_TEST_DISK_FULL_FILE", switch_text.as_str())],
-    )
-    .await;
+    let Switched {
+        dir: _dir,
+        switch,
+        mut server,
+        mut acked,
+    } = start_switched("MINI_ETCD_TEST_DISK_FULL_FILE").await;
     let rest = server.rest();
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let key = format!("before/{i}");
-        acked.push((key.clone(), rest.put(&key, "v").await));
-    }
 
     std::fs::write(&switch, what).expect("set the switch");
     // Writes go on until the member stops; every one acknowledged must survive.
@@ -347,13 +338,7 @@ async fn a_full_disk_stops_the_member(what: &str) {
     std::fs::remove_file(&switch).expect("clear the switch");
     server.restart().await;
     let rest = server.rest();
-    for (key, revision) in acked {
-        let kv = rest
-            .get(&key)
-            .await
-            .unwrap_or_else(|| panic!("{what}: acknowledged {key} lost"));
-        assert_eq!(kv.mod_revision, revision, "{what}: {key}");
-    }
+    assert_acked_present(&rest, &acked, what).await;
     rest.put("after", "v").await;
     assert_eq!(rest.get("after").await.expect("after").value, "v");
 }

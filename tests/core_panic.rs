@@ -10,28 +10,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{assert_acked_present, start_switched, Server, Switched};
 
 /// How long `/health` may take to turn false once the switch is set (a bound, not a measurement).
 const TURN_BOUND: Duration = Duration::from_secs(10);
 
 async fn panics_stop_the_member(thread: &str, trigger: impl AsyncFnOnce(&Server)) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let switch = dir.path().join("panic-switch");
-    let data = dir.path().join("data");
-    let switch_text = switch.display().to_string();
-    let mut server = Server::start_with_env(
-        &data,
-        &[],
-        &[("MINI_ETCD_TEST_PANIC_FILE", switch_text.as_str())],
-    )
-    .await;
-    let rest = server.rest();
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let key = format!("before/{i}");
-        acked.push((key.clone(), rest.put(&key, "v").await));
-    }
+    let Switched {
+        dir: _dir,
+        switch,
+        mut server,
+        acked,
+    } = start_switched("MINI_ETCD_TEST_PANIC_FILE").await;
 
     std::fs::write(&switch, thread).expect("set the switch");
     trigger(&server).await;
@@ -71,11 +61,7 @@ async fn panics_stop_the_member(thread: &str, trigger: impl AsyncFnOnce(&Server)
     // Nothing acknowledged was lost.
     std::fs::remove_file(&switch).expect("clear the switch");
     server.restart().await;
-    let rest = server.rest();
-    for (key, revision) in acked {
-        let kv = rest.get(&key).await.unwrap_or_else(|| panic!("{key} lost"));
-        assert_eq!(kv.mod_revision, revision, "{key}");
-    }
+    assert_acked_present(&server.rest(), &acked, thread).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,15 @@
 //! One mini-etcd member per process, on a temporary data dir, for the request targets. Nothing
 //! listens: requests go through the routers in process.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use axum::body::Body;
+use futures::FutureExt;
+use http::{Request, Response};
+use tower::ServiceExt;
 
 use mini_etcd::config::Config;
 use mini_etcd::server::Server;
@@ -68,4 +75,30 @@ pub fn disarm(shared: &Shared) {
             .await;
         }
     });
+}
+
+/// Sends `req` through `router` on the process's member, runs `check` on the response for at most
+/// [`REQUEST_DEADLINE`] (a panic in either fails the input), then checks the member is alive and
+/// clears the alarms the input raised.
+pub fn send_and_check<F>(router: axum::Router, req: Request<Body>, check: fn(Response<Body>) -> F)
+where
+    F: Future<Output = ()>,
+{
+    let s = shared();
+    let fut = AssertUnwindSafe(async move {
+        let resp = router
+            .oneshot(req)
+            .await
+            .expect("axum routers are infallible");
+        check(resp).await
+    })
+    .catch_unwind();
+    let outcome = s
+        .runtime
+        .block_on(async { tokio::time::timeout(REQUEST_DEADLINE, fut).await });
+    if let Ok(Err(panic)) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_alive(&s.server);
+    disarm(s);
 }

@@ -103,6 +103,25 @@ struct State {
     consistent_index: u64,
 }
 
+impl State {
+    /// The revision a read asking for `revision` reads at (0 or less: the current one), or the
+    /// error etcd answers for a future or compacted one.
+    fn read_revision(&self, revision: i64) -> Result<i64> {
+        let rev = if revision <= 0 {
+            self.current
+        } else {
+            revision
+        };
+        if rev > self.current {
+            return Err(Error::FutureRevision);
+        }
+        if rev < self.compacted {
+            return Err(Error::Compacted);
+        }
+        Ok(rev)
+    }
+}
+
 /// The multi-version key-value store. `Send + Sync`; share it through an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -130,6 +149,28 @@ pub trait RangeSink {
     fn begin(&mut self, result: &RangeResult) -> Result<()>;
     /// One record as stored (an encoded `mvccpb.KeyValue`), in key order.
     fn record(&mut self, encoded: &[u8]) -> Result<()>;
+}
+
+/// The [`RangeSink`] behind [`Store::range`]: the records decoded into the result.
+struct Decoded {
+    result: RangeResult,
+    keys_only: bool,
+}
+
+impl RangeSink for Decoded {
+    fn begin(&mut self, result: &RangeResult) -> Result<()> {
+        self.result = result.clone();
+        Ok(())
+    }
+
+    fn record(&mut self, encoded: &[u8]) -> Result<()> {
+        let mut kv = decode_kv(encoded)?;
+        if self.keys_only {
+            kv.value.clear();
+        }
+        self.result.kvs.push(kv);
+        Ok(())
+    }
 }
 
 /// Large ranges reading at once unless [`Store::set_large_read_limit`] says otherwise.
@@ -361,13 +402,12 @@ impl Store {
     /// remove a record meanwhile is a compaction above `rev`, and a record found missing then
     /// answers `Compacted`, as the range would have had it started after that compaction.
     pub fn range(&self, opts: &RangeOptions) -> Result<RangeResult> {
-        let (mut result, rev, records) = self.plan_range(opts)?;
-        if opts.count_only || records.is_empty() {
-            return Ok(result);
-        }
-        let _slot = (records.len() > LARGE_RANGE_RECORDS).then(|| self.large_reads.acquire());
-        result.kvs = self.read_records(&records, rev, opts.keys_only)?;
-        Ok(result)
+        let mut decoded = Decoded {
+            result: RangeResult::default(),
+            keys_only: opts.keys_only,
+        };
+        self.range_encoded(opts, &mut decoded)?;
+        Ok(decoded.result)
     }
 
     /// How many ranges of more than [`LARGE_RANGE_RECORDS`] records may read their records at
@@ -380,43 +420,31 @@ impl Store {
     /// The locked half of [`Store::range`]: the result without its records, the revision read at,
     /// and the revisions of the records to read.
     fn plan_range(&self, opts: &RangeOptions) -> Result<(RangeResult, i64, Vec<Revision>)> {
-        Ok({
-            let state = read_lock(&self.state);
-            let rev = if opts.revision <= 0 {
-                state.current
-            } else {
-                opts.revision
-            };
-            if rev > state.current {
-                return Err(Error::FutureRevision);
-            }
-            if rev < state.compacted {
-                return Err(Error::Compacted);
-            }
-            let mut result = RangeResult {
-                revision: state.current,
-                ..RangeResult::default()
-            };
-            let Some(bounds) = KeyRange::new(&opts.key, &opts.range_end).bounds() else {
-                return Ok((result, rev, Vec::new()));
-            };
-            let mut visible = state
-                .index
-                .range::<[u8], _>(bounds)
-                .filter_map(|(_, ki)| ki.get(rev).map(|s| s.modified));
-            let take = if opts.count_only {
-                0
-            } else if opts.limit == 0 {
-                usize::MAX
-            } else {
-                opts.limit
-            };
-            let records: Vec<Revision> = visible.by_ref().take(take).collect();
-            let rest = visible.count();
-            result.count = records.len() + rest;
-            result.more = !opts.count_only && rest > 0;
-            (result, rev, records)
-        })
+        let state = read_lock(&self.state);
+        let rev = state.read_revision(opts.revision)?;
+        let mut result = RangeResult {
+            revision: state.current,
+            ..RangeResult::default()
+        };
+        let Some(bounds) = KeyRange::new(&opts.key, &opts.range_end).bounds() else {
+            return Ok((result, rev, Vec::new()));
+        };
+        let mut visible = state
+            .index
+            .range::<[u8], _>(bounds)
+            .filter_map(|(_, ki)| ki.get(rev).map(|s| s.modified));
+        let take = if opts.count_only {
+            0
+        } else if opts.limit == 0 {
+            usize::MAX
+        } else {
+            opts.limit
+        };
+        let records: Vec<Revision> = visible.by_ref().take(take).collect();
+        let rest = visible.count();
+        result.count = records.len() + rest;
+        result.more = !opts.count_only && rest > 0;
+        Ok((result, rev, records))
     }
 
     /// [`Store::range`] for a caller that encodes the answer itself: `sink` gets the result without
@@ -430,7 +458,17 @@ impl Store {
             return Ok(());
         }
         let _slot = (records.len() > LARGE_RANGE_RECORDS).then(|| self.large_reads.acquire());
-        for chunk in records.chunks(READ_CHUNK) {
+        self.read_records(&records, rev, sink)
+    }
+
+    /// Hands `sink` the records at `revisions` (visible at `rev`), read from the backend in chunks.
+    fn read_records(
+        &self,
+        revisions: &[Revision],
+        rev: i64,
+        sink: &mut impl RangeSink,
+    ) -> Result<()> {
+        for chunk in revisions.chunks(READ_CHUNK) {
             let rev_keys: Vec<[u8; REVISION_LEN]> = chunk.iter().map(Revision::live_key).collect();
             let keys: Vec<&[u8]> = rev_keys.iter().map(|k| k.as_slice()).collect();
             let found = self
@@ -451,31 +489,6 @@ impl Store {
         Error::Corrupt(format!(
             "the record at revision {r:?} is indexed but missing"
         ))
-    }
-
-    /// The records at `revisions` (visible at `rev`), read from the backend in chunks.
-    fn read_records(
-        &self,
-        revisions: &[Revision],
-        rev: i64,
-        keys_only: bool,
-    ) -> Result<Vec<KeyValue>> {
-        let mut kvs = Vec::with_capacity(revisions.len());
-        for chunk in revisions.chunks(READ_CHUNK) {
-            let rev_keys: Vec<[u8; REVISION_LEN]> = chunk.iter().map(Revision::live_key).collect();
-            let keys: Vec<&[u8]> = rev_keys.iter().map(|k| k.as_slice()).collect();
-            let values = self.backend.get_many(Table::Key, &keys, decode_kv)?;
-            for (r, value) in chunk.iter().zip(values) {
-                let Some(mut kv) = value else {
-                    return Err(self.missing_record(*r, rev));
-                };
-                if keys_only {
-                    kv.value.clear();
-                }
-                kvs.push(kv);
-            }
-        }
-        Ok(kvs)
     }
 
     /// Writes buffered backend changes to disk (batching timer, snapshot, shutdown).
@@ -680,17 +693,7 @@ impl Store {
         opts: &RangeOptions,
         overlay: Option<&BTreeMap<Vec<u8>, Option<KeyValue>>>,
     ) -> Result<RangeResult> {
-        let rev = if opts.revision <= 0 {
-            state.current
-        } else {
-            opts.revision
-        };
-        if rev > state.current {
-            return Err(Error::FutureRevision);
-        }
-        if rev < state.compacted {
-            return Err(Error::Compacted);
-        }
+        let rev = state.read_revision(opts.revision)?;
         let mut result = RangeResult {
             revision: state.current,
             ..RangeResult::default()
@@ -1147,15 +1150,18 @@ mod tests {
         let (_, rev, records) = store.plan_range(&opts).expect("plan");
         assert_eq!(records.len(), 1);
         // Present before the compaction, gone after it: the range answers Compacted, not Corrupt.
-        assert_eq!(
-            store.read_records(&records, rev, false).expect("read")[0].value,
-            b"1"
-        );
+        let read = |store: &Store| {
+            let mut decoded = Decoded {
+                result: RangeResult::default(),
+                keys_only: false,
+            };
+            store
+                .read_records(&records, rev, &mut decoded)
+                .map(|()| decoded.result.kvs)
+        };
+        assert_eq!(read(&store).expect("read")[0].value, b"1");
         store.compact(4, 0).expect("compact");
-        assert!(matches!(
-            store.read_records(&records, rev, false),
-            Err(Error::Compacted)
-        ));
+        assert!(matches!(read(&store), Err(Error::Compacted)));
     }
 
     fn open() -> (tempfile::TempDir, Store) {

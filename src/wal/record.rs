@@ -33,7 +33,7 @@ pub(crate) enum RecordType {
 }
 
 impl RecordType {
-    fn from_byte(b: u8) -> Option<RecordType> {
+    pub(crate) fn from_byte(b: u8) -> Option<RecordType> {
         Some(match b {
             1 => RecordType::Crc,
             2 => RecordType::Metadata,

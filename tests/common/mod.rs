@@ -855,3 +855,50 @@ pub fn wal_files(data_dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A server started with a test-only fault switch: the environment variable `env` names `switch`,
+/// a file in `dir` not yet written (writing it arms the fault). 20 puts were acknowledged before
+/// anything was armed; `acked` holds their keys and revisions.
+pub struct Switched {
+    pub dir: tempfile::TempDir,
+    pub switch: PathBuf,
+    pub server: Server,
+    pub acked: Vec<(String, i64)>,
+}
+
+/// Starts a [`Switched`] server on a data dir in a fresh temporary directory.
+pub async fn start_switched(env: &str) -> Switched {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let switch = dir.path().join("fault-switch");
+    let switch_text = switch.display().to_string();
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &[],
+        &[(env, switch_text.as_str())],
+    )
+    .await;
+    let rest = server.rest();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("before/{i}");
+        acked.push((key.clone(), rest.put(&key, "v").await));
+    }
+    Switched {
+        dir,
+        switch,
+        server,
+        acked,
+    }
+}
+
+/// Asserts that every acknowledged `(key, revision)` is there at that revision (`what` names the
+/// case in failures).
+pub async fn assert_acked_present(rest: &Rest, acked: &[(String, i64)], what: &str) {
+    for (key, revision) in acked {
+        let kv = rest
+            .get(key)
+            .await
+            .unwrap_or_else(|| panic!("{what}: acknowledged {key} lost"));
+        assert_eq!(kv.mod_revision, *revision, "{what}: {key}");
+    }
+}

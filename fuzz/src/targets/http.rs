@@ -13,17 +13,13 @@
 //! query parameters and a JSON body with known field names (so that mutations of a few bytes move
 //! between well-formed requests, not only broken ones).
 
-use std::panic::AssertUnwindSafe;
-
 use arbitrary::Unstructured;
 use axum::body::Body;
-use futures::FutureExt;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value};
-use tower::ServiceExt;
 
-use crate::server::{assert_alive, disarm, shared, REQUEST_DEADLINE};
+use crate::server::{send_and_check, shared};
 
 /// Paths and field names of the REST API (`src/api/rest/mod.rs`).
 const REST_PATHS: &[&str] = &[
@@ -152,7 +148,7 @@ pub fn rest(data: &[u8]) {
         return;
     };
     let router = mini_etcd::api::rest::router(s.server.clone());
-    send(router, req);
+    send_and_check(router, req, check_response);
 }
 
 /// The client port's router (gRPC, JSON gateway, `/health` ...) with HTTP/1.1 requests.
@@ -165,28 +161,7 @@ pub fn gateway(data: &[u8]) {
         return;
     }
     let router = mini_etcd::fuzzing::client_router(s.server.clone());
-    send(router, req);
-}
-
-/// Sends `req`, reads the response for at most [`REQUEST_DEADLINE`], and checks it.
-fn send(router: axum::Router, req: Request<Body>) {
-    let s = shared();
-    let fut = AssertUnwindSafe(async move {
-        let resp = router
-            .oneshot(req)
-            .await
-            .expect("axum routers are infallible");
-        check_response(resp).await
-    })
-    .catch_unwind();
-    let outcome = s
-        .runtime
-        .block_on(async { tokio::time::timeout(REQUEST_DEADLINE, fut).await });
-    if let Ok(Err(panic)) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    assert_alive(&s.server);
-    disarm(s);
+    send_and_check(router, req, check_response);
 }
 
 async fn check_response(resp: Response<Body>) {

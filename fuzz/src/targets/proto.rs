@@ -15,11 +15,8 @@
 //!
 //! A last kind feeds the raw bytes, unframed, to the unary reader.
 
-use std::panic::AssertUnwindSafe;
-
 use axum::body::Body;
 use bytes::Bytes;
-use futures::FutureExt;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use mini_etcd::peer::convert;
@@ -27,9 +24,8 @@ use mini_etcd::proto::{etcdserverpb as pb, peerpb};
 use mini_etcd::server::kv;
 use mini_etcd::server::request::{Op, RaftRequest, WalMetadata};
 use prost::Message;
-use tower::ServiceExt;
 
-use crate::server::{assert_alive, disarm, shared, REQUEST_DEADLINE};
+use crate::server::{send_and_check, shared};
 
 /// etcd's default `--max-txn-ops`.
 const MAX_TXN_OPS: usize = 128;
@@ -253,22 +249,7 @@ fn grpc(path: &str, body: Vec<u8>) {
         .body(Body::from(body))
         .expect("a valid request");
     let router = mini_etcd::fuzzing::client_router(s.server.clone());
-    let fut = AssertUnwindSafe(async move {
-        let resp = router
-            .oneshot(req)
-            .await
-            .expect("axum routers are infallible");
-        check_grpc(resp).await
-    })
-    .catch_unwind();
-    let outcome = s
-        .runtime
-        .block_on(async { tokio::time::timeout(REQUEST_DEADLINE, fut).await });
-    if let Ok(Err(panic)) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    assert_alive(&s.server);
-    disarm(s);
+    send_and_check(router, req, check_grpc);
 }
 
 async fn check_grpc(resp: Response<Body>) {

@@ -35,33 +35,19 @@ pub fn wal_record(data: &[u8]) {
     let prev = codec::chain(0, 1, payload).unwrap_or(0);
     if let Some(Ok(rec)) = codec::decode_record(ty, payload) {
         let (buf, crc) = rec.encode(prev).expect("a decoded record encodes");
-        match codec::decode_frame(&buf, 0) {
-            Some(Frame::Record {
-                ty: ty2,
-                data: d2,
-                crc: crc2,
-                end,
-            }) => {
-                assert_eq!((ty2, crc2, end), (ty, crc, buf.len()));
-                let again = codec::decode_record(ty2, d2).expect("known type");
-                assert_eq!(again.as_ref(), Ok(&rec), "record changed by a round trip");
-            }
-            other => panic!("an encoded record decodes as {other:?}"),
-        }
+        let (ty2, d2, crc2, end) = whole_record(&buf, "an encoded record");
+        assert_eq!((ty2, crc2, end), (ty, crc, buf.len()));
+        let again = codec::decode_record(ty2, d2).expect("known type");
+        assert_eq!(again.as_ref(), Ok(&rec), "record changed by a round trip");
     }
     if let Some(framed) = codec::encode(prev, ty, payload) {
         let (buf, crc) = framed.expect("payload under 4 GiB");
         assert_eq!(buf.len() % 8, 0, "frames are 8-byte aligned");
         assert_eq!(codec::chain(prev, ty, payload), Some(crc));
-        match codec::decode_frame(&buf, 0) {
-            Some(Frame::Record {
-                ty: ty2,
-                data: d2,
-                crc: crc2,
-                end,
-            }) => assert_eq!((ty2, d2, crc2, end), (ty, payload, crc, buf.len())),
-            other => panic!("a framed payload decodes as {other:?}"),
-        }
+        assert_eq!(
+            whole_record(&buf, "a framed payload"),
+            (ty, payload, crc, buf.len())
+        );
         let cut = payload.len() % buf.len();
         if cut > 0 {
             let short = codec::decode_frame(&buf[..cut], 0);
@@ -70,6 +56,15 @@ pub fn wal_record(data: &[u8]) {
                 "a record cut to {cut} bytes still decodes"
             );
         }
+    }
+}
+
+/// The record frame at the start of `buf` (type byte, data, crc, end); panics, naming `what`, if
+/// it is anything else.
+fn whole_record<'a>(buf: &'a [u8], what: &str) -> (u8, &'a [u8], u32, usize) {
+    match codec::decode_frame(buf, 0) {
+        Some(Frame::Record { ty, data, crc, end }) => (ty, data, crc, end),
+        other => panic!("{what} decodes as {other:?}"),
     }
 }
 
