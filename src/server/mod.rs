@@ -385,11 +385,7 @@ impl Server {
 
         let (mut wal, mut contents) = (wal, contents);
         let consistent_index = store.consistent_index();
-        let last_entry = contents
-            .entries
-            .last()
-            .map(|e| (e.index, e.term))
-            .or(contents.before_retained);
+        let last_entry = contents.last_entry();
         let last_wal_index = last_entry.map_or(contents.snapshot.index, |(index, _)| index);
         if consistent_index > last_wal_index {
             // Only after `mini-etcd repair` cut entries the backend had already applied: the backend
@@ -412,6 +408,9 @@ impl Server {
             contents.before_retained = None;
             contents.snapshot = mark;
         }
+        let last_index = contents
+            .last_entry()
+            .map_or(contents.snapshot.index, |(index, _)| index);
         let entries = std::mem::take(&mut contents.entries);
         let snap = &contents.snapshot;
         if consistent_index < snap.index {
@@ -425,17 +424,11 @@ impl Server {
         let storage = MemStorage::new();
         {
             let mut core = storage.wl();
-            // Only the catch-up window behind the applied index goes into memory (see
-            // `raft_loop.rs`); the entry before it becomes the storage's starting point, so that its
-            // term stays known, much as a snapshot there would be.
-            let keep_from =
-                raft_loop::catch_up_start(consistent_index, config.snapshot_catchup_entries);
-            let (older, kept) =
-                entries.split_at(entries.iter().take_while(|e| e.index < keep_from).count());
-            let base = older
-                .last()
-                .map(|e| (e.index, e.term))
-                .or(contents.before_retained)
+            // The WAL kept only the catch-up window behind the applied index (`retain_from`
+            // above); the entry before it becomes the storage's starting point, so that its term
+            // stays known, much as a snapshot there would be.
+            let base = contents
+                .before_retained
                 .unwrap_or((snap.index, snap.term));
             // Raft's configuration is the membership's at the backend's consistent index (see
             // `membership.rs`); entries after it that change it are applied again.
@@ -449,12 +442,7 @@ impl Server {
                 core.apply_snapshot(s)?;
             }
             core.set_conf_state(conf_state);
-            core.append(kept)?;
-            let last_index = entries
-                .last()
-                .map(|e| e.index)
-                .or(contents.before_retained.map(|(index, _)| index))
-                .unwrap_or(snap.index);
+            core.append(&entries)?;
             let mut hs = contents.hard_state.clone();
             // The commit index in the WAL may lag what was applied (it is persisted with the next
             // Ready); anything the backend applied was committed.
@@ -465,7 +453,7 @@ impl Server {
                 .min(last_index);
             core.set_hardstate(hs);
         }
-        // The entries outside the window go now; those kept share their data with the storage.
+        // The storage holds the entries now; the copies read from the WAL go before serving.
         drop(entries);
         let commit_at_start = storage.rl().hard_state().commit;
         let log_first_index = raft::Storage::first_index(&storage)?;

@@ -203,6 +203,17 @@ pub struct WalContents {
     pub repaired_tail: Option<(PathBuf, u64)>,
 }
 
+impl WalContents {
+    /// Index and term of the log's last entry, kept in memory or not; `None` when no entry is
+    /// above the snapshot mark.
+    pub fn last_entry(&self) -> Option<(u64, u64)> {
+        self.entries
+            .last()
+            .map(|e| (e.index, e.term))
+            .or(self.before_retained)
+    }
+}
+
 /// An open write-ahead log, positioned to append to its last segment.
 #[derive(Debug)]
 pub struct Wal {
