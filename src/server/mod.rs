@@ -427,9 +427,7 @@ impl Server {
             // The WAL kept only the catch-up window behind the applied index (`retain_from`
             // above); the entry before it becomes the storage's starting point, so that its term
             // stays known, much as a snapshot there would be.
-            let base = contents
-                .before_retained
-                .unwrap_or((snap.index, snap.term));
+            let base = contents.before_retained.unwrap_or((snap.index, snap.term));
             // Raft's configuration is the membership's at the backend's consistent index (see
             // `membership.rs`); entries after it that change it are applied again.
             let (voters, learners) = membership::conf_of(&members);
