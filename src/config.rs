@@ -193,6 +193,16 @@ pub struct ServerArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// The kind of auth token: `simple`, or `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256`
+    /// (with `ttl=5m` optionally), as etcd's flag.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token stays valid after its last use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub auth_token_ttl: u64,
+    /// The bcrypt cost of stored password hashes (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = crate::auth::password::DEFAULT_BCRYPT_COST, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
     /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -283,6 +293,12 @@ pub struct Config {
     pub grpc_keepalive_timeout: Duration,
     /// Most operations in one transaction branch.
     pub max_txn_ops: usize,
+    /// The auth token kind (`--auth-token`).
+    pub auth_token: crate::auth::TokenConfig,
+    /// How long a simple token stays valid after its last use.
+    pub auth_token_ttl: Duration,
+    /// The bcrypt cost of new password hashes.
+    pub bcrypt_cost: u32,
     /// Automatic compaction, if enabled.
     pub auto_compaction: Option<Retention>,
     /// Backend quota in bytes.
@@ -398,6 +414,10 @@ impl Config {
                 Error::InvalidArgument("--grpc-keepalive-timeout must be above 0".into())
             })?,
             max_txn_ops: a.max_txn_ops,
+            auth_token: crate::auth::TokenConfig::parse(&a.auth_token)
+                .map_err(Error::InvalidArgument)?,
+            auth_token_ttl: Duration::from_secs(a.auth_token_ttl),
+            bcrypt_cost: a.bcrypt_cost,
             auto_compaction: Retention::parse(
                 &a.auto_compaction_mode,
                 &a.auto_compaction_retention,
@@ -691,7 +711,7 @@ fn parse_short_duration(s: &str) -> Option<Duration> {
 
 /// A Go duration as etcd's flags take it: `0`, or numbers each with a unit (`ns`, `us`, `µs`, `ms`,
 /// `s`, `m`, `h`), as in `20s`, `1m30s`, `2h0m0s`.
-fn parse_go_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut rest = s.trim();
     if rest == "0" {
         return Some(Duration::ZERO);

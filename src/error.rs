@@ -116,6 +116,49 @@ pub enum Error {
     /// Authentication is requested but not available.
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
+    /// `AuthEnable` without a `root` user.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// `AuthEnable` while the `root` user lacks the `root` role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// A request needs a user and carries none (no token, or an empty name).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// A wrong user name or password (the same text for both, as etcd's).
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// The user's roles do not allow the request.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// A token that is unknown, expired, forged or signed by another key.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// A change that would lock the administrator out (the `root` user or role while auth is on).
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// The auth state changed between the token's check and the request's apply: the client
+    /// authenticates again and retries.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// An error of etcd's auth package that etcd's gRPC layer passes through unmapped (code Unknown):
+    /// the maintenance calls' refusals and a password given for a user without one.
+    #[error("{0}")]
+    AuthUnmapped(&'static str),
     /// A bounded resource is in use to its limit (etcd's `ErrTooManyRequests`): at most
     /// `--max-snapshot-copies` Snapshot calls at a time.
     #[error("etcdserver: too many requests")]
@@ -161,11 +204,24 @@ impl Error {
             | Error::ValueProvided
             | Error::LeaseProvided
             | Error::AuthNotEnabled
+            | Error::RoleEmpty
+            | Error::InvalidAuthMgmt
+            | Error::AuthOldRevision
             | Error::InvalidArgument(_)
             | Error::TooManyTxnOps
             | Error::DuplicateKey
             | Error::FutureRevision => 400,
             Error::KeyNotFound | Error::NotFound(_) | Error::LeaseNotFound => 404,
+            Error::UserEmpty | Error::AuthFailed | Error::InvalidAuthToken => 401,
+            Error::PermissionDenied | Error::AuthUnmapped(_) => 403,
+            Error::RootUserNotExist
+            | Error::RootRoleNotExist
+            | Error::UserAlreadyExist
+            | Error::UserNotFound
+            | Error::RoleAlreadyExist
+            | Error::RoleNotFound
+            | Error::RoleNotGranted
+            | Error::PermissionNotGranted => 412,
             // etcd's gateway answers a compacted revision with 400 (OutOfRange); a gone revision reads
             // best as 410 to a REST user, and no client parses the status for it.
             Error::Compacted => 410,
@@ -213,7 +269,23 @@ impl Error {
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound | Error::KeyNotFound | Error::NotFound(_) => Code::NotFound,
             Error::LeaseExists => Code::FailedPrecondition,
-            Error::AuthNotEnabled => Code::FailedPrecondition,
+            Error::AuthNotEnabled
+            | Error::RootUserNotExist
+            | Error::RootRoleNotExist
+            | Error::UserAlreadyExist
+            | Error::UserNotFound
+            | Error::RoleAlreadyExist
+            | Error::RoleNotFound
+            | Error::RoleNotGranted
+            | Error::PermissionNotGranted => Code::FailedPrecondition,
+            Error::UserEmpty
+            | Error::RoleEmpty
+            | Error::AuthFailed
+            | Error::InvalidAuthMgmt
+            | Error::AuthOldRevision => Code::InvalidArgument,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::InvalidAuthToken => Code::Unauthenticated,
+            Error::AuthUnmapped(_) => Code::Unknown,
             Error::NoSpace | Error::TooManyRequests => Code::ResourceExhausted,
             Error::Timeout | Error::NoLeader | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,

@@ -15,6 +15,7 @@
 //! [`config`] turns flags and `ETCD_*` variables into a [`config::Config`]; [`error`] is the one error
 //! type; [`fdlimit`] raises and reads the open-file limit.
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod error;

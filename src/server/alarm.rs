@@ -204,7 +204,8 @@ fn grows_backend(op: &Op) -> bool {
         | Op::LeaseRevoke(_)
         | Op::Alarm(_)
         | Op::MemberAttributes(_)
-        | Op::LeaseCheckpoint(_) => false,
+        | Op::LeaseCheckpoint(_)
+        | Op::Auth(_) => false,
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType};
 
+use crate::auth::{AuthHeader, AuthStore, Caller};
 use crate::error::{Error, Result};
 use crate::mvcc::{WriteBatch, WriteTxn};
 use crate::proto::etcdserverpb::{
@@ -114,7 +115,7 @@ impl Applier {
             store.set_consistent_index(e.index);
         } else {
             let req = RaftRequest::decode(&e.data[..])?;
-            let result = match self.apply_request(e.index, req.op) {
+            let result = match self.apply_request(e.index, req.op, req.auth.as_ref()) {
                 Ok(r) => Ok(r),
                 Err(err) if err.is_deterministic() => {
                     store.set_consistent_index(e.index);
@@ -132,9 +133,18 @@ impl Applier {
         Ok(())
     }
 
-    fn apply_request(&mut self, index: u64, op: Option<Op>) -> Result<ApplyResult> {
+    fn apply_request(
+        &mut self,
+        index: u64,
+        op: Option<Op>,
+        auth: Option<&AuthHeader>,
+    ) -> Result<ApplyResult> {
         let store = self.shared.store.clone();
         if let Some(op) = &op {
+            // The proposer's permissions, as of this entry (see `auth`).
+            if auth.is_some() {
+                self.check_permission(&AuthStore::caller_of(auth), op)?;
+            }
             // A NOSPACE alarm holds back writes that grow the backend (see `alarm.rs`).
             self.shared.alarms.refuses(op)?;
         }
@@ -225,7 +235,41 @@ impl Applier {
                 }
                 Ok(ApplyResult::Members(self.shared.members.etcd_members()))
             }
+            Some(Op::Auth(req)) => {
+                let op = req.op.ok_or_else(|| {
+                    Error::InvalidArgument("empty auth request in Raft entry".into())
+                })?;
+                let mut batch = WriteBatch::new();
+                let applied = self
+                    .shared
+                    .auth
+                    .apply(&AuthStore::caller_of(auth), &op, &mut batch);
+                // Refused changes count as applied too: the consistent index moves either way.
+                store.write_meta(index, batch);
+                Ok(ApplyResult::Auth(applied?))
+            }
             None => Err(Error::InvalidArgument("empty request in Raft entry".into())),
+        }
+    }
+
+    /// Whether `caller` may apply `op`: the writes are checked here, against the auth state of
+    /// this point of the log; auth changes check their own rule in [`AuthStore::apply`].
+    fn check_permission(&self, caller: &Caller, op: &Op) -> Result<()> {
+        let auth = &self.shared.auth;
+        let lessor = &self.shared.lessor;
+        let lease_keys = |id: i64| lessor.time_to_live(id).map(|t| t.keys).unwrap_or_default();
+        match op {
+            Op::Put(req) => auth.check_put(caller, req, &lease_keys),
+            Op::DeleteRange(req) => auth.check_delete(caller, req),
+            Op::Txn(req) => auth.check_txn(caller, req, &lease_keys),
+            Op::LeaseRevoke(req) => auth.check_lease_revoke(caller, &lease_keys(req.id)),
+            // etcd 3.4 checks none of these.
+            Op::Compaction(_)
+            | Op::LeaseGrant(_)
+            | Op::Alarm(_)
+            | Op::LeaseCheckpoint(_)
+            | Op::MemberAttributes(_)
+            | Op::Auth(_) => Ok(()),
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, Message};
 
+use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
@@ -407,7 +408,10 @@ impl Server {
             peer_urls: urls,
             ..Default::default()
         };
-        let list = match self.propose(Op::MemberAttributes(attrs)).await? {
+        let list = match self
+            .propose(&Caller::Server, Op::MemberAttributes(attrs))
+            .await?
+        {
             ApplyResult::Members(list) => list,
             other => {
                 return Err(Error::Internal(format!(
@@ -570,7 +574,10 @@ impl Server {
                 return;
             }
             if s.leader.load(Ordering::Acquire) != 0 {
-                match self.propose(Op::MemberAttributes(want.clone())).await {
+                match self
+                    .propose(&Caller::Server, Op::MemberAttributes(want.clone()))
+                    .await
+                {
                     Ok(_) => {
                         tracing::info!(name = %want.name, "published this member's attributes")
                     }

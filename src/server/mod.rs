@@ -30,6 +30,7 @@
 
 pub mod alarm;
 pub mod apply;
+mod auth;
 pub mod cluster;
 pub mod compactor;
 mod inline;
@@ -54,6 +55,7 @@ use prost::Message as _;
 use raft::prelude::*;
 use raft::storage::MemStorage;
 
+use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::histogram::{Histogram, HistogramSnapshot};
@@ -140,6 +142,8 @@ pub struct Shared {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// The cluster's alarms as applied here (see `alarm.rs`).
     pub alarms: alarm::AlarmStore,
+    /// Users, roles and tokens as applied here (see `auth`).
+    pub auth: crate::auth::AuthStore,
     /// The cluster's members as applied here (see `membership.rs`).
     pub members: Membership,
     /// Whether this member is the cluster's only voter with no learner: then a turn may run on a
@@ -504,6 +508,15 @@ impl Server {
             fatal_notify: tokio::sync::Notify::new(),
             closing: tokio::sync::watch::channel(false).0,
             alarms: alarm::AlarmStore::load(store.backend())?,
+            auth: crate::auth::AuthStore::load(
+                store.backend(),
+                crate::auth::Tokens::new(
+                    &config.auth_token,
+                    config.auth_token_ttl,
+                    Arc::new(crate::lease::SystemClock),
+                )?,
+                config.bcrypt_cost,
+            )?,
             members: membership,
             solo: AtomicBool::new(solo),
             removed: AtomicBool::new(false),
@@ -698,23 +711,47 @@ impl Server {
         *header = Some(self.header(revision));
     }
 
-    /// etcd's Put, through Raft; answers once applied.
+    /// etcd's Put, through Raft, as the server itself; answers once applied.
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        self.put_as(&Caller::Server, req).await
+    }
+
+    /// etcd's Put for `caller`, through Raft; answers once applied.
+    pub async fn put_as(&self, caller: &Caller, req: PutRequest) -> Result<PutResponse> {
         kv::check_put(&req)?;
-        self.propose_for(Op::Put(req)).await
+        self.propose_for_as(caller, Op::Put(req)).await
     }
 
-    /// etcd's DeleteRange, through Raft; answers once applied.
+    /// etcd's DeleteRange, through Raft, as the server itself; answers once applied.
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        kv::check_delete(&req)?;
-        self.propose_for(Op::DeleteRange(req)).await
+        self.delete_range_as(&Caller::Server, req).await
     }
 
-    /// etcd's Txn. A transaction that writes goes through Raft; a read-only one is evaluated on the
-    /// store at once (linearizable on a single voter, as every acknowledged write is applied).
+    /// etcd's DeleteRange for `caller`, through Raft; answers once applied.
+    pub async fn delete_range_as(
+        &self,
+        caller: &Caller,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
+        kv::check_delete(&req)?;
+        self.propose_for_as(caller, Op::DeleteRange(req)).await
+    }
+
+    /// etcd's Txn, as the server itself.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        self.txn_as(&Caller::Server, req).await
+    }
+
+    /// etcd's Txn for `caller`. A transaction that writes goes through Raft (permissions checked
+    /// when applied); a read-only one is checked and evaluated on the store at once (linearizable
+    /// on a single voter, as every acknowledged write is applied).
+    pub async fn txn_as(&self, caller: &Caller, req: TxnRequest) -> Result<TxnResponse> {
         kv::check_txn(&req, self.inner.config.max_txn_ops)?;
         if !kv::txn_has_writes(&req) {
+            let lessor = &self.inner.shared.lessor;
+            self.inner.shared.auth.check_txn(caller, &req, &|id| {
+                lessor.time_to_live(id).map(|t| t.keys).unwrap_or_default()
+            })?;
             // As a Range is served: from a read, at one revision for the whole txn; on a blocking
             // thread when a range in it may be wide.
             self.linearize().await?;
@@ -729,7 +766,7 @@ impl Server {
             };
             return if wide { blocking(read).await } else { read() };
         }
-        self.propose_for(Op::Txn(req)).await
+        self.propose_for_as(caller, Op::Txn(req)).await
     }
 
     /// etcd's Compact, through Raft. Errors as etcd does for a future or already-compacted revision.
@@ -741,6 +778,12 @@ impl Server {
     /// (`linearize`), a serializable one at once. The two are the same on a single voter: every
     /// acknowledged write is applied before it is acknowledged.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        self.range_as(&Caller::Server, req).await
+    }
+
+    /// [`Server::range`] for `caller`, who must be allowed to read the range.
+    pub async fn range_as(&self, caller: &Caller, req: &RangeRequest) -> Result<RangeResponse> {
+        self.inner.shared.auth.check_range(caller, req)?;
         if !req.serializable {
             self.linearize().await?;
         }
@@ -758,9 +801,19 @@ impl Server {
     /// others. The fields come in another order than prost writes them (header, more, count, then
     /// the records), which every protobuf decoder accepts.
     pub async fn range_frame(&self, req: &RangeRequest) -> Result<Option<Vec<u8>>> {
+        self.range_frame_as(&Caller::Server, req).await
+    }
+
+    /// [`Server::range_frame`] for `caller`, who must be allowed to read the range.
+    pub async fn range_frame_as(
+        &self,
+        caller: &Caller,
+        req: &RangeRequest,
+    ) -> Result<Option<Vec<u8>>> {
         if !kv::answers_as_stored(req) {
             return Ok(None);
         }
+        self.inner.shared.auth.check_range(caller, req)?;
         if !req.serializable {
             self.linearize().await?;
         }
@@ -827,10 +880,20 @@ impl Server {
 
     /// etcd's LeaseRevoke, through Raft: the lease and every key attached to it go in one revision.
     pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        self.lease_revoke_as(&Caller::Server, req).await
+    }
+
+    /// etcd's LeaseRevoke for `caller`, who must be allowed to write every attached key (checked
+    /// when applied).
+    pub async fn lease_revoke_as(
+        &self,
+        caller: &Caller,
+        req: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse> {
         if !self.inner.shared.lessor.lookup(req.id) {
             return Err(Error::LeaseNotFound);
         }
-        self.propose_for(Op::LeaseRevoke(req)).await
+        self.propose_for_as(caller, Op::LeaseRevoke(req)).await
     }
 
     /// The lessor, for the lease API's read-only calls.
@@ -900,7 +963,10 @@ impl Server {
                 let req = LeaseCheckpointRequest {
                     checkpoints: chunk.to_vec(),
                 };
-                if let Err(e) = self.propose(Op::LeaseCheckpoint(req)).await {
+                if let Err(e) = self
+                    .propose(&Caller::Server, Op::LeaseCheckpoint(req))
+                    .await
+                {
                     tracing::debug!(error = %e, "lease checkpoint failed");
                 }
             }
@@ -1027,10 +1093,17 @@ impl Server {
         }
     }
 
-    /// Proposes `op` and waits for its response of kind `T`, with the header completed.
+    /// Proposes `op` as the server itself and waits for its response of kind `T`, with the header
+    /// completed.
     pub(crate) async fn propose_for<T: Applied>(&self, op: Op) -> Result<T> {
+        self.propose_for_as(&Caller::Server, op).await
+    }
+
+    /// Proposes `op` for `caller` (whose permissions the apply step checks) and waits for its
+    /// response of kind `T`, with the header completed.
+    pub(crate) async fn propose_for_as<T: Applied>(&self, caller: &Caller, op: Op) -> Result<T> {
         self.refuse_learner()?;
-        let mut resp = T::take(self.propose(op).await?).map_err(|other| {
+        let mut resp = T::take(self.propose(caller, op).await?).map_err(|other| {
             Error::Internal(format!(
                 "apply returned a result of the wrong kind: {other:?}"
             ))
@@ -1039,7 +1112,7 @@ impl Server {
         Ok(resp)
     }
 
-    async fn propose(&self, op: Op) -> Result<ApplyResult> {
+    async fn propose(&self, caller: &Caller, op: Op) -> Result<ApplyResult> {
         let shared = &self.inner.shared;
         if shared.stopped.load(Ordering::Relaxed) {
             return Err(Error::Stopped);
@@ -1047,7 +1120,12 @@ impl Server {
         self.check_quota(&op).await?;
         let (id, rx) = shared.wait.register();
         let inline_writes = inline::inline_writes(&op);
-        let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
+        let data = RaftRequest {
+            id,
+            op: Some(op),
+            auth: shared.auth.header_for(caller),
+        }
+        .encode_to_vec();
         if data.len() > self.inner.config.max_request_bytes {
             shared.wait.cancel(id);
             return Err(Error::RequestTooLarge);

@@ -675,6 +675,7 @@ impl RaftLoop {
             );
         }
         shared.alarms.reload(&backend)?;
+        shared.auth.reload(&backend)?;
         let members = Membership::load(&backend)?.unwrap_or_default();
         // The snapshot's membership is the whole truth: members removed in the entries it covers
         // are no longer peers, and members added there are.

@@ -17,8 +17,12 @@ pub struct RaftRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub op: Option<Op>,
+    /// Who proposed it, when auth was enabled then: the apply step checks the user's permissions
+    /// against the auth state of the entry's index (`auth`). Absent for the server's own requests.
+    #[prost(message, optional, tag = "20")]
+    pub auth: Option<crate::auth::AuthHeader>,
 }
 
 /// The operations the apply step knows.
@@ -52,6 +56,9 @@ pub enum Op {
     /// The leader's checkpoint of leases' remaining TTLs (etcd's lease checkpointing).
     #[prost(message, tag = "10")]
     LeaseCheckpoint(crate::proto::etcdserverpb::LeaseCheckpointRequest),
+    /// A change of users, roles or the auth switch, or an Authenticate's simple token.
+    #[prost(message, tag = "11")]
+    Auth(crate::auth::AuthRequest),
 }
 
 /// Identity written as the WAL's metadata record: who this log belongs to.

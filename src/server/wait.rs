@@ -40,6 +40,8 @@ pub enum ApplyResult {
     LeaseCheckpoint,
     /// A membership change: the members after it.
     Members(Vec<crate::proto::etcdserverpb::Member>),
+    /// An auth change or Authenticate.
+    Auth(crate::auth::Applied),
 }
 
 /// The registry of parked waiters.

@@ -1,15 +1,15 @@
-//! The Auth service, while authentication does not exist yet: it answers as etcd does with
-//! authentication disabled and no users or roles, and refuses what would need an auth store.
+//! etcd's Auth service: users, roles, the auth switch and Authenticate.
 //!
-//! Observed on etcd 3.4 with auth off: `auth status` says disabled; `user list` and `role list` are
-//! empty; `user get`/`delete`/`passwd`/`grant-role`/`revoke-role` answer "etcdserver: user name not
-//! found" and the role calls "etcdserver: role name not found" (FailedPrecondition), which is exactly
-//! right for a store with no users; `auth disable` succeeds; Authenticate answers "etcdserver:
-//! authentication is not enabled" (clients then go on without a token). Adding users or roles and
-//! enabling authentication need the auth store: they answer `Unimplemented` with a clear text.
+//! Every change goes through Raft as one `Op::Auth` entry (`server/auth.rs`, `crate::auth`), with the
+//! caller's identity, so the root-role rule is checked against the state the change is applied to.
+//! `UserGet`, `UserList`, `RoleGet`, `RoleList` and `AuthStatus` read this member's state after a
+//! linearizable barrier. `UserGet` of oneself and `RoleGet` of one's own role need no root role
+//! (as etcd 3.4 answers). Errors are etcd's texts and codes (`Error::to_status`).
 
 use tonic::{Request, Response, Status};
 
+use crate::api::grpc::caller_of;
+use crate::auth::AuthOp;
 use crate::error::Error;
 use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::{
@@ -22,18 +22,13 @@ use crate::proto::etcdserverpb::{
     AuthUserChangePasswordResponse, AuthUserDeleteRequest, AuthUserDeleteResponse,
     AuthUserGetRequest, AuthUserGetResponse, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse,
     AuthUserListRequest, AuthUserListResponse, AuthUserRevokeRoleRequest,
-    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse,
+    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse, ResponseHeader,
 };
 use crate::server::Server;
 
-/// etcd's `ErrGRPCUserNotFound` text (FailedPrecondition).
-pub const USER_NOT_FOUND: &str = "etcdserver: user name not found";
-/// etcd's `ErrGRPCRoleNotFound` text (FailedPrecondition).
-pub const ROLE_NOT_FOUND: &str = "etcdserver: role name not found";
-
 /// etcd's `Auth` service over the server handle.
 pub struct AuthService {
-    /// The server every call goes to (for response headers).
+    /// The server every call goes to.
     server: Server,
 }
 
@@ -43,16 +38,23 @@ impl AuthService {
         AuthService { server }
     }
 
-    fn header(&self) -> Option<crate::proto::etcdserverpb::ResponseHeader> {
+    fn header(&self) -> Option<ResponseHeader> {
         Some(self.server.header(self.server.revision()))
     }
-}
 
-fn later(call: &str) -> Status {
-    Error::Unimplemented(format!(
-        "etcdserver: {call}: authentication comes in a later release"
-    ))
-    .to_status()
+    /// Applies `op` as the caller of `req`; answers with a fresh header.
+    async fn change<T>(
+        &self,
+        req: &Request<T>,
+        op: AuthOp,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        let caller = caller_of(&self.server, req)?;
+        self.server
+            .auth_change(&caller, op)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_status())
+    }
 }
 
 #[tonic::async_trait]
@@ -61,130 +63,194 @@ impl Auth for AuthService {
         &self,
         _: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.server.linearize().await.map_err(|e| e.to_status())?;
+        let auth = self.server.auth();
         Ok(Response::new(AuthStatusResponse {
             header: self.header(),
-            enabled: false,
-            auth_revision: 0,
+            enabled: auth.is_enabled(),
+            auth_revision: auth.revision(),
         }))
     }
 
     async fn auth_enable(
         &self,
-        _: Request<AuthEnableRequest>,
+        req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(later("auth enable"))
+        let op = AuthOp::Enable(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthEnableResponse { header }))
     }
 
     async fn auth_disable(
         &self,
-        _: Request<AuthDisableRequest>,
+        req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        Ok(Response::new(AuthDisableResponse {
-            header: self.header(),
-        }))
+        let op = AuthOp::Disable(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthDisableResponse { header }))
     }
 
     async fn authenticate(
         &self,
-        _: Request<AuthenticateRequest>,
+        req: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(Error::AuthNotEnabled.to_status())
+        let r = req.into_inner();
+        let token = self
+            .server
+            .authenticate(r.name, r.password)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(AuthenticateResponse {
+            header: self.header(),
+            token,
+        }))
     }
 
     async fn user_add(
         &self,
-        _: Request<AuthUserAddRequest>,
+        req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        Err(later("user add"))
+        if req.get_ref().name.is_empty() {
+            return Err(Error::UserEmpty.to_status());
+        }
+        let op = AuthOp::UserAdd(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthUserAddResponse { header }))
     }
 
     async fn user_get(
         &self,
-        _: Request<AuthUserGetRequest>,
+        req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        Err(Status::failed_precondition(USER_NOT_FOUND))
+        let caller = caller_of(&self.server, &req)?;
+        let roles = self
+            .server
+            .user_get(&caller, &req.get_ref().name)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(AuthUserGetResponse {
+            header: self.header(),
+            roles,
+        }))
     }
 
     async fn user_list(
         &self,
-        _: Request<AuthUserListRequest>,
+        req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
+        let caller = caller_of(&self.server, &req)?;
+        let users = self
+            .server
+            .user_list(&caller)
+            .await
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(AuthUserListResponse {
             header: self.header(),
-            ..Default::default()
+            users,
         }))
     }
 
     async fn user_delete(
         &self,
-        _: Request<AuthUserDeleteRequest>,
+        req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        Err(Status::failed_precondition(USER_NOT_FOUND))
+        let op = AuthOp::UserDelete(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthUserDeleteResponse { header }))
     }
 
     async fn user_change_password(
         &self,
-        _: Request<AuthUserChangePasswordRequest>,
+        req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        Err(Status::failed_precondition(USER_NOT_FOUND))
+        let op = AuthOp::UserChangePassword(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthUserChangePasswordResponse { header }))
     }
 
     async fn user_grant_role(
         &self,
-        _: Request<AuthUserGrantRoleRequest>,
+        req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        Err(Status::failed_precondition(USER_NOT_FOUND))
+        let op = AuthOp::UserGrantRole(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthUserGrantRoleResponse { header }))
     }
 
     async fn user_revoke_role(
         &self,
-        _: Request<AuthUserRevokeRoleRequest>,
+        req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        Err(Status::failed_precondition(USER_NOT_FOUND))
+        let op = AuthOp::UserRevokeRole(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse { header }))
     }
 
     async fn role_add(
         &self,
-        _: Request<AuthRoleAddRequest>,
+        req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        Err(later("role add"))
+        let op = AuthOp::RoleAdd(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthRoleAddResponse { header }))
     }
 
     async fn role_get(
         &self,
-        _: Request<AuthRoleGetRequest>,
+        req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        Err(Status::failed_precondition(ROLE_NOT_FOUND))
+        let caller = caller_of(&self.server, &req)?;
+        let perm = self
+            .server
+            .role_get(&caller, &req.get_ref().role)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(AuthRoleGetResponse {
+            header: self.header(),
+            perm,
+        }))
     }
 
     async fn role_list(
         &self,
-        _: Request<AuthRoleListRequest>,
+        req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
+        let caller = caller_of(&self.server, &req)?;
+        let roles = self
+            .server
+            .role_list(&caller)
+            .await
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(AuthRoleListResponse {
             header: self.header(),
-            ..Default::default()
+            roles,
         }))
     }
 
     async fn role_delete(
         &self,
-        _: Request<AuthRoleDeleteRequest>,
+        req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        Err(Status::failed_precondition(ROLE_NOT_FOUND))
+        let op = AuthOp::RoleDelete(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthRoleDeleteResponse { header }))
     }
 
     async fn role_grant_permission(
         &self,
-        _: Request<AuthRoleGrantPermissionRequest>,
+        req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        Err(Status::failed_precondition(ROLE_NOT_FOUND))
+        let op = AuthOp::RoleGrantPermission(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
     }
 
     async fn role_revoke_permission(
         &self,
-        _: Request<AuthRoleRevokePermissionRequest>,
+        req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        Err(Status::failed_precondition(ROLE_NOT_FOUND))
+        let op = AuthOp::RoleRevokePermission(req.get_ref().clone());
+        let header = self.change(&req, op).await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }
 }

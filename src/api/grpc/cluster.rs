@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::api::grpc::caller_of;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -24,12 +25,25 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    /// With auth enabled, membership changes need the `root` role (etcd's
+    /// `checkMembershipOperationPermission`).
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = caller_of(&self.server, req)?;
+        self.server
+            .auth()
+            .check_admin(&caller)
+            .map_err(|e| e.to_status())
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.admin(&req)?;
         self.server
             .member_add(req.into_inner())
             .await
@@ -41,6 +55,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin(&req)?;
         self.server
             .member_remove(req.into_inner().id)
             .await
@@ -52,6 +67,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin(&req)?;
         self.server
             .member_update(req.into_inner())
             .await
@@ -71,6 +87,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin(&req)?;
         self.server
             .member_promote(req.into_inner().id)
             .await

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::grpc::caller_of;
 use crate::error::Error;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -97,6 +98,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        caller_of(&self.server, &req)?;
         self.server
             .lease_grant(req.into_inner())
             .await
@@ -108,8 +110,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = caller_of(&self.server, &req)?;
         self.server
-            .lease_revoke(req.into_inner())
+            .lease_revoke_as(&caller, req.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| e.to_status())
@@ -139,9 +142,14 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        time_to_live(&self.server, &req.into_inner())
-            .await
-            .map(Response::new)
+        let caller = caller_of(&self.server, &req)?;
+        let resp = time_to_live(&self.server, &req.into_inner()).await?;
+        // The attached keys are names the caller may not be allowed to see (etcd 3.5's check).
+        self.server
+            .auth()
+            .check_read_keys(&caller, &resp.keys)
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(resp))
     }
 
     async fn lease_leases(

@@ -19,6 +19,9 @@ pub mod unary;
 pub mod watch;
 
 use axum::Router;
+use tonic::Status;
+
+use crate::auth::Caller;
 
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -27,6 +30,36 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::server::Server;
+
+/// The metadata key etcd clients send their auth token under.
+pub const TOKEN_METADATA_KEY: &str = "token";
+
+/// The caller a request with these HTTP/2 headers (gRPC metadata) is: the token under `token`, as
+/// etcd clients send it, or under `authorization` (grpc-gateway's key). With auth disabled, no token
+/// is looked at.
+pub fn caller_of_headers(server: &Server, headers: &http::HeaderMap) -> Result<Caller, Status> {
+    if !server.auth().is_enabled() {
+        return Ok(Caller::ANONYMOUS);
+    }
+    let token = headers
+        .get(TOKEN_METADATA_KEY)
+        .or_else(|| headers.get(http::header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok());
+    server.caller(token).map_err(|e| e.to_status())
+}
+
+/// [`caller_of_headers`] for a tonic request.
+pub fn caller_of<T>(server: &Server, req: &tonic::Request<T>) -> Result<Caller, Status> {
+    if !server.auth().is_enabled() {
+        return Ok(Caller::ANONYMOUS);
+    }
+    let md = req.metadata();
+    let token = md
+        .get(TOKEN_METADATA_KEY)
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok());
+    server.caller(token).map_err(|e| e.to_status())
+}
 
 /// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
 /// so that an oversize request reaches our check and gets etcd's "request is too large" text.

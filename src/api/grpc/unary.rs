@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::api::grpc::caller_of_headers;
 use crate::api::grpc::kv::KvService;
 use crate::api::grpc::max_message_bytes;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -149,7 +150,11 @@ async fn serve_range(
         Ok(m) => m,
         Err(status) => return status.into_http(),
     };
-    match kv.server().range_frame(&message).await {
+    let caller = match caller_of_headers(kv.server(), &parts.headers) {
+        Ok(c) => c,
+        Err(status) => return status.into_http(),
+    };
+    match kv.server().range_frame_as(&caller, &message).await {
         Ok(Some(frame)) => reply_frame(Bytes::from(frame)),
         Ok(None) => match kv
             .range(Request::from_http(http::Request::from_parts(

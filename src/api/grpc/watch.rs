@@ -139,6 +139,10 @@ const TOO_MANY_WATCHES: &str =
 
 /// etcd's reason for a create whose `range_end` is not above its key.
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// Why a watch the stream's user may not read is canceled: etcd puts the gRPC error's full text
+/// there (`rpctypes.ErrGRPCPermissionDenied.Error()`).
+pub const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// What the response stream carries.
 type Out = Result<WatchResponse, Status>;
@@ -228,9 +232,17 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.server.refuse_learner().map_err(|e| e.to_status())?;
+        // Each watch is checked as it is created, with the token the stream was opened with.
+        let token = req
+            .metadata()
+            .get(crate::api::grpc::TOKEN_METADATA_KEY)
+            .or_else(|| req.metadata().get("authorization"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let session = Session {
             server: self.server.clone(),
+            token,
             progress_interval: self.progress_interval,
             tx: Responses {
                 tx,
@@ -252,6 +264,8 @@ impl Watch for WatchService {
 struct Session {
     /// For registering watches and reading revisions.
     server: Server,
+    /// The auth token the stream was opened with, if any.
+    token: Option<String>,
     /// Handed to each `progress_notify` watch.
     progress_interval: Duration,
     /// The response stream; each forwarding task holds a clone.
@@ -461,6 +475,8 @@ impl Session {
             Some(DUPLICATE_ID.to_string())
         } else if self.watches.len() >= self.server.config().max_watches_per_stream {
             Some(TOO_MANY_WATCHES.to_string())
+        } else if !self.permitted(&create) {
+            Some(PERMISSION_DENIED.to_string())
         } else {
             None
         };
@@ -613,6 +629,22 @@ impl Session {
     }
 
     /// etcd's answer to a create it refuses.
+    /// Whether the stream's user may watch what `create` asks for (etcd's `isWatchPermitted`: a
+    /// token that no longer resolves is a refusal too).
+    fn permitted(&self, create: &WatchCreateRequest) -> bool {
+        if !self.server.auth().is_enabled() {
+            return true;
+        }
+        self.server
+            .caller(self.token.as_deref())
+            .and_then(|caller| {
+                self.server
+                    .auth()
+                    .check_read(&caller, &create.key, &create.range_end)
+            })
+            .is_ok()
+    }
+
     fn refused(&self, reason: String) -> WatchResponse {
         WatchResponse {
             header: Some(self.server.header(self.server.revision())),

@@ -7,6 +7,15 @@
 //! that is not valid UTF-8 is shown base64-encoded in a `key_base64` / `value_base64` field instead of
 //! `key` / `value`.
 //!
+//! With auth enabled (`etcdctl auth enable`), `/put`, `/get`, `/delete`, `/watch` and `/compact`
+//! need credentials, as the gRPC API does: HTTP Basic with a user's name and password
+//! (`curl -u alice:secret ...`; the password is checked with bcrypt, successes are cached), or
+//! `Authorization: Bearer <token>` with a token from `Authenticate` (`/v3/auth/authenticate` on the
+//! client port). The user's roles apply as on gRPC: reads need read permission on the key (or the
+//! prefix, for `/watch?prefix=true`), writes need write permission; `/compact` needs any valid user.
+//! No credentials answer 401 (with `WWW-Authenticate: Basic`), wrong ones 401, a key outside the
+//! user's roles 403. `/health`, `/version` and `/metrics` stay open, as etcd's are.
+//!
 //! Every error is a 4xx/5xx with a JSON body `{"error": "..."}` whose text is etcd's where etcd has one.
 //! Request bodies are capped at `--max-request-bytes` (413).
 //!
@@ -36,6 +45,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::conn::PeerAddr;
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::mvcc::{Event, EventKind, KeyValue};
 use crate::proto::etcdserverpb::{
@@ -131,11 +141,55 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self.0, "request failed");
         }
-        (status, Json(json!({ "error": self.0.to_string() }))).into_response()
+        let mut response = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"mini-etcd\""),
+            );
+        }
+        response
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Who a REST request is: with auth enabled, the user its `Authorization` header names (HTTP Basic
+/// with a password, or a bearer token); with auth disabled, an anonymous client nothing is checked
+/// for.
+async fn rest_caller(server: &Server, headers: &HeaderMap) -> ApiResult<Caller> {
+    if !server.auth().is_enabled() {
+        return Ok(Caller::ANONYMOUS);
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError(Error::UserEmpty));
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| bad("Authorization header is not ASCII"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(server.caller(Some(rest.trim()))?);
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                bad("Authorization: Basic credentials are not base64 of user:password")
+            })?;
+        let (name, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| bad("Authorization: Basic credentials are not user:password"))?;
+        return Ok(server
+            .caller_with_password(name.to_string(), password.to_string())
+            .await?);
+    }
+    Err(bad(
+        "Authorization must be Basic (user:password) or Bearer (a token)",
+    ))
+}
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(Error::InvalidArgument(msg.into()))
@@ -223,7 +277,12 @@ struct PutBody {
     value: Option<String>,
 }
 
-async fn put(State(server): State<Server>, body: Body) -> ApiResult<Json<Value>> {
+async fn put(
+    State(server): State<Server>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let caller = rest_caller(&server, &headers).await?;
     let bytes = read_body(&server, body).await?;
     let req: PutBody = parse_json(&bytes)?;
     let key = req
@@ -232,11 +291,14 @@ async fn put(State(server): State<Server>, body: Body) -> ApiResult<Json<Value>>
         .ok_or(ApiError(Error::EmptyKey))?;
     let value = req.value.ok_or_else(|| bad("\"value\" is required"))?;
     let res = server
-        .put(PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.clone().into_bytes(),
-            ..Default::default()
-        })
+        .put_as(
+            &caller,
+            PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.clone().into_bytes(),
+                ..Default::default()
+            },
+        )
         .await?;
     Ok(Json(
         json!({ "key": key, "value": value, "revision": revision_of(&res.header) }),
@@ -268,29 +330,42 @@ fn parse_rev(rev: Option<&str>) -> ApiResult<i64> {
 
 async fn get_key(
     State(server): State<Server>,
+    headers: HeaderMap,
     Query(q): Query<KeyQuery>,
 ) -> ApiResult<Json<Value>> {
+    let caller = rest_caller(&server, &headers).await?;
     let key = required_key(q.key)?;
     let revision = parse_rev(q.rev.as_deref())?;
     let res = server
-        .range(&RangeRequest {
-            key: key.into_bytes(),
-            revision,
-            ..Default::default()
-        })
+        .range_as(
+            &caller,
+            &RangeRequest {
+                key: key.into_bytes(),
+                revision,
+                ..Default::default()
+            },
+        )
         .await?;
     let kv = res.kvs.first().ok_or(ApiError(Error::KeyNotFound))?;
     Ok(Json(kv_json(kv)))
 }
 
-async fn delete(State(server): State<Server>, Query(q): Query<KeyQuery>) -> ApiResult<Json<Value>> {
+async fn delete(
+    State(server): State<Server>,
+    headers: HeaderMap,
+    Query(q): Query<KeyQuery>,
+) -> ApiResult<Json<Value>> {
     // Routed for DELETE and for POST, the seed's compatibility mode (PowerShell).
+    let caller = rest_caller(&server, &headers).await?;
     let key = required_key(q.key)?;
     let res = server
-        .delete_range(DeleteRangeRequest {
-            key: key.into_bytes(),
-            ..Default::default()
-        })
+        .delete_range_as(
+            &caller,
+            DeleteRangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            },
+        )
         .await?;
     if res.deleted == 0 {
         return Err(ApiError(Error::KeyNotFound));
@@ -305,7 +380,13 @@ struct CompactBody {
     revision: i64,
 }
 
-async fn compact(State(server): State<Server>, body: Body) -> ApiResult<Json<Value>> {
+async fn compact(
+    State(server): State<Server>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    // Any valid user may compact, as on gRPC; without auth, anyone.
+    rest_caller(&server, &headers).await?;
     let bytes = read_body(&server, body).await?;
     let req: CompactBody = parse_json(&bytes)?;
     if req.revision <= 0 {
@@ -343,8 +424,10 @@ async fn watch(
     State(server): State<Server>,
     Extension(per_client): Extension<Arc<WatchesPerClient>>,
     peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
     Query(q): Query<WatchQuery>,
 ) -> ApiResult<Response> {
+    let caller = rest_caller(&server, &headers).await?;
     let key = required_key(q.key)?;
     let start_revision = parse_rev(q.rev.as_deref())?;
     let prefix = flag(q.prefix.as_deref(), "prefix")?;
@@ -365,6 +448,7 @@ async fn watch(
     } else {
         Vec::new()
     };
+    server.auth().check_read(&caller, &key, &range_end)?;
     // Held until the answer is complete (for a stream, until it ends).
     let place = match peer {
         Some(Extension(PeerAddr(addr))) => Some(per_client.enter(addr.ip()).ok_or_else(|| {
