@@ -136,7 +136,7 @@ impl Tokens {
             } => Tokens::Jwt(JwtTokens::new(
                 *algorithm,
                 public_key,
-                private_key.as_ref(),
+                private_key.as_deref(),
                 *ttl,
             )?),
         })
@@ -250,7 +250,7 @@ pub struct JwtTokens {
     ttl: Duration,
 }
 
-fn read_key(path: &PathBuf) -> Result<Vec<u8>> {
+fn read_key(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         Error::InvalidArgument(format!(
             "--auth-token: cannot read key {}: {e}",
@@ -259,7 +259,7 @@ fn read_key(path: &PathBuf) -> Result<Vec<u8>> {
     })
 }
 
-fn key_error(path: &PathBuf, e: jsonwebtoken::errors::Error) -> Error {
+fn key_error(path: &std::path::Path, e: jsonwebtoken::errors::Error) -> Error {
     Error::InvalidArgument(format!(
         "--auth-token: {} is not a key for this sign-method: {e}",
         path.display()
@@ -269,8 +269,8 @@ fn key_error(path: &PathBuf, e: jsonwebtoken::errors::Error) -> Error {
 impl JwtTokens {
     fn new(
         algorithm: Algorithm,
-        public: &PathBuf,
-        private: Option<&PathBuf>,
+        public: &std::path::Path,
+        private: Option<&std::path::Path>,
         ttl: Duration,
     ) -> Result<JwtTokens> {
         use Algorithm::*;

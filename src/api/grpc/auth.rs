@@ -76,7 +76,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        let op = AuthOp::Enable(req.get_ref().clone());
+        let op = AuthOp::Enable(*req.get_ref());
         let header = self.change(&req, op).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
@@ -85,7 +85,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        let op = AuthOp::Disable(req.get_ref().clone());
+        let op = AuthOp::Disable(*req.get_ref());
         let header = self.change(&req, op).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
