@@ -32,6 +32,7 @@ pub mod alarm;
 pub mod apply;
 pub mod cluster;
 pub mod compactor;
+pub mod concurrency;
 mod inline;
 pub mod kv;
 pub mod maintenance;
