@@ -1,4 +1,5 @@
-//! The etcd v3 gRPC API: the services etcd clients call, on `--listen-client-urls`.
+//! The etcd v3 gRPC API: the services etcd clients call, on `--listen-client-urls`: KV, Watch,
+//! Lease, Cluster, Maintenance and Auth, and beside them etcd's Lock and Election.
 //!
 //! Each service only validates, calls the [`Server`] handle and maps errors with
 //! [`crate::Error::to_status`] (etcd's codes and texts). Responses carry a full `ResponseHeader`
@@ -12,8 +13,10 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod unary;
 pub mod watch;
@@ -26,6 +29,8 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::server::Server;
 
 /// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
@@ -41,6 +46,8 @@ pub fn gateway_router(server: Server) -> Router {
         std::sync::Arc::new(cluster::ClusterService::new(server.clone())),
         std::sync::Arc::new(maintenance::MaintenanceService::new(server.clone())),
         std::sync::Arc::new(auth::AuthService::new(server.clone())),
+        std::sync::Arc::new(lock::LockService::new(server.clone())),
+        std::sync::Arc::new(election::ElectionService::new(server.clone())),
         server.config().max_request_bytes,
     )
 }
@@ -69,5 +76,12 @@ pub fn router(server: Server) -> Router {
         server.clone(),
     )))
     .add_service(AuthServer::new(auth::AuthService::new(server.clone())))
+    .add_service(
+        LockServer::new(lock::LockService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        ElectionServer::new(election::ElectionService::new(server.clone()))
+            .max_decoding_message_size(max),
+    )
     .into_axum_router()
 }
