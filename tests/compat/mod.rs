@@ -36,18 +36,21 @@ pub async fn start(extra: &[&str]) -> (Server, tempfile::TempDir) {
 
 /// An `etcd-client` connected to the server's client port.
 pub async fn connect(server: &Server) -> Client {
+    connect_url(&server.client_url(), || server.log_tail()).await
+}
+
+/// An `etcd-client` connected to `endpoint`; `log` gives the server's log for a failure message.
+pub async fn connect_url(endpoint: &str, log: impl FnOnce() -> String) -> Client {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(CALL_BOUND);
-    let endpoint = server.client_url();
-    bounded("connect", Client::connect([endpoint.as_str()], Some(opts)))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot connect etcd-client to {endpoint}: {e}; server log:\n{}",
-                server.log_tail()
-            )
-        })
+    match bounded("connect", Client::connect([endpoint], Some(opts))).await {
+        Ok(client) => client,
+        Err(e) => panic!(
+            "cannot connect etcd-client to {endpoint}: {e}; server log:\n{}",
+            log()
+        ),
+    }
 }
 
 /// Awaits `fut` at most [`CALL_BOUND`]; panics naming `what` otherwise.
