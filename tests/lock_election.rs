@@ -227,8 +227,8 @@ async fn abandoned_waiter_leaves_the_queue() {
 }
 
 /// Ours: etcd 3.4 keeps a waiter whose lease is gone waiting, then answers a key that no longer
-/// exists; etcd 3.5 answers `mutex: session is expired` only once the keys ahead are gone. Here
-/// the waiter fails with that text as soon as its key is deleted.
+/// exists; etcd 3.5 answers `mutex: session is expired` only once the keys ahead are gone (and a
+/// campaign still succeeds then). Here the waiter fails as soon as its key is deleted.
 #[tokio::test]
 async fn waiter_whose_lease_goes_fails() {
     if common::reference_etcd().is_some() {
@@ -251,6 +251,22 @@ async fn waiter_whose_lease_goes_fails() {
         "mutex: session is expired",
     );
     assert_eq!(keys(&mut c, "w/").await, [format!("w/{l1:x}")]);
+
+    // A candidate likewise: its campaign fails as not leader.
+    ok("campaign 1", c.campaign("we", "a", l1).await);
+    let l3 = lease(&mut c).await;
+    let second = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.campaign("we", "b", l3).await })
+    };
+    await_keys(&c, "we/", 2).await;
+    ok("revoke the candidate's lease", c.lease_revoke(l3).await);
+    assert_status(
+        "campaign 2",
+        finished("campaign 2", second).await,
+        Code::Unknown,
+        NOT_LEADER,
+    );
 }
 
 #[tokio::test]

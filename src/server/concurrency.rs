@@ -264,8 +264,8 @@ impl Server {
     }
 
     /// Waits until no key under `prefix` created before `rev` (the create revision of `own`, the
-    /// caller's key) remains; answers the header of the read that found none. Fails with
-    /// [`Lost::OwnKey`] as soon as `own` is deleted.
+    /// caller's key, which existed at revision `from`) remains; answers the header of the read
+    /// that found none. Fails with [`Lost::OwnKey`] as soon as `own` is deleted.
     async fn wait_turn(
         &self,
         prefix: &[u8],
@@ -280,6 +280,11 @@ impl Server {
             let ahead = self.range(&last_created_up_to(prefix, rev - 1)).await?;
             let header = ahead.header.unwrap_or_default();
             let Some(next) = ahead.kvs.into_iter().next() else {
+                // The last key ahead may have gone together with ours, before the watch said so
+                // (etcd 3.5 makes the same check after its wait).
+                if self.still_queued(own, rev).await?.is_none() {
+                    return Err(Lost::OwnKey);
+                }
                 return Ok(header);
             };
             let mut next_watch = self.deletions_of(&next.key, header.revision);
@@ -290,11 +295,10 @@ impl Server {
                     Some(true) => return Err(Lost::OwnKey),
                     Some(false) => {
                         // History compacted: look at the key itself, and watch on from there.
-                        let now = self.range(&RangeRequest { key: own.to_vec(), ..Default::default() }).await?;
-                        if !now.kvs.iter().any(|kv| kv.create_revision == rev) {
+                        let Some(seen) = self.still_queued(own, rev).await? else {
                             return Err(Lost::OwnKey);
-                        }
-                        own_watch = self.deletions_of(own, header_revision(&now.header) + 1);
+                        };
+                        own_watch = self.deletions_of(own, seen + 1);
                     }
                     None => return Err(Lost::Failed(Error::Stopped)),
                 },
@@ -305,6 +309,18 @@ impl Server {
                 () = &mut closing => return Err(Lost::Failed(Error::Stopped)),
             }
         }
+    }
+
+    /// The revision at which `own` was read still created at `rev`; `None` once it is gone.
+    async fn still_queued(&self, own: &[u8], rev: i64) -> Result<Option<i64>> {
+        let now = self
+            .range(&RangeRequest {
+                key: own.to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        let queued = now.kvs.iter().any(|kv| kv.create_revision == rev);
+        Ok(queued.then(|| header_revision(&now.header)))
     }
 
     /// A watch on the deletions of exactly `key` from revision `from`.
