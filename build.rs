@@ -15,6 +15,8 @@ const PROTOS: &[&str] = &[
     "etcd/mvccpb/kv.proto",
     "etcd/authpb/auth.proto",
     "etcd/etcdserverpb/rpc.proto",
+    "etcd/v3lockpb/v3lock.proto",
+    "etcd/v3electionpb/v3election.proto",
     "peer/peer.proto",
 ];
 
@@ -41,7 +43,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         .preserve_proto_field_names()
         // The gateway accepts and drops fields it does not know.
         .ignore_unknown_fields()
-        .build(&[".mvccpb", ".authpb", ".etcdserverpb"])?;
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
 
     Ok(())
 }

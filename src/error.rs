@@ -113,6 +113,20 @@ pub enum Error {
 
     #[error("etcdserver: the member has been permanently removed from the cluster")]
     MemberRemoved,
+    /// A Proclaim or Campaign by a candidate whose key is gone or was created again
+    /// (etcd's `concurrency.ErrElectionNotLeader`).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// No key under an election's prefix (etcd's `concurrency.ErrElectionNoLeader`).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// A Proclaim or Resign without its `leader` (etcd's `v3election.ErrMissingLeaderKey`).
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// A Lock whose own key was deleted while it waited: its lease expired or was revoked
+    /// (etcd 3.5's `concurrency.ErrSessionExpired`).
+    #[error("mutex: session is expired")]
+    SessionExpired,
     /// Authentication is requested but not available.
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
@@ -207,11 +221,16 @@ impl Error {
             | Error::RoleEmpty
             | Error::InvalidAuthMgmt
             | Error::AuthOldRevision
+            | Error::MissingLeaderKey
             | Error::InvalidArgument(_)
             | Error::TooManyTxnOps
             | Error::DuplicateKey
             | Error::FutureRevision => 400,
-            Error::KeyNotFound | Error::NotFound(_) | Error::LeaseNotFound => 404,
+            Error::KeyNotFound
+            | Error::NotFound(_)
+            | Error::LeaseNotFound
+            | Error::ElectionNoLeader => 404,
+            Error::ElectionNotLeader | Error::SessionExpired => 412,
             Error::UserEmpty | Error::AuthFailed | Error::InvalidAuthToken => 401,
             Error::PermissionDenied | Error::AuthUnmapped(_) => 403,
             Error::RootUserNotExist
@@ -265,9 +284,14 @@ impl Error {
             | Error::PutKeyNotFound
             | Error::ValueProvided
             | Error::LeaseProvided
+            | Error::MissingLeaderKey
             | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
-            Error::LeaseNotFound | Error::KeyNotFound | Error::NotFound(_) => Code::NotFound,
+            Error::LeaseNotFound
+            | Error::KeyNotFound
+            | Error::NotFound(_)
+            | Error::ElectionNoLeader => Code::NotFound,
+            Error::ElectionNotLeader | Error::SessionExpired => Code::FailedPrecondition,
             Error::LeaseExists => Code::FailedPrecondition,
             Error::AuthNotEnabled
             | Error::RootUserNotExist
@@ -313,6 +337,15 @@ impl Error {
             | Error::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, self.to_string())
+    }
+
+    /// The gRPC status etcd's Lock and Election services answer this error with: code `Unknown`
+    /// whatever the error, with the same text. Those services call etcd's own Go client, whose
+    /// errors have lost their gRPC code by the time the handler returns them, so gRPC sends them
+    /// as Unknown (`etcdserver: requested lease not found` included, which the Lease service
+    /// sends as NotFound).
+    pub fn to_client_side_status(&self) -> tonic::Status {
+        tonic::Status::new(tonic::Code::Unknown, self.to_string())
     }
 
     /// True when every replica applying the same request would fail the same way, so the error belongs to
@@ -398,6 +431,27 @@ mod tests {
             "etcdserver: request is too large"
         );
         assert_eq!(Error::Timeout.to_string(), "etcdserver: request timed out");
+        assert_eq!(Error::ElectionNotLeader.to_string(), "election: not leader");
+        assert_eq!(Error::ElectionNoLeader.to_string(), "election: no leader");
+        assert_eq!(
+            Error::MissingLeaderKey.to_string(),
+            r#""leader" field must be provided"#
+        );
+        assert_eq!(
+            Error::SessionExpired.to_string(),
+            "mutex: session is expired"
+        );
+    }
+
+    #[test]
+    fn lock_and_election_errors_are_unknown() {
+        let st = Error::LeaseNotFound.to_client_side_status();
+        assert_eq!(st.code(), tonic::Code::Unknown);
+        assert_eq!(st.message(), "etcdserver: requested lease not found");
+        assert_eq!(
+            Error::ElectionNoLeader.to_client_side_status().code(),
+            tonic::Code::Unknown
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The etcd v3 wire API, generated at build time from `proto/` (see `build.rs`).
 //!
-//! Three packages, one module each, named as etcd names them so that the
+//! Five packages, one module each, named as etcd names them so that the
 //! generated cross-package paths (`super::mvccpb::KeyValue`) resolve:
 //!
 //! - [`mvccpb`]: the stored `KeyValue` and the watch `Event`.
@@ -8,6 +8,8 @@
 //! - [`etcdserverpb`]: the request and response messages and the six gRPC
 //!   services, each with a server (`kv_server::KvServer`, `watch_server::...`)
 //!   and a client (`kv_client::KvClient`, ...).
+//! - [`v3lockpb`] and [`v3electionpb`]: the Lock and Election services etcd
+//!   serves beside those six (named locks and leader elections over leases).
 //!
 //! Every message implements `prost::Message` for the gRPC wire and
 //! `serde::{Serialize, Deserialize}` for the HTTP/JSON gateway. The JSON
@@ -38,6 +40,20 @@ pub mod authpb {
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
+}
+
+/// The Lock service (etcd's `v3lockpb`).
+#[allow(clippy::all, missing_docs)]
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
+}
+
+/// The Election service (etcd's `v3electionpb`).
+#[allow(clippy::all, missing_docs)]
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// What members send each other on the peer port (ours; see `proto/peer/peer.proto`).
@@ -98,7 +114,7 @@ pub mod codec {
     }
 }
 
-/// The encoded `FileDescriptorSet` of all three packages, for gRPC reflection.
+/// The encoded `FileDescriptorSet` of every package above, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor.bin"));
 

@@ -424,6 +424,15 @@ async fn etcd_client_crate_with_user_and_password() {
         "{e}"
     );
 
+    // The Lock service acts for its caller: only inside alice's keys.
+    let lock = alice.lock("b/lock", None).await.expect("lock inside b");
+    alice.unlock(lock.key()).await.expect("unlock");
+    let e = alice.lock("zz", None).await.expect_err("lock outside");
+    assert!(
+        e.to_string().contains("etcdserver: permission denied"),
+        "{e}"
+    );
+
     let wrong = ConnectOptions::new().with_user("alice", "nope");
     let e = Client::connect([ep.as_str()], Some(wrong))
         .await

@@ -11,13 +11,10 @@
 mod common;
 mod compat;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Server;
-use compat::{etcdctl, etcdctl_cmd, eventually, start};
+use compat::{etcdctl, eventually, start, Running};
 
 /// Runs etcdctl and requires success; returns stdout.
 async fn ctl(server: &Server, args: &[&str]) -> String {
@@ -45,106 +42,6 @@ async fn ctl_json(server: &Server, args: &[&str]) -> serde_json::Value {
 fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// A long-running etcdctl whose stdout lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// Every line seen so far, for failure messages.
-    seen: Vec<String>,
-    what: String,
-}
-
-impl Running {
-    fn spawn(server: &Server, args: &[&str]) -> Running {
-        let mut cmd = etcdctl_cmd(server, args);
-        cmd.stderr(Stdio::null());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn etcdctl {args:?}: {e}"));
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            what: format!("etcdctl {}", args.join(" ")),
-        }
-    }
-
-    /// The next `n` stdout lines, bounded.
-    async fn lines(&mut self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut out = Vec::new();
-        while out.len() < n {
-            match self.lines.try_recv() {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    out.push(line);
-                }
-                Err(mpsc::TryRecvError::Empty) => {
-                    if Instant::now() >= deadline {
-                        panic!(
-                            "{}: waited for {n} lines, got {out:?} (all so far {:?})",
-                            self.what, self.seen
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    panic!("{}: output ended after {out:?}", self.what)
-                }
-            }
-        }
-        out
-    }
-
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    /// SIGTERM (etcdctl then releases its session) and reap, bounded.
-    async fn terminate(&mut self) {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        if common::wait_exit(&mut self.child, Duration::from_secs(20))
-            .await
-            .is_none()
-        {
-            panic!("{} did not exit after SIGTERM", self.what);
-        }
-    }
-
-    /// Waits (bounded) for the process to exit on its own; returns the rest of its output.
-    async fn finish(&mut self) -> Vec<String> {
-        let status = common::wait_exit(&mut self.child, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("{} did not finish", self.what));
-        assert!(status.success(), "{} exited with {status}", self.what);
-        let mut rest = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            rest.push(line);
-        }
-        rest
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The number of keys under `prefix`, read with etcdctl.

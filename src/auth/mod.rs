@@ -317,6 +317,18 @@ impl AuthStore {
         }
     }
 
+    /// Whether `caller` may write `[key, range_end)`.
+    pub fn check_write(&self, caller: &Caller, key: &[u8], range_end: &[u8]) -> Result<()> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let state = self.state();
+        match self.perms_of(&state, caller)? {
+            Some(p) if !p.can_write(key, range_end) => Err(Error::PermissionDenied),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `caller` may run `req` (a Range).
     pub fn check_range(&self, caller: &Caller, req: &RangeRequest) -> Result<()> {
         self.check_read(caller, &req.key, &req.range_end)

@@ -21,6 +21,9 @@
 //! the log (`membership.rs`, `cluster.rs`); the peer transport (`crate::peer`) carries Raft's
 //! messages and snapshots.
 //!
+//! Named locks and leader elections (`concurrency.rs`) are built from these same calls: a
+//! transaction to join a queue of keys, ranges and watches to wait for the key ahead.
+//!
 //! Two threads do the work: the Raft thread (runs Raft turns, which own Raft and the WAL and apply
 //! committed entries: the only writers of the store), and the backend committer (commits the store's
 //! write batch to redb every 100 ms; the WAL, not the backend, is what makes a write durable). A
@@ -33,6 +36,7 @@ pub mod apply;
 mod auth;
 pub mod cluster;
 pub mod compactor;
+pub mod concurrency;
 mod inline;
 pub mod kv;
 pub mod maintenance;

@@ -11,9 +11,10 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, ResponseHeader};
@@ -35,18 +36,21 @@ pub async fn start(extra: &[&str]) -> (Server, tempfile::TempDir) {
 
 /// An `etcd-client` connected to the server's client port.
 pub async fn connect(server: &Server) -> Client {
+    connect_url(&server.client_url(), || server.log_tail()).await
+}
+
+/// An `etcd-client` connected to `endpoint`; `log` gives the server's log for a failure message.
+pub async fn connect_url(endpoint: &str, log: impl FnOnce() -> String) -> Client {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(CALL_BOUND);
-    let endpoint = server.client_url();
-    bounded("connect", Client::connect([endpoint.as_str()], Some(opts)))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot connect etcd-client to {endpoint}: {e}; server log:\n{}",
-                server.log_tail()
-            )
-        })
+    match bounded("connect", Client::connect([endpoint], Some(opts))).await {
+        Ok(client) => client,
+        Err(e) => panic!(
+            "cannot connect etcd-client to {endpoint}: {e}; server log:\n{}",
+            log()
+        ),
+    }
 }
 
 /// Awaits `fut` at most [`CALL_BOUND`]; panics naming `what` otherwise.
@@ -190,7 +194,8 @@ pub fn etcdctl_cmd_bare(server: &Server, args: &[&str]) -> Command {
     etcdctl_cmd_at(&server.client_endpoint(), args)
 }
 
-fn etcdctl_cmd_at(endpoint: &str, args: &[&str]) -> Command {
+/// The same at any `endpoint` (for a server that is not a [`Server`]: real etcd, say).
+pub fn etcdctl_cmd_at(endpoint: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(etcdctl_path());
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
@@ -240,5 +245,110 @@ pub async fn etcdctl(server: &Server, args: &[&str], stdin: Option<&str>) -> Ctl
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A long-running etcdctl whose stdout lines arrive on a channel.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line seen so far, for failure messages.
+    seen: Vec<String>,
+    what: String,
+}
+
+impl Running {
+    /// etcdctl with `args` against `server`.
+    pub fn spawn(server: &Server, args: &[&str]) -> Running {
+        let mut cmd = etcdctl_cmd(server, args);
+        cmd.stderr(Stdio::null());
+        Running::spawn_cmd(cmd, &format!("etcdctl {}", args.join(" ")))
+    }
+
+    /// A prepared etcdctl command (see [`etcdctl_cmd_at`]) whose stdout is piped, named `what` in
+    /// failure messages. Its stderr goes where `cmd` says; a pipe nobody reads would block it.
+    pub fn spawn_cmd(mut cmd: Command, what: &str) -> Running {
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let stdout = child.stdout.take().expect("stdout pipe");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            what: what.to_string(),
+        }
+    }
+
+    /// The next `n` stdout lines, bounded.
+    pub async fn lines(&mut self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    out.push(line);
+                }
+                Err(mpsc::TryRecvError::Empty) => {
+                    if Instant::now() >= deadline {
+                        panic!(
+                            "{}: waited for {n} lines, got {out:?} (all so far {:?})",
+                            self.what, self.seen
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    panic!("{}: output ended after {out:?}", self.what)
+                }
+            }
+        }
+        out
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGTERM (etcdctl then releases its session) and reap, bounded.
+    pub async fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        if crate::common::wait_exit(&mut self.child, Duration::from_secs(20))
+            .await
+            .is_none()
+        {
+            panic!("{} did not exit after SIGTERM", self.what);
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own; returns the rest of its output.
+    pub async fn finish(&mut self) -> Vec<String> {
+        let status = crate::common::wait_exit(&mut self.child, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{} did not finish", self.what));
+        assert!(status.success(), "{} exited with {status}", self.what);
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            rest.push(line);
+        }
+        rest
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

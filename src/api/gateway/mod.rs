@@ -1,9 +1,10 @@
 //! etcd's HTTP/1.1 JSON gateway: the v3 gRPC API as `POST /v3/...` with JSON bodies, the way etcd
 //! 3.4+ serves it through grpc-gateway v1 (`curl -X POST localhost:2379/v3/kv/range -d '{"key":"Zm9v"}'`).
 //!
-//! The gateway knows nothing of the store. It is generic over the six tonic service traits
-//! ([`Kv`], [`Watch`], [`Lease`], [`Cluster`], [`Maintenance`], [`Auth`]) and calls them in
-//! process, so whatever implements the gRPC API also answers here, with the same errors.
+//! The gateway knows nothing of the store. It is generic over the eight tonic service traits
+//! ([`Kv`], [`Watch`], [`Lease`], [`Cluster`], [`Maintenance`], [`Auth`], [`Lock`], [`Election`])
+//! and calls them in process, so whatever implements the gRPC API also answers here, with the same
+//! errors.
 //!
 //! A call is: decode the body as the request message (proto3 JSON through pbjson: `.proto` field
 //! names, int64 as strings, bytes as base64; an empty body is the default message), copy the
@@ -14,7 +15,7 @@
 //!
 //! Streams: `/v3/watch` and `/v3/lease/keepalive` read every JSON message the body holds, as the
 //! bytes arrive, and feed them to the service as its request stream; the body's end is the client's
-//! half-close. `/v3/maintenance/snapshot` and those two answer a chunked stream of
+//! half-close. `/v3/maintenance/snapshot`, `/v3/election/observe` and those two answer a chunked stream of
 //! `{"result": ...}` lines for as long as the service streams and the client stays; an error after
 //! the first line ends the stream with an `{"error": {...}}` chunk, an error before it is the HTTP
 //! status of its code. A client that goes away drops the response stream, and with it the
@@ -52,6 +53,8 @@ use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::watch_server::Watch;
+use crate::proto::v3electionpb::election_server::Election;
+use crate::proto::v3lockpb::lock_server::Lock;
 
 use body::{result_chunk, JsonReader, Limits};
 use error::{error_response, http_status, json_response, stream_error_chunk};
@@ -62,17 +65,20 @@ pub const TOKEN_METADATA_KEY: &str = "token";
 /// The prefix grpc-gateway maps to and from gRPC metadata, both ways.
 const METADATA_HEADER_PREFIX: &str = "grpc-metadata-";
 
-/// The JSON gateway over the six etcd services, every route under `/v3/`.
+/// The JSON gateway over the eight etcd services, every route under `/v3/`.
 ///
 /// `max_request_bytes` is etcd's `--max-request-bytes`: a request message whose protobuf encoding
 /// is larger is refused with "etcdserver: request is too large" (InvalidArgument, 400).
-pub fn router<K, W, L, C, M, A>(
+#[allow(clippy::too_many_arguments)]
+pub fn router<K, W, L, C, M, A, LK, E>(
     kv: Arc<K>,
     watch: Arc<W>,
     lease: Arc<L>,
     cluster: Arc<C>,
     maintenance: Arc<M>,
     auth: Arc<A>,
+    lock: Arc<LK>,
+    election: Arc<E>,
     max_request_bytes: usize,
 ) -> Router
 where
@@ -82,6 +88,8 @@ where
     C: Cluster,
     M: Maintenance,
     A: Auth,
+    LK: Lock,
+    E: Election,
 {
     let limits = Limits::new(max_request_bytes);
 
@@ -178,6 +186,15 @@ where
         .route("/v3/auth/role/delete", unary!(auth, role_delete))
         .route("/v3/auth/role/grant", unary!(auth, role_grant_permission))
         .route("/v3/auth/role/revoke", unary!(auth, role_revoke_permission))
+        // Lock
+        .route("/v3/lock/lock", unary!(lock, lock))
+        .route("/v3/lock/unlock", unary!(lock, unlock))
+        // Election
+        .route("/v3/election/campaign", unary!(election, campaign))
+        .route("/v3/election/proclaim", unary!(election, proclaim))
+        .route("/v3/election/leader", unary!(election, leader))
+        .route("/v3/election/observe", server_streaming!(election, observe))
+        .route("/v3/election/resign", unary!(election, resign))
 }
 
 /// A unary method: one message in, one message out.

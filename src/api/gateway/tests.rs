@@ -18,13 +18,20 @@ use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::*;
 use crate::proto::mvccpb::{Event, KeyValue};
+use crate::proto::v3electionpb::election_server::Election;
+use crate::proto::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use crate::proto::v3lockpb::lock_server::Lock;
+use crate::proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 
 /// A boxed response stream, the fakes' associated stream type.
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// All six services; the interesting methods are written out, the rest are Unimplemented.
+/// All eight services; the interesting methods are written out, the rest are Unimplemented.
 #[derive(Default)]
 struct Fake {
     /// Notified when a watch's response stream has been dropped (the HTTP client went away).
@@ -218,6 +225,27 @@ fake!(Auth {}
     role_revoke_permission: AuthRoleRevokePermissionRequest => AuthRoleRevokePermissionResponse,
 );
 
+fake!(Lock {}
+    lock: LockRequest => LockResponse,
+    unlock: UnlockRequest => UnlockResponse,
+);
+
+fake!(Election {
+        type ObserveStream = BoxStream<LeaderResponse>;
+
+        async fn observe(
+            &self,
+            _: Request<LeaderRequest>,
+        ) -> Result<Response<Self::ObserveStream>, Status> {
+            Err(Status::unimplemented("observe"))
+        }
+    }
+    campaign: CampaignRequest => CampaignResponse,
+    proclaim: ProclaimRequest => ProclaimResponse,
+    leader: LeaderRequest => LeaderResponse,
+    resign: ResignRequest => ResignResponse,
+);
+
 /// Serves the gateway over the fakes on 127.0.0.1:0; returns its base URL.
 async fn serve(max_request_bytes: usize) -> String {
     serve_fake(Arc::new(Fake::default()), max_request_bytes).await
@@ -226,6 +254,8 @@ async fn serve(max_request_bytes: usize) -> String {
 /// Serves the gateway over `fake` on 127.0.0.1:0; returns its base URL.
 async fn serve_fake(fake: Arc<Fake>, max_request_bytes: usize) -> String {
     let app = router(
+        fake.clone(),
+        fake.clone(),
         fake.clone(),
         fake.clone(),
         fake.clone(),

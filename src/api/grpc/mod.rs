@@ -1,4 +1,5 @@
-//! The etcd v3 gRPC API: the services etcd clients call, on `--listen-client-urls`.
+//! The etcd v3 gRPC API: the services etcd clients call, on `--listen-client-urls`: KV, Watch,
+//! Lease, Cluster, Maintenance and Auth, and beside them etcd's Lock and Election.
 //!
 //! Each service only validates, calls the [`Server`] handle and maps errors with
 //! [`crate::Error::to_status`] (etcd's codes and texts). Responses carry a full `ResponseHeader`
@@ -12,8 +13,10 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod unary;
 pub mod watch;
@@ -29,6 +32,8 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::server::Server;
 
 /// The metadata key etcd clients send their auth token under.
@@ -61,6 +66,40 @@ pub fn caller_of<T>(server: &Server, req: &tonic::Request<T>) -> Result<Caller, 
     server.caller(token).map_err(|e| e.to_status())
 }
 
+/// For the Lock and Election services, which act on the keys under `name/` for their caller: with
+/// auth enabled the caller must be allowed to read (and, for `write`, to write) that whole prefix,
+/// as the reads, puts and deletes etcd's services make for it would need. Refusals keep the
+/// services' code (Unknown) with etcd's text.
+pub fn check_concurrency<T>(
+    server: &Server,
+    req: &tonic::Request<T>,
+    key: &[u8],
+    write: bool,
+) -> Result<(), Status> {
+    if !server.auth().is_enabled() {
+        return Ok(());
+    }
+    let caller = caller_of(server, req)?;
+    let end = crate::watch::prefix_end(key);
+    let auth = server.auth();
+    auth.check_read(&caller, key, &end)
+        .and_then(|()| {
+            if write {
+                auth.check_write(&caller, key, &end)
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|e| e.to_client_side_status())
+}
+
+/// The keys of election or lock `name`: `name/`.
+pub fn concurrency_prefix(name: &[u8]) -> Vec<u8> {
+    let mut p = name.to_vec();
+    p.push(b'/');
+    p
+}
+
 /// gRPC's own framing on top of a request, allowed beyond `--max-request-bytes` (etcd allows 512 KiB),
 /// so that an oversize request reaches our check and gets etcd's "request is too large" text.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -74,6 +113,8 @@ pub fn gateway_router(server: Server) -> Router {
         std::sync::Arc::new(cluster::ClusterService::new(server.clone())),
         std::sync::Arc::new(maintenance::MaintenanceService::new(server.clone())),
         std::sync::Arc::new(auth::AuthService::new(server.clone())),
+        std::sync::Arc::new(lock::LockService::new(server.clone())),
+        std::sync::Arc::new(election::ElectionService::new(server.clone())),
         server.config().max_request_bytes,
     )
 }
@@ -102,5 +143,12 @@ pub fn router(server: Server) -> Router {
         server.clone(),
     )))
     .add_service(AuthServer::new(auth::AuthService::new(server.clone())))
+    .add_service(
+        LockServer::new(lock::LockService::new(server.clone())).max_decoding_message_size(max),
+    )
+    .add_service(
+        ElectionServer::new(election::ElectionService::new(server.clone()))
+            .max_decoding_message_size(max),
+    )
     .into_axum_router()
 }
