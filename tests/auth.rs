@@ -686,3 +686,59 @@ async fn jwt_tokens_signed_and_checked() {
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert_eq!(e.message(), "etcdserver: invalid auth token");
 }
+
+#[tokio::test]
+async fn a_cluster_agrees_on_users_and_tokens() {
+    let mut cluster = common::cluster::Cluster::start(3, &["--bcrypt-cost", "4"]).await;
+    cluster.wait_leader().await;
+    let eps: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.client_endpoint())
+        .collect();
+    set_up(&eps[0]).await;
+    // A simple token handed out by one member is known to the others: it went through Raft.
+    let t = token(&eps[0], "alice", "apw").await.expect("authenticate");
+    for (i, ep) in eps.iter().enumerate() {
+        let mut kv = kv_with_token(ep, &t).await;
+        let key = format!("b/from-{i}");
+        let mut ok = None;
+        // The follower may apply the Authenticate entry a moment after the leader answered.
+        for _ in 0..100 {
+            match kv
+                .put(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(r) => {
+                    ok = Some(r);
+                    break;
+                }
+                Err(e) if e.message() == "etcdserver: invalid auth token" => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("member {i}: {e:?}"),
+            }
+        }
+        ok.unwrap_or_else(|| panic!("member {i} never learned the token"));
+        let e = kv
+            .put(PutRequest {
+                key: b"a".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a is read-only for alice on every member");
+        assert_eq!(e.message(), "etcdserver: permission denied", "member {i}");
+    }
+    // etcdctl against another member sees the same users.
+    assert_eq!(
+        ctl(&eps[2], Some("root:rootpw"), &["user", "list"], None)
+            .await
+            .ok("user list on member 2"),
+        "alice\nroot\n"
+    );
+}
