@@ -224,6 +224,7 @@ fn main() {
             RaftRequest {
                 id: 42,
                 op: Some(Op::Txn(txn.clone())),
+                auth: None,
             }
             .encode_to_vec(),
         ),
@@ -259,6 +260,7 @@ fn peer_message() -> peerpb::Message {
             value: b"v".to_vec(),
             ..Default::default()
         })),
+        auth: None,
     }
     .encode_to_vec();
     peerpb::Message {
@@ -379,6 +381,7 @@ fn wal_segments(segment_size: u64, entries: u64) -> Vec<Vec<u8>> {
                 value: vec![b'v'; 40],
                 ..Default::default()
             })),
+            auth: None,
         }
         .encode_to_vec();
         let e = Entry {
