@@ -52,6 +52,8 @@ pub enum Command {
     },
     /// Load an etcd v3 endpoint (mini-etcd or etcd) and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Draw charts (SVG) from saved benchmark runs.
+    Plot(crate::bench::plot::PlotArgs),
 }
 
 /// Flags of the server. Each one can also be set by the `ETCD_*` environment variable etcd uses.

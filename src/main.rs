@@ -34,6 +34,9 @@ fn main() -> ExitCode {
     if let Some(Command::Bench(args)) = &cli.command {
         return mini_etcd::bench::main(args);
     }
+    if let Some(Command::Plot(args)) = &cli.command {
+        return mini_etcd::bench::plot::main(args);
+    }
     if let Some(Command::Repair { data_dir }) = cli.command {
         let wal_dir = data_dir.join("member").join("wal");
         return match mini_etcd::wal::repair(&wal_dir) {

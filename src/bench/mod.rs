@@ -31,12 +31,16 @@
 //!
 //! Setup (connecting, the seeding put, lease grants, watch creation) is not measured.
 //!
+//! Every answer is kept as a sample (when it arrived, how long it took): `--plot FILE.svg` draws the
+//! run and `--samples FILE.json` saves it for `mini-etcd plot` (see [`plot`]).
+//!
 //! # Left out
 //!
 //! TLS and authentication, etcd's `--target-leader` (there is one member here), mixed workloads,
 //! and coordinated-omission correction under `--rate` (latency is measured from the actual send).
 
 mod keys;
+pub mod plot;
 mod report;
 mod run;
 mod watch;
@@ -147,6 +151,15 @@ pub struct BenchArgs {
     /// Do not draw the progress line on stderr.
     #[arg(long)]
     pub no_progress: bool,
+    /// Draw the run as an SVG file: latency percentiles over time and the latency distribution.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+    /// Write every sample (completion time and latency, in ns) as JSON, for `mini-etcd plot`.
+    #[arg(long, value_name = "FILE.json")]
+    pub samples: Option<std::path::PathBuf>,
+    /// The run's name in `--plot` and `--samples` [default: the workload and the endpoints].
+    #[arg(long)]
+    pub label: Option<String>,
 }
 
 impl BenchArgs {
@@ -263,11 +276,35 @@ pub fn main(args: &BenchArgs) -> ExitCode {
     } else {
         print!("{}", summary.to_text());
     }
+    if let Err(e) = write_outputs(args, &summary) {
+        eprintln!("mini-etcd bench: {e}");
+        return ExitCode::FAILURE;
+    }
     if summary.ok == 0 && summary.total > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Writes `--plot` and `--samples`, if asked for.
+fn write_outputs(args: &BenchArgs, summary: &Summary) -> Result<(), String> {
+    let label = args.label.clone().unwrap_or_else(|| {
+        format!(
+            "{} {}c against {}",
+            summary.workload, summary.clients, args.endpoints
+        )
+    });
+    if let Some(path) = &args.plot {
+        let svg = plot::run_chart(&label, &summary.samples).map_err(|e| e.to_string())?;
+        std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.samples {
+        let file = plot::SampleFile::new(label, &summary.samples);
+        let json = serde_json::to_string(&file).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Runs one load as `args` describe and returns its summary.

@@ -110,6 +110,10 @@ pub struct Summary {
     /// Only for `watch`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchStats>,
+    /// Every successful request (every event for `watch`), for `--plot` and `--samples`; not in the
+    /// JSON summary.
+    #[serde(skip)]
+    pub samples: Vec<super::plot::Sample>,
 }
 
 impl Summary {

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::keys::{KeyGen, Rng};
+use super::plot::Sample;
 use super::report::{Latency, Progress, Summary};
 use super::{status_text, BenchArgs, BenchError, Consistency, Workload};
 use crate::proto::etcdserverpb::kv_client::KvClient;
@@ -44,6 +45,8 @@ pub(super) struct Shared {
     total: u64,
     /// When the measured phase began: the origin of the `--rate` schedule.
     start: tokio::time::Instant,
+    /// The same moment on the clock samples are timed with: the origin of [`Sample::at_ns`].
+    origin: Instant,
     /// `--timeout`, as an instant.
     deadline: tokio::time::Instant,
     /// Seconds between two scheduled requests, if capped.
@@ -60,6 +63,7 @@ impl Shared {
             timed_out: AtomicBool::new(false),
             total,
             start: tokio::time::Instant::now(),
+            origin: Instant::now(),
             deadline,
             interval: rate.map(|r| 1.0 / r),
         }
@@ -84,6 +88,15 @@ impl Shared {
             tokio::time::sleep_until(due).await;
         }
         Some(n)
+    }
+
+    /// A sample for a request that began at `sent` and has just been answered.
+    pub(super) fn sample(&self, sent: Instant) -> Sample {
+        let now = Instant::now();
+        Sample {
+            at_ns: now.saturating_duration_since(self.origin).as_nanos() as u64,
+            latency_ns: now.saturating_duration_since(sent).as_nanos() as u64,
+        }
     }
 
     /// Counts a failed request under its text.
@@ -116,14 +129,14 @@ impl Shared {
         }
     }
 
-    /// The summary of the run, from every client's latencies.
+    /// The summary of the run, from every client's samples.
     pub(super) fn summary(
         &self,
-        latencies: Vec<u64>,
+        samples: Vec<Sample>,
         elapsed: Duration,
         clients: usize,
     ) -> Summary {
-        let ok = latencies.len() as u64;
+        let ok = samples.len() as u64;
         Summary {
             clients,
             total: self.total,
@@ -137,7 +150,8 @@ impl Shared {
             timed_out: self.timed_out.load(Ordering::Relaxed),
             duration_s: elapsed.as_secs_f64(),
             requests_per_s: ok as f64 / elapsed.as_secs_f64().max(1e-9),
-            latency_ms: Latency::from_nanos(latencies),
+            latency_ms: Latency::from_nanos(samples.iter().map(|s| s.latency_ns).collect()),
+            samples,
             ..Summary::default()
         }
     }
@@ -249,8 +263,8 @@ struct Client {
 }
 
 impl Client {
-    /// Sends requests until the run is over; returns the latencies (ns) of those that succeeded.
-    async fn kv_loop(mut self, workload: Workload, shared: &Shared, ch: Channel) -> Vec<u64> {
+    /// Sends requests until the run is over; returns the samples of those that succeeded.
+    async fn kv_loop(mut self, workload: Workload, shared: &Shared, ch: Channel) -> Vec<Sample> {
         let mut kv = KvClient::new(ch);
         let mut lat = Vec::new();
         while let Some(n) = shared.next().await {
@@ -308,7 +322,7 @@ impl Client {
                 }
             };
             if ok {
-                lat.push(t.elapsed().as_nanos() as u64);
+                lat.push(shared.sample(t));
             }
             shared.done.fetch_add(1, Ordering::Relaxed);
         }
@@ -317,7 +331,7 @@ impl Client {
 }
 
 /// Keeps lease `id` alive on one keepalive stream, one request in flight at a time.
-async fn keepalive_loop(shared: &Shared, ch: Channel, id: i64) -> Vec<u64> {
+async fn keepalive_loop(shared: &Shared, ch: Channel, id: i64) -> Vec<Sample> {
     let mut lat = Vec::new();
     let mut lc = LeaseClient::new(ch);
     let (tx, rx) = mpsc::channel::<LeaseKeepAliveRequest>(1);
@@ -350,7 +364,7 @@ async fn keepalive_loop(shared: &Shared, ch: Channel, id: i64) -> Vec<u64> {
             }
         }
         match shared.bounded(stream.message()).await {
-            Some(Some(r)) if r.ttl > 0 => lat.push(t.elapsed().as_nanos() as u64),
+            Some(Some(r)) if r.ttl > 0 => lat.push(shared.sample(t)),
             Some(Some(_)) => shared.error("keepalive answered TTL <= 0 (lease gone)".into()),
             Some(None) => {
                 shared.error("keepalive stream ended by the server".into());

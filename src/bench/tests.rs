@@ -121,7 +121,47 @@ async fn workloads_run_against_mini_etcd() {
         assert_eq!(s.latency_ms.count, args.total);
         assert!(s.latency_ms.p50 <= s.latency_ms.p99 && s.latency_ms.p99 <= s.latency_ms.max);
         assert!(!s.timed_out);
+        assert_eq!(
+            s.samples.len() as u64,
+            s.ok,
+            "{line}: one sample per answer"
+        );
+        let run_ns = (s.duration_s * 1e9) as u64 + 1_000_000;
+        assert!(s
+            .samples
+            .iter()
+            .all(|x| x.at_ns <= run_ns && x.latency_ns <= x.at_ns + 1_000_000));
     }
+
+    // --plot and --samples write their files; `mini-etcd plot latency` reads the samples back.
+    let out = tempfile::tempdir().expect("tempdir");
+    let (svg, json) = (out.path().join("run.svg"), out.path().join("run.json"));
+    let args = bench_args(&format!(
+        "bench put --total 100 --endpoints {endpoint} --no-progress --label first --plot {} --samples {}",
+        svg.display(),
+        json.display()
+    ));
+    let s = run(&args).await.expect("runs");
+    super::write_outputs(&args, &s).expect("outputs written");
+    let drawn = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(drawn.starts_with("<svg") && drawn.contains("first"));
+    let dist = out.path().join("dist.svg");
+    let plot: crate::config::Cli = clap::Parser::try_parse_from([
+        "mini-etcd",
+        "plot",
+        "latency",
+        json.to_str().expect("utf-8 path"),
+        "--out",
+        dist.to_str().expect("utf-8 path"),
+    ])
+    .expect("plot flags parse");
+    let Some(crate::config::Command::Plot(plot)) = plot.command else {
+        panic!("not the plot subcommand");
+    };
+    assert_eq!(super::plot::main(&plot), std::process::ExitCode::SUCCESS);
+    assert!(std::fs::read_to_string(&dist)
+        .expect("dist written")
+        .contains("first (p99"));
 
     // The timeout bounds the run: 1000 requests at 10/s cannot finish in 300 ms.
     let args = bench_args(&format!(

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::keys::{KeyGen, Rng};
+use super::plot::Sample;
 use super::report::{Latency, Progress, Summary, WatchStats};
 use super::run::Shared;
 use super::{status_text, BenchArgs, BenchError};
@@ -178,7 +179,10 @@ pub(super) async fn run(
                 for (id, rev, at) in seen {
                     if let Some((sent, ack)) = acks.get(&rev) {
                         if unique.insert((stream, id, rev)) {
-                            latencies.push(at.saturating_duration_since(*ack).as_nanos() as u64);
+                            latencies.push(Sample {
+                                at_ns: at.saturating_duration_since(started).as_nanos() as u64,
+                                latency_ns: at.saturating_duration_since(*ack).as_nanos() as u64,
+                            });
                             from_send.push(at.saturating_duration_since(*sent).as_nanos() as u64);
                         }
                     }
