@@ -407,14 +407,38 @@ async fn keys_tree_value_history_put_and_delete() {
     b.wait_text("#detail-empty", |t| t == "Deleted.").await;
     assert!(rest.get("bin/new").await.is_none(), "deleted through the console");
 
-    // Metrics: two scrapes make the rates; the charts are drawn.
+    // Metrics, while another client writes: rates and fsync percentiles from successive scrapes.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (rest, writing) = (rest.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = rest.try_put(&format!("load/{}", i % 50), "x").await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     b.click("#tab-metrics").await;
     b.wait_text("#chart-watchers .now", |t| t.starts_with("Now: live")).await;
-    b.wait_text("#chart-applied .now", |t| t.contains("per second") && !t.contains('–')).await;
+    b.wait_text("#chart-fsync .now", |t| t.starts_with("Now: p50") && !t.contains('–')).await;
+    b.wait_for(
+        "five points of the write rate",
+        "const p = document.querySelector('#chart-applied polyline'); \
+         return p ? p.getAttribute('points').split(' ').length : 0",
+        json!([]),
+        |v| v.as_i64().is_some_and(|n| n >= 5),
+    )
+    .await;
     b.screenshot("metrics").await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
 
     // Phone width: one column, nothing wider than the screen; and the dark theme.
     b.click("#tab-keys").await;
+    b.click(&format!("#tree button[data-key='{}']", b64(b"bin/blob"))).await;
+    b.wait_text("#key-value", |t| t == "ff 00 02").await;
     b.resize(390, 844).await;
     b.click("#theme").await; // auto -> light
     b.click("#theme").await; // light -> dark
@@ -450,7 +474,7 @@ async fn live_watch_follows_another_client() {
     assert!(rows.contains("DELETEfeed/1"), "{rows}");
     assert!(rows.contains("PUTfeed/3value 3"), "{rows}");
     assert!(!rows.contains("before the watch") && !rows.contains("other"), "{rows}");
-    b.wait_text("#spark-cap", |_| true).await;
+    b.wait_text("#spark-peak", |t| t != "0").await;
     b.screenshot("live").await;
 
     // Paused: events are held, not shown; resume shows them.

@@ -276,7 +276,7 @@ function selectView(name) {
   }
   if (name === "metrics") {
     scrapeMetrics();
-    timers.metrics = setInterval(scrapeMetrics, 2000);
+    timers.metrics = setInterval(scrapeMetrics, SCRAPE_MS);
   }
 }
 
@@ -760,6 +760,7 @@ function tickSparkline() {
   const pts = live.perSecond.map((v, i) => i * 4 + "," + (38 - (v / max) * 36).toFixed(1)).join(" ");
   $("spark").replaceChildren(svg("polyline", { points: pts }));
   $("spark-rate").textContent = String(live.perSecond[live.perSecond.length - 1]);
+  $("spark-peak").textContent = String(Math.max(...live.perSecond));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,7 +891,8 @@ async function refreshAlarmsAndLeases() {
 // ---------------------------------------------------------------------------------------------
 // Metrics: Prometheus text parsed here; rates and interval percentiles from successive scrapes.
 
-const HISTORY_POINTS = 150; // five minutes at one scrape every two seconds
+const SCRAPE_MS = 1000;
+const HISTORY_POINTS = 300; // five minutes at one scrape a second
 const metrics = { prev: null, series: {} };
 
 /** Prometheus text as {name: [{labels: {..}, value}]} (no timestamps, no exemplars). */
@@ -942,7 +944,7 @@ function push(name, values) {
 }
 
 const CHARTS = [
-  { id: "applied", title: "Raft entries applied per second (writes)", legend: ["per second"], fmt: (v) => v.toFixed(1) },
+  { id: "applied", title: "Writes applied per second", legend: ["Raft entries"], fmt: (v) => v.toFixed(1) },
   { id: "fsync", title: "WAL fsync duration", legend: ["p50", "p90", "p99"], fmt: (v) => (v * 1000).toFixed(2) + " ms" },
   { id: "commit", title: "Backend commit duration", legend: ["p50", "p90", "p99"], fmt: (v) => (v * 1000).toFixed(2) + " ms" },
   { id: "watchers", title: "Watchers", legend: ["live"], fmt: (v) => String(Math.round(v)) },
@@ -1002,13 +1004,15 @@ function drawCharts() {
     const max = Math.max(...all, 0) || 1;
     const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", height: H, role: "img", "aria-label": c.title });
     s.append(svg("text", { x: 4, y: 12 }));
-    s.lastChild.textContent = "max " + c.fmt(max);
+    s.lastChild.textContent = all.length ? "max " + c.fmt(max) : "no observations yet";
     for (let k = 0; k < c.legend.length; k++) {
       const pts = [];
       data.forEach((row, i) => {
         const v = row[k];
         if (v === null || v === undefined || !isFinite(v)) return;
-        const x = W - (data.length - 1 - i) * (W / (HISTORY_POINTS - 1));
+        // A short history spreads over the width; a long one scrolls, five minutes wide.
+        const span = Math.max(30, data.length) - 1;
+        const x = W - (data.length - 1 - i) * (W / span);
         pts.push(x.toFixed(1) + "," + (H - 4 - (v / max) * (H - 20)).toFixed(1));
       });
       if (pts.length) s.append(svg("polyline", { points: pts.join(" "), class: "s" + k }));
