@@ -150,7 +150,13 @@ impl Browser {
     }
 
     /// Waits until `pred` holds for what `script` returns.
-    async fn wait_for(&self, what: &str, script: &str, args: Value, pred: impl Fn(&Value) -> bool) -> Value {
+    async fn wait_for(
+        &self,
+        what: &str,
+        script: &str,
+        args: Value,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + UI_BOUND;
         loop {
             let v = self.exec(script, args.clone()).await;
@@ -158,9 +164,7 @@ impl Browser {
                 return v;
             }
             if Instant::now() > deadline {
-                let body = self
-                    .exec("return document.body.innerText", json!([]))
-                    .await;
+                let body = self.exec("return document.body.innerText", json!([])).await;
                 panic!("timed out waiting for {what}; last value {v}; page text:\n{body}");
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -194,16 +198,18 @@ impl Browser {
                 .await;
             if let Some(id) = v[ELEMENT].as_str() {
                 let shown = self
-                    .call(reqwest::Method::GET, &format!("/element/{id}/displayed"), None)
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/element/{id}/displayed"),
+                        None,
+                    )
                     .await;
                 if shown == true {
                     return id.to_string();
                 }
             }
             if Instant::now() > deadline {
-                let body = self
-                    .exec("return document.body.innerText", json!([]))
-                    .await;
+                let body = self.exec("return document.body.innerText", json!([])).await;
                 panic!("no visible element {css}; page text:\n{body}");
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -213,7 +219,11 @@ impl Browser {
     async fn click(&self, css: &str) {
         let id = self.find(css).await;
         let r = self
-            .call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})))
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{id}/click"),
+                Some(json!({})),
+            )
             .await;
         assert!(r.is_null(), "click {css}: {r}");
     }
@@ -221,8 +231,12 @@ impl Browser {
     /// Replaces the content of the input matching `css` with `text`.
     async fn fill(&self, css: &str, text: &str) {
         let id = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({})))
-            .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )
+        .await;
         let r = self
             .call(
                 reqwest::Method::POST,
@@ -235,10 +249,13 @@ impl Browser {
 
     /// How many elements match `css`.
     async fn count(&self, css: &str) -> i64 {
-        self.exec("return document.querySelectorAll(arguments[0]).length", json!([css]))
-            .await
-            .as_i64()
-            .unwrap_or(-1)
+        self.exec(
+            "return document.querySelectorAll(arguments[0]).length",
+            json!([css]),
+        )
+        .await
+        .as_i64()
+        .unwrap_or(-1)
     }
 
     async fn wait_count(&self, css: &str, pred: impl Fn(i64) -> bool) -> i64 {
@@ -281,7 +298,10 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("chromedriver log tail:\n{}", common::tail(&common::read_log(&self.log), 1500));
+            eprintln!(
+                "chromedriver log tail:\n{}",
+                common::tail(&common::read_log(&self.log), 1500)
+            );
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -290,7 +310,9 @@ impl Drop for Browser {
 
 /// A JSON gateway call on the REST listener (where the console calls it).
 async fn gw(base: &str, path: &str, token: Option<&str>, body: Value) -> Value {
-    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
     if let Some(t) = token {
         req = req.header("Authorization", t);
     }
@@ -322,15 +344,26 @@ async fn keys_tree_value_history_put_and_delete() {
     let base = server.base_url();
     rest.put("app/name", "demo").await;
     rest.put("app/config/cache", "redis://cache:6379").await;
-    rest.put("app/config/db", r#"{"host":"db","port":5432}"#).await;
-    let early = rest.put("app/config/db", r#"{"host":"db","port":5433}"#).await;
-    rest.put("app/config/db", r#"{"host":"db2","port":5433}"#).await;
-    rest.put("app/config/db", r#"{"host":"db2","port":5433,"pool":16}"#).await;
+    rest.put("app/config/db", r#"{"host":"db","port":5432}"#)
+        .await;
+    let early = rest
+        .put("app/config/db", r#"{"host":"db","port":5433}"#)
+        .await;
+    rest.put("app/config/db", r#"{"host":"db2","port":5433}"#)
+        .await;
+    rest.put("app/config/db", r#"{"host":"db2","port":5433,"pool":16}"#)
+        .await;
     // The first two versions of app/config/db are compacted away.
     let c = rest.compact(early).await;
     assert_eq!(c.status, 200, "{}", c.body);
     let blob = [0xffu8, 0x00, 0x01, 0xfe];
-    let r = gw(&base, "/v3/kv/put", None, json!({"key": b64(b"bin/blob"), "value": b64(&blob)})).await;
+    let r = gw(
+        &base,
+        "/v3/kv/put",
+        None,
+        json!({"key": b64(b"bin/blob"), "value": b64(&blob)}),
+    )
+    .await;
     assert!(r.get("error").is_none(), "{r}");
     for i in 0..150 {
         rest.put(&format!("many/k{i:03}"), "x").await;
@@ -341,9 +374,15 @@ async fn keys_tree_value_history_put_and_delete() {
     // The root level: folders app/, bin/, many/.
     b.wait_count("#tree button.folder", |n| n == 3).await;
     b.click("#tree button[data-folder='YXBwLw==']").await; // app/
-    b.wait_text("#tree", |t| t.contains("config/") && t.contains("name")).await;
-    b.click("#tree button[data-folder='YXBwL2NvbmZpZy8=']").await; // app/config/
-    b.click(&format!("#tree button[data-key='{}']", b64(b"app/config/db"))).await;
+    b.wait_text("#tree", |t| t.contains("config/") && t.contains("name"))
+        .await;
+    b.click("#tree button[data-folder='YXBwL2NvbmZpZy8=']")
+        .await; // app/config/
+    b.click(&format!(
+        "#tree button[data-key='{}']",
+        b64(b"app/config/db")
+    ))
+    .await;
     b.wait_text("#key-name", |t| t == "app/config/db").await;
     let meta = b.wait_text("#key-meta", |t| t.contains("Version")).await;
     assert!(meta.contains("Version4"), "{meta}");
@@ -356,12 +395,13 @@ async fn keys_tree_value_history_put_and_delete() {
     .await;
     let value = b.wait_text("#key-value", |t| t.contains("\n")).await;
     assert_eq!(
-        value,
-        "{\n  \"host\": \"db2\",\n  \"port\": 5433,\n  \"pool\": 16\n}",
+        value, "{\n  \"host\": \"db2\",\n  \"port\": 5433,\n  \"pool\": 16\n}",
         "pretty JSON"
     );
     b.click("#key-history").await;
-    let end = b.wait_text("#history-end", |t| t.contains("Compaction")).await;
+    let end = b
+        .wait_text("#history-end", |t| t.contains("Compaction"))
+        .await;
     assert!(end.contains(&format!("revision {}", early - 1)), "{end}");
     // Versions 4, 3 and 2 are retained (2 is the one at the compaction revision), then the mark.
     assert_eq!(b.count("#history-rows tr:not(.mark)").await, 3);
@@ -378,14 +418,21 @@ async fn keys_tree_value_history_put_and_delete() {
     // A value that is not UTF-8: shown as hex, edited as base64, written back intact.
     b.fill("#search-prefix", "bin/").await;
     b.click("#search-go").await;
-    b.click(&format!("#tree button[data-key='{}']", b64(b"bin/blob"))).await;
+    b.click(&format!("#tree button[data-key='{}']", b64(b"bin/blob")))
+        .await;
     b.wait_text("#key-value", |t| t == "ff 00 01 fe").await;
     b.click("#key-edit").await;
     b.fill("#edit-value", &b64(&[0xff, 0x00, 0x02])).await;
     b.click("#edit-save").await;
     confirm(&b).await;
     b.wait_text("#key-value", |t| t == "ff 00 02").await;
-    let r = gw(&base, "/v3/kv/range", None, json!({"key": b64(b"bin/blob")})).await;
+    let r = gw(
+        &base,
+        "/v3/kv/range",
+        None,
+        json!({"key": b64(b"bin/blob")}),
+    )
+    .await;
     assert_eq!(r["kvs"][0]["value"], b64(&[0xff, 0x00, 0x02]), "{r}");
 
     // Put a new key through the form.
@@ -395,17 +442,32 @@ async fn keys_tree_value_history_put_and_delete() {
     b.click("#new-put").await;
     confirm(&b).await;
     b.wait_text("#key-name", |t| t == "bin/new").await;
-    assert_eq!(rest.get("bin/new").await.expect("bin/new written").value, "hello console");
+    assert_eq!(
+        rest.get("bin/new").await.expect("bin/new written").value,
+        "hello console"
+    );
 
     // Delete: cancelling keeps the key, confirming deletes it.
     b.click("#key-delete").await;
-    b.wait_for("dialog", "return document.getElementById('confirm').open", json!([]), |v| v == &json!(true)).await;
+    b.wait_for(
+        "dialog",
+        "return document.getElementById('confirm').open",
+        json!([]),
+        |v| v == &json!(true),
+    )
+    .await;
     b.click("#confirm-cancel").await;
-    assert!(rest.get("bin/new").await.is_some(), "cancel must not delete");
+    assert!(
+        rest.get("bin/new").await.is_some(),
+        "cancel must not delete"
+    );
     b.click("#key-delete").await;
     confirm(&b).await;
     b.wait_text("#detail-empty", |t| t == "Deleted.").await;
-    assert!(rest.get("bin/new").await.is_none(), "deleted through the console");
+    assert!(
+        rest.get("bin/new").await.is_none(),
+        "deleted through the console"
+    );
 
     // Metrics, while another client writes: rates and fsync percentiles from successive scrapes.
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -421,8 +483,12 @@ async fn keys_tree_value_history_put_and_delete() {
         })
     };
     b.click("#tab-metrics").await;
-    b.wait_text("#chart-watchers .now", |t| t.starts_with("Now: live")).await;
-    b.wait_text("#chart-fsync .now", |t| t.starts_with("Now: p50") && !t.contains('–')).await;
+    b.wait_text("#chart-watchers .now", |t| t.starts_with("Now: live"))
+        .await;
+    b.wait_text("#chart-fsync .now", |t| {
+        t.starts_with("Now: p50") && !t.contains('–')
+    })
+    .await;
     b.wait_for(
         "five points of the write rate",
         "const p = document.querySelector('#chart-applied polyline'); \
@@ -437,17 +503,26 @@ async fn keys_tree_value_history_put_and_delete() {
 
     // Phone width: one column, nothing wider than the screen; and the dark theme.
     b.click("#tab-keys").await;
-    b.click(&format!("#tree button[data-key='{}']", b64(b"bin/blob"))).await;
+    b.click(&format!("#tree button[data-key='{}']", b64(b"bin/blob")))
+        .await;
     b.wait_text("#key-value", |t| t == "ff 00 02").await;
     b.resize(390, 844).await;
     b.click("#theme").await; // auto -> light
     b.click("#theme").await; // light -> dark
-    let theme = b.exec("return document.documentElement.dataset.theme", json!([])).await;
+    let theme = b
+        .exec("return document.documentElement.dataset.theme", json!([]))
+        .await;
     assert_eq!(theme, "dark");
     let overflow = b
-        .exec("return document.documentElement.scrollWidth - window.innerWidth", json!([]))
+        .exec(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            json!([]),
+        )
         .await;
-    assert!(overflow.as_i64().is_some_and(|o| o <= 0), "page wider than a phone: {overflow}");
+    assert!(
+        overflow.as_i64().is_some_and(|o| o <= 0),
+        "page wider than a phone: {overflow}"
+    );
     b.screenshot("keys-phone-dark").await;
 }
 
@@ -462,8 +537,10 @@ async fn live_watch_follows_another_client() {
     b.goto(&format!("{}/ui/#live", server.base_url())).await;
     b.fill("#watch-key", "feed/").await;
     b.click("#watch-start").await;
-    b.wait_text("#watch-state", |t| t.starts_with("Watching feed/")).await;
-    rest.wait_watchers("the console's watch", Duration::from_secs(20), |n| n >= 1).await;
+    b.wait_text("#watch-state", |t| t.starts_with("Watching feed/"))
+        .await;
+    rest.wait_watchers("the console's watch", Duration::from_secs(20), |n| n >= 1)
+        .await;
     for i in 1..=3 {
         rest.put(&format!("feed/{i}"), &format!("value {i}")).await;
     }
@@ -473,21 +550,26 @@ async fn live_watch_follows_another_client() {
     let rows = b.wait_text("#events", |_| true).await;
     assert!(rows.contains("DELETEfeed/1"), "{rows}");
     assert!(rows.contains("PUTfeed/3value 3"), "{rows}");
-    assert!(!rows.contains("before the watch") && !rows.contains("other"), "{rows}");
+    assert!(
+        !rows.contains("before the watch") && !rows.contains("other"),
+        "{rows}"
+    );
     b.wait_text("#spark-peak", |t| t != "0").await;
     b.screenshot("live").await;
 
     // Paused: events are held, not shown; resume shows them.
     b.click("#watch-pause").await;
     rest.put("feed/4", "while paused").await;
-    b.wait_text("#watch-state", |t| t == "Paused: 1 events held.").await;
+    b.wait_text("#watch-state", |t| t == "Paused: 1 events held.")
+        .await;
     assert_eq!(b.count("#events tr").await, 4);
     b.click("#watch-pause").await;
     b.wait_count("#events tr", |n| n == 5).await;
     b.click("#watch-clear").await;
     b.wait_count("#events tr", |n| n == 0).await;
     b.click("#watch-stop").await;
-    rest.wait_watchers("the watch to end", Duration::from_secs(20), |n| n == 0).await;
+    rest.wait_watchers("the watch to end", Duration::from_secs(20), |n| n == 0)
+        .await;
 }
 
 #[tokio::test]
@@ -501,17 +583,24 @@ async fn cluster_members_and_a_killed_member() {
     let leader_id = format!("{:x}", cluster.member_id(leader).await);
 
     let b = Browser::start(1280, 800).await;
-    b.goto(&format!("{}/ui/#cluster", cluster.members[via].rest_url())).await;
+    b.goto(&format!("{}/ui/#cluster", cluster.members[via].rest_url()))
+        .await;
     b.wait_count("#members tr", |n| n == 3).await;
     b.wait_for(
         "every member healthy",
         "return Array.from(document.querySelectorAll('#members td.health'), e => e.textContent)",
         json!([]),
-        |v| v.as_array().is_some_and(|a| a.iter().all(|h| h == "healthy")),
+        |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().all(|h| h == "healthy"))
+        },
     )
     .await;
     let role = b
-        .wait_text(&format!("#members tr[data-member='{leader_id}'] td.role"), |t| t == "leader")
+        .wait_text(
+            &format!("#members tr[data-member='{leader_id}'] td.role"),
+            |t| t == "leader",
+        )
         .await;
     assert_eq!(role, "leader");
     assert_eq!(b.count("#members td.role").await, 3);
@@ -520,8 +609,11 @@ async fn cluster_members_and_a_killed_member() {
     b.screenshot("cluster").await;
 
     cluster.kill(victim);
-    b.wait_text(&format!("#members tr[data-member='{victim_id}'] td.health"), |t| t == "unhealthy")
-        .await;
+    b.wait_text(
+        &format!("#members tr[data-member='{victim_id}'] td.health"),
+        |t| t == "unhealthy",
+    )
+    .await;
     let others = b
         .exec(
             "return Array.from(document.querySelectorAll('#members tr'))\
@@ -540,17 +632,35 @@ async fn auth_login_and_refusal() {
     let base = server.base_url();
     // Through the gateway on the REST listener: root, and alice who may read pub/ only.
     for (path, body) in [
-        ("/v3/auth/user/add", json!({"name": "root", "password": "rpw"})),
-        ("/v3/auth/user/grant", json!({"user": "root", "role": "root"})),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": "rpw"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+        ),
         ("/v3/auth/role/add", json!({"name": "reader"})),
         (
             "/v3/auth/role/grant",
             json!({"name": "reader", "perm": {"permType": "READ", "key": b64(b"pub/"), "range_end": b64(b"pub0")}}),
         ),
-        ("/v3/auth/user/add", json!({"name": "alice", "password": "apw"})),
-        ("/v3/auth/user/grant", json!({"user": "alice", "role": "reader"})),
-        ("/v3/kv/put", json!({"key": b64(b"pub/hello"), "value": b64(b"world")})),
-        ("/v3/kv/put", json!({"key": b64(b"secret/plan"), "value": b64(b"hidden")})),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "alice", "password": "apw"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "alice", "role": "reader"}),
+        ),
+        (
+            "/v3/kv/put",
+            json!({"key": b64(b"pub/hello"), "value": b64(b"world")}),
+        ),
+        (
+            "/v3/kv/put",
+            json!({"key": b64(b"secret/plan"), "value": b64(b"hidden")}),
+        ),
         ("/v3/auth/enable", json!({})),
     ] {
         let r = gw(&base, path, None, body).await;
@@ -569,14 +679,23 @@ async fn auth_login_and_refusal() {
         )
         .await;
     assert_eq!(shown, json!([]), "visible before login");
-    assert!(!b.exec("return document.body.innerText", json!([])).await.to_string().contains("pub/hello"));
+    assert!(!b
+        .exec("return document.body.innerText", json!([]))
+        .await
+        .to_string()
+        .contains("pub/hello"));
     b.screenshot("login").await;
 
     b.fill("#login-name", "alice").await;
     b.fill("#login-password", "wrong").await;
     b.click("#login-submit").await;
-    b.wait_text("#login-error", |t| t.contains("authentication failed")).await;
-    assert!(b.exec("return document.getElementById('nav').hidden", json!([])).await == json!(true));
+    b.wait_text("#login-error", |t| t.contains("authentication failed"))
+        .await;
+    assert!(
+        b.exec("return document.getElementById('nav').hidden", json!([]))
+            .await
+            == json!(true)
+    );
 
     b.fill("#login-password", "apw").await;
     b.click("#login-submit").await;
@@ -588,25 +707,48 @@ async fn auth_login_and_refusal() {
     // pub/ is.
     b.fill("#search-prefix", "pub/").await;
     b.click("#search-go").await;
-    b.click(&format!("#tree button[data-key='{}']", b64(b"pub/hello"))).await;
+    b.click(&format!("#tree button[data-key='{}']", b64(b"pub/hello")))
+        .await;
     b.wait_text("#key-value", |t| t == "world").await;
     // A watch through the REST API carries the token too; one outside pub/ is refused politely.
     b.click("#tab-live").await;
     b.fill("#watch-key", "secret/").await;
     b.click("#watch-start").await;
-    b.wait_text("#watch-state", |t| t.contains("may not") && t.contains("permission denied"))
-        .await;
+    b.wait_text("#watch-state", |t| {
+        t.contains("may not") && t.contains("permission denied")
+    })
+    .await;
     b.fill("#watch-key", "pub/").await;
     b.click("#watch-start").await;
-    b.wait_text("#watch-state", |t| t.starts_with("Watching pub/")).await;
-    let root = gw(&base, "/v3/auth/authenticate", None, json!({"name": "root", "password": "rpw"})).await;
+    b.wait_text("#watch-state", |t| t.starts_with("Watching pub/"))
+        .await;
+    let root = gw(
+        &base,
+        "/v3/auth/authenticate",
+        None,
+        json!({"name": "root", "password": "rpw"}),
+    )
+    .await;
     let token = root["token"].as_str().expect("root token");
-    let r = gw(&base, "/v3/kv/put", Some(token), json!({"key": b64(b"pub/new"), "value": b64(b"v")})).await;
+    let r = gw(
+        &base,
+        "/v3/kv/put",
+        Some(token),
+        json!({"key": b64(b"pub/new"), "value": b64(b"v")}),
+    )
+    .await;
     assert!(r.get("error").is_none(), "{r}");
     b.wait_text("#events", |t| t.contains("pub/new")).await;
 
     // Logging out hides everything again.
     b.click("#logout").await;
     b.find("#login-name").await;
-    assert!(b.exec("return document.getElementById('view-live').hidden", json!([])).await == json!(true));
+    assert!(
+        b.exec(
+            "return document.getElementById('view-live').hidden",
+            json!([])
+        )
+        .await
+            == json!(true)
+    );
 }

@@ -77,8 +77,10 @@ impl Asset {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
             let mut r = self.body.into_response();
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(self.content_type),
+            );
             r
         };
         let h = response.headers_mut();
@@ -101,11 +103,15 @@ fn security_headers(h: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
-static INDEX: LazyLock<Asset> = LazyLock::new(|| Asset::new(INDEX_HTML, "text/html; charset=utf-8"));
+static INDEX: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new(INDEX_HTML, "text/html; charset=utf-8"));
 static SCRIPT: LazyLock<Asset> =
     LazyLock::new(|| Asset::new(APP_JS, "text/javascript; charset=utf-8"));
 static STYLE: LazyLock<Asset> = LazyLock::new(|| Asset::new(APP_CSS, "text/css; charset=utf-8"));
@@ -115,8 +121,14 @@ pub fn router() -> Router {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(|h: HeaderMap| async move { INDEX.respond(&h) }))
-        .route("/ui/app.js", get(|h: HeaderMap| async move { SCRIPT.respond(&h) }))
-        .route("/ui/app.css", get(|h: HeaderMap| async move { STYLE.respond(&h) }))
+        .route(
+            "/ui/app.js",
+            get(|h: HeaderMap| async move { SCRIPT.respond(&h) }),
+        )
+        .route(
+            "/ui/app.css",
+            get(|h: HeaderMap| async move { STYLE.respond(&h) }),
+        )
 }
 
 #[cfg(test)]
@@ -145,6 +157,8 @@ mod tests {
         h.insert(header::IF_NONE_MATCH, tag);
         let again = SCRIPT.respond(&h);
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-        assert!(again.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        assert!(again
+            .headers()
+            .contains_key(header::CONTENT_SECURITY_POLICY));
     }
 }
