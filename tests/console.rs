@@ -469,6 +469,26 @@ async fn keys_tree_value_history_put_and_delete() {
         "deleted through the console"
     );
 
+    // Keyboard: the arrow keys move between the views.
+    let tab = b.find("#tab-keys").await;
+    b.call(
+        reqwest::Method::POST,
+        &format!("/element/{tab}/value"),
+        Some(json!({ "text": "\u{E014}" })),
+    )
+    .await;
+    b.wait_for(
+        "the Live tab selected by ArrowRight",
+        "return document.getElementById('tab-live').getAttribute('aria-selected')",
+        json!([]),
+        |v| v == "true",
+    )
+    .await;
+    assert_eq!(
+        b.exec("return document.activeElement.id", json!([])).await,
+        "tab-live"
+    );
+
     // Metrics, while another client writes: rates and fsync percentiles from successive scrapes.
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
@@ -582,9 +602,25 @@ async fn cluster_members_and_a_killed_member() {
     let victim_id = format!("{:x}", cluster.member_id(victim).await);
     let leader_id = format!("{:x}", cluster.member_id(leader).await);
 
+    // A lease with a key on it, for the leases table.
+    let base = cluster.members[via].rest_url();
+    let lease = gw(&base, "/v3/lease/grant", None, json!({"TTL": "600"})).await;
+    let lease_id = lease["ID"]
+        .as_str()
+        .unwrap_or_else(|| panic!("lease: {lease}"))
+        .to_string();
+    let put = json!({"key": b64(b"svc/api"), "value": b64(b"10.0.0.1"), "lease": lease_id});
+    let r = gw(&base, "/v3/kv/put", None, put).await;
+    assert!(r.get("error").is_none(), "{r}");
+
     let b = Browser::start(1280, 800).await;
-    b.goto(&format!("{}/ui/#cluster", cluster.members[via].rest_url()))
-        .await;
+    b.goto(&format!("{base}/ui/#cluster")).await;
+    let leases = b.wait_text("#leases", |t| t.contains("svc/api")).await;
+    let hex_id = format!("{:x}", lease_id.parse::<u64>().expect("lease id"));
+    assert!(
+        leases.starts_with(&hex_id) && leases.contains("600 s"),
+        "{leases}"
+    );
     b.wait_count("#members tr", |n| n == 3).await;
     b.wait_for(
         "every member healthy",
