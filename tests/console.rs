@@ -35,11 +35,15 @@ fn b64(bytes: &[u8]) -> String {
 
 /// A chromedriver process and one headless browser session on it.
 struct Browser {
+    /// WebDriver calls; each is one HTTP request to chromedriver.
     http: reqwest::Client,
     /// `http://127.0.0.1:PORT/session/ID`.
     session: String,
+    /// The chromedriver process, killed on drop (it takes its browser with it).
     driver: Child,
+    /// chromedriver's log, quoted when a test fails.
     log: PathBuf,
+    /// The log and the browser profile; removed on drop.
     _dir: tempfile::TempDir,
 }
 
@@ -369,6 +373,33 @@ async fn keys_tree_value_history_put_and_delete() {
         rest.put(&format!("many/k{i:03}"), "x").await;
     }
 
+    // The assets' headers: exact types, the policy, revalidation.
+    let http = reqwest::Client::new();
+    for (path, ty) in [
+        ("/ui/", "text/html; charset=utf-8"),
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/app.css", "text/css; charset=utf-8"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.expect(path);
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert_eq!(h["content-type"], ty, "{path}");
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
+        let csp = h["content-security-policy"].to_str().expect("csp");
+        assert!(
+            csp.contains("script-src 'self';") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        let etag = h["etag"].clone();
+        let again = http
+            .get(format!("{base}{path}"))
+            .header("If-None-Match", etag)
+            .send()
+            .await
+            .expect(path);
+        assert_eq!(again.status(), 304, "{path} revalidated");
+    }
+
     let b = Browser::start(1280, 800).await;
     b.goto(&format!("{base}/ui")).await;
     // The root level: folders app/, bin/, many/.
@@ -544,6 +575,16 @@ async fn keys_tree_value_history_put_and_delete() {
         "page wider than a phone: {overflow}"
     );
     b.screenshot("keys-phone-dark").await;
+    let blocked = b
+        .exec(
+            "return document.documentElement.dataset.cspViolations || null",
+            json!([]),
+        )
+        .await;
+    assert!(
+        blocked.is_null(),
+        "{blocked} requests or scripts blocked by the CSP"
+    );
 }
 
 #[tokio::test]

@@ -17,8 +17,8 @@
 //! - `Content-Security-Policy` allows scripts, styles and connections only from the page's own
 //!   origin, no inline script or style, no plugins, no framing, and form posts nowhere: a value
 //!   stored in etcd that looks like HTML can never run, even if the script had a bug that put it
-//!   into the page as markup (it does not: it only ever sets `textContent`). Images may be
-//!   `data:` URLs, which the charts do not need but a future favicon would.
+//!   into the page as markup (it does not: data reaches the page only as text nodes and attribute
+//!   values). The charts are inline SVG elements built by the script, which needs no `img-src`.
 //! - `Cache-Control: no-cache` with an `ETag` (a hash of the file): the browser keeps a copy but
 //!   asks each time, and gets `304 Not Modified` while the binary is the same, so an upgraded
 //!   server never runs an old script against a new API.
@@ -46,13 +46,16 @@ const APP_CSS: &str = include_str!("assets/app.css");
 /// The policy every console response carries. `connect-src 'self'` is what keeps the console on
 /// the public APIs of the server that served it.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
 /// One embedded file: its bytes, content type and entity tag.
 struct Asset {
+    /// The file as compiled in.
     body: &'static str,
+    /// Sent as is, so the browser never has to sniff (and `nosniff` forbids it to).
     content_type: &'static str,
+    /// A hash of `body`: changes exactly when the binary serves a different file.
     etag: String,
 }
 

@@ -10,6 +10,14 @@
 // decoded to text for display, so a value that is not UTF-8 survives a round trip untouched.
 "use strict";
 
+// Anything the Content-Security-Policy blocks is a bug of this console: say so in the console log,
+// and count it on <html> (data-csp-violations), where the browser tests look.
+document.addEventListener("securitypolicyviolation", (e) => {
+  console.error("blocked by the Content-Security-Policy:", e.violatedDirective, e.blockedURI);
+  const root = document.documentElement;
+  root.dataset.cspViolations = String(Number(root.dataset.cspViolations || 0) + 1);
+});
+
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
 
