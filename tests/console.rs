@@ -744,6 +744,20 @@ async fn auth_login_and_refusal() {
         assert!(r.get("error").is_none(), "{path}: {r}");
     }
 
+    // The gateway on the REST listener checks what the client port checks: no token, no keys.
+    let r = gw(
+        &base,
+        "/v3/kv/range",
+        None,
+        json!({"key": b64(b"pub/hello")}),
+    )
+    .await;
+    assert_eq!(r["error"], "etcdserver: user name is empty", "{r}");
+    let r = reqwest::get(format!("{base}/get?key=pub/hello"))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
+
     let b = Browser::start(1280, 800).await;
     b.goto(&format!("{base}/ui/")).await;
     b.find("#login-name").await;

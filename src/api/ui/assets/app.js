@@ -418,7 +418,7 @@ async function morePage() {
     keys.cursor = null;
   }
   const n = tree.children.length;
-  $("tree-status").textContent = n === 0 ? "No keys under this prefix." : n + " entries" + (r.more ? " so far (more on demand)." : ".");
+  $("tree-status").textContent = n === 0 ? "No keys under this prefix." : n + (n === 1 ? " entry" : " entries") + (r.more ? " so far (more on demand)." : ".");
 }
 
 function showValue() {
