@@ -16,6 +16,7 @@ mod conn;
 pub mod gateway;
 pub mod grpc;
 pub mod rest;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;

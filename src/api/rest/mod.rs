@@ -1,6 +1,10 @@
 //! The seed's REST API (`/put`, `/get`, `/delete`, `/watch`), plus `/compact`, `/health`, `/version`
 //! and `/metrics`.
 //!
+//! The same listener also serves the web console at `/ui` ([`crate::api::ui`]) and etcd's JSON
+//! gateway (`/v3/...`: the client port's own router and handlers, with the same auth checks), so
+//! that the console reaches every API it uses from its own origin.
+//!
 //! Bodies are JSON whatever their `Content-Type` says: the seed's `curl -d '{...}'` sends
 //! `application/x-www-form-urlencoded`, and its lines must work unchanged. Keys and values are JSON
 //! strings, so UTF-8; the store itself holds bytes (the gRPC API writes any bytes), and a key or value
@@ -113,7 +117,11 @@ pub fn router(server: Server) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(per_client))
-        .with_state(server)
+        .with_state(server.clone())
+        // The web console and the JSON gateway it calls: the gateway's handlers and auth checks are
+        // the client port's own, mounted here so that the console reaches them from its origin.
+        .merge(crate::api::ui::router())
+        .merge(crate::api::grpc::gateway_router(server))
 }
 
 /// etcd's plain-HTTP endpoints, served on the client port beside gRPC.
