@@ -41,8 +41,8 @@ impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().expect("tempdir for certificates");
         let pki = Pki { dir };
-        let (ca, ca_issuer) = ca("test CA");
-        pki.write("ca.pem", &ca);
+        let (ca_pem, ca_issuer) = ca("test CA");
+        pki.write("ca.pem", &ca_pem);
         let (server, server_key) = leaf(
             &ca_issuer,
             "server",
@@ -105,7 +105,7 @@ impl Pki {
         }
         Arc::new(
             rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
+                ring_provider(),
             ))
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
@@ -113,6 +113,12 @@ impl Pki {
             .with_no_client_auth(),
         )
     }
+}
+
+/// rustls' ring provider (deprecated only for lacking post-quantum key exchange).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
@@ -727,7 +733,7 @@ async fn three_members_over_https_peers_with_client_cert_auth() {
     let key = rustls_pki_types::PrivateKeyDer::from_pem_file(pki.path("other-alice-key.pem"))
         .expect("key");
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        ring_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
