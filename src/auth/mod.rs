@@ -341,7 +341,7 @@ impl AuthStore {
             return Ok(());
         }
         let state = self.state();
-        match self.perms_of(&state, caller)? {
+        match self.key_perms_of(&state, caller)? {
             Some(p) if !p.can_read(key, range_end) => Err(Error::PermissionDenied),
             _ => Ok(()),
         }
@@ -353,7 +353,7 @@ impl AuthStore {
             return Ok(());
         }
         let state = self.state();
-        match self.perms_of(&state, caller)? {
+        match self.key_perms_of(&state, caller)? {
             Some(p) if !p.can_write(key, range_end) => Err(Error::PermissionDenied),
             _ => Ok(()),
         }
@@ -469,7 +469,17 @@ impl AuthStore {
             return Ok(None);
         }
         let state = self.state();
-        self.perms_of(&state, caller)
+        self.key_perms_of(&state, caller)
+    }
+
+    /// [`AuthStore::perms_of`] for a check on keys: a user that does not exist is refused with
+    /// "permission denied", as etcd's `isOpPermitted` does (only admin checks say "user name not
+    /// found"). A client certificate whose Common Name is no user lands here.
+    fn key_perms_of(&self, state: &State, caller: &Caller) -> Result<Option<Arc<UserPerms>>> {
+        match self.perms_of(state, caller) {
+            Err(Error::UserNotFound) => Err(Error::PermissionDenied),
+            other => other,
+        }
     }
 
     /// Applies one auth change committed at this point of the log, as `caller`; its writes go to

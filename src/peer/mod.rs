@@ -400,7 +400,15 @@ pub async fn connect(
     tls: &PeerTls,
 ) -> Option<PeerClient<tonic::transport::Channel>> {
     for url in urls {
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+        // The TLS connector below dials TLS whatever the scheme says; tonic itself is told
+        // `http`, because with its own TLS features on (another crate may turn them on) it would
+        // refuse to hand an `https` URL to a connector it did not configure.
+        let tls_url = tls.as_ref().and(url.strip_prefix("https://"));
+        let target = match tls_url {
+            Some(rest) => format!("http://{rest}"),
+            None => url.clone(),
+        };
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(target) else {
             continue;
         };
         let endpoint = endpoint
@@ -411,7 +419,7 @@ pub async fn connect(
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = match tls {
-            Some(config) if url.starts_with("https://") => {
+            Some(config) if tls_url.is_some() => {
                 endpoint
                     .connect_with_connector(crate::tls::Connector {
                         config: Arc::clone(config),
