@@ -1087,4 +1087,39 @@ mod tests {
         assert_ne!(a.member_id(), 0);
         assert_ne!(a.cluster_id(), 0);
     }
+
+    #[test]
+    fn tls_flags_as_etcd_checks_them() {
+        let e = parse(&["--listen-client-urls", "https://127.0.0.1:2379"]).unwrap_err();
+        assert!(e.to_string().contains(
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+             https://127.0.0.1:2379 with HTTPS scheme"
+        ));
+        assert!(parse(&["--listen-rest-url", "https://127.0.0.1:8080"]).is_err());
+        assert!(parse(&["--listen-client-urls", "https://127.0.0.1:2379", "--auto-tls"]).is_ok());
+        let c = parse(&[
+            "--cert-file",
+            "c.pem",
+            "--key-file",
+            "k.pem",
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert!(c.client_tls.client_cert_auth);
+        assert_eq!(c.client_tls.trusted_ca_file, Some(PathBuf::from("ca.pem")));
+        // http:// URLs with certificate files: accepted, served plain.
+        assert!(c.listen_client_urls[0].scheme() == "http");
+        assert!(parse(&["--peer-client-cert-auth"]).is_err());
+        assert!(parse(&["--peer-cert-file", "c.pem"]).is_err());
+        let e = parse(&[
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:2380",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--peer-cert-file, --peer-key-file"));
+    }
 }

@@ -647,9 +647,9 @@ async fn https_without_certificates_refuses_to_start() {
     );
 }
 
-#[tokio::test]
-async fn three_members_over_https_peers_with_client_cert_auth() {
-    let pki = Pki::new();
+/// Starts three members with `https://` peer URLs and `peer` flags, waits until each is healthy
+/// (a leader is elected), and checks that a put on the first reaches the third.
+async fn https_cluster(data: &Path, peer: &[String]) -> (Vec<Member>, Vec<u16>) {
     let ports = common::free_ports(9);
     let names = ["m0", "m1", "m2"];
     let peer_url = |i: usize| format!("https://127.0.0.1:{}", ports[3 * i + 2]);
@@ -657,15 +657,14 @@ async fn three_members_over_https_peers_with_client_cert_auth() {
         .map(|i| format!("{}={}", names[i], peer_url(i)))
         .collect::<Vec<_>>()
         .join(",");
-    let data = tempfile::tempdir().expect("data dirs");
     let mut members = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let client = format!("http://127.0.0.1:{}", ports[3 * i + 1]);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--name",
             name,
             "--data-dir",
-            &data.path().join(name).display().to_string(),
+            &data.join(name).display().to_string(),
             "--listen-rest-url",
             &format!("http://127.0.0.1:{}", ports[3 * i]),
             "--listen-client-urls",
@@ -678,18 +677,12 @@ async fn three_members_over_https_peers_with_client_cert_auth() {
             &peer_url(i),
             "--initial-cluster",
             &cluster,
-            "--peer-cert-file",
-            &pki.path("server.pem"),
-            "--peer-key-file",
-            &pki.path("server-key.pem"),
-            "--peer-trusted-ca-file",
-            &pki.path("ca.pem"),
-            "--peer-client-cert-auth",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let log = data.path().join(format!("{name}.log"));
+        args.extend(peer.iter().cloned());
+        let log = data.join(format!("{name}.log"));
         members.push(Member {
             child: Some(spawn(&args, &log)),
             client_port: ports[3 * i + 1],
@@ -719,7 +712,24 @@ async fn three_members_over_https_peers_with_client_cert_auth() {
         assert!(Instant::now() < deadline, "m2 never saw the put: {out:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (members, (0..3).map(|i| ports[3 * i + 2]).collect())
+}
 
+#[tokio::test]
+async fn three_members_over_https_peers_with_client_cert_auth() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("data dirs");
+    let peer = [
+        "--peer-cert-file".to_string(),
+        pki.path("server.pem"),
+        "--peer-key-file".to_string(),
+        pki.path("server-key.pem"),
+        "--peer-trusted-ca-file".to_string(),
+        pki.path("ca.pem"),
+        "--peer-client-cert-auth".to_string(),
+    ];
+    let (_members, peer_ports) = https_cluster(data.path(), &peer).await;
+    let peer_port = peer_ports[0];
     // A dialler with a certificate from another CA is refused by the peer listener.
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(pki.path("ca.pem")).expect("ca.pem") {
@@ -740,7 +750,6 @@ async fn three_members_over_https_peers_with_client_cert_auth() {
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key)
     .expect("client cert");
-    let peer_port = ports[2];
     let refused = async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", peer_port)).await?;
         let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
@@ -759,4 +768,11 @@ async fn three_members_over_https_peers_with_client_cert_auth() {
         Ok(Err(_)) => {}
         Err(_) => panic!("the peer listener neither answered nor refused"),
     }
+}
+
+#[tokio::test]
+async fn three_members_with_peer_auto_tls() {
+    let data = tempfile::tempdir().expect("data dirs");
+    let _members = https_cluster(data.path(), &["--peer-auto-tls".to_string()]).await;
+    assert!(data.path().join("m1/fixtures/peer/cert.pem").exists());
 }
