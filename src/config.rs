@@ -1096,7 +1096,12 @@ mod tests {
              https://127.0.0.1:2379 with HTTPS scheme"
         ));
         assert!(parse(&["--listen-rest-url", "https://127.0.0.1:8080"]).is_err());
-        assert!(parse(&["--listen-client-urls", "https://127.0.0.1:2379", "--auto-tls"]).is_ok());
+        assert!(parse(&[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--auto-tls"
+        ])
+        .is_ok());
         let c = parse(&[
             "--cert-file",
             "c.pem",

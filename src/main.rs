@@ -106,7 +106,9 @@ async fn run(config: Config) -> mini_etcd::Result<()> {
             ))
         })?;
         // An `http://` URL beside `https://` ones is served plain, as etcd does.
-        let tls = (url.scheme() == "https").then(|| peer_tls.clone()).flatten();
+        let tls = (url.scheme() == "https")
+            .then(|| peer_tls.clone())
+            .flatten();
         peer_listeners.push((l, tls));
     }
     let server = Server::start(config).await?;

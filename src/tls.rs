@@ -262,7 +262,11 @@ pub fn peer_client(config: &crate::config::Config) -> Result<crate::peer::PeerTl
 
 /// The peer listener's TLS for `config`; `None` when no peer URL is `https://`.
 pub fn peer_server(config: &crate::config::Config) -> Result<Option<Arc<ServerConfig>>> {
-    if config.listen_peer_urls.iter().all(|u| u.scheme() != "https") {
+    if config
+        .listen_peer_urls
+        .iter()
+        .all(|u| u.scheme() != "https")
+    {
         return Ok(None);
     }
     server_config(
@@ -458,8 +462,7 @@ pub struct Connector {
     pub timeout: Duration,
 }
 
-type Connected =
-    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type Connected = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 impl tower::Service<http::Uri> for Connector {
     type Response = Connected;
@@ -520,14 +523,19 @@ mod tests {
         params
             .distinguished_name
             .push(rcgen::DnType::OrganizationName, "o");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
     }
 
     #[test]
     fn common_name_is_read_from_the_subject() {
-        assert_eq!(common_name(&cert_with_cn("alice")).as_deref(), Some("alice"));
+        assert_eq!(
+            common_name(&cert_with_cn("alice")).as_deref(),
+            Some("alice")
+        );
         let long = "x".repeat(300);
         assert_eq!(common_name(&cert_with_cn(&long)), Some(long));
     }

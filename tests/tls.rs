@@ -104,13 +104,11 @@ impl Pki {
             roots.add(cert.expect("ca cert")).expect("add ca");
         }
         Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                ring_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
         )
     }
 }
@@ -208,7 +206,11 @@ impl Member {
     async fn wait_healthy(&mut self, tls: Option<Arc<rustls::ClientConfig>>) {
         let deadline = Instant::now() + START_BOUND;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("mini-etcd exited with {status}; log:\n{}", self.log_tail());
             }
             if let Some((status, _)) = get(self.rest_port, "/health", tls.clone()).await {
@@ -408,7 +410,9 @@ async fn etcdctl_and_etcd_client_over_tls_with_users() {
 
     set_up_users(&ep, &tls).await;
     let alice = [tls.clone(), vec!["--user=alice:apw".to_string()]].concat();
-    ctl(&ep, &alice, &["put", "b1", "x"]).await.ok("alice puts b1");
+    ctl(&ep, &alice, &["put", "b1", "x"])
+        .await
+        .ok("alice puts b1");
     ctl(&ep, &alice, &["put", "c", "x"])
         .await
         .fails_with("alice puts c", DENIED);
@@ -435,10 +439,7 @@ async fn etcdctl_and_etcd_client_over_tls_with_users() {
         .put("c", "y", None)
         .await
         .expect_err("alice may not write c");
-    assert!(
-        denied.to_string().contains("permission denied"),
-        "{denied}"
-    );
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
 }
 
 #[tokio::test]
@@ -497,10 +498,17 @@ async fn client_certificate_common_name_is_the_user() {
     set_up_users(&ep, &root).await;
     // root's certificate alone makes it root: it may write anywhere and manage users.
     ctl(&ep, &root, &["put", "a", "1"]).await.ok("root puts a");
-    ctl(&ep, &root, &["user", "list"]).await.ok("root lists users");
+    ctl(&ep, &root, &["user", "list"])
+        .await
+        .ok("root lists users");
     // alice's certificate, no --user: alice, inside her role and denied outside it.
-    ctl(&ep, &alice, &["put", "b1", "x"]).await.ok("alice puts b1");
-    assert_eq!(ctl(&ep, &alice, &["get", "a"]).await.ok("alice reads a"), "a\n1\n");
+    ctl(&ep, &alice, &["put", "b1", "x"])
+        .await
+        .ok("alice puts b1");
+    assert_eq!(
+        ctl(&ep, &alice, &["get", "a"]).await.ok("alice reads a"),
+        "a\n1\n"
+    );
     ctl(&ep, &alice, &["put", "c", "x"])
         .await
         .fails_with("alice puts c", DENIED);
@@ -518,9 +526,13 @@ async fn client_certificate_common_name_is_the_user() {
         .fails_with("mallory puts b1", DENIED);
 
     // No client certificate, or one from another CA: the handshake fails.
-    ctl(&ep, &flags(&[("cacert", pki.path("ca.pem"))]), &["get", "a"])
-        .await
-        .fails("no client certificate");
+    ctl(
+        &ep,
+        &flags(&[("cacert", pki.path("ca.pem"))]),
+        &["get", "a"],
+    )
+    .await
+    .fails("no client certificate");
     let other = flags(&[
         ("cacert", pki.path("ca.pem")),
         ("cert", pki.path("other-alice.pem")),
@@ -546,7 +558,10 @@ async fn client_certificate_common_name_is_the_user() {
         .await
         .expect("etcd-client connects with a client certificate");
     client.put("b3", "z", None).await.expect("alice puts b3");
-    let denied = client.put("d", "z", None).await.expect_err("alice may not write d");
+    let denied = client
+        .put("d", "z", None)
+        .await
+        .expect_err("alice may not write d");
     assert!(denied.to_string().contains("permission denied"), "{denied}");
 }
 
@@ -583,11 +598,17 @@ async fn auto_tls_needs_skip_verify() {
         "--insecure-skip-tls-verify".to_string(),
         "--insecure-transport=false".to_string(),
     ];
-    ctl(&ep, &skip, &["put", "k", "v"]).await.ok("put, skipping verification");
-    assert_eq!(ctl(&ep, &skip, &["get", "k"]).await.ok("get"), "k\nv\n");
-    ctl(&ep, &flags(&[("cacert", pki.path("ca.pem"))]), &["get", "k"])
+    ctl(&ep, &skip, &["put", "k", "v"])
         .await
-        .fails("a self-signed certificate does not verify");
+        .ok("put, skipping verification");
+    assert_eq!(ctl(&ep, &skip, &["get", "k"]).await.ok("get"), "k\nv\n");
+    ctl(
+        &ep,
+        &flags(&[("cacert", pki.path("ca.pem"))]),
+        &["get", "k"],
+    )
+    .await
+    .fails("a self-signed certificate does not verify");
 }
 
 #[tokio::test]
@@ -694,9 +715,13 @@ async fn https_cluster(data: &Path, peer: &[String]) -> (Vec<Member>, Vec<u16>) 
     for m in &mut members {
         m.wait_healthy(None).await;
     }
-    ctl(&members[0].endpoint("http"), &[], &["put", "replicated", "yes"])
-        .await
-        .ok("put on m0");
+    ctl(
+        &members[0].endpoint("http"),
+        &[],
+        &["put", "replicated", "yes"],
+    )
+    .await
+    .ok("put on m0");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = ctl(
@@ -742,14 +767,12 @@ async fn three_members_over_https_peers_with_client_cert_auth() {
             .collect();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_file(pki.path("other-alice-key.pem"))
         .expect("key");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        ring_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client cert");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
     let refused = async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", peer_port)).await?;
         let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
