@@ -1,7 +1,7 @@
 //! The receiving side of the transport: the `Peer` gRPC service on `--listen-peer-urls`.
 //!
 //! On an `https://` peer URL each accepted connection runs its TLS handshake on a task of its own
-//! (bounded by [`HANDSHAKE_TIMEOUT`]) and only then reaches the gRPC server, so a stalled dialler
+//! (bounded by `HANDSHAKE_TIMEOUT`) and only then reaches the gRPC server, so a stalled dialler
 //! never holds up the others. With `--peer-client-cert-auth` (or a peer trusted CA) a member
 //! without a certificate from that CA fails the handshake.
 
