@@ -99,17 +99,37 @@ impl Pki {
 
     /// A rustls client that trusts the test CA.
     fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(self.client_builder().with_no_client_auth())
+    }
+
+    /// [`Pki::client_config`] presenting `user`'s client certificate.
+    fn client_config_as(&self, user: &str) -> Arc<rustls::ClientConfig> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(self.path(&format!("{user}.pem")))
+                .expect("cert pem")
+                .map(|c| c.expect("cert"))
+                .collect();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_file(self.path(&format!("{user}-key.pem")))
+                .expect("key pem");
+        Arc::new(
+            self.client_builder()
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate"),
+        )
+    }
+
+    fn client_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(self.path("ca.pem")).expect("ca.pem") {
             roots.add(cert.expect("ca cert")).expect("add ca");
         }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
     }
 }
 
@@ -159,8 +179,19 @@ struct Member {
 
 impl Member {
     /// Starts a member whose client URL has `client_scheme` and REST URL `rest_scheme`, with
-    /// `extra` flags, and waits until `/health` on the REST port answers 200.
+    /// `extra` flags, and waits until `/health` on the REST port answers 200 (over TLS with the
+    /// test CA's client, or `rest_tls` when given).
     async fn start(client_scheme: &str, rest_scheme: &str, extra: &[String], pki: &Pki) -> Member {
+        Member::start_with(client_scheme, rest_scheme, extra, pki, None).await
+    }
+
+    async fn start_with(
+        client_scheme: &str,
+        rest_scheme: &str,
+        extra: &[String],
+        pki: &Pki,
+        rest_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Member {
         let data = tempfile::tempdir().expect("data dir");
         let ports = common::free_ports(3);
         let (rest, client, peer) = (ports[0], ports[1], ports[2]);
@@ -190,7 +221,7 @@ impl Member {
             log,
             _data: data,
         };
-        let tls = (rest_scheme == "https").then(|| pki.client_config());
+        let tls = (rest_scheme == "https").then(|| rest_tls.unwrap_or_else(|| pki.client_config()));
         member.wait_healthy(tls).await;
         member
     }
@@ -483,7 +514,14 @@ async fn client_certificate_common_name_is_the_user() {
     let pki = Pki::new();
     let mut server = pki.server_flags();
     server.push("--client-cert-auth".into());
-    let m = Member::start("https", "http", &server, &pki).await;
+    let m = Member::start_with(
+        "https",
+        "https",
+        &server,
+        &pki,
+        Some(pki.client_config_as("root")),
+    )
+    .await;
     let ep = m.endpoint("https");
     let as_user = |user: &str| {
         flags(&[
@@ -541,6 +579,23 @@ async fn client_certificate_common_name_is_the_user() {
     ctl(&ep, &other, &["get", "a"])
         .await
         .fails("a client certificate from another CA");
+
+    // The REST API over https: alice's certificate, no Authorization header, is alice.
+    let alice_rest = Some(pki.client_config_as("alice"));
+    let (status, body) = get(m.rest_port, "/get?key=a", alice_rest.clone())
+        .await
+        .expect("REST get as alice");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(m.rest_port, "/get?key=c", alice_rest)
+        .await
+        .expect("REST get of c as alice");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        get(m.rest_port, "/get?key=a", Some(pki.client_config()))
+            .await
+            .is_none_or(|(status, _)| status != 200),
+        "REST without a client certificate must fail the handshake"
+    );
 
     // The etcd-client crate with alice's certificate as its identity.
     let read = |name: &str| std::fs::read(pki.path(name)).expect("pem");
