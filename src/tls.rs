@@ -557,6 +557,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         let (cert, key) = self_cert(dir.path(), &hosts).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the key is readable by its owner only");
+        }
         let first = std::fs::read(&cert).unwrap();
         self_cert(dir.path(), &hosts).unwrap();
         assert_eq!(std::fs::read(&cert).unwrap(), first);
@@ -568,7 +574,6 @@ mod tests {
         assert!(server.is_some());
         let client = client_config(&info, dir.path(), &hosts).unwrap();
         assert!(client.is_some());
-        let _ = key;
     }
 
     #[test]
