@@ -205,6 +205,39 @@ pub struct ServerArgs {
     /// The bcrypt cost of stored password hashes (4 to 31).
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = crate::auth::password::DEFAULT_BCRYPT_COST, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+    /// Path to the client server TLS certificate file (PEM), for `https://` client and REST URLs.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA certificate file: clients must present a
+    /// certificate it signed.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file; with auth enabled, a request without
+    /// a token acts as the user its certificate's Common Name names.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: bool,
+    /// Client TLS using a generated self-signed certificate (under DATA_DIR/fixtures/client).
+    #[arg(long, env = "ETCD_AUTO_TLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub auto_tls: bool,
+    /// Path to the peer server TLS certificate file (PEM); also the peer client's certificate.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file (PEM).
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file: other members' certificates must chain to it.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peer client certificates signed by --peer-trusted-ca-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
+    /// Peer TLS using a generated self-signed certificate (under DATA_DIR/fixtures/peer); peers
+    /// then do not verify each other's certificates, as with etcd.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_auto_tls: bool,
     /// Raise an alarm when the backend size exceeds this many bytes (0 = the default, 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -301,6 +334,10 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// The bcrypt cost of new password hashes.
     pub bcrypt_cost: u32,
+    /// TLS of the client and REST listeners.
+    pub client_tls: crate::tls::TlsInfo,
+    /// TLS of the peer listener and the peer client.
+    pub peer_tls: crate::tls::TlsInfo,
     /// Automatic compaction, if enabled.
     pub auto_compaction: Option<Retention>,
     /// Backend quota in bytes.
@@ -349,6 +386,7 @@ impl Config {
                 "--max-request-bytes must be > 0".into(),
             ));
         }
+        let (client_tls, peer_tls) = check_tls(&a)?;
         Ok(Config {
             data_dir: a
                 .data_dir
@@ -420,6 +458,8 @@ impl Config {
                 .map_err(Error::InvalidArgument)?,
             auth_token_ttl: Duration::from_secs(a.auth_token_ttl),
             bcrypt_cost: a.bcrypt_cost,
+            client_tls,
+            peer_tls,
             auto_compaction: Retention::parse(
                 &a.auto_compaction_mode,
                 &a.auto_compaction_retention,
@@ -597,6 +637,50 @@ fn check_timing(heartbeat_ms: u64, election_ms: u64) -> Result<(Duration, Durati
         Duration::from_millis(heartbeat_ms),
         Duration::from_millis(election_ms),
     ))
+}
+
+/// The TLS flags of both sides, refused as etcd refuses them: an `https://` URL needs certificate
+/// files or auto TLS. An `http://` URL with certificate files is served plain (etcd warns and
+/// ignores them for that URL).
+fn check_tls(a: &ServerArgs) -> Result<(crate::tls::TlsInfo, crate::tls::TlsInfo)> {
+    let client = crate::tls::TlsInfo {
+        cert_file: a.cert_file.clone(),
+        key_file: a.key_file.clone(),
+        trusted_ca_file: a.trusted_ca_file.clone(),
+        client_cert_auth: a.client_cert_auth,
+        auto_tls: a.auto_tls,
+    };
+    let peer = crate::tls::TlsInfo {
+        cert_file: a.peer_cert_file.clone(),
+        key_file: a.peer_key_file.clone(),
+        trusted_ca_file: a.peer_trusted_ca_file.clone(),
+        client_cert_auth: a.peer_client_cert_auth,
+        auto_tls: a.peer_auto_tls,
+    };
+    client.check("")?;
+    peer.check("peer-")?;
+    let client_urls = a
+        .listen_client_urls
+        .split(',')
+        .chain(std::iter::once(a.listen_rest_url.as_str()));
+    for u in client_urls.map(str::trim) {
+        if u.starts_with("https://") && !client.can_serve() {
+            // etcd's words (embed.configureClientListeners).
+            return Err(Error::InvalidArgument(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with \
+                 HTTPS scheme"
+            )));
+        }
+    }
+    for u in a.listen_peer_urls.split(',').map(str::trim) {
+        if u.starts_with("https://") && !peer.can_serve() {
+            return Err(Error::InvalidArgument(format!(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url \
+                 {u} with HTTPS scheme"
+            )));
+        }
+    }
+    Ok((client, peer))
 }
 
 fn parse_url(flag: &str, s: &str) -> Result<Url> {
@@ -1004,5 +1088,45 @@ mod tests {
         assert_ne!(a.member_id(), b.member_id());
         assert_ne!(a.member_id(), 0);
         assert_ne!(a.cluster_id(), 0);
+    }
+
+    #[test]
+    fn tls_flags_as_etcd_checks_them() {
+        let e = parse(&["--listen-client-urls", "https://127.0.0.1:2379"]).unwrap_err();
+        assert!(e.to_string().contains(
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+             https://127.0.0.1:2379 with HTTPS scheme"
+        ));
+        assert!(parse(&["--listen-rest-url", "https://127.0.0.1:8080"]).is_err());
+        assert!(parse(&[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--auto-tls"
+        ])
+        .is_ok());
+        let c = parse(&[
+            "--cert-file",
+            "c.pem",
+            "--key-file",
+            "k.pem",
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert!(c.client_tls.client_cert_auth);
+        assert_eq!(c.client_tls.trusted_ca_file, Some(PathBuf::from("ca.pem")));
+        // http:// URLs with certificate files: accepted, served plain.
+        assert!(c.listen_client_urls[0].scheme() == "http");
+        assert!(parse(&["--peer-client-cert-auth"]).is_err());
+        assert!(parse(&["--peer-cert-file", "c.pem"]).is_err());
+        let e = parse(&[
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:2380",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--peer-cert-file, --peer-key-file"));
     }
 }

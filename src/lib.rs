@@ -31,6 +31,7 @@ pub mod peer;
 pub mod proto;
 pub mod server;
 pub mod snap;
+pub mod tls;
 pub mod wal;
 pub mod watch;
 

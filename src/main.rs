@@ -99,6 +99,7 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> mini_etcd::Result<()> {
     // The peer port listens before the server starts: a member joining a cluster, or the other
     // members of a bootstrap, must reach it while it waits for them.
+    let peer_tls = mini_etcd::tls::peer_server(&config)?;
     let mut peer_listeners = Vec::new();
     for url in &config.listen_peer_urls {
         let addr = Config::socket_addr(url)?;
@@ -107,13 +108,17 @@ async fn run(config: Config) -> mini_etcd::Result<()> {
                 "cannot listen on {addr} (--listen-peer-urls): {e}"
             ))
         })?;
-        peer_listeners.push(l);
+        // An `http://` URL beside `https://` ones is served plain, as etcd does.
+        let tls = (url.scheme() == "https")
+            .then(|| peer_tls.clone())
+            .flatten();
+        peer_listeners.push((l, tls));
     }
     let server = Server::start(config).await?;
     let (peers_stop_tx, peers_stop_rx) = tokio::sync::watch::channel(false);
-    for l in peer_listeners {
+    for (l, tls) in peer_listeners {
         let mut stop = peers_stop_rx.clone();
-        tokio::spawn(server.clone().serve_peers(l, async move {
+        tokio::spawn(server.clone().serve_peers(l, tls, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }

@@ -28,8 +28,8 @@
 //! without a limit), and an HTTP/2 connection that leaves a keep-alive ping unanswered. TCP
 //! keep-alive, for a peer that vanished without a word, is the listener's.
 //!
-//! Not here: routing (the axum router this serves, apart from the KV shortcut), TLS and the
-//! connection limit (the listener's job).
+//! Not here: routing (the axum router this serves, apart from the KV shortcut), the TLS handshake
+//! and the connection limit (the listener's job; this serves whatever stream it hands over).
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -50,6 +50,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
 
 use crate::api::grpc::unary::{CallFuture, KvCalls, UnaryBody};
+use crate::auth::ClientCertName;
 
 /// One HTTP/2 stream's future, as hyper hands it to its executor.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -140,6 +141,9 @@ pub struct Routes {
     pub remote: Option<std::net::SocketAddr>,
     /// When a quiet connection is closed.
     pub liveness: Liveness,
+    /// The Common Name of the connection's verified TLS client certificate, set per connection
+    /// with `--client-cert-auth`; every request carries it as a [`ClientCertName`] extension.
+    pub client_cert: Option<ClientCertName>,
 }
 
 /// When a connection that does not speak is closed.
@@ -302,6 +306,10 @@ where
             return Either::Left(lean(Box::pin(std::future::ready(refused))));
         }
         marks.store(runs_inline(req.uri().path()), Ordering::Relaxed);
+        let mut req = req;
+        if let Some(name) = &routes.client_cert {
+            req.extensions_mut().insert(name.clone());
+        }
         if let Some((kv, method)) = routes.kv.as_ref().zip(KvCalls::takes(&req)) {
             return Either::Left(lean(kv.call(method, req)));
         }

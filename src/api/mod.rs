@@ -11,6 +11,13 @@
 //! own, so `/health` there still answers when clients fill the rest. Accepted sockets get TCP
 //! keep-alive ([`TCP_KEEPALIVE`], etcd's), so a client that vanished without closing is noticed
 //! even when the connection is idle.
+//!
+//! An `https://` listen URL (`--listen-client-urls`, `--listen-rest-url`) serves TLS with the client
+//! certificate flags (`crate::tls`). The handshake runs on the connection's own task, never in the
+//! accept loop, and must finish within the header timeout, so a client that opens a socket and
+//! stalls holds one slot, not the listener. With `--client-cert-auth`, the Common Name of the
+//! verified client certificate travels with every request of the connection
+//! ([`crate::auth::ClientCertName`]).
 
 mod conn;
 pub mod gateway;
@@ -138,9 +145,12 @@ pub async fn serve(
     );
     let shared = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     let mut listeners = Vec::new();
-    let rest_addr = Config::socket_addr(&server.config().listen_rest_url)?;
+    let tls = ClientTls::load(config)?;
+    let rest_url = &server.config().listen_rest_url;
+    let rest_addr = Config::socket_addr(rest_url)?;
     listeners.push((
         bind(rest_addr, "--listen-rest-url").await?,
+        tls.for_url(rest_url),
         conn::Routes {
             router: rest::router(server.clone()),
             kv: None,
@@ -148,6 +158,7 @@ pub async fn serve(
             round: conn::run_round,
             remote: None,
             liveness,
+            client_cert: None,
         },
         Slots {
             shared: Arc::clone(&shared),
@@ -160,6 +171,7 @@ pub async fn serve(
         let addr = Config::socket_addr(url)?;
         listeners.push((
             bind(addr, "--listen-client-urls").await?,
+            tls.for_url(url),
             conn::Routes {
                 router: client_router(server.clone()),
                 kv: Some(grpc::unary::KvCalls::new(server.clone())),
@@ -167,6 +179,7 @@ pub async fn serve(
                 round: server.call_round(),
                 remote: None,
                 liveness,
+                client_cert: None,
             },
             Slots {
                 shared: Arc::clone(&shared),
@@ -183,7 +196,7 @@ pub async fn serve(
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
     // Every connection task holds a clone of `open_tx`; when the last one ends, `open_rx` closes.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
-    for (mut listener, routes, slots, what) in listeners {
+    for (mut listener, tls, routes, slots, what) in listeners {
         let mut stop = stop_rx.clone();
         let cut = cut_rx.clone();
         let open_tx = open_tx.clone();
@@ -209,12 +222,31 @@ pub async fn serve(
                     remote: Some(remote),
                     ..routes.clone()
                 };
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let stopping = async move {
                         let _ = conn_stop.wait_for(|&stopping| stopping).await;
                     };
+                    let serve = async move {
+                        match tls {
+                            None => conn::serve_connection(tcp, routes, stopping).await,
+                            Some(tls) => {
+                                let timeout = routes.liveness.header_timeout;
+                                let Some((stream, client_cert)) =
+                                    tls.handshake(tcp, timeout, remote).await
+                                else {
+                                    return;
+                                };
+                                let routes = conn::Routes {
+                                    client_cert,
+                                    ..routes
+                                };
+                                conn::serve_connection(stream, routes, stopping).await
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = conn::serve_connection(tcp, routes, stopping) => {}
+                        _ = serve => {}
                         // Dropping the connection cancels its calls and closes the socket.
                         _ = cut.wait_for(|&cut| cut) => {}
                     }
@@ -242,6 +274,107 @@ pub async fn serve(
         let _ = open_rx.recv().await;
     }
     Ok(())
+}
+
+/// TLS of the client and REST listeners, loaded once at start.
+#[derive(Clone)]
+struct ClientTls {
+    /// `None` when no certificate is configured (every URL must then be `http://`, as
+    /// [`Config`] checked).
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// `--client-cert-auth`: the verified certificate's Common Name names the user.
+    cert_names: bool,
+}
+
+impl ClientTls {
+    fn load(config: &Config) -> Result<ClientTls> {
+        let info = &config.client_tls;
+        let mut urls: Vec<&url::Url> = config.listen_client_urls.iter().collect();
+        urls.push(&config.listen_rest_url);
+        let serves_tls = urls.iter().any(|u| u.scheme() == "https");
+        for u in urls.iter().filter(|u| u.scheme() == "http") {
+            // etcd serves plain there too, with the same warnings.
+            if !info.is_empty() {
+                tracing::warn!(url = %u, "the scheme of this client URL is HTTP while key/cert \
+                    files are given: they are ignored for it");
+            }
+            if info.client_cert_auth {
+                tracing::warn!(url = %u, "the scheme of this client URL is HTTP while \
+                    --client-cert-auth is enabled: it is ignored for it");
+            }
+        }
+        if !serves_tls {
+            return Ok(ClientTls {
+                acceptor: None,
+                cert_names: false,
+            });
+        }
+        let hosts = crate::tls::hosts_of(urls);
+        let auto_dir = config.data_dir.join("fixtures").join("client");
+        let server_config =
+            crate::tls::server_config(info, &auto_dir, &hosts, crate::tls::ALPN_CLIENT)?
+                .ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "TLS key/cert (--cert-file, --key-file) must be provided for https \
+                         client URLs"
+                            .into(),
+                    )
+                })?;
+        Ok(ClientTls {
+            acceptor: Some(tokio_rustls::TlsAcceptor::from(server_config)),
+            cert_names: info.client_cert_auth,
+        })
+    }
+
+    /// What a listener on `url` uses: TLS for `https://`, nothing for `http://`.
+    fn for_url(&self, url: &url::Url) -> Option<ClientTls> {
+        (url.scheme() == "https" && self.acceptor.is_some()).then(|| self.clone())
+    }
+
+    /// The TLS handshake of one accepted connection, bounded by `timeout`, and the Common Name of
+    /// its verified client certificate when that names the user. `None`: the handshake failed
+    /// (logged at debug: a client's mistake, or a scan).
+    async fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+        timeout: Option<Duration>,
+        remote: std::net::SocketAddr,
+    ) -> Option<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        Option<crate::auth::ClientCertName>,
+    )> {
+        let acceptor = self.acceptor.as_ref()?;
+        let accept = acceptor.accept(tcp);
+        let accepted = match timeout {
+            Some(t) => match tokio::time::timeout(t, accept).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return None;
+                }
+            },
+            None => accept.await,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                return None;
+            }
+        };
+        let name = if self.cert_names {
+            stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| crate::tls::common_name(cert))
+                .map(crate::auth::ClientCertName)
+        } else {
+            None
+        };
+        Some((stream, name))
+    }
 }
 
 /// What the client port serves: gRPC, plus etcd's plain-HTTP endpoints.

@@ -23,6 +23,13 @@
 //! them); auth and membership changes and the maintenance calls that read the whole store need the
 //! `root` role.
 //!
+//! **Client certificates.** With `--client-cert-auth`, a connection whose TLS client certificate was
+//! verified carries the certificate's Common Name ([`ClientCertName`]); a request on it that sends
+//! no token acts as that user ([`AuthStore::caller_or_cert`]), as etcd's `AuthInfoFromTLS` does. A
+//! token, when sent, wins. No password is checked (the CA vouched for the name); a name that is no
+//! user is refused by the permission check that looks it up. etcd's JSON gateway ignores the
+//! certificate (it would be the gateway's own); ours does too.
+//!
 //! Left out: etcd's `--auth-token` `jwt` options beyond `pub-key`, `priv-key`, `sign-method`, `ttl`.
 
 pub mod password;
@@ -68,6 +75,11 @@ impl Caller {
     /// A client without credentials.
     pub const ANONYMOUS: Caller = Caller::Client(None);
 }
+
+/// The Common Name of a connection's verified TLS client certificate, carried in each of its
+/// requests' extensions (only with `--client-cert-auth`): the user a request without a token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertName(pub String);
 
 /// One consistent view of the auth state.
 #[derive(Debug, Default, Clone)]
@@ -236,6 +248,24 @@ impl AuthStore {
             .ok_or(Error::InvalidAuthToken)
     }
 
+    /// [`AuthStore::caller`], except that without a token the Common Name of the connection's
+    /// verified client certificate, if any, names the user (etcd's `AuthInfoFromTLS`).
+    pub fn caller_or_cert(
+        &self,
+        token: Option<&str>,
+        cert: Option<&ClientCertName>,
+    ) -> Result<Caller> {
+        match (token, cert) {
+            (None, Some(ClientCertName(name))) if self.is_enabled() => {
+                Ok(Caller::Client(Some(AuthInfo {
+                    name: name.clone(),
+                    revision: self.revision(),
+                })))
+            }
+            _ => self.caller(token),
+        }
+    }
+
     /// The caller HTTP Basic credentials make: the password is checked (bcrypt, or the cache of
     /// earlier successes). Blocks; call it off the async threads.
     pub fn caller_with_password(&self, name: &str, password: &str) -> Result<Caller> {
@@ -311,7 +341,7 @@ impl AuthStore {
             return Ok(());
         }
         let state = self.state();
-        match self.perms_of(&state, caller)? {
+        match self.key_perms_of(&state, caller)? {
             Some(p) if !p.can_read(key, range_end) => Err(Error::PermissionDenied),
             _ => Ok(()),
         }
@@ -323,7 +353,7 @@ impl AuthStore {
             return Ok(());
         }
         let state = self.state();
-        match self.perms_of(&state, caller)? {
+        match self.key_perms_of(&state, caller)? {
             Some(p) if !p.can_write(key, range_end) => Err(Error::PermissionDenied),
             _ => Ok(()),
         }
@@ -439,7 +469,17 @@ impl AuthStore {
             return Ok(None);
         }
         let state = self.state();
-        self.perms_of(&state, caller)
+        self.key_perms_of(&state, caller)
+    }
+
+    /// [`AuthStore::perms_of`] for a check on keys: a user that does not exist is refused with
+    /// "permission denied", as etcd's `isOpPermitted` does (only admin checks say "user name not
+    /// found"). A client certificate whose Common Name is no user lands here.
+    fn key_perms_of(&self, state: &State, caller: &Caller) -> Result<Option<Arc<UserPerms>>> {
+        match self.perms_of(state, caller) {
+            Err(Error::UserNotFound) => Err(Error::PermissionDenied),
+            other => other,
+        }
     }
 
     /// Applies one auth change committed at this point of the log, as `caller`; its writes go to

@@ -31,8 +31,12 @@
 //! file is read again every 50 ms. Tests use it to partition a cluster without root privileges;
 //! without the variable the check is one load of an empty flag.
 //!
-//! Left out: TLS between peers, and etcd's own peer protocol (a mini-etcd member cannot join an
-//! etcd cluster).
+//! **TLS.** A peer URL with `https://` is dialled with TLS (`crate::tls::Connector`): the other
+//! member's certificate must chain to `--peer-trusted-ca-file` (with `--peer-auto-tls` it is not
+//! verified at all, as etcd's auto TLS does), and ours goes along as the client certificate that
+//! `--peer-client-cert-auth` asks for. The listening side is `service::serve`.
+//!
+//! Left out: etcd's own peer protocol (a mini-etcd member cannot join an etcd cluster).
 
 pub mod convert;
 pub mod service;
@@ -164,11 +168,26 @@ pub struct Transport {
     /// Stats of peers by id, kept after a peer is removed so that counters never go back.
     stats: Mutex<HashMap<u64, Arc<PeerStats>>>,
     faults: Arc<Faults>,
+    /// How `https://` peer URLs are dialled.
+    tls: PeerTls,
 }
 
+/// The peer client's TLS settings; `None` when no peer TLS flag is set (an `https://` peer URL then
+/// cannot be reached).
+pub type PeerTls = Option<Arc<tokio_rustls::rustls::ClientConfig>>;
+
 impl Transport {
-    /// A transport with no peers yet, running its tasks on `runtime`.
+    /// A transport with no peers yet, running its tasks on `runtime`, without TLS.
     pub fn new(node: Arc<dyn Node>, runtime: tokio::runtime::Handle) -> Arc<Transport> {
+        Transport::with_tls(node, runtime, None)
+    }
+
+    /// [`Transport::new`], dialling `https://` peer URLs with `tls`.
+    pub fn with_tls(
+        node: Arc<dyn Node>,
+        runtime: tokio::runtime::Handle,
+        tls: PeerTls,
+    ) -> Arc<Transport> {
         let faults = Faults::from_env(&runtime);
         Arc::new(Transport {
             node,
@@ -176,7 +195,13 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             faults,
+            tls,
         })
+    }
+
+    /// How this transport dials `https://` peer URLs.
+    pub fn tls(&self) -> &PeerTls {
+        &self.tls
     }
 
     /// The member this transport serves.
@@ -209,8 +234,11 @@ impl Transport {
             link.clone(),
             self.node.clone(),
             stats.clone(),
+            self.tls.clone(),
         ));
-        let prober = self.runtime.spawn(probe(urls.clone(), stats.clone()));
+        let prober = self
+            .runtime
+            .spawn(probe(urls.clone(), stats.clone(), self.tls.clone()));
         peers.insert(
             id,
             Peer {
@@ -266,7 +294,7 @@ impl Transport {
         if let Some(client) = lock(&cache).clone() {
             return Some(client);
         }
-        let client = connect(&urls).await?;
+        let client = connect(&urls, &self.tls).await?;
         *lock(&cache) = Some(client.clone());
         Some(client)
     }
@@ -309,6 +337,7 @@ impl Transport {
                     self.node.clone(),
                     self.faults.clone(),
                     peer.stats.clone(),
+                    self.tls.clone(),
                 ));
                 continue;
             }
@@ -366,9 +395,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Connects to the first of `urls` that answers.
-pub async fn connect(urls: &[String]) -> Option<PeerClient<tonic::transport::Channel>> {
+pub async fn connect(
+    urls: &[String],
+    tls: &PeerTls,
+) -> Option<PeerClient<tonic::transport::Channel>> {
     for url in urls {
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+        // The TLS connector below dials TLS whatever the scheme says; tonic itself is told
+        // `http`, because with its own TLS features on (another crate may turn them on) it would
+        // refuse to hand an `https` URL to a connector it did not configure.
+        let tls_url = tls.as_ref().and(url.strip_prefix("https://"));
+        let target = match tls_url {
+            Some(rest) => format!("http://{rest}"),
+            None => url.clone(),
+        };
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(target) else {
             continue;
         };
         let endpoint = endpoint
@@ -378,7 +418,18 @@ pub async fn connect(urls: &[String]) -> Option<PeerClient<tonic::transport::Cha
             .initial_connection_window_size(STREAM_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        if let Ok(ch) = endpoint.connect().await {
+        let channel = match tls {
+            Some(config) if tls_url.is_some() => {
+                endpoint
+                    .connect_with_connector(crate::tls::Connector {
+                        config: Arc::clone(config),
+                        timeout: CONNECT_TIMEOUT,
+                    })
+                    .await
+            }
+            _ => endpoint.connect().await,
+        };
+        if let Ok(ch) = channel {
             return Some(
                 PeerClient::new(ch)
                     .max_decoding_message_size(usize::MAX)
@@ -398,11 +449,12 @@ async fn run_link(
     link: Link,
     node: Arc<dyn Node>,
     stats: Arc<PeerStats>,
+    tls: PeerTls,
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut was_up = true;
     loop {
-        let Some(mut client) = connect(&urls).await else {
+        let Some(mut client) = connect(&urls, &tls).await else {
             if was_up {
                 tracing::warn!(peer = format!("{id:x}"), "cannot reach peer");
                 was_up = false;
@@ -441,12 +493,12 @@ async fn run_link(
 
 /// Measures the round trip to a peer (a `Members` call) every [`PROBE_INTERVAL`], for etcd's
 /// `etcd_network_peer_round_trip_time_seconds`.
-async fn probe(urls: Vec<String>, stats: Arc<PeerStats>) {
+async fn probe(urls: Vec<String>, stats: Arc<PeerStats>, tls: PeerTls) {
     let mut client = None;
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
         if client.is_none() {
-            client = connect(&urls).await;
+            client = connect(&urls, &tls).await;
         }
         let Some(c) = client.as_mut() else {
             continue;
@@ -467,10 +519,11 @@ async fn send_snapshot(
     node: Arc<dyn Node>,
     faults: Arc<Faults>,
     stats: Arc<PeerStats>,
+    tls: PeerTls,
 ) {
     let to = msg.to;
     let started = Instant::now();
-    let result = snapshot_transfer(&msg, &urls, &node, &faults, &stats).await;
+    let result = snapshot_transfer(&msg, &urls, &node, &faults, &stats, &tls).await;
     match &result {
         Ok(bytes) => tracing::info!(
             peer = format!("{to:x}"),
@@ -493,6 +546,7 @@ async fn snapshot_transfer(
     node: &Arc<dyn Node>,
     faults: &Faults,
     stats: &PeerStats,
+    tls: &PeerTls,
 ) -> Result<u64> {
     use crate::error::Error;
     if faults.cut(msg.to) || faults.cut(node.member_id()) {
@@ -554,7 +608,7 @@ async fn snapshot_transfer(
             }
         }
     };
-    let mut client = connect(urls)
+    let mut client = connect(urls, tls)
         .await
         .ok_or_else(|| Error::Internal("cannot reach peer".into()))?;
     let call = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));

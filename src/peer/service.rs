@@ -1,4 +1,9 @@
 //! The receiving side of the transport: the `Peer` gRPC service on `--listen-peer-urls`.
+//!
+//! On an `https://` peer URL each accepted connection runs its TLS handshake on a task of its own
+//! (bounded by `HANDSHAKE_TIMEOUT`) and only then reaches the gRPC server, so a stalled dialler
+//! never holds up the others. With `--peer-client-cert-auth` (or a peer trusted CA) a member
+//! without a certificate from that CA fails the handshake.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -18,6 +23,103 @@ use crate::proto::peerpb::peer_server::{Peer, PeerServer};
 const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
 /// Largest snapshot accepted: a backend over this is refused rather than written to disk.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+/// How long a peer's TLS handshake may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An accepted peer connection after its TLS handshake, as tonic's server takes it.
+struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = Option<SocketAddr>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.get_ref().0.peer_addr().ok()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` and hands each connection, once its handshake succeeded, to `tx`; ends
+/// when the receiving server is gone.
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<TlsConn>>,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait rather than spin.
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = tx.closed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = tx.send(Ok(TlsConn(stream))).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%remote, error = %e, "peer TLS handshake failed")
+                }
+                Err(_) => tracing::warn!(%remote, "peer TLS handshake timed out"),
+            }
+        });
+    }
+}
 
 /// The `Peer` service of one member: the transport's receiving side, with its node and counters.
 pub struct PeerService {
@@ -202,16 +304,18 @@ async fn receive_file(
     Ok(())
 }
 
-/// Serves the peer service of `transport`'s member on `listener` until `shutdown` resolves.
+/// Serves the peer service of `transport`'s member on `listener` until `shutdown` resolves; with
+/// `tls`, over TLS.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     transport: Arc<Transport>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let svc = PeerService { transport };
-    tracing::info!(addr = ?addr, "serving the peer API");
-    tonic::transport::Server::builder()
+    tracing::info!(addr = ?addr, tls = tls.is_some(), "serving the peer API");
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(crate::peer::STREAM_WINDOW)
         .initial_connection_window_size(crate::peer::STREAM_WINDOW)
@@ -219,11 +323,29 @@ pub async fn serve(
             PeerServer::new(svc)
                 .max_decoding_message_size(MAX_BATCH_BYTES)
                 .max_encoding_message_size(MAX_BATCH_BYTES),
-        )
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .map_err(|e| Error::Internal(format!("peer server: {e}")))
+        );
+    let served = match tls {
+        None => {
+            server
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+        Some(config) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let accepting = tokio::spawn(accept_tls(listener, acceptor, tx));
+            let served = server
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    shutdown,
+                )
+                .await;
+            accepting.abort();
+            served
+        }
+    };
+    served.map_err(|e| Error::Internal(format!("peer server: {e}")))
 }

@@ -128,7 +128,7 @@ async fn a_follower_that_stops_reading_fails_the_transfer_and_frees_the_copy() {
     let node: Arc<dyn Node> = sender.clone();
     tokio::time::timeout(
         Duration::from_secs(20),
-        send_snapshot(msg, vec![url], node, faults, Arc::default()),
+        send_snapshot(msg, vec![url], node, faults, Arc::default(), None),
     )
     .await
     .expect("the transfer to a follower that stopped reading never gave up");

@@ -3,7 +3,7 @@
 //! passwords off the async threads before proposing, and reads the state after a linearizable
 //! barrier so a listing never misses an acknowledged change.
 
-use crate::auth::{Applied, AuthOp, AuthRequest, AuthStore, Caller, Issued};
+use crate::auth::{Applied, AuthOp, AuthRequest, AuthStore, Caller, ClientCertName, Issued};
 use crate::error::{Error, Result};
 use crate::proto::authpb::Permission;
 use crate::proto::etcdserverpb::{AuthenticateRequest, ResponseHeader};
@@ -20,6 +20,16 @@ impl Server {
     /// The caller a request carrying `token` is (see [`AuthStore::caller`]).
     pub fn caller(&self, token: Option<&str>) -> Result<Caller> {
         self.shared().auth.caller(token)
+    }
+
+    /// The caller a request carrying `token`, on a connection with client certificate `cert`, is
+    /// (see [`AuthStore::caller_or_cert`]).
+    pub fn caller_or_cert(
+        &self,
+        token: Option<&str>,
+        cert: Option<&ClientCertName>,
+    ) -> Result<Caller> {
+        self.shared().auth.caller_or_cert(token, cert)
     }
 
     /// The caller that HTTP Basic credentials make, after a password check off the async threads.

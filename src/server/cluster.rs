@@ -177,10 +177,12 @@ pub fn join(config: &Config) -> Result<peerpb::Members> {
             "--initial-cluster-state existing needs the other members in --initial-cluster".into(),
         ));
     }
+    let tls = crate::tls::peer_client(config)?;
     let runtime = tokio::runtime::Handle::current();
     let members = runtime.block_on(async {
         for url in &others {
-            let Some(mut client) = crate::peer::connect(std::slice::from_ref(url)).await else {
+            let Some(mut client) = crate::peer::connect(std::slice::from_ref(url), &tls).await
+            else {
                 continue;
             };
             if let Ok(resp) = client.members(peerpb::MembersRequest {}).await {
@@ -253,16 +255,18 @@ impl Server {
         }
     }
 
-    /// Serves the peer API on `listener` until `shutdown` resolves.
+    /// Serves the peer API on `listener` until `shutdown` resolves; with `tls` (see
+    /// [`crate::tls::peer_server`]), over TLS.
     pub async fn serve_peers(
         self,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let Some(transport) = self.shared().transport.get().cloned() else {
             return;
         };
-        if let Err(e) = crate::peer::service::serve(listener, transport, shutdown).await {
+        if let Err(e) = crate::peer::service::serve(listener, transport, tls, shutdown).await {
             tracing::error!(error = %e, "the peer API stopped");
         }
     }

@@ -543,12 +543,13 @@ impl Server {
 
         let (raft_tx, raft_rx) = mpsc::channel();
         *shared.raft_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(raft_tx);
-        let transport = Transport::new(
+        let transport = Transport::with_tls(
             Arc::new(cluster::PeerNode {
                 shared: shared.clone(),
                 data_dir: config.data_dir.clone(),
             }),
             tokio::runtime::Handle::current(),
+            crate::tls::peer_client(&config)?,
         );
         for m in &members.members {
             transport.add_peer(m.id, m.peer_urls.clone());

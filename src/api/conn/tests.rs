@@ -55,6 +55,7 @@ async fn serve_limited(
             round: crate::api::conn::run_round,
             remote: None,
             liveness: crate::api::conn::Liveness::NONE,
+            client_cert: None,
         };
         serve_connection(tcp, routes, async move {
             let _ = stop_rx.await;

@@ -24,7 +24,7 @@ pub mod watch;
 use axum::Router;
 use tonic::Status;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, ClientCertName};
 
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -39,10 +39,15 @@ use crate::server::Server;
 /// The metadata key etcd clients send their auth token under.
 pub const TOKEN_METADATA_KEY: &str = "token";
 
-/// The caller a request with these HTTP/2 headers (gRPC metadata) is: the token under `token`, as
-/// etcd clients send it, or under `authorization` (grpc-gateway's key). With auth disabled, no token
-/// is looked at.
-pub fn caller_of_headers(server: &Server, headers: &http::HeaderMap) -> Result<Caller, Status> {
+/// The caller a request with these HTTP/2 headers (gRPC metadata) and extensions is: the token
+/// under `token`, as etcd clients send it, or under `authorization` (grpc-gateway's key); without
+/// one, the user its connection's client certificate names ([`ClientCertName`]). With auth
+/// disabled, nothing is looked at.
+pub fn caller_of_headers(
+    server: &Server,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Caller, Status> {
     if !server.auth().is_enabled() {
         return Ok(Caller::ANONYMOUS);
     }
@@ -50,7 +55,9 @@ pub fn caller_of_headers(server: &Server, headers: &http::HeaderMap) -> Result<C
         .get(TOKEN_METADATA_KEY)
         .or_else(|| headers.get(http::header::AUTHORIZATION))
         .and_then(|v| v.to_str().ok());
-    server.caller(token).map_err(|e| e.to_status())
+    server
+        .caller_or_cert(token, extensions.get::<ClientCertName>())
+        .map_err(|e| e.to_status())
 }
 
 /// [`caller_of_headers`] for a tonic request.
@@ -63,7 +70,9 @@ pub fn caller_of<T>(server: &Server, req: &tonic::Request<T>) -> Result<Caller, 
         .get(TOKEN_METADATA_KEY)
         .or_else(|| md.get("authorization"))
         .and_then(|v| v.to_str().ok());
-    server.caller(token).map_err(|e| e.to_status())
+    server
+        .caller_or_cert(token, req.extensions().get::<ClientCertName>())
+        .map_err(|e| e.to_status())
 }
 
 /// For the Lock and Election services, which act on the keys under `name/` for their caller: with

@@ -150,7 +150,7 @@ async fn serve_range(
         Ok(m) => m,
         Err(status) => return status.into_http(),
     };
-    let caller = match caller_of_headers(kv.server(), &parts.headers) {
+    let caller = match caller_of_headers(kv.server(), &parts.headers, &parts.extensions) {
         Ok(c) => c,
         Err(status) => return status.into_http(),
     };

@@ -239,10 +239,15 @@ impl Watch for WatchService {
             .or_else(|| req.metadata().get("authorization"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let cert = req
+            .extensions()
+            .get::<crate::auth::ClientCertName>()
+            .cloned();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let session = Session {
             server: self.server.clone(),
             token,
+            cert,
             progress_interval: self.progress_interval,
             tx: Responses {
                 tx,
@@ -266,6 +271,9 @@ struct Session {
     server: Server,
     /// The auth token the stream was opened with, if any.
     token: Option<String>,
+    /// The Common Name of the connection's verified client certificate: the user when no token
+    /// was sent.
+    cert: Option<crate::auth::ClientCertName>,
     /// Handed to each `progress_notify` watch.
     progress_interval: Duration,
     /// The response stream; each forwarding task holds a clone.
@@ -636,7 +644,7 @@ impl Session {
             return true;
         }
         self.server
-            .caller(self.token.as_deref())
+            .caller_or_cert(self.token.as_deref(), self.cert.as_ref())
             .and_then(|caller| {
                 self.server
                     .auth()

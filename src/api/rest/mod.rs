@@ -49,7 +49,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::conn::PeerAddr;
-use crate::auth::Caller;
+use crate::auth::{Caller, ClientCertName};
 use crate::error::Error;
 use crate::mvcc::{Event, EventKind, KeyValue};
 use crate::proto::etcdserverpb::{
@@ -163,14 +163,21 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Who a REST request is: with auth enabled, the user its `Authorization` header names (HTTP Basic
-/// with a password, or a bearer token); with auth disabled, an anonymous client nothing is checked
-/// for.
-async fn rest_caller(server: &Server, headers: &HeaderMap) -> ApiResult<Caller> {
+/// with a password, or a bearer token), else the user its connection's verified client certificate
+/// names (`--client-cert-auth`); with auth disabled, an anonymous client nothing is checked for.
+async fn rest_caller(
+    server: &Server,
+    headers: &HeaderMap,
+    cert: Option<&ClientCertName>,
+) -> ApiResult<Caller> {
     if !server.auth().is_enabled() {
         return Ok(Caller::ANONYMOUS);
     }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError(Error::UserEmpty));
+        return match cert {
+            Some(cert) => Ok(server.caller_or_cert(None, Some(cert))?),
+            None => Err(ApiError(Error::UserEmpty)),
+        };
     };
     let value = value
         .to_str()
@@ -288,9 +295,10 @@ struct PutBody {
 async fn put(
     State(server): State<Server>,
     headers: HeaderMap,
+    cert: Option<Extension<ClientCertName>>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let caller = rest_caller(&server, &headers).await?;
+    let caller = rest_caller(&server, &headers, cert.as_ref().map(|c| &c.0)).await?;
     let bytes = read_body(&server, body).await?;
     let req: PutBody = parse_json(&bytes)?;
     let key = req
@@ -339,9 +347,10 @@ fn parse_rev(rev: Option<&str>) -> ApiResult<i64> {
 async fn get_key(
     State(server): State<Server>,
     headers: HeaderMap,
+    cert: Option<Extension<ClientCertName>>,
     Query(q): Query<KeyQuery>,
 ) -> ApiResult<Json<Value>> {
-    let caller = rest_caller(&server, &headers).await?;
+    let caller = rest_caller(&server, &headers, cert.as_ref().map(|c| &c.0)).await?;
     let key = required_key(q.key)?;
     let revision = parse_rev(q.rev.as_deref())?;
     let res = server
@@ -361,10 +370,11 @@ async fn get_key(
 async fn delete(
     State(server): State<Server>,
     headers: HeaderMap,
+    cert: Option<Extension<ClientCertName>>,
     Query(q): Query<KeyQuery>,
 ) -> ApiResult<Json<Value>> {
     // Routed for DELETE and for POST, the seed's compatibility mode (PowerShell).
-    let caller = rest_caller(&server, &headers).await?;
+    let caller = rest_caller(&server, &headers, cert.as_ref().map(|c| &c.0)).await?;
     let key = required_key(q.key)?;
     let res = server
         .delete_range_as(
@@ -391,10 +401,11 @@ struct CompactBody {
 async fn compact(
     State(server): State<Server>,
     headers: HeaderMap,
+    cert: Option<Extension<ClientCertName>>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
     // Any valid user may compact, as on gRPC; without auth, anyone.
-    rest_caller(&server, &headers).await?;
+    rest_caller(&server, &headers, cert.as_ref().map(|c| &c.0)).await?;
     let bytes = read_body(&server, body).await?;
     let req: CompactBody = parse_json(&bytes)?;
     if req.revision <= 0 {
@@ -433,9 +444,10 @@ async fn watch(
     Extension(per_client): Extension<Arc<WatchesPerClient>>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
+    cert: Option<Extension<ClientCertName>>,
     Query(q): Query<WatchQuery>,
 ) -> ApiResult<Response> {
-    let caller = rest_caller(&server, &headers).await?;
+    let caller = rest_caller(&server, &headers, cert.as_ref().map(|c| &c.0)).await?;
     let key = required_key(q.key)?;
     let start_revision = parse_rev(q.rev.as_deref())?;
     let prefix = flag(q.prefix.as_deref(), "prefix")?;

@@ -147,6 +147,7 @@ async fn served() -> Served {
         round: server.call_round(),
         remote: None,
         liveness: crate::api::conn::Liveness::NONE,
+        client_cert: None,
     };
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
