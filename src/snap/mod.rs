@@ -11,7 +11,9 @@
 //! transfer); the temporary copies every transfer sends from are bounded and accounted in [`copies`].
 //! Left out: keeping older snapshot files.
 
+pub mod bbolt;
 pub mod copies;
+pub mod etcd_format;
 
 /// Every `count` applied entries, take a snapshot (etcd's `--snapshot-count`).
 #[derive(Debug, Clone)]
