@@ -173,15 +173,19 @@ impl Writer {
 
     /// Adds `key` = `value` to the current bucket; keys must come in strictly increasing order.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut b = self
-            .current
-            .take()
-            .ok_or_else(|| Error::Internal("bbolt writer: put outside a bucket".into()))?;
-        if b.last.as_deref().is_some_and(|last| last >= key) {
+        let out_of_order = match &self.current {
+            None => return Err(Error::Internal("bbolt writer: put outside a bucket".into())),
+            Some(b) => b.last.as_deref().is_some_and(|last| last >= key),
+        };
+        if out_of_order {
             return Err(Error::Internal(
                 "bbolt writer: keys out of order in a bucket".into(),
             ));
         }
+        let mut b = self
+            .current
+            .take()
+            .ok_or_else(|| Error::Internal("bbolt writer: put outside a bucket".into()))?;
         b.last = Some(key.to_vec());
         let need = ELEMENT + key.len() + value.len();
         if Self::full(&b.leaf, need) {

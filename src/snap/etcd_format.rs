@@ -44,7 +44,9 @@ use crate::mvcc::kv::KeyValue;
 use crate::mvcc::revision::{Revision, TOMBSTONE};
 use crate::proto::etcdserverpb::AlarmMember;
 use crate::proto::peerpb;
-use crate::server::maintenance::{Sha256, SHA256_BYTES};
+
+/// Length of the SHA-256 trailer etcd appends to a snapshot.
+pub const SHA256_BYTES: usize = 32;
 
 /// The cluster version a snapshot says it was written by (etcd's `cluster` bucket). We speak 3.4's API.
 pub const CLUSTER_VERSION: &str = "3.4.0";
@@ -542,19 +544,19 @@ pub fn check_trailer(path: &Path, skip_hash_check: bool) -> Result<u64> {
     }
     let body = len - SHA256_BYTES as u64;
     let mut file = File::open(path)?;
-    let mut sha = Sha256::new();
+    let mut sha = <sha2::Sha256 as sha2::Digest>::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = body;
     while left > 0 {
         let n = buf.len().min(left as usize);
         file.read_exact(&mut buf[..n])?;
-        sha.update(&buf[..n]);
+        sha2::Digest::update(&mut sha, &buf[..n]);
         left -= n as u64;
     }
     let mut trailer = [0u8; SHA256_BYTES];
     file.read_exact(&mut trailer)?;
-    let got = sha.finish();
-    if got != trailer {
+    let got = sha2::Digest::finalize(sha);
+    if got.as_slice() != trailer {
         return Err(Error::Corrupt(format!(
             "expected sha256 {}, got {} (the snapshot is damaged)",
             hex(&trailer),

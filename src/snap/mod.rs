@@ -14,6 +14,7 @@
 pub mod bbolt;
 pub mod copies;
 pub mod etcd_format;
+pub mod restore;
 
 /// Every `count` applied entries, take a snapshot (etcd's `--snapshot-count`).
 #[derive(Debug, Clone)]
