@@ -265,7 +265,7 @@ pub struct Imported {
     pub revisions: u64,
     /// The last revision in the `key` bucket (0 if none).
     pub revision: i64,
-    /// The compaction the file had finished (0 if none).
+    /// The compaction the file had finished or scheduled (0 if none).
     pub compact_revision: i64,
     /// The consistent index the file covers.
     pub consistent_index: u64,
@@ -323,17 +323,21 @@ pub fn import(
         if e.key == META_CONSISTENT_INDEX {
             out.consistent_index = u64_of(e.value, "consistent_index")?;
             backend.put(Table::Meta, META_CONSISTENT_INDEX, e.value);
-        } else if e.key == META_FINISHED_COMPACT {
+        } else if e.key == META_FINISHED_COMPACT || e.key == META_SCHEDULED_COMPACT {
+            // A compaction etcd had scheduled (agreed through Raft) but not finished counts as
+            // done: etcd resumes it at start, and our store removes what lies below the mark.
             let (rev, _) = parse_etcd_rev_key(e.value)?;
-            out.compact_revision = rev.main;
-            backend.put(
-                Table::Meta,
-                META_FINISHED_COMPACT,
-                &(rev.main as u64).to_be_bytes(),
-            );
+            out.compact_revision = out.compact_revision.max(rev.main);
         }
         Ok(())
     })?;
+    if out.compact_revision > 0 {
+        backend.put(
+            Table::Meta,
+            META_FINISHED_COMPACT,
+            &(out.compact_revision as u64).to_be_bytes(),
+        );
+    }
 
     reader.for_each(&[b"alarm"], |e| {
         let am = AlarmMember::decode(e.key)?;
@@ -377,8 +381,6 @@ pub fn import(
     }
     backend.commit()?;
     progress(total, total);
-    // A compaction etcd had scheduled but not finished is not resumed: the records it would have
-    // removed stay readable above the finished mark, which is only more history.
     Ok(out)
 }
 
