@@ -114,7 +114,10 @@ impl RestoreArgs {
         };
         flag("data-dir", self.data_dir.clone().map(Into::into));
         flag("name", self.name.clone().map(Into::into));
-        flag("initial-cluster", self.initial_cluster.clone().map(Into::into));
+        flag(
+            "initial-cluster",
+            self.initial_cluster.clone().map(Into::into),
+        );
         flag(
             "initial-cluster-token",
             self.initial_cluster_token.clone().map(Into::into),

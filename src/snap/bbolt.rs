@@ -503,7 +503,8 @@ impl Reader {
                 return Err(corrupt(format!("page {id} overflows past the file")));
             }
             buf.resize(ps * (overflow as usize + 1), 0);
-            self.file.read_exact_at(&mut buf[ps..], (id + 1) * ps as u64)?;
+            self.file
+                .read_exact_at(&mut buf[ps..], (id + 1) * ps as u64)?;
         }
         self.pages_read.set(self.pages_read.get() + 1 + overflow);
         Ok(buf)

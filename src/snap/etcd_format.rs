@@ -112,7 +112,11 @@ struct EtcdMember {
     id: u64,
     #[serde(rename = "peerURLs", default)]
     peer_urls: Vec<String>,
-    #[serde(rename = "isLearner", default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        rename = "isLearner",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     is_learner: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     name: String,
@@ -592,7 +596,9 @@ mod tests {
             "{\"hash\":3188408315,\"revision\":6,\"totalKey\":15,\"totalSize\":20480}\n"
         );
         assert_eq!(st.simple(), "be0b3ffb, 6, 15, 20 kB\n");
-        assert!(st.table().contains("| be0b3ffb |        6 |         15 |      20 kB |"));
+        assert!(st
+            .table()
+            .contains("| be0b3ffb |        6 |         15 |      20 kB |"));
         check_trailer(&fixture(), false).unwrap();
     }
 
@@ -614,10 +620,7 @@ mod tests {
             .unwrap();
         let kv = KeyValue::decode(tomb.as_slice()).unwrap();
         assert_eq!((kv.key.as_slice(), kv.mod_revision), (b"b".as_slice(), 5));
-        assert_eq!(
-            backend.get(Table::Auth, b"enabled").unwrap(),
-            Some(vec![1])
-        );
+        assert_eq!(backend.get(Table::Auth, b"enabled").unwrap(), Some(vec![1]));
         let members = members(&reader).unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].name, "e1");
