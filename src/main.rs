@@ -126,7 +126,14 @@ fn snapshot_command(command: &SnapshotCommand) -> ExitCode {
                     members: mini_etcd::server::membership::Membership::bootstrap(&config),
                 };
                 let mut bar = Progress::new();
-                let imported = restore::restore(&opts, &mut |done, total| bar.show(done, total))?;
+                // The WAL is written in the staging directory, so the restore stays all or nothing.
+                let mut finish = |staging: &std::path::Path| {
+                    let mut at = config.clone();
+                    at.data_dir = staging.to_path_buf();
+                    mini_etcd::server::bootstrap_restored(&at)
+                };
+                let imported =
+                    restore::restore(&opts, &mut |done, total| bar.show(done, total), &mut finish)?;
                 bar.done();
                 Ok((opts.data_dir, imported))
             };

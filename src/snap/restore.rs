@@ -9,10 +9,11 @@
 //!
 //! What the directory holds: `member/db`, our redb backend with every revision, tombstone,
 //! compaction mark, lease, user, role and alarm of the snapshot, its consistent index, and the
-//! membership of the restoring member's flags. There is no WAL yet: the server creates one at its
-//! first start and, because the backend's consistent index is ahead of it, restarts the log from
-//! the backend (`server/maintenance.rs`). The server must be started with the same cluster flags the
-//! restore was given, as etcd's restored members must.
+//! membership of the restoring member's flags; and whatever the caller's `finish` step adds before
+//! the rename (the binary has the server write a new WAL for that membership,
+//! `server::bootstrap_restored`). At the first start, the backend's consistent index is ahead of
+//! that WAL, so the log restarts from the backend (`server/maintenance.rs`). The server must be
+//! started with the same cluster flags the restore was given, as etcd's restored members must.
 //!
 //! Left out: etcd's v2 store and WAL from the snapshot's member (a v3 snapshot has neither).
 
@@ -43,8 +44,14 @@ pub struct RestoreOptions {
 }
 
 /// Restores `opts.snapshot` into `opts.data_dir` (see the module docs). `progress(done, total)` is
-/// called now and then with pages read out of the file's pages.
-pub fn restore(opts: &RestoreOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Imported> {
+/// called now and then with pages read out of the file's pages. `finish(dir)` runs on the complete
+/// staging directory before it is renamed into place (the server writes its WAL there); its failure
+/// fails the restore like any other.
+pub fn restore(
+    opts: &RestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    finish: &mut dyn FnMut(&Path) -> Result<()>,
+) -> Result<Imported> {
     if opts.data_dir.exists() {
         return Err(Error::InvalidArgument(format!(
             "data-dir {:?} exists",
@@ -71,6 +78,8 @@ pub fn restore(opts: &RestoreOptions, progress: &mut dyn FnMut(u64, u64)) -> Res
         std::fs::remove_dir_all(&staging)?;
     }
     let result = build(&reader, &staging, &opts.members, progress).and_then(|imported| {
+        finish(&staging)?;
+        sync_dir(&staging.join("member"))?;
         std::fs::rename(&staging, &opts.data_dir)?;
         sync_dir(&parent)?;
         Ok(imported)
@@ -204,7 +213,7 @@ mod tests {
             members: peerpb::Members::default(),
         };
         let mut calls = 0;
-        let imported = restore(&opts, &mut |_, _| calls += 1).unwrap();
+        let imported = restore(&opts, &mut |_, _| calls += 1, &mut |_| Ok(())).unwrap();
         assert!(calls > 0);
         assert_eq!(imported.revisions, 3);
         assert_eq!(imported.revision, 4);
@@ -220,7 +229,7 @@ mod tests {
         );
 
         // The target exists now: a second restore is refused and changes nothing.
-        assert!(restore(&opts, &mut |_, _| {}).is_err());
+        assert!(restore(&opts, &mut |_, _| {}, &mut |_| Ok(())).is_err());
     }
 
     #[test]
@@ -248,7 +257,9 @@ mod tests {
                 skip_hash_check: false,
                 members: peerpb::Members::default(),
             };
-            let err = restore(&opts, &mut |_, _| {}).unwrap_err().to_string();
+            let err = restore(&opts, &mut |_, _| {}, &mut |_| Ok(()))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("hash") || err.contains("sha256"), "{err}");
             assert!(!target.exists());
             let leftovers: Vec<_> = std::fs::read_dir(dir.path())
