@@ -1379,7 +1379,7 @@ fn create_member(
 }
 
 /// For `mini-etcd snapshot restore`: makes the data directory of `config`, which holds a restored
-/// backend and no WAL, a new member of the `--initial-cluster` membership (see [`create_member`]).
+/// backend and no WAL, a new member of the `--initial-cluster` membership (as a fresh start does).
 /// A start with the same flags then finds its WAL and identity; the backend's consistent index,
 /// ahead of the new WAL, makes the log restart from the backend.
 pub fn bootstrap_restored(config: &Config) -> Result<()> {
