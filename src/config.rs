@@ -3,8 +3,8 @@
 //! Flag names are etcd's where the concept matches (`--name`, `--data-dir`, `--listen-client-urls`, ...)
 //! and each flag can also come from the environment variable etcd would read (`ETCD_NAME`,
 //! `ETCD_DATA_DIR`, ...), so an etcd operator's scripts and unit files carry over. Flags win over the
-//! environment. Ours alone: `--listen-rest-url` (the seed's REST API) and the `repair` and `bench`
-//! subcommands.
+//! environment. Ours alone: `--listen-rest-url` (the seed's REST API) and the `repair`, `bench` and
+//! `snapshot` subcommands (the last is etcdctl's `snapshot status` and `snapshot restore`).
 //!
 //! Some flags only matter once later pieces land (peers, quotas); they are accepted and validated now so
 //! that a command line written today keeps working.
@@ -54,6 +54,83 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Draw charts (SVG) from saved benchmark runs.
     Plot(crate::bench::plot::PlotArgs),
+    /// Snapshot files in etcd's format: `status` and `restore`, as `etcdctl snapshot` has them.
+    Snapshot {
+        /// What to do with the file.
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+/// `mini-etcd snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Print a snapshot's hash, revision, total keys and total size, as `etcdctl snapshot status`.
+    Status {
+        /// The snapshot file (etcd's or ours).
+        file: PathBuf,
+        /// Output format: simple, json or table.
+        #[arg(short = 'w', long = "write-out", default_value = "simple", value_parser = ["simple", "json", "table"])]
+        write_out: String,
+    },
+    /// Build a new data directory from a snapshot (etcd's or ours), as `etcdctl snapshot restore`.
+    Restore(RestoreArgs),
+}
+
+/// Flags of `mini-etcd snapshot restore`. The cluster flags mean what they mean to the server (and
+/// default as they do there): the restored member's membership is the one a server started with
+/// the same flags bootstraps.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
+    /// The data directory to create; it must not exist [default: ./NAME.mini-etcd].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The restored member's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The cluster the restored member belongs to: `name1=url1,name2=url2`.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// The cluster token (mixed into member and cluster ids).
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
+    /// The restored member's peer URLs.
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Restore a file without a SHA-256 trailer (a copied backend file).
+    #[arg(long)]
+    pub skip_hash_check: bool,
+}
+
+impl RestoreArgs {
+    /// The server configuration these flags describe (everything else at its default).
+    pub fn config(&self) -> Result<Config> {
+        let mut argv: Vec<std::ffi::OsString> = vec!["mini-etcd".into()];
+        let mut flag = |name: &str, value: Option<std::ffi::OsString>| {
+            if let Some(v) = value {
+                argv.push(format!("--{name}").into());
+                argv.push(v);
+            }
+        };
+        flag("data-dir", self.data_dir.clone().map(Into::into));
+        flag("name", self.name.clone().map(Into::into));
+        flag(
+            "initial-cluster",
+            self.initial_cluster.clone().map(Into::into),
+        );
+        flag(
+            "initial-cluster-token",
+            self.initial_cluster_token.clone().map(Into::into),
+        );
+        flag(
+            "initial-advertise-peer-urls",
+            self.initial_advertise_peer_urls.clone().map(Into::into),
+        );
+        let cli = Cli::try_parse_from(argv).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Config::from_args(cli.server)
+    }
 }
 
 /// Flags of the server. Each one can also be set by the `ETCD_*` environment variable etcd uses.

@@ -1,4 +1,5 @@
-//! `mini-etcd`: command line -> configuration -> server start, and the `repair` and `bench` subcommands.
+//! `mini-etcd`: command line -> configuration -> server start, and the `repair`, `bench` and
+//! `snapshot` subcommands.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use mini_etcd::config::{Cli, Command, Config};
+use mini_etcd::config::{Cli, Command, Config, SnapshotCommand};
 use mini_etcd::server::Server;
 
 fn main() -> ExitCode {
@@ -36,6 +37,9 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Plot(args)) = &cli.command {
         return mini_etcd::bench::plot::main(args);
+    }
+    if let Some(Command::Snapshot { command }) = &cli.command {
+        return snapshot_command(command);
     }
     if let Some(Command::Repair { data_dir }) = cli.command {
         let wal_dir = data_dir.join("member").join("wal");
@@ -92,6 +96,110 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             eprintln!("mini-etcd: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mini-etcd snapshot status|restore`: etcdctl's output and exit codes.
+fn snapshot_command(command: &SnapshotCommand) -> ExitCode {
+    use mini_etcd::snap::{etcd_format, restore};
+    match command {
+        SnapshotCommand::Status { file, write_out } => match etcd_format::status(file) {
+            Ok(st) => {
+                let text = match write_out.as_str() {
+                    "json" => st.json(),
+                    "table" => st.table(),
+                    _ => st.simple(),
+                };
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        SnapshotCommand::Restore(args) => {
+            let run = || -> mini_etcd::Result<_> {
+                let config = args.config()?;
+                let opts = restore::RestoreOptions {
+                    snapshot: args.file.clone(),
+                    data_dir: config.data_dir.clone(),
+                    skip_hash_check: args.skip_hash_check,
+                    members: mini_etcd::server::membership::Membership::bootstrap(&config),
+                };
+                let mut bar = Progress::new();
+                // The WAL is written in the staging directory, so the restore stays all or nothing.
+                let mut finish = |staging: &std::path::Path| {
+                    let mut at = config.clone();
+                    at.data_dir = staging.to_path_buf();
+                    mini_etcd::server::bootstrap_restored(&at)
+                };
+                let imported =
+                    restore::restore(&opts, &mut |done, total| bar.show(done, total), &mut finish)?;
+                bar.done();
+                Ok((opts.data_dir, imported))
+            };
+            match run() {
+                Ok((dir, imported)) => {
+                    println!(
+                        "restored snapshot to {}: revision {}, {} revisions, compacted at {}, {} leases, consistent index {}",
+                        dir.display(),
+                        imported.revision,
+                        imported.revisions,
+                        imported.compact_revision,
+                        imported.leases,
+                        imported.consistent_index
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal (a log or a pipe gets
+/// nothing), redrawn only when the percentage changes.
+struct Progress {
+    /// Whether stderr is a terminal.
+    tty: bool,
+    /// The last percentage drawn.
+    last: Option<u64>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    fn show(&mut self, done: u64, total: u64) {
+        if !self.tty || total == 0 {
+            return;
+        }
+        let pct = (done.min(total) * 100) / total;
+        if self.last == Some(pct) {
+            return;
+        }
+        self.last = Some(pct);
+        let filled = (pct / 4) as usize;
+        eprint!(
+            "\rrestoring [{}{}] {pct:>3}%",
+            "#".repeat(filled),
+            " ".repeat(25 - filled)
+        );
+    }
+
+    fn done(&self) {
+        if self.tty && self.last.is_some() {
+            eprintln!();
         }
     }
 }

@@ -420,11 +420,25 @@ async fn snapshot_streams_and_restores() {
     file.extend_from_slice(&trailer.blob);
     node.kill();
 
-    // Restore: the file as member/db of a fresh data dir, no WAL.
-    let restored = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(restored.path().join("member")).unwrap();
-    std::fs::write(restored.path().join("member").join("db"), &file).unwrap();
-    let node = Node::start(restored.path(), &[]).await;
+    // Restore: `mini-etcd snapshot restore` builds a fresh data dir (etcd's format, see
+    // tests/snapshot_etcd.rs for etcd and etcdctl on the same files).
+    let restored_parent = tempfile::tempdir().unwrap();
+    let saved = restored_parent.path().join("snap.db");
+    std::fs::write(&saved, &file).unwrap();
+    let restored = restored_parent.path().join("data");
+    let (status, out) = common::run_cli(
+        &[
+            "snapshot",
+            "restore",
+            saved.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ],
+        common::EXIT_BOUND,
+    )
+    .await;
+    assert!(status.success(), "snapshot restore: {out}");
+    let node = Node::start(&restored, &[]).await;
     let mut kv = node.kv().await;
     assert_eq!(get(&mut kv, "last").await, Some(b"one".to_vec()));
     assert_eq!(count_prefix(&mut kv, "s/").await, 1000);
@@ -433,7 +447,7 @@ async fn snapshot_streams_and_restores() {
     // And the restored member keeps its writes across a restart.
     drop(kv);
     drop(node);
-    let node = Node::start(restored.path(), &[]).await;
+    let node = Node::start(&restored, &[]).await;
     let mut kv = node.kv().await;
     assert_eq!(get(&mut kv, "new").await, Some(b"write".to_vec()));
     assert_eq!(count_prefix(&mut kv, "s/").await, 1000);

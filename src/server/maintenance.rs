@@ -14,14 +14,18 @@
 //! does since 3.x, by one last chunk holding the SHA-256 of everything sent before it (also with
 //! `remaining_bytes` 0). `etcdctl snapshot save` writes the whole stream, trailer included, to a file.
 //!
-//! The file is a redb database, not a bbolt one: `etcdctl snapshot restore` and `snapshot status`
-//! cannot read it. To restore, place it as `member/db` of a fresh data directory (no `member/wal`)
-//! and start the server there. [`prepare_restored_db`] then checks and strips the SHA-256 trailer if
-//! the file has one (refusing to start on a mismatch), and the server starts from the database's state:
-//! with no WAL, a new one is created, and because the backend's consistent index is ahead of it, the log
-//! restarts from the backend as its snapshot (the same path as after `mini-etcd repair`). The member
-//! keeps the id and cluster id of its own configuration, not those of the member the snapshot came
-//! from.
+//! The file is etcd's: a bbolt database holding etcd's buckets (`snap/etcd_format.rs`), built from
+//! one redb read transaction, so `etcdctl snapshot status` and `etcdctl snapshot restore` read it and
+//! real etcd starts from what they restore. `mini-etcd snapshot restore` reads it too (and etcd's own
+//! snapshots): it builds a data directory whose `member/db` is our redb backend; the server started
+//! there finds no WAL, creates one, and because the backend's consistent index is ahead of it, the
+//! log restarts from the backend as its snapshot (the same path as after `mini-etcd repair`). The
+//! member keeps the id and cluster id of its own configuration, not those of the member the
+//! snapshot came from.
+//!
+//! [`prepare_restored_db`] keeps the older way working: a redb backend file (an earlier mini-etcd's
+//! snapshot) placed as `member/db` of a fresh data directory has its SHA-256 trailer checked and
+//! stripped at start.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -112,9 +116,9 @@ impl Server {
         let mut copy = copies.start(path, backend.size_bytes().unwrap_or(0), Some(slot));
         let header = self.header(self.revision());
         let dest = copy.path().to_path_buf();
-        let total = blocking(move || backend.snapshot_to(&dest)).await?;
+        let total = blocking(move || etcd_snapshot(&backend, &dest)).await?;
         copy.settle(total);
-        tracing::info!(bytes = total, "sending a backend snapshot");
+        tracing::info!(bytes = total, "sending a snapshot in etcd's format");
         let timeout = copies.send_timeout();
         let (tx, rx) = mpsc::channel(4);
         let failure = Arc::new(Mutex::new(None));
@@ -155,6 +159,28 @@ impl Server {
             },
         }
     }
+}
+
+/// Writes the backend's committed state to `dest` as etcd's snapshot file (a bbolt database, see
+/// `snap/etcd_format.rs`); returns its size. The state is first copied, consistently, from one redb
+/// read transaction into a redb file beside `dest` (so the live backend is never held while the
+/// slower conversion runs, and the state is exactly one commit's: records, leases, auth, membership
+/// and the consistent index they cover); that intermediate copy is removed before this returns.
+fn etcd_snapshot(backend: &crate::mvcc::Backend, dest: &Path) -> Result<u64> {
+    let mut name = dest.as_os_str().to_owned();
+    // Still `db.snapshot.*.tmp`, so a crash leaves nothing `remove_stale` does not recognise.
+    name.push(".redb.tmp");
+    let redb_copy = std::path::PathBuf::from(name);
+    let result = backend.snapshot_to(&redb_copy).and_then(|_| {
+        let copy = crate::mvcc::Backend::open(&redb_copy)?;
+        crate::snap::etcd_format::export(&copy, dest)
+    });
+    if let Err(e) = std::fs::remove_file(&redb_copy) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %redb_copy.display(), error = %e, "cannot remove a snapshot copy");
+        }
+    }
+    result
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

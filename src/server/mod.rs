@@ -344,47 +344,7 @@ impl Server {
             } else {
                 cluster::join(&config)?
             };
-            let me = members
-                .members
-                .iter()
-                .find(|m| {
-                    m.peer_urls
-                        == config
-                            .initial_advertise_peer_urls
-                            .iter()
-                            .map(crate::config::url_text)
-                            .collect::<Vec<_>>()
-                })
-                .map(|m| m.id)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(
-                        "this member's peer URLs are not in the cluster's membership".into(),
-                    )
-                })?;
-            let meta = WalMetadata {
-                member_id: me,
-                cluster_id: members.cluster_id,
-                name: config.name.clone(),
-            };
-            // The membership is the backend's from the start (a restored backend may carry another
-            // cluster's: this member's configuration wins, as its ids do).
-            let mut batch = crate::mvcc::backend::WriteBatch::new();
-            Membership::new(members.clone()).save(&mut batch);
-            store.backend().write(batch);
-            store.commit_backend()?;
-            let mut wal = Wal::create(&wal_dir, &meta.encode_to_vec(), WalOptions::default())?;
-            let (voters, learners) = membership::conf_of(&members);
-            let mark = SnapshotMark {
-                index: 0,
-                term: 0,
-                conf_state: ConfState::from((voters, learners)),
-            };
-            wal.save_snapshot(&mark)?;
-            let contents = WalContents {
-                metadata: meta.encode_to_vec(),
-                snapshot: mark,
-                ..Default::default()
-            };
+            let (wal, contents, meta) = create_member(&config, &store, &members)?;
             (wal, contents, meta, members)
         };
         if members.removed.contains(&meta.member_id) {
@@ -1362,6 +1322,73 @@ fn check_identity(config: &Config, meta: &WalMetadata, members: &peerpb::Members
                 .join(",")
         )));
     }
+    Ok(())
+}
+
+/// Makes the data directory of `config` a member of `members` from the backend `store` holds: its
+/// membership record in the backend, and a new WAL (metadata: this member's id, the cluster id, its
+/// name; a snapshot mark at index 0 with the membership's configuration). The member is the one
+/// whose peer URLs are `--initial-advertise-peer-urls`.
+fn create_member(
+    config: &Config,
+    store: &Store,
+    members: &peerpb::Members,
+) -> Result<(Wal, WalContents, WalMetadata)> {
+    let wal_dir = config.data_dir.join("member").join("wal");
+    let me = members
+        .members
+        .iter()
+        .find(|m| {
+            m.peer_urls
+                == config
+                    .initial_advertise_peer_urls
+                    .iter()
+                    .map(crate::config::url_text)
+                    .collect::<Vec<_>>()
+        })
+        .map(|m| m.id)
+        .ok_or_else(|| {
+            Error::InvalidArgument(
+                "this member's peer URLs are not in the cluster's membership".into(),
+            )
+        })?;
+    let meta = WalMetadata {
+        member_id: me,
+        cluster_id: members.cluster_id,
+        name: config.name.clone(),
+    };
+    // The membership is the backend's from the start (a restored backend may carry another
+    // cluster's: this member's configuration wins, as its ids do).
+    let mut batch = crate::mvcc::backend::WriteBatch::new();
+    Membership::new(members.clone()).save(&mut batch);
+    store.backend().write(batch);
+    store.commit_backend()?;
+    let mut wal = Wal::create(&wal_dir, &meta.encode_to_vec(), WalOptions::default())?;
+    let (voters, learners) = membership::conf_of(members);
+    let mark = SnapshotMark {
+        index: 0,
+        term: 0,
+        conf_state: ConfState::from((voters, learners)),
+    };
+    wal.save_snapshot(&mark)?;
+    let contents = WalContents {
+        metadata: meta.encode_to_vec(),
+        snapshot: mark,
+        ..Default::default()
+    };
+    Ok((wal, contents, meta))
+}
+
+/// For `mini-etcd snapshot restore`: makes the data directory of `config`, which holds a restored
+/// backend and no WAL, a new member of the `--initial-cluster` membership (as a fresh start does).
+/// A start with the same flags then finds its WAL and identity; the backend's consistent index,
+/// ahead of the new WAL, makes the log restart from the backend.
+pub fn bootstrap_restored(config: &Config) -> Result<()> {
+    let store = Store::open(&config.data_dir.join("member").join("db"))?;
+    let members = Membership::bootstrap(config);
+    let (wal, _, _) = create_member(config, &store, &members)?;
+    drop(wal);
+    store.commit_backend()?;
     Ok(())
 }
 

@@ -9,9 +9,19 @@
 //!
 //! Shipping the backend to a follower that fell behind the log is `peer`'s (etcd's `.snap.db`
 //! transfer); the temporary copies every transfer sends from are bounded and accounted in [`copies`].
+//!
+//! A client's snapshot (`etcdctl snapshot save`) is a different thing: a file in etcd's own format,
+//! a bbolt database of etcd's buckets plus a SHA-256, so etcd's tools and etcd itself read ours and
+//! we read theirs. [`bbolt`] writes and reads the container, [`etcd_format`] maps etcd's buckets to
+//! our tables and back (and computes `snapshot status`), [`restore`] builds a data directory from
+//! such a file. The format is described in `docs/snapshot-format.md`.
+//!
 //! Left out: keeping older snapshot files.
 
+pub mod bbolt;
 pub mod copies;
+pub mod etcd_format;
+pub mod restore;
 
 /// Every `count` applied entries, take a snapshot (etcd's `--snapshot-count`).
 #[derive(Debug, Clone)]

@@ -1,0 +1,360 @@
+//! Snapshots in etcd's format, both ways, against real etcd 3.4 and etcdctl 3.4.
+//!
+//! - etcd -> `etcdctl snapshot save` -> `mini-etcd snapshot restore` -> mini-etcd serves the same
+//!   keys, values, revisions, versions, history (a deleted key's), compaction and lease.
+//! - mini-etcd -> `etcdctl snapshot save` -> `etcdctl snapshot status` -> `etcdctl snapshot
+//!   restore` -> real etcd serves the same.
+//! - A snapshot with one byte flipped, or cut short, is refused by both restores, and neither
+//!   leaves a data directory behind.
+//! - `mini-etcd snapshot status` prints what `etcdctl snapshot status` prints, in every format.
+//!
+//! Each test starts etcd (`/usr/bin/etcd`, or `COMPAT_REFERENCE_ETCD`) itself on free loopback
+//! ports; a missing etcd or etcdctl fails the test, it is never skipped. Every wait is bounded.
+
+mod common;
+mod compat;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use compat::{connect_url, etcdctl_path, ok};
+use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
+
+/// Path of the etcd server: `COMPAT_REFERENCE_ETCD` if set, else `/usr/bin/etcd`.
+fn etcd_path() -> PathBuf {
+    let path = PathBuf::from(common::reference_etcd().unwrap_or_else(|| "/usr/bin/etcd".into()));
+    assert!(
+        path.is_file(),
+        "{} not found: install etcd 3.4's server (`apt-get install -y etcd-server`); this suite \
+         must not be skipped",
+        path.display()
+    );
+    path
+}
+
+/// A real etcd on loopback ports; killed and reaped on drop.
+struct Etcd {
+    /// The process; `None` once reaped.
+    child: Option<Child>,
+    /// Holds its log.
+    log_dir: tempfile::TempDir,
+    /// Its client URL.
+    url: String,
+}
+
+impl Etcd {
+    /// Starts etcd named `name` on `data_dir` whose peer URL is `peer`, and waits until healthy.
+    async fn start(data_dir: &Path, name: &str, peer: &str) -> Etcd {
+        let log_dir = tempfile::tempdir().expect("tempdir for the etcd log");
+        let port = common::free_ports(1)[0];
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(log_dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new(etcd_path())
+            .arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={name}={peer}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let mut etcd = Etcd {
+            child: Some(child),
+            log_dir,
+            url,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("reqwest client");
+        let deadline = Instant::now() + common::START_BOUND;
+        loop {
+            if let Some(Ok(Some(status))) = etcd.child.as_mut().map(|c| c.try_wait()) {
+                etcd.child = None;
+                panic!("etcd exited at start with {status}; log:\n{}", etcd.log());
+            }
+            if let Ok(resp) = http.get(format!("{}/health", etcd.url)).send().await {
+                if resp.status().as_u16() == 200 {
+                    return etcd;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy; log:\n{}",
+                etcd.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        common::tail(
+            &common::read_log(&self.log_dir.path().join("etcd.log")),
+            6000,
+        )
+    }
+
+    async fn client(&self) -> Client {
+        connect_url(&self.url, || self.log()).await
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("---- etcd log ----\n{}", self.log());
+            }
+        }
+    }
+}
+
+/// A free loopback peer URL.
+fn peer_url() -> String {
+    format!("http://127.0.0.1:{}", common::free_ports(1)[0])
+}
+
+/// Runs a program to completion (bounded by the caller's test timeout): (success, stdout, stderr).
+fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(program)
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn etcdctl(args: &[&str]) -> (bool, String, String) {
+    run(&etcdctl_path(), args)
+}
+
+fn mini(args: &[&str]) -> (bool, String, String) {
+    run(Path::new(&common::bin()), args)
+}
+
+/// `etcdctl --endpoints=URL snapshot save FILE`.
+fn save(url: &str, file: &Path) {
+    let (ok, out, err) = etcdctl(&[
+        &format!("--endpoints={url}"),
+        "--dial-timeout=10s",
+        "--command-timeout=30s",
+        "snapshot",
+        "save",
+        &file.display().to_string(),
+    ]);
+    assert!(ok, "snapshot save: {out} {err}");
+}
+
+/// The history every test writes: revisions 2..=7 with an update, a delete, a compaction at 3
+/// and a key on a lease. Returns the lease id.
+async fn write_history(c: &mut Client) -> i64 {
+    ok("put a", c.put("a", "1", None).await); // 2
+    ok("put b", c.put("b", "2", None).await); // 3
+    ok("put a", c.put("a", "3", None).await); // 4
+    ok("delete b", c.delete("b", None).await); // 5
+    let lease = ok("grant", c.lease_grant(600, None).await).id();
+    let put = etcd_client::PutOptions::new().with_lease(lease);
+    ok("put c", c.put("c", "4", Some(put)).await); // 6
+    ok("put d", c.put("d", "x".repeat(10_000), None).await); // 7: spans overflow pages
+    let physical = etcd_client::CompactionOptions::new().with_physical();
+    ok("compact", c.compact(3, Some(physical)).await);
+    lease
+}
+
+/// Every live key as (key, value, create, mod, version, lease), and the current revision.
+type Keys = Vec<(String, String, i64, i64, i64, i64)>;
+
+async fn keys(c: &mut Client) -> (Keys, i64) {
+    let resp = ok(
+        "get all",
+        c.get("", Some(GetOptions::new().with_from_key())).await,
+    );
+    let rev = resp.header().expect("header").revision();
+    let kvs = resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap_or_default().to_string(),
+                kv.value_str().unwrap_or_default().to_string(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        })
+        .collect();
+    (kvs, rev)
+}
+
+/// Checks what a restored server serves against what the source served.
+async fn check_restored(what: &str, c: &mut Client, expect: &(Keys, i64), lease: i64) {
+    assert_eq!(&keys(c).await, expect, "{what}: live keys and revision");
+    // The deleted key's history: it existed at 4, not at 5.
+    let at4 = ok(
+        "get b@4",
+        c.get("b", Some(GetOptions::new().with_revision(4))).await,
+    );
+    assert_eq!(at4.kvs().len(), 1, "{what}: b at revision 4");
+    assert_eq!(at4.kvs()[0].value_str().unwrap_or_default(), "2");
+    let at5 = ok(
+        "get b@5",
+        c.get("b", Some(GetOptions::new().with_revision(5))).await,
+    );
+    assert!(at5.kvs().is_empty(), "{what}: b deleted at 5");
+    // Below the compaction: refused.
+    let err = c
+        .get("a", Some(GetOptions::new().with_revision(2)))
+        .await
+        .expect_err("revision 2 is compacted");
+    assert!(err.to_string().contains("compacted"), "{what}: {err}");
+    // The lease, with its key.
+    let ttl = ok(
+        "lease ttl",
+        c.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await,
+    );
+    assert!(ttl.ttl() > 0, "{what}: lease alive after restore");
+    assert_eq!(ttl.keys(), [b"c".to_vec()], "{what}: lease keys");
+}
+
+/// `status` of a file as (etcdctl's, ours), for each format.
+fn statuses_agree(file: &Path) {
+    let f = file.display().to_string();
+    for w in ["simple", "json", "table"] {
+        let (ok1, theirs, e1) = etcdctl(&["snapshot", "status", &f, "-w", w]);
+        let (ok2, ours, e2) = mini(&["snapshot", "status", &f, "-w", w]);
+        assert!(ok1, "etcdctl snapshot status: {e1}");
+        assert!(ok2, "mini-etcd snapshot status: {e2}");
+        assert_eq!(ours, theirs, "snapshot status -w {w}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_snapshot_restores_into_mini_etcd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(&dir.path().join("etcd"), "src", &peer_url()).await;
+    let mut c = etcd.client().await;
+    let lease = write_history(&mut c).await;
+    let expect = keys(&mut c).await;
+    let file = dir.path().join("etcd.db");
+    save(&etcd.url, &file);
+    drop(etcd);
+    statuses_agree(&file);
+
+    let data = dir.path().join("restored");
+    let (ok_restore, out, err) = mini(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+    ]);
+    assert!(ok_restore, "mini-etcd snapshot restore: {out} {err}");
+    let server = common::Server::start(&data, &[]).await;
+    let mut m = compat::connect(&server).await;
+    check_restored("mini-etcd from etcd's snapshot", &mut m, &expect, lease).await;
+    // And it goes on from there: the next write is the next revision.
+    let put = ok("put after restore", m.put("e", "5", None).await);
+    assert_eq!(put.header().expect("header").revision(), expect.1 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mini_etcd_snapshot_restores_into_etcd() {
+    let (server, dir) = compat::start(&[]).await;
+    let mut m = compat::connect(&server).await;
+    let lease = write_history(&mut m).await;
+    let expect = keys(&mut m).await;
+    let file = dir.path().join("mini.db");
+    save(&server.client_url(), &file);
+    statuses_agree(&file);
+
+    let data = dir.path().join("etcd-restored");
+    let peer = peer_url();
+    let (ok_restore, out, err) = etcdctl(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--name",
+        "dst",
+        "--initial-cluster",
+        &format!("dst={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    assert!(ok_restore, "etcdctl snapshot restore: {out} {err}");
+    let etcd = Etcd::start(&data, "dst", &peer).await;
+    let mut c = etcd.client().await;
+    check_restored("etcd from mini-etcd's snapshot", &mut c, &expect, lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_and_truncated_snapshots_are_refused() {
+    let (server, dir) = compat::start(&[]).await;
+    let mut m = compat::connect(&server).await;
+    write_history(&mut m).await;
+    let file = dir.path().join("good.db");
+    save(&server.client_url(), &file);
+    let good = std::fs::read(&file).expect("read snapshot");
+
+    let mut flipped = good.clone();
+    let mid = good.len() / 2;
+    flipped[mid] ^= 0x01;
+    let flipped_file = dir.path().join("flipped.db");
+    std::fs::write(&flipped_file, &flipped).expect("write");
+    let truncated_file = dir.path().join("truncated.db");
+    std::fs::write(&truncated_file, &good[..good.len() - 1000]).expect("write");
+
+    for bad in [&flipped_file, &truncated_file] {
+        let b = bad.display().to_string();
+        let ours = dir.path().join("ours");
+        let (ok1, _, err) = mini(&[
+            "snapshot",
+            "restore",
+            &b,
+            "--data-dir",
+            &ours.display().to_string(),
+        ]);
+        assert!(!ok1, "mini-etcd restored {b}");
+        assert!(err.contains("hash") || err.contains("sha256"), "{err}");
+        assert!(!ours.exists(), "mini-etcd left {} behind", ours.display());
+
+        let theirs = dir.path().join("theirs");
+        let peer = peer_url();
+        let (ok2, _, _) = etcdctl(&[
+            "snapshot",
+            "restore",
+            &b,
+            "--data-dir",
+            &theirs.display().to_string(),
+            "--name",
+            "x",
+            "--initial-cluster",
+            &format!("x={peer}"),
+            "--initial-advertise-peer-urls",
+            &peer,
+        ]);
+        assert!(!ok2, "etcdctl restored {b}");
+    }
+    // Nothing was half-restored beside the target either.
+    let strays: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
+        .collect();
+    assert!(strays.is_empty(), "{strays:?}");
+}
