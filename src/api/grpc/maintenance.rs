@@ -70,9 +70,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.admin(&req)?;
         self.server.defragment().await.map_err(|e| e.to_status())?;
-        Ok(Response::new(DefragmentResponse {
-            header: Some(self.server.header(self.server.revision())),
-        }))
+        // etcd 3.4 answers an empty message, without a header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -124,9 +123,8 @@ impl Maintenance for MaintenanceService {
             .move_leader(target)
             .await
             .map_err(|e| e.to_status())?;
-        Ok(Response::new(MoveLeaderResponse {
-            header: Some(self.server.header(self.server.revision())),
-        }))
+        // etcd 3.4 answers an empty message, without a header.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
