@@ -223,6 +223,12 @@ impl<Req: Clone, Resp: Serialize> Streams<Req, Resp> {
 
     /// The next message of each side, compared with `keys` masked; `[ours, theirs]` unmasked.
     async fn next(&mut self, what: &str, keys: &[&str]) -> [Value; 2] {
+        let outs = self.next_raw(what).await;
+        compare(what, keys, outs)
+    }
+
+    /// The next message of each side, not compared.
+    async fn next_raw(&mut self, what: &str) -> [Value; 2] {
         let mut outs = Vec::new();
         for rx in self.rx.iter_mut() {
             outs.push(match bounded(what, rx.message()).await {
@@ -231,8 +237,7 @@ impl<Req: Clone, Resp: Serialize> Streams<Req, Resp> {
                 Err(s) => status_json(&s),
             });
         }
-        let outs: [Value; 2] = outs.try_into().expect("two outcomes");
-        compare(what, keys, outs)
+        outs.try_into().expect("two outcomes")
     }
 }
 
@@ -749,7 +754,15 @@ async fn watch_stream() {
     }))
     .await;
     w.next("second watch created", &[]).await;
-    w.next("second watch catches up", &[]).await;
+    // Known difference, kept: a catch-up response's header carries the store's revision on etcd
+    // (4: the delete the filter dropped), the last event's on mini-etcd (3), which is never ahead
+    // of what the watch was sent (`src/api/grpc/watch.rs`).
+    let [ours, theirs] = w.next_raw("second watch catches up").await;
+    assert_eq!(theirs["header"]["revision"], "4", "etcd: {theirs}");
+    assert_eq!(ours["header"]["revision"], "3", "mini-etcd: {ours}");
+    let mut caught_up = [ours, theirs];
+    caught_up.iter_mut().for_each(|v| v["header"]["revision"] = json!("*"));
+    compare("second watch catches up", &[], caught_up);
 
     w.send(watch_progress()).await;
     w.next("progress", &[]).await;
@@ -1621,4 +1634,17 @@ async fn gateway_json() {
     same_gateway(&p, "/v3/lease/revoke", json!({"ID": 99}), &[]).await;
     same_gateway(&p, "/v3/maintenance/alarm", json!({}), &[]).await;
     same_gateway(&p, "/v3/auth/enable", json!({}), &[]).await;
+    same_gateway(&p, "/v3/lease/grant", json!({"TTL": 60, "ID": 1000}), &[]).await;
+    same_gateway(&p, "/v3/kv/range", json!({"key": "Zm9v", "revision": 1}), &[]).await;
+    same_gateway(&p, "/v3/kv/put", json!({"key": "Zm9v", "lease": 5}), &[]).await;
+    same_gateway(
+        &p,
+        "/v3/kv/txn",
+        json!({"success": [{"request_put": {"key": "YQ=="}}, {"request_put": {"key": "YQ=="}}]}),
+        &[],
+    )
+    .await;
+    same_gateway(&p, "/v3/maintenance/defragment", json!({}), &[]).await;
+    same_gateway(&p, "/v3/cluster/member/remove", json!({"ID": 42}), &[]).await;
+    same_gateway(&p, "/v3/auth/user/get", json!({"name": "nobody"}), &[]).await;
 }

@@ -55,9 +55,9 @@
 //!   produced it; for catch-up batches etcd uses the store's revision, we the last event's, which
 //!   is never ahead of what the watch has been sent).
 //! * Cancelling an id the stream does not have is ignored: no response.
-//! * A watch whose start revision was compacted gets one response with `compact_revision` set and
-//!   `canceled` true (etcd sets no `cancel_reason` there; clients derive the error from
-//!   `compact_revision`). Like etcd, the id stays taken until the client cancels it.
+//! * A watch whose start revision was compacted gets one response with `compact_revision` set,
+//!   `canceled` true and no revision in its header (etcd sets no `cancel_reason` there; clients
+//!   derive the error from `compact_revision`). Like etcd, the id stays taken until the client cancels it.
 //! * `progress_notify`: every progress interval (etcd: 10 minutes), a watch that was sent no events
 //!   in the last interval gets an empty response with its id and its progress revision, unless its
 //!   start revision is still in the future.
@@ -753,8 +753,9 @@ impl Forward {
     /// The responses for one hub batch: one, or several fragments.
     fn responses(&self, batch: WatchBatch) -> Vec<WatchResponse> {
         if batch.compact_revision != 0 {
+            // etcd's compaction notice leaves the header's revision at 0.
             return vec![WatchResponse {
-                header: Some(self.server.header(self.server.revision())),
+                header: Some(self.server.header(0)),
                 watch_id: self.id,
                 canceled: true,
                 compact_revision: batch.compact_revision,
