@@ -1045,6 +1045,14 @@ async fn maintenance_calls() {
         })
         .await);
 
+    same!("downgrade, which etcd 3.4 does not know", &[], |s| p
+        .maint(s)
+        .downgrade(DowngradeRequest {
+            action: downgrade_request::DowngradeAction::Validate as i32,
+            version: "3.4.0".into()
+        })
+        .await);
+
     // The first snapshot chunk: its header, and that it carries bytes.
     let [ours, theirs] = both!("snapshot", |s| {
         let mut stream = p.maint(s).snapshot(SnapshotRequest {}).await?.into_inner();

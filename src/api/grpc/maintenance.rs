@@ -131,8 +131,11 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        // etcd 3.4 has no Downgrade at all (gRPC Unimplemented); there is no older version of us to
-        // downgrade to either.
-        Err(Error::Unimplemented("etcdserver: downgrade is not supported".into()).to_status())
+        // etcd 3.4 has no Downgrade at all: grpc-go answers a method it does not know with this
+        // status. There is no older version of us to downgrade to either.
+        Err(Error::Unimplemented(
+            "unknown method Downgrade for service etcdserverpb.Maintenance".into(),
+        )
+        .to_status())
     }
 }
