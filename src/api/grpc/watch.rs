@@ -51,9 +51,9 @@
 //!   any other non-empty `range_end` at or below `key` is refused as above with `mvcc: watcher
 //!   range is empty`. A negative `start_revision` is refused as above with etcd's compacted text.
 //! * The `created` response and the `canceled` response carry the store's current revision. An
-//!   event response carries the revision of its last event (etcd: the revision of the write that
-//!   produced it; for catch-up batches etcd uses the store's revision, we the last event's, which
-//!   is never ahead of what the watch has been sent).
+//!   event response carries the revision of the write that produced it; one that ends a catch-up
+//!   from history, the revision the history read went to (etcd: the store's revision), so
+//!   revisions the watch's filters dropped count. That is never ahead of what the watch was sent.
 //! * Cancelling an id the stream does not have is ignored: no response.
 //! * A watch whose start revision was compacted gets one response with `compact_revision` set,
 //!   `canceled` true and no revision in its header (etcd sets no `cancel_reason` there; clients
@@ -762,10 +762,12 @@ impl Forward {
                 ..Default::default()
             }];
         }
-        let revision = batch
-            .events
-            .last()
-            .map_or_else(|| self.server.revision(), |e| e.kv.mod_revision);
+        // The revision the batch brings the watch to: for a catch-up, etcd's store revision.
+        let revision = match batch.events.last() {
+            _ if batch.revision != 0 => batch.revision,
+            Some(e) => e.kv.mod_revision,
+            None => self.server.revision(),
+        };
         let resp = WatchResponse {
             header: Some(self.server.header(revision)),
             watch_id: self.id,
