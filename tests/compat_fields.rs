@@ -82,10 +82,7 @@ impl Pair {
 
     async fn start_with(mini_flags: &[&str]) -> Pair {
         let ((mini, dir), etcd) = tokio::join!(start(mini_flags), Etcd::start());
-        let chans = [
-            channel(&mini.client_url()).await,
-            channel(&etcd.url).await,
-        ];
+        let chans = [channel(&mini.client_url()).await, channel(&etcd.url).await];
         Pair {
             mini,
             _mini_dir: dir,
@@ -619,7 +616,10 @@ async fn kv_txn() {
             ],
         })
         .await);
-    same!("txn empty", &[], |s| p.kv(s).txn(TxnRequest::default()).await);
+    same!("txn empty", &[], |s| p
+        .kv(s)
+        .txn(TxnRequest::default())
+        .await);
     same!("txn read only", &[], |s| p
         .kv(s)
         .txn(TxnRequest {
@@ -644,7 +644,9 @@ async fn kv_txn() {
     same!("txn too many ops", &[], |s| p
         .kv(s)
         .txn(TxnRequest {
-            success: (0..129).map(|i| op_put(put(&format!("m{i}"), "v"))).collect(),
+            success: (0..129)
+                .map(|i| op_put(put(&format!("m{i}"), "v")))
+                .collect(),
             ..Default::default()
         })
         .await);
@@ -815,7 +817,8 @@ async fn watch_stream() {
         ..Default::default()
     }))
     .await;
-    w.next("watch from a compacted revision: created", &[]).await;
+    w.next("watch from a compacted revision: created", &[])
+        .await;
     w.next("watch from a compacted revision: canceled", &[])
         .await;
 
@@ -904,7 +907,10 @@ async fn lease_calls() {
             ..put("lk", "v")
         })
         .await);
-    same!("range shows the lease", &[], |s| p.kv(s).range(range("lk")).await);
+    same!("range shows the lease", &[], |s| p
+        .kv(s)
+        .range(range("lk"))
+        .await);
     same!("time to live with keys", &["TTL"], |s| p
         .lease(s)
         .lease_time_to_live(LeaseTimeToLiveRequest {
@@ -928,9 +934,11 @@ async fn lease_calls() {
         .lease_leases(LeaseLeasesRequest {})
         .await);
 
-    let mut ka = open_streams(&p, LeaseKeepAliveRequest { id: 1000 }, |chan, rx| async move {
-        LeaseClient::new(chan).lease_keep_alive(rx).await
-    })
+    let mut ka = open_streams(
+        &p,
+        LeaseKeepAliveRequest { id: 1000 },
+        |chan, rx| async move { LeaseClient::new(chan).lease_keep_alive(rx).await },
+    )
     .await;
     ka.next("keep alive", &[]).await;
     ka.send(LeaseKeepAliveRequest { id: 99 }).await;
@@ -1039,7 +1047,11 @@ async fn maintenance_calls() {
         .hash_kv(HashKvRequest { revision: 0 })
         .await);
     known_difference("hash kv", &["hash"], hash_kv, |ours, theirs| {
-        assert_eq!(theirs.get("hash_revision"), None, "etcd 3.4: no hash_revision");
+        assert_eq!(
+            theirs.get("hash_revision"),
+            None,
+            "etcd 3.4: no hash_revision"
+        );
         assert_eq!(ours["hash_revision"], "2", "mini-etcd: hash_revision");
         remove(ours, "hash_revision");
     });
@@ -1106,9 +1118,8 @@ async fn cluster_calls() {
         ours["members"][0]["peerURLs"].clone(),
         theirs["members"][0]["peerURLs"].clone(),
     ];
-    let peer_urls: [Vec<String>; 2] = peer_urls.map(|v| {
-        serde_json::from_value(v).expect("peer urls")
-    });
+    let peer_urls: [Vec<String>; 2] =
+        peer_urls.map(|v| serde_json::from_value(v).expect("peer urls"));
 
     same!("member add with a peer url already used", &[], |s| p
         .cluster(s)
@@ -1175,17 +1186,27 @@ async fn cluster_calls() {
         v["members"]
             .as_array()
             .and_then(|ms| {
-                ms.iter()
-                    .position(|m| m["ID"] == learner_ids[s].to_string())
+                ms.iter().position(|m| {
+                    m["ID"].as_str().and_then(|id| id.parse().ok()) == Some(learner_ids[s])
+                })
             })
             .unwrap_or_else(|| panic!("the learner in {v}"))
     };
-    known_difference("member update of the learner", &["ID"], updated, |ours, theirs| {
-        let (i, j) = (learner_at(ours, OURS), learner_at(theirs, THEIRS));
-        assert_eq!(theirs["members"][j].get("isLearner"), None, "etcd 3.4: {theirs}");
-        assert_eq!(ours["members"][i]["isLearner"], true, "mini-etcd: {ours}");
-        remove(&mut ours["members"][i], "isLearner");
-    });
+    known_difference(
+        "member update of the learner",
+        &["ID"],
+        updated,
+        |ours, theirs| {
+            let (i, j) = (learner_at(ours, OURS), learner_at(theirs, THEIRS));
+            assert_eq!(
+                theirs["members"][j].get("isLearner"),
+                None,
+                "etcd 3.4: {theirs}"
+            );
+            assert_eq!(ours["members"][i]["isLearner"], true, "mini-etcd: {ours}");
+            remove(&mut ours["members"][i], "isLearner");
+        },
+    );
     same!("member remove of the learner", &["ID"], |s| p
         .cluster(s)
         .member_remove(MemberRemoveRequest { id: learner_ids[s] })
@@ -1214,8 +1235,14 @@ async fn auth_calls() {
         .auth_status(AuthStatusRequest {})
         .await);
     known_difference("auth status", &[], status, |ours, theirs| {
-        assert_eq!(theirs["grpc_error"]["code"], "Unimplemented", "etcd 3.4: {theirs}");
-        assert!(ours.get("header").is_some(), "mini-etcd answers AuthStatus: {ours}");
+        assert_eq!(
+            theirs["grpc_error"]["code"], "Unimplemented",
+            "etcd 3.4: {theirs}"
+        );
+        assert!(
+            ours.get("header").is_some(),
+            "mini-etcd answers AuthStatus: {ours}"
+        );
         *ours = theirs.clone();
     });
 
@@ -1235,10 +1262,22 @@ async fn auth_calls() {
         password: password.into(),
         ..Default::default()
     };
-    same!("user add root", &[], |s| p.auth(s).user_add(user("root", "pw")).await);
-    same!("user add again", &[], |s| p.auth(s).user_add(user("root", "pw")).await);
-    same!("user add empty name", &[], |s| p.auth(s).user_add(user("", "pw")).await);
-    same!("user add alice", &[], |s| p.auth(s).user_add(user("alice", "a")).await);
+    same!("user add root", &[], |s| p
+        .auth(s)
+        .user_add(user("root", "pw"))
+        .await);
+    same!("user add again", &[], |s| p
+        .auth(s)
+        .user_add(user("root", "pw"))
+        .await);
+    same!("user add empty name", &[], |s| p
+        .auth(s)
+        .user_add(user("", "pw"))
+        .await);
+    same!("user add alice", &[], |s| p
+        .auth(s)
+        .user_add(user("alice", "a"))
+        .await);
     same!("user get root", &[], |s| p
         .auth(s)
         .user_get(AuthUserGetRequest {
@@ -1356,8 +1395,14 @@ async fn auth_calls() {
             role: "root".into()
         })
         .await);
-    same!("user list", &[], |s| p.auth(s).user_list(AuthUserListRequest {}).await);
-    same!("role list", &[], |s| p.auth(s).role_list(AuthRoleListRequest {}).await);
+    same!("user list", &[], |s| p
+        .auth(s)
+        .user_list(AuthUserListRequest {})
+        .await);
+    same!("role list", &[], |s| p
+        .auth(s)
+        .role_list(AuthRoleListRequest {})
+        .await);
     same!("user change password", &[], |s| p
         .auth(s)
         .user_change_password(AuthUserChangePasswordRequest {
@@ -1385,7 +1430,10 @@ async fn auth_calls() {
         .role_delete(AuthRoleDeleteRequest { role: "no".into() })
         .await);
 
-    same!("auth enable", &[], |s| p.auth(s).auth_enable(AuthEnableRequest {}).await);
+    same!("auth enable", &[], |s| p
+        .auth(s)
+        .auth_enable(AuthEnableRequest {})
+        .await);
     same!("authenticate with a wrong password", &[], |s| p
         .auth(s)
         .authenticate(AuthenticateRequest {
@@ -1408,10 +1456,13 @@ async fn auth_calls() {
             password: "b".into()
         })
         .await);
-    let alice = [&alice_ours, &alice_theirs]
-        .map(|v| v["token"].as_str().expect("token").to_string());
+    let alice =
+        [&alice_ours, &alice_theirs].map(|v| v["token"].as_str().expect("token").to_string());
 
-    same!("range without a token", &[], |s| p.kv(s).range(range("a")).await);
+    same!("range without a token", &[], |s| p
+        .kv(s)
+        .range(range("a"))
+        .await);
     same!("range with a bad token", &[], |s| p
         .kv(s)
         .range(with_token(range("a"), "bogus.1"))
@@ -1625,7 +1676,13 @@ async fn same_gateway(p: &Pair, path: &str, body: Value, keys: &[&str]) -> [Valu
 async fn gateway_json() {
     let p = Pair::start().await;
     // "foo" is Zm9v, "bar" YmFy.
-    same_gateway(&p, "/v3/kv/put", json!({"key": "Zm9v", "value": "YmFy"}), &[]).await;
+    same_gateway(
+        &p,
+        "/v3/kv/put",
+        json!({"key": "Zm9v", "value": "YmFy"}),
+        &[],
+    )
+    .await;
     same_gateway(
         &p,
         "/v3/kv/put",
@@ -1635,7 +1692,13 @@ async fn gateway_json() {
     .await;
     same_gateway(&p, "/v3/kv/range", json!({"key": "Zm9v"}), &[]).await;
     same_gateway(&p, "/v3/kv/range", json!({"key": "bm9uZQ=="}), &[]).await;
-    same_gateway(&p, "/v3/kv/range", json!({"key": "Zm9v", "revision": 100}), &[]).await;
+    same_gateway(
+        &p,
+        "/v3/kv/range",
+        json!({"key": "Zm9v", "revision": 100}),
+        &[],
+    )
+    .await;
     same_gateway(&p, "/v3/kv/range", json!({"key": ""}), &[]).await;
     same_gateway(
         &p,
@@ -1659,7 +1722,13 @@ async fn gateway_json() {
     same_gateway(&p, "/v3/maintenance/alarm", json!({}), &[]).await;
     same_gateway(&p, "/v3/auth/enable", json!({}), &[]).await;
     same_gateway(&p, "/v3/lease/grant", json!({"TTL": 60, "ID": 1000}), &[]).await;
-    same_gateway(&p, "/v3/kv/range", json!({"key": "Zm9v", "revision": 1}), &[]).await;
+    same_gateway(
+        &p,
+        "/v3/kv/range",
+        json!({"key": "Zm9v", "revision": 1}),
+        &[],
+    )
+    .await;
     same_gateway(&p, "/v3/kv/put", json!({"key": "Zm9v", "lease": 5}), &[]).await;
     same_gateway(
         &p,
