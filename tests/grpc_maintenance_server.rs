@@ -360,7 +360,8 @@ async fn defragment_keeps_every_key() {
         .await
         .unwrap()
         .into_inner();
-    assert!(d.header.is_some());
+    // As etcd 3.4: an empty answer, no header (tests/compat_fields.rs).
+    assert!(d.header.is_none(), "{d:?}");
     let after = m.status(StatusRequest {}).await.unwrap().into_inner();
     assert!(
         after.db_size < before.db_size,

@@ -928,6 +928,11 @@ impl WriteTxn<'_> {
         self.main
     }
 
+    /// Whether this transaction has changed anything yet.
+    pub fn changed(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
     fn next_revision(&self) -> Revision {
         Revision::new(self.main, self.changes.len() as i64)
     }

@@ -164,7 +164,8 @@ impl Applier {
             Some(Op::Txn(req)) => {
                 let (mut resp, revision) =
                     self.write(index, |txn, leases, fx| kv::txn(txn, leases, &req, fx))?;
-                kv::set_txn_revision(&mut resp, revision);
+                // The operations' headers were set as they ran (`kv::txn`).
+                resp.header = header(revision);
                 Ok(ApplyResult::Txn(resp))
             }
             Some(Op::Compaction(req)) => {

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, ResponseHeader,
 };
 use crate::proto::peerpb;
 use crate::server::membership::{self, to_etcd};
@@ -271,10 +271,16 @@ impl Server {
         }
     }
 
+    /// The header of a membership answer: etcd's `ClusterServer` fills in the cluster, the member
+    /// and the term, never a revision.
+    fn member_header(&self) -> ResponseHeader {
+        self.header(0)
+    }
+
     /// etcd's MemberList.
     pub fn member_list(&self) -> MemberListResponse {
         MemberListResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.member_header()),
             members: self.shared().members.etcd_members(),
         }
     }
@@ -312,7 +318,7 @@ impl Server {
         };
         let list = self.conf_change(ty, member.clone()).await?;
         Ok(MemberAddResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.member_header()),
             member: Some(to_etcd(&member)),
             members: list,
         })
@@ -332,7 +338,7 @@ impl Server {
         }
         let list = self.conf_change(ConfChangeType::RemoveNode, member).await?;
         Ok(MemberRemoveResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.member_header()),
             members: list,
         })
     }
@@ -356,7 +362,7 @@ impl Server {
         }
         let list = self.conf_change(ConfChangeType::AddNode, member).await?;
         Ok(MemberPromoteResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.member_header()),
             members: list,
         })
     }
@@ -424,7 +430,7 @@ impl Server {
             }
         };
         Ok(MemberUpdateResponse {
-            header: Some(self.header(self.revision())),
+            header: Some(self.member_header()),
             members: list,
         })
     }

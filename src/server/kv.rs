@@ -301,7 +301,7 @@ pub fn txn(
 ) -> Result<TxnResponse> {
     let (succeeded, ops) = txn_branch(&*txn, req)?;
     run_branch(succeeded, ops, |request| {
-        Ok(match request {
+        let mut response = match request {
             request_op::Request::RequestRange(r) => range_op(&*txn, r)?,
             request_op::Request::RequestPut(r) => {
                 response_op::Response::ResponsePut(put(txn, leases, r, effects)?)
@@ -312,7 +312,23 @@ pub fn txn(
             request_op::Request::RequestTxn(r) => {
                 response_op::Response::ResponseTxn(self::txn(txn, leases, r, effects)?)
             }
-        })
+        };
+        // etcd's header revision for an operation inside a write txn is the store's revision as
+        // the txn sees it once the operation ran: the new revision after the txn's first change,
+        // the one it started from before (a range or a delete of nothing ahead of any write). A
+        // nested txn's own header stays empty; its operations carry theirs.
+        let seen = if txn.changed() {
+            txn.revision()
+        } else {
+            txn.revision() - 1
+        };
+        match &mut response {
+            response_op::Response::ResponseRange(r) => r.header = header(seen),
+            response_op::Response::ResponsePut(r) => r.header = header(seen),
+            response_op::Response::ResponseDeleteRange(r) => r.header = header(seen),
+            response_op::Response::ResponseTxn(r) => r.header = Some(ResponseHeader::default()),
+        }
+        Ok(response)
     })
 }
 
@@ -369,7 +385,9 @@ fn txn_branch<'q>(r: &impl KvRead, req: &'q TxnRequest) -> Result<(bool, &'q [Re
     Ok((true, &req.success))
 }
 
-/// Sets the revision of every nested response's header, as etcd reports them.
+/// Sets the revision of a read-only txn's headers, as etcd reports them: every operation's is the
+/// read revision; a nested txn's own header is left empty. (A write txn's operations get theirs
+/// as they run, in [`txn`].)
 pub fn set_txn_revision(resp: &mut TxnResponse, revision: i64) {
     resp.header = header(revision);
     for op in &mut resp.responses {
@@ -377,7 +395,12 @@ pub fn set_txn_revision(resp: &mut TxnResponse, revision: i64) {
             Some(response_op::Response::ResponseRange(r)) => r.header = header(revision),
             Some(response_op::Response::ResponsePut(r)) => r.header = header(revision),
             Some(response_op::Response::ResponseDeleteRange(r)) => r.header = header(revision),
-            Some(response_op::Response::ResponseTxn(r)) => set_txn_revision(r, revision),
+            Some(response_op::Response::ResponseTxn(r)) => {
+                set_txn_revision(r, revision);
+                // etcd leaves a nested txn's own header empty, though present (its applyTxn fills
+                // only the operations' headers).
+                r.header = Some(ResponseHeader::default());
+            }
             None => {}
         }
     }

@@ -114,7 +114,6 @@ impl Server {
             SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let mut copy = copies.start(path, backend.size_bytes().unwrap_or(0), Some(slot));
-        let header = self.header(self.revision());
         let dest = copy.path().to_path_buf();
         let total = blocking(move || etcd_snapshot(&backend, &dest)).await?;
         copy.settle(total);
@@ -124,7 +123,7 @@ impl Server {
         let failure = Arc::new(Mutex::new(None));
         let failed = failure.clone();
         tokio::spawn(async move {
-            let result = send_copy(copy.path(), total, header, &tx, timeout).await;
+            let result = send_copy(copy.path(), total, &tx, timeout).await;
             if let Err(e) = result {
                 if matches!(e, Error::Timeout) {
                     tracing::warn!(
@@ -237,10 +236,10 @@ impl futures::Stream for SnapshotStream {
 /// Streams the copy at `path` (`total` bytes) in chunks, then the SHA-256 trailer. Reading and
 /// hashing run on a blocking thread a chunk at a time; no thread waits on the client. Ends quietly
 /// when the client went away, with `Error::Timeout` when it took no chunk within `timeout`.
+/// No chunk carries a header, as in etcd 3.4.
 async fn send_copy(
     path: &Path,
     total: u64,
-    header: crate::proto::etcdserverpb::ResponseHeader,
     tx: &mpsc::Sender<SnapshotResponse>,
     timeout: Duration,
 ) -> Result<()> {
@@ -261,7 +260,7 @@ async fn send_copy(
         reader = Some((file, sha));
         sent += want as u64;
         let chunk = SnapshotResponse {
-            header: Some(header),
+            header: None,
             remaining_bytes: total - sent,
             blob: buf,
             ..Default::default()
@@ -272,7 +271,7 @@ async fn send_copy(
     }
     let (_, sha) = reader.ok_or_else(|| Error::Internal("snapshot reader lost".into()))?;
     let trailer = SnapshotResponse {
-        header: Some(header),
+        header: None,
         remaining_bytes: 0,
         blob: sha.finish().to_vec(),
         ..Default::default()

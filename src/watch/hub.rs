@@ -126,13 +126,15 @@ impl Entry {
         self.tx.capacity() > 0 && self.has_room(1, max_queued)
     }
 
-    /// Queues `events` (counted first, so the reader's decrement can never run ahead of it).
-    fn try_send(&self, events: SharedEvents) -> Result<(), TrySendError<Queued>> {
+    /// Queues `events`, which bring the watch up to `revision` (counted first, so the reader's
+    /// decrement can never run ahead of it).
+    fn try_send(&self, events: SharedEvents, revision: i64) -> Result<(), TrySendError<Queued>> {
         let n = events.len();
         self.shared.queued.fetch_add(n, Ordering::AcqRel);
         let sent = self.tx.try_send(Queued {
             events,
             compact_revision: 0,
+            revision,
         });
         if sent.is_err() {
             self.shared.queued.fetch_sub(n, Ordering::AcqRel);
@@ -491,6 +493,7 @@ impl WatchHub {
                     let batch = Queued {
                         events: SharedEvents::new(),
                         compact_revision,
+                        revision: 0,
                     };
                     match entry.tx.try_send(batch) {
                         // etcd cancels a watch on a compacted revision; dropping the sender after the
@@ -505,7 +508,7 @@ impl WatchHub {
                 Read::Events { events, to } => {
                     let (max_events, max_queued) =
                         (self.config.max_batch_events, self.config.max_queued_events);
-                    match send_batches(entry, &events, max_events, max_queued) {
+                    match send_batches(entry, &events, to, max_events, max_queued) {
                         Sent::All => {
                             entry.next_revision = to + 1;
                             // Rule 3: every revision above `to` is still to be notified.
@@ -642,7 +645,7 @@ fn deliver<'a>(
         entry.next_revision = revision;
         return Delivery::Full;
     }
-    match entry.try_send(out) {
+    match entry.try_send(out, revision) {
         Ok(()) => {
             entry.next_revision = revision + 1;
             Delivery::Done
@@ -673,6 +676,7 @@ enum Sent {
 fn send_batches(
     entry: &mut Entry,
     events: &[Arc<Event>],
+    to: i64,
     max_events: usize,
     max_queued: usize,
 ) -> Sent {
@@ -713,7 +717,9 @@ fn send_batches(
         if !entry.has_room(batch.len(), max_queued) {
             return Sent::Full;
         }
-        match entry.try_send(batch) {
+        // The last batch of the read covers every revision up to `to`, filtered ones included.
+        let covered = if iter.peek().is_none() { to } else { revision };
+        match entry.try_send(batch, covered) {
             Ok(()) => entry.next_revision = revision + 1,
             Err(TrySendError::Full(_)) => return Sent::Full,
             Err(TrySendError::Closed(_)) => return Sent::Closed,

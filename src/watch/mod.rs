@@ -136,6 +136,11 @@ pub struct WatchBatch {
     /// Non-zero when the watch asked for a revision compaction has removed: the watch is cancelled,
     /// and this is the store's compact revision (etcd's `WatchResponse.compact_revision`).
     pub compact_revision: i64,
+    /// The revision up to which this batch brings the watch, events its filters dropped included:
+    /// a live batch's revision; for a catch-up, the last event's, except that the last batch of a
+    /// read of history carries the revision the read went to (etcd reports the store's revision
+    /// in a catch-up response). 0 for a compaction notice.
+    pub revision: i64,
 }
 
 /// A hub-wide identifier for a watcher.

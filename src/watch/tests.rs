@@ -463,7 +463,8 @@ async fn compacted_start_gets_notice_then_ends() {
         batch,
         WatchBatch {
             events: Vec::new(),
-            compact_revision: 3
+            compact_revision: 3,
+            revision: 0,
         }
     );
     assert!(next_batch(&mut w).await.is_none());

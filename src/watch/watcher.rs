@@ -24,6 +24,8 @@ pub(super) struct Queued {
     pub(super) events: SharedEvents,
     /// Non-zero for a compaction notice (see [`WatchBatch::compact_revision`]).
     pub(super) compact_revision: i64,
+    /// See [`WatchBatch::revision`].
+    pub(super) revision: i64,
 }
 
 /// State the hub and a watcher share.
@@ -180,6 +182,7 @@ impl Watcher {
                     }
                     bytes += next_bytes;
                     merged.events.extend(next.events);
+                    merged.revision = merged.revision.max(next.revision);
                 }
                 // Ended, or nothing more yet: what is merged goes now.
                 Poll::Ready(None) | Poll::Pending => break,
@@ -228,6 +231,7 @@ impl Watcher {
         Poll::Ready(Some(WatchBatch {
             events,
             compact_revision: queued.compact_revision,
+            revision: queued.revision,
         }))
     }
 }

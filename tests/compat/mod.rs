@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

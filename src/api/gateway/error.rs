@@ -20,9 +20,9 @@ use crate::error::Error;
 
 /// The HTTP status grpc-gateway v1 (`runtime.HTTPStatusFromCode`) gives a gRPC code.
 ///
-/// Matches v1.9.5 and later, which etcd 3.4+ ships: `FailedPrecondition` is 400 (it was 412 for a
-/// while before v1.9.5), `Canceled` is 408 (v2 changed it to 499), `ResourceExhausted` 429,
-/// `DeadlineExceeded` 504.
+/// As etcd 3.4.23 answers (`tests/compat_fields.rs` holds it to the real one): `FailedPrecondition`
+/// is 412 (grpc-gateway v2 changed it to 400), `Canceled` is 408 (v2: 499), `ResourceExhausted`
+/// 429, `DeadlineExceeded` 504.
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
@@ -35,7 +35,7 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
         Code::Aborted => StatusCode::CONFLICT,
         Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
@@ -145,7 +145,7 @@ mod tests {
             (Code::PermissionDenied, 403),
             (Code::Unauthenticated, 401),
             (Code::ResourceExhausted, 429),
-            (Code::FailedPrecondition, 400),
+            (Code::FailedPrecondition, 412),
             (Code::Aborted, 409),
             (Code::OutOfRange, 400),
             (Code::Unimplemented, 501),

@@ -70,9 +70,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.admin(&req)?;
         self.server.defragment().await.map_err(|e| e.to_status())?;
-        Ok(Response::new(DefragmentResponse {
-            header: Some(self.server.header(self.server.revision())),
-        }))
+        // etcd 3.4 answers an empty message, without a header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -124,17 +123,19 @@ impl Maintenance for MaintenanceService {
             .move_leader(target)
             .await
             .map_err(|e| e.to_status())?;
-        Ok(Response::new(MoveLeaderResponse {
-            header: Some(self.server.header(self.server.revision())),
-        }))
+        // etcd 3.4 answers an empty message, without a header.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
         &self,
         _: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        // etcd 3.4 has no Downgrade at all (gRPC Unimplemented); there is no older version of us to
-        // downgrade to either.
-        Err(Error::Unimplemented("etcdserver: downgrade is not supported".into()).to_status())
+        // etcd 3.4 has no Downgrade at all: grpc-go answers a method it does not know with this
+        // status. There is no older version of us to downgrade to either.
+        Err(Error::Unimplemented(
+            "unknown method Downgrade for service etcdserverpb.Maintenance".into(),
+        )
+        .to_status())
     }
 }

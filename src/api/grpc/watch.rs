@@ -51,13 +51,13 @@
 //!   any other non-empty `range_end` at or below `key` is refused as above with `mvcc: watcher
 //!   range is empty`. A negative `start_revision` is refused as above with etcd's compacted text.
 //! * The `created` response and the `canceled` response carry the store's current revision. An
-//!   event response carries the revision of its last event (etcd: the revision of the write that
-//!   produced it; for catch-up batches etcd uses the store's revision, we the last event's, which
-//!   is never ahead of what the watch has been sent).
+//!   event response carries the revision of the write that produced it; one that ends a catch-up
+//!   from history, the revision the history read went to (etcd: the store's revision), so
+//!   revisions the watch's filters dropped count. That is never ahead of what the watch was sent.
 //! * Cancelling an id the stream does not have is ignored: no response.
-//! * A watch whose start revision was compacted gets one response with `compact_revision` set and
-//!   `canceled` true (etcd sets no `cancel_reason` there; clients derive the error from
-//!   `compact_revision`). Like etcd, the id stays taken until the client cancels it.
+//! * A watch whose start revision was compacted gets one response with `compact_revision` set,
+//!   `canceled` true and no revision in its header (etcd sets no `cancel_reason` there; clients
+//!   derive the error from `compact_revision`). Like etcd, the id stays taken until the client cancels it.
 //! * `progress_notify`: every progress interval (etcd: 10 minutes), a watch that was sent no events
 //!   in the last interval gets an empty response with its id and its progress revision, unless its
 //!   start revision is still in the future.
@@ -761,18 +761,21 @@ impl Forward {
     /// The responses for one hub batch: one, or several fragments.
     fn responses(&self, batch: WatchBatch) -> Vec<WatchResponse> {
         if batch.compact_revision != 0 {
+            // etcd's compaction notice leaves the header's revision at 0.
             return vec![WatchResponse {
-                header: Some(self.server.header(self.server.revision())),
+                header: Some(self.server.header(0)),
                 watch_id: self.id,
                 canceled: true,
                 compact_revision: batch.compact_revision,
                 ..Default::default()
             }];
         }
-        let revision = batch
-            .events
-            .last()
-            .map_or_else(|| self.server.revision(), |e| e.kv.mod_revision);
+        // The revision the batch brings the watch to: for a catch-up, etcd's store revision.
+        let revision = match batch.events.last() {
+            _ if batch.revision != 0 => batch.revision,
+            Some(e) => e.kv.mod_revision,
+            None => self.server.revision(),
+        };
         let resp = WatchResponse {
             header: Some(self.server.header(revision)),
             watch_id: self.id,

@@ -1,0 +1,112 @@
+//! A real etcd 3.4 server beside mini-etcd, for the suites that compare the two or connect them
+//! (`mirror`, `compat_fields`). It is `/usr/bin/etcd`, or `COMPAT_REFERENCE_ETCD`; a missing etcd
+//! fails the test (`apt-get install -y etcd-server`; scripts/test does it), it is never skipped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common;
+
+/// Path of the etcd server: `COMPAT_REFERENCE_ETCD` if set, else `/usr/bin/etcd`.
+pub fn etcd_path() -> PathBuf {
+    let path = PathBuf::from(common::reference_etcd().unwrap_or_else(|| "/usr/bin/etcd".into()));
+    assert!(
+        path.is_file(),
+        "{} not found: install etcd 3.4's server (`apt-get install -y etcd-server`; scripts/test \
+         does it); this suite must not be skipped",
+        path.display()
+    );
+    path
+}
+
+/// A real etcd on loopback ports with its own data directory; killed (SIGKILL) and reaped on
+/// drop, panics included.
+pub struct Etcd {
+    /// The etcd process; `None` once reaped.
+    pub child: Option<Child>,
+    /// Its data directory and log.
+    pub dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`, its client URL.
+    pub url: String,
+}
+
+impl Etcd {
+    /// Starts etcd and waits (bounded) until `/health` answers 200.
+    pub async fn start() -> Etcd {
+        Etcd::start_with(&[]).await
+    }
+
+    /// [`Etcd::start`] with `extra` flags (`--max-request-bytes=2048`, say).
+    pub async fn start_with(extra: &[&str]) -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir for etcd");
+        let ports = common::free_ports(2);
+        let url = format!("http://127.0.0.1:{}", ports[0]);
+        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new(etcd_path())
+            .arg("--name=default")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let mut etcd = Etcd {
+            child: Some(child),
+            dir,
+            url,
+        };
+        etcd.wait_healthy().await;
+        etcd
+    }
+
+    async fn wait_healthy(&mut self) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("reqwest client");
+        let deadline = Instant::now() + common::START_BOUND;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                panic!("etcd exited at start with {status}; log:\n{}", self.log());
+            }
+            if let Ok(resp) = http.get(format!("{}/health", self.url)).send().await {
+                if resp.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within {:?}; log:\n{}",
+                common::START_BOUND,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tail of etcd's log, for failure messages.
+    pub fn log(&self) -> String {
+        common::tail(&common::read_log(&self.dir.path().join("etcd.log")), 6000)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("---- etcd log ----\n{}", self.log());
+            }
+        }
+    }
+}
