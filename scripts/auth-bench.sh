@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Put and range with authentication on, mini-etcd against etcd 3.4 in the same run (issue 15).
+# Put and range with authentication on, and put over TLS, mini-etcd against etcd 3.4 in the same run
+# (issue 15).
 #
 # Both servers run on tmpfs, one at a time, each with auth enabled and a non-root user whose role may
 # read and write every key (so every request is permission-checked, as for an application user).
 # etcd's own `benchmark` tool drives them with `--user` (each client authenticates once, then sends
-# its token with every request). The same workloads run with auth off for the baseline. Prints
-# requests/s medians over REPS rounds, servers alternating within each round, and the B/A ratios.
+# its token with every request). The same workloads run with auth off for the baseline, and put-64c
+# once more with both servers on `https://` client URLs (a certificate made here with openssl; the
+# load tool verifies it with `--cacert`). Prints requests/s medians over REPS rounds, servers
+# alternating within each round, and the B/A ratios.
 #
 #   cargo build --release && scripts/auth-bench.sh            # REPS=3 TOTAL=100000 by default
 #
@@ -30,23 +33,41 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
-# start SERVER AUTH: starts etcd or mini-etcd on fresh ports and data, sets up auth if AUTH=on.
+# A CA and a server certificate for 127.0.0.1, for the TLS rows.
+certs="$work/certs"
+mkdir -p "$certs"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca -keyout "$certs/ca-key.pem" \
+  -out "$certs/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$certs/key.pem" \
+  -out "$certs/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$certs/ext"
+openssl x509 -req -in "$certs/server.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca-key.pem" \
+  -CAcreateserial -days 2 -extfile "$certs/ext" -out "$certs/cert.pem" 2>/dev/null
+
+# start SERVER MODE: starts etcd or mini-etcd on fresh ports and data; MODE is off (plain), on (auth
+# enabled, a user with a read-write role) or tls (https client URL, no auth).
 start() {
-  local server=$1 auth=$2 port peer rest
+  local server=$1 auth=$2 port peer rest scheme=http
   port=$(free_port); peer=$(free_port); rest=$(free_port)
   rm -rf "$work/data"
-  local common=(--data-dir "$work/data" --listen-client-urls "http://127.0.0.1:$port"
-    --advertise-client-urls "http://127.0.0.1:$port" --listen-peer-urls "http://127.0.0.1:$peer"
+  tls=()
+  if [ "$auth" = tls ]; then
+    scheme=https
+    tls=(--cacert "$certs/ca.pem")
+  fi
+  local common=(--data-dir "$work/data" --listen-client-urls "$scheme://127.0.0.1:$port"
+    --advertise-client-urls "$scheme://127.0.0.1:$port" --listen-peer-urls "http://127.0.0.1:$peer"
     --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "default=http://127.0.0.1:$peer")
+  [ "$auth" = tls ] && common+=(--cert-file "$certs/cert.pem" --key-file "$certs/key.pem")
   if [ "$server" = etcd ]; then
     "$ETCD" "${common[@]}" >"$work/log" 2>&1 &
   else
     "$MINI" "${common[@]}" --listen-rest-url "http://127.0.0.1:$rest" --log-level warn >"$work/log" 2>&1 &
   fi
   pid=$!
-  ep="127.0.0.1:$port"
+  ep="$scheme://127.0.0.1:$port"
   for _ in $(seq 100); do
-    etcdctl --endpoints="$ep" endpoint health >/dev/null 2>&1 && break
+    etcdctl --endpoints="$ep" "${tls[@]}" endpoint health >/dev/null 2>&1 && break
     sleep 0.1
   done
   if [ "$auth" = on ]; then
@@ -73,15 +94,18 @@ results="$work/results"
 : >"$results"
 for rep in $(seq "$REPS"); do
   for server in etcd mini; do
-    for auth in off on; do
+    for auth in off on tls; do
       start "$server" "$auth"
-      put=$("$BENCH" --endpoints="$ep" "${user[@]}" --conns 64 --clients 64 put \
+      put=$("$BENCH" --endpoints="$ep" "${user[@]}" "${tls[@]}" --conns 64 --clients 64 put \
         --total "$TOTAL" --key-size 8 --val-size 256 --key-space-size 10000 2>/dev/null | rate)
-      range=$("$BENCH" --endpoints="$ep" "${user[@]}" --conns 64 --clients 64 range k \
-        --total "$TOTAL" --consistency l 2>/dev/null | rate)
       echo "$server $auth put-64c $put" >>"$results"
-      echo "$server $auth range-lin-64c $range" >>"$results"
-      echo "rep $rep $server auth=$auth: put $put/s range $range/s" >&2
+      if [ "$auth" != tls ]; then
+        range=$("$BENCH" --endpoints="$ep" "${user[@]}" --conns 64 --clients 64 range k \
+          --total "$TOTAL" --consistency l 2>/dev/null | rate)
+        echo "$server $auth range-lin-64c $range" >>"$results"
+      fi
+      echo "rep $rep $server mode=$auth: put $put/s range ${range:-}/s" >&2
+      range=""
       stop
     done
   done
@@ -93,7 +117,7 @@ rows = {}
 for line in open(sys.argv[1]):
     server, auth, work, rate = line.split()
     rows.setdefault((work, auth), {}).setdefault(server, []).append(float(rate))
-print("| workload | auth | etcd 3.4 req/s (A) | mini-etcd req/s (B) | B/A |")
+print("| workload | mode | etcd 3.4 req/s (A) | mini-etcd req/s (B) | B/A |")
 print("| --- | --- | ---: | ---: | ---: |")
 for (work, auth), by in sorted(rows.items()):
     a, b = statistics.median(by["etcd"]), statistics.median(by["mini"])

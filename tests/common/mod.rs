@@ -79,6 +79,12 @@ fn raise_nofile_limit() {
     });
 }
 
+/// How often a start that lost one of its chosen ports to another process is tried again.
+pub const PORT_RETRIES: u32 = 3;
+
+/// What a failed bind says in the log (the OS's text for `EADDRINUSE`).
+pub const ADDR_IN_USE: &str = "Address already in use";
+
 /// Returns `n` distinct free ports on 127.0.0.1. All listeners are held until every port is chosen.
 pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
@@ -338,12 +344,21 @@ impl Server {
             .timeout(Duration::from_secs(2))
             .build()
             .expect("reqwest client");
-        let url = format!("{}/health", self.base_url());
         let deadline = Instant::now() + START_BOUND;
+        let mut port_retries = 0;
         loop {
+            let url = format!("{}/health", self.base_url());
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.child = None;
+                    // A port chosen free was taken before the server bound it (by a process of a
+                    // test running beside this one): start again on fresh ports, a bounded number
+                    // of times. Any other exit is the failure it looks like.
+                    if port_retries < PORT_RETRIES && self.log_tail().contains(ADDR_IN_USE) {
+                        port_retries += 1;
+                        self.spawn();
+                        continue;
+                    }
                     panic!(
                         "mini-etcd exited during startup with {status}; log:\n{}",
                         self.log_tail()

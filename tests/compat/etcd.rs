@@ -39,6 +39,29 @@ impl Etcd {
 
     /// [`Etcd::start`] with `extra` flags (`--max-request-bytes=2048`, say).
     pub async fn start_with(extra: &[&str]) -> Etcd {
+        // A port chosen free may be taken before etcd binds it (by a process of a test running
+        // beside this one): start again on fresh ports, a bounded number of times.
+        for _ in 0..common::PORT_RETRIES {
+            let mut etcd = Etcd::spawn(extra);
+            match etcd.wait_healthy().await {
+                Ok(()) => return etcd,
+                Err(log)
+                    if log.contains(common::ADDR_IN_USE)
+                        || log.contains("bind: address already in use") =>
+                {
+                    continue
+                }
+                Err(log) => panic!("etcd exited at start; log:\n{log}"),
+            }
+        }
+        let mut etcd = Etcd::spawn(extra);
+        if let Err(log) = etcd.wait_healthy().await {
+            panic!("etcd exited at start; log:\n{log}");
+        }
+        etcd
+    }
+
+    fn spawn(extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir for etcd");
         let ports = common::free_ports(2);
         let url = format!("http://127.0.0.1:{}", ports[0]);
@@ -58,16 +81,15 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("spawn etcd");
-        let mut etcd = Etcd {
+        Etcd {
             child: Some(child),
             dir,
             url,
-        };
-        etcd.wait_healthy().await;
-        etcd
+        }
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Waits (bounded) for `/health` to answer 200; `Err` with the log if etcd exited.
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
@@ -76,11 +98,11 @@ impl Etcd {
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
-                panic!("etcd exited at start with {status}; log:\n{}", self.log());
+                return Err(format!("(exit {status})\n{}", self.log()));
             }
             if let Ok(resp) = http.get(format!("{}/health", self.url)).send().await {
                 if resp.status().as_u16() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(

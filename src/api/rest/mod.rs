@@ -25,8 +25,11 @@
 //!
 //! `/watch` long-polls: it answers as soon as there are events, or 204 No Content when `timeout`
 //! seconds pass (header `X-Etcd-Revision` carries the current revision, so the next poll can start at
-//! revision + 1 and miss nothing). `stream=true` turns it into Server-Sent Events. A client that goes
-//! away drops its handler future, and with it the watcher.
+//! revision + 1 and miss nothing). A watch from an old revision is first caught up from history:
+//! its `timeout` counts only once it has been sent everything up to the revision the store had when
+//! the poll began (or after [`CATCH_UP_WAIT`] at most), so `timeout=0` means "what is there now",
+//! history included, never "nothing yet" while history is being read. `stream=true` turns it into
+//! Server-Sent Events. A client that goes away drops its handler future, and with it the watcher.
 
 mod metrics;
 
@@ -478,6 +481,7 @@ async fn watch(
         })?),
         None => None,
     };
+    let head = server.revision();
     let watcher = server.watch(WatchRequest {
         key,
         range_end,
@@ -488,12 +492,30 @@ async fn watch(
     if stream {
         return Ok(sse(watcher, timeout, place).into_response());
     }
-    long_poll(watcher, timeout).await
+    long_poll(watcher, timeout, head).await
 }
 
-async fn long_poll(mut watcher: Watcher, timeout: Duration) -> ApiResult<Response> {
-    let first = match tokio::time::timeout(timeout, watcher.recv()).await {
-        Err(_) => {
+/// The longest a long poll waits for its watch to be caught up from history before its own
+/// `timeout` starts to count (then it answers 204 with the revision reached so far).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a long poll whose watch is being caught up looks whether it has been.
+const CATCH_UP_STEP: Duration = Duration::from_millis(5);
+
+/// Waits for the first events of `watcher`: `timeout` after it has been sent everything up to `head`
+/// (the store's revision when the poll began), and at most [`CATCH_UP_WAIT`] for that.
+async fn long_poll(mut watcher: Watcher, timeout: Duration, head: i64) -> ApiResult<Response> {
+    let began = tokio::time::Instant::now();
+    let first = loop {
+        let caught_up = watcher.progress().revision() >= head;
+        let limit = began
+            + if caught_up {
+                timeout
+            } else {
+                timeout.max(CATCH_UP_WAIT)
+            };
+        let now = tokio::time::Instant::now();
+        if now >= limit && (caught_up || now >= began + CATCH_UP_WAIT) {
             // Not the store's head: a watch still being caught up from history has been sent
             // only so far, and a client resuming after this revision must miss nothing.
             let mut headers = HeaderMap::new();
@@ -502,8 +524,17 @@ async fn long_poll(mut watcher: Watcher, timeout: Duration) -> ApiResult<Respons
             }
             return Ok((StatusCode::NO_CONTENT, headers).into_response());
         }
-        Ok(None) => return Err(ApiError(Error::Stopped)),
-        Ok(Some(batch)) => batch,
+        let step = if caught_up {
+            limit.saturating_duration_since(now)
+        } else {
+            CATCH_UP_STEP
+        };
+        // `recv` is cancel-safe: a batch is either handed out or left in the channel.
+        match tokio::time::timeout(step, watcher.recv()).await {
+            Err(_) => continue,
+            Ok(None) => return Err(ApiError(Error::Stopped)),
+            Ok(Some(batch)) => break batch,
+        }
     };
     if first.compact_revision != 0 {
         return Ok((
