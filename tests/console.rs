@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,7 +40,8 @@ struct Browser {
     http: reqwest::Client,
     /// `http://127.0.0.1:PORT/session/ID`.
     session: String,
-    /// The chromedriver process, killed on drop (it takes its browser with it).
+    /// The chromedriver process; on drop its whole process group (the browser's processes too)
+    /// is killed, since killing chromedriver alone leaves Chromium running.
     driver: Child,
     /// chromedriver's log, quoted when a test fails.
     log: PathBuf,
@@ -58,6 +60,8 @@ impl Browser {
         let driver = Command::new(&driver_bin)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
+            // A process group of its own, so that drop ends the browser processes with it.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -306,6 +310,11 @@ impl Drop for Browser {
                 "chromedriver log tail:\n{}",
                 common::tail(&common::read_log(&self.log), 1500)
             );
+        }
+        // SAFETY: kill(2) on the process group our own child leads (spawned with
+        // `process_group(0)`, so its pgid is its pid) and which it has not left.
+        unsafe {
+            libc::kill(-(self.driver.id() as libc::pid_t), libc::SIGKILL);
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
