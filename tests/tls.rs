@@ -9,6 +9,8 @@
 //! and every wait is bounded.
 
 mod common;
+#[path = "common/etcdctl_auth.rs"]
+mod etcdctl_auth;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -471,6 +473,23 @@ async fn etcdctl_and_etcd_client_over_tls_with_users() {
         .await
         .expect_err("alice may not write c");
     assert!(denied.to_string().contains("permission denied"), "{denied}");
+}
+
+/// The whole etcdctl auth scenario of `tests/auth.rs` (users, roles, permission denied in get / put /
+/// del / txn / watch, read-only roles, wrong and changed passwords, revoke, disable) against a
+/// member that serves only TLS, with `--cacert` and `--user`.
+#[tokio::test]
+async fn etcdctl_auth_scenario_over_tls() {
+    let pki = Pki::new();
+    let server = [
+        "--cert-file".to_string(),
+        pki.path("server.pem"),
+        "--key-file".to_string(),
+        pki.path("server-key.pem"),
+    ];
+    let m = Member::start("https", "http", &server, &pki).await;
+    let ep = format!("{} --cacert={}", m.endpoint("https"), pki.path("ca.pem"));
+    etcdctl_auth::users_roles_and_permissions(&ep).await;
 }
 
 #[tokio::test]
