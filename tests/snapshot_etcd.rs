@@ -271,6 +271,53 @@ async fn etcd_snapshot_restores_into_mini_etcd() {
     assert_eq!(put.header().expect("header").revision(), expect.1 + 1);
 }
 
+/// etcd's snapshot restored into three members, as `etcdctl snapshot restore` is run once per
+/// member with its `--name` and the shared `--initial-cluster`: they form one cluster, each serves
+/// the snapshot's data at its revision, and the next write is the next revision on all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_snapshot_restores_into_a_three_member_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(&dir.path().join("etcd"), "src", &peer_url()).await;
+    let mut c = etcd.client().await;
+    let lease = write_history(&mut c).await;
+    let expect = keys(&mut c).await;
+    let file = dir.path().join("etcd.db");
+    save(&etcd.url, &file);
+    drop(etcd);
+
+    let cluster = common::cluster::Cluster::start_prepared(3, &[], |cl, i| {
+        let m = &cl.members[i];
+        let (restored, out, err) = mini(&[
+            "snapshot",
+            "restore",
+            &file.display().to_string(),
+            "--data-dir",
+            &m.data_dir.display().to_string(),
+            "--name",
+            &m.name,
+            "--initial-cluster",
+            &m.initial_cluster,
+            "--initial-cluster-token",
+            &cl.token,
+            "--initial-advertise-peer-urls",
+            &m.peer_url(),
+        ]);
+        assert!(restored, "restore for {}: {out} {err}", m.name);
+    })
+    .await;
+    for m in &cluster.members {
+        let mut client = connect_url(&m.client_url(), || m.log_tail()).await;
+        check_restored(&format!("member {}", m.name), &mut client, &expect, lease).await;
+    }
+    let rev = cluster.put(1, "e", "5").await.expect("put after restore");
+    assert_eq!(rev, expect.1 + 1, "the next write is the next revision");
+    for (i, m) in cluster.members.iter().enumerate() {
+        let mut client = connect_url(&m.client_url(), || m.log_tail()).await;
+        let got = ok("get e", client.get("e", None).await);
+        assert_eq!(got.kvs().len(), 1, "member {i} has e");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mini_etcd_snapshot_restores_into_etcd() {
     let (server, dir) = compat::start(&[]).await;

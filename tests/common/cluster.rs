@@ -61,7 +61,7 @@ pub struct Member {
     /// `new`, or `existing` for a member added at runtime.
     state: String,
     /// The `--initial-cluster` it starts with.
-    initial_cluster: String,
+    pub initial_cluster: String,
     paused: bool,
 }
 
@@ -171,6 +171,28 @@ impl Cluster {
                 Some(e) => panic!("{e}"),
             }
         }
+    }
+
+    /// [`Cluster::start`], after `prepare(&cluster, i)` has run for every member `i` (to restore a
+    /// snapshot into its data directory, say). A port taken meanwhile is not retried here.
+    pub async fn start_prepared(
+        n: usize,
+        extra: &[&str],
+        prepare: impl Fn(&Cluster, usize),
+    ) -> Cluster {
+        take_slot().await;
+        let mut c = Cluster::new_in_slot(n, extra);
+        for i in 0..n {
+            prepare(&c, i);
+        }
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i).await;
+        }
+        c.wait_leader().await;
+        c
     }
 
     /// The cluster's members laid out (ports, directories), none started; holds a slot (see
