@@ -117,6 +117,21 @@ pub fn percentiles_over_time(samples: &[Sample], windows: usize) -> Vec<Window> 
         .collect()
 }
 
+/// The series' names in a box at the upper right, as every chart here shows them.
+fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>) -> Result<(), PlotError>
+where
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 /// A positive log-axis range that holds every value of `values`, with some room.
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (mut lo, mut hi) = (f64::MAX, f64::MIN);
@@ -167,13 +182,7 @@ pub fn run_chart(title: &str, samples: &[Sample]) -> Result<String, PlotError> {
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart)?;
 
         let latencies: Vec<u64> = samples.iter().map(|s| s.latency_ns).collect();
         draw_distribution(&lower, "latency distribution", &[("requests", &latencies)])?;
@@ -233,13 +242,7 @@ fn draw_distribution<DB: DrawingBackend>(
             .label(format!("{name} (p99 {p99:.2} ms)"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart)?;
     Ok(())
 }
 
@@ -329,13 +332,7 @@ pub fn ratio_chart(
                 .draw_series(LineSeries::new([(0.0, level), (slots, level)], style))
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart)?;
         root.present().map_err(err)?;
     }
     Ok(svg)

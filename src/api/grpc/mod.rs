@@ -51,28 +51,23 @@ pub fn caller_of_headers(
     if !server.auth().is_enabled() {
         return Ok(Caller::ANONYMOUS);
     }
-    let token = headers
-        .get(TOKEN_METADATA_KEY)
-        .or_else(|| headers.get(http::header::AUTHORIZATION))
-        .and_then(|v| v.to_str().ok());
     server
-        .caller_or_cert(token, extensions.get::<ClientCertName>())
+        .caller_or_cert(token_of(headers), extensions.get::<ClientCertName>())
         .map_err(|e| e.to_status())
 }
 
 /// [`caller_of_headers`] for a tonic request.
 pub fn caller_of<T>(server: &Server, req: &tonic::Request<T>) -> Result<Caller, Status> {
-    if !server.auth().is_enabled() {
-        return Ok(Caller::ANONYMOUS);
-    }
-    let md = req.metadata();
-    let token = md
+    caller_of_headers(server, req.metadata().as_ref(), req.extensions())
+}
+
+/// The auth token of a request: under `token`, as etcd clients send it, or under `authorization`
+/// (grpc-gateway's key).
+pub fn token_of(headers: &http::HeaderMap) -> Option<&str> {
+    headers
         .get(TOKEN_METADATA_KEY)
-        .or_else(|| md.get("authorization"))
-        .and_then(|v| v.to_str().ok());
-    server
-        .caller_or_cert(token, req.extensions().get::<ClientCertName>())
-        .map_err(|e| e.to_status())
+        .or_else(|| headers.get(http::header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
 }
 
 /// For the Lock and Election services, which act on the keys under `name/` for their caller: with

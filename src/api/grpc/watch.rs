@@ -233,12 +233,7 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.server.refuse_learner().map_err(|e| e.to_status())?;
         // Each watch is checked as it is created, with the token the stream was opened with.
-        let token = req
-            .metadata()
-            .get(crate::api::grpc::TOKEN_METADATA_KEY)
-            .or_else(|| req.metadata().get("authorization"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let token = crate::api::grpc::token_of(req.metadata().as_ref()).map(str::to_string);
         let cert = req
             .extensions()
             .get::<crate::auth::ClientCertName>()

@@ -515,7 +515,8 @@ async fn long_poll(mut watcher: Watcher, timeout: Duration, head: i64) -> ApiRes
                 timeout.max(CATCH_UP_WAIT)
             };
         let now = tokio::time::Instant::now();
-        if now >= limit && (caught_up || now >= began + CATCH_UP_WAIT) {
+        // Not caught up, `limit` is at least `CATCH_UP_WAIT` away: the wait for history is bounded.
+        if now >= limit {
             // Not the store's head: a watch still being caught up from history has been sent
             // only so far, and a client resuming after this revision must miss nothing.
             let mut headers = HeaderMap::new();
