@@ -332,6 +332,15 @@ pub struct ServerArgs {
     /// (`30s`, `500ms`, `2m`).
     #[arg(long, env = "ETCD_SNAPSHOT_SEND_TIMEOUT", default_value = "30s")]
     pub snapshot_send_timeout: String,
+    /// Comma-separated origins whose web pages may read the answers of the JSON gateway and the
+    /// other plain-HTTP endpoints (CORS); empty or * means allow all, as in etcd.
+    #[arg(long, env = "ETCD_CORS", default_value = "*")]
+    pub cors: String,
+    /// Comma-separated host names a plain-HTTP (not TLS) request may name in its Host header;
+    /// others are refused with 421 (DNS rebinding protection, as in etcd); empty or * means allow
+    /// all.
+    #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
     /// URL to serve the seed's REST API on (ours; etcd has no such flag).
     #[arg(
         long,
@@ -427,6 +436,10 @@ pub struct Config {
     pub snapshot_send_timeout: Duration,
     /// The REST API's listen address.
     pub listen_rest_url: Url,
+    /// `--cors`: origins allowed to read plain-HTTP answers.
+    pub cors: crate::api::access::Allowed,
+    /// `--host-whitelist`: host names a plain-HTTP request may name.
+    pub host_whitelist: crate::api::access::Allowed,
     /// The log filter level.
     pub log_level: String,
 }
@@ -556,6 +569,8 @@ impl Config {
                 ))
             })?,
             listen_rest_url: parse_url("--listen-rest-url", &a.listen_rest_url)?,
+            cors: crate::api::access::Allowed::parse(&a.cors),
+            host_whitelist: crate::api::access::Allowed::parse(&a.host_whitelist),
             log_level: a.log_level,
             name: a.name,
         })

@@ -328,3 +328,239 @@ async fn gw_watch_stream() {
     assert_eq!(events[2]["kv"]["value"], b64("2"));
     assert_eq!(events[2]["kv"]["version"], "1");
 }
+
+/// One plain-HTTP exchange as the access rules shape it: status, the CORS headers, the body.
+#[derive(Debug, PartialEq)]
+struct Shaped {
+    status: u16,
+    cors: Vec<(String, String)>,
+    content_type: Option<String>,
+    body: String,
+}
+
+/// Sends `method path` to `base` with optional `Origin` and `Host` headers, over a raw HTTP/1.1
+/// connection (`Connection: close`), so that the `Host` header is exactly the one given (the
+/// address itself otherwise).
+async fn shaped(
+    base: &str,
+    method: &str,
+    path: &str,
+    origin: Option<&str>,
+    host: Option<&str>,
+) -> Shaped {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let body = if path.starts_with("/v3/") { "{}" } else { "" };
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        host.unwrap_or(addr),
+        body.len()
+    );
+    if let Some(o) = origin {
+        req.push_str(&format!("Origin: {o}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let raw = tokio::time::timeout(common::REQUEST_BOUND, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer"))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: bad answer {text:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut cors: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("access-control-"))
+        .cloned()
+        .collect();
+    cors.sort();
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.clone());
+    Shaped {
+        status,
+        cors,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+/// `--cors` and `--host-whitelist` answer as etcd 3.4's do: the same CORS headers for an allowed
+/// origin, none for another, a preflight answered 200 with no body, and a request naming a host
+/// that is not whitelisted refused with 421 and etcd's own text, while gRPC calls pass.
+#[tokio::test]
+async fn cors_and_host_whitelist_as_etcd() {
+    let flags = [
+        "--cors=http://a.example:80,http://b.example:81",
+        // 127.0.0.1 too, or neither server's start-up health check would be answered.
+        "--host-whitelist=localhost,127.0.0.1",
+    ];
+    let etcd = compat::etcd::Etcd::start_with(&flags).await;
+    let (ours, _dir) = start(&flags).await;
+    let port_of = |url: &str| url.rsplit(':').next().unwrap_or("").to_string();
+    for (name, base) in [("etcd", etcd.url.clone()), ("mini-etcd", ours.client_url())] {
+        let local = format!("localhost:{}", port_of(&base));
+        let host = Some(local.as_str());
+        // Allowed origin: named back, with etcd's methods and headers.
+        let got = shaped(
+            &base,
+            "POST",
+            "/v3/maintenance/status",
+            Some("http://a.example:80"),
+            host,
+        )
+        .await;
+        assert_eq!(got.status, 200, "{name}: {got:?}");
+        assert_eq!(
+            got.cors,
+            vec![
+                (
+                    "access-control-allow-headers".to_string(),
+                    "accept, content-type, authorization".to_string()
+                ),
+                (
+                    "access-control-allow-methods".to_string(),
+                    "POST, GET, OPTIONS, PUT, DELETE".to_string()
+                ),
+                (
+                    "access-control-allow-origin".to_string(),
+                    "http://a.example:80".to_string()
+                ),
+            ],
+            "{name}"
+        );
+        // Another origin (the same host without its port is another string): no CORS headers.
+        for origin in ["http://c.example:80", "http://a.example"] {
+            let got = shaped(&base, "GET", "/health", Some(origin), host).await;
+            assert_eq!(got.status, 200, "{name} {origin}: {got:?}");
+            assert!(got.cors.is_empty(), "{name} {origin}: {got:?}");
+        }
+        // A preflight: 200, empty.
+        let got = shaped(
+            &base,
+            "OPTIONS",
+            "/v3/kv/put",
+            Some("http://b.example:81"),
+            host,
+        )
+        .await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (200, ""),
+            "{name}: {got:?}"
+        );
+        assert_eq!(got.cors.len(), 3, "{name}: {got:?}");
+        // A host that is not whitelisted: 421 before anything runs.
+        let got = shaped(&base, "POST", "/v3/kv/range", None, Some("evil.example")).await;
+        assert_eq!(got.status, 421, "{name}: {got:?}");
+        assert_eq!(
+            got.content_type.as_deref(),
+            Some("text/plain; charset=utf-8"),
+            "{name}"
+        );
+        assert!(
+            got.body.contains("etcd --host-whitelist \"evil.example\"")
+                && got.body.contains("CVE-2018-5702"),
+            "{name}: {got:?}"
+        );
+        // With a port, on another endpoint: the same refusal, and the same text on both sides,
+        // byte for byte.
+        let evil = shaped(&base, "GET", "/metrics", None, Some("evil.example:2379")).await;
+        assert_eq!(evil.status, 421, "{name}: {evil:?}");
+        let etcd_text = shaped(&etcd.url, "GET", "/health", None, Some("evil.example")).await;
+        assert_eq!(evil.body, etcd_text.body, "{name}");
+    }
+    // gRPC is not an HTTP page's business: a call naming a host that is not whitelisted passes.
+    let channel = tonic::transport::Endpoint::from_shared(ours.client_url())
+        .expect("endpoint")
+        .origin("http://evil.example:2379".parse().expect("uri"))
+        .connect()
+        .await
+        .expect("connect");
+    let mut kv = mini_etcd::proto::etcdserverpb::kv_client::KvClient::new(channel);
+    let put = mini_etcd::proto::etcdserverpb::PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    compat::bounded("put over gRPC", kv.put(put))
+        .await
+        .expect("put over gRPC");
+    // The REST listener follows the same rules.
+    let rest = ours.base_url();
+    let got = shaped(&rest, "GET", "/get?key=k", None, Some("evil.example")).await;
+    assert_eq!(got.status, 421, "REST: {got:?}");
+    let local = format!("localhost:{}", port_of(&rest));
+    let got = shaped(
+        &rest,
+        "GET",
+        "/get?key=k",
+        Some("http://b.example:81"),
+        Some(&local),
+    )
+    .await;
+    assert_eq!(got.status, 200, "REST: {got:?}");
+    assert!(
+        got.cors
+            .iter()
+            .any(|(k, v)| k == "access-control-allow-origin" && v == "http://b.example:81"),
+        "REST: {got:?}"
+    );
+}
+
+/// By default (`--cors '*'`, `--host-whitelist '*'`) every origin may read and every host is
+/// served, as with etcd: a page on any origin can call the gateway, which is how the console of
+/// one member reads the status of the others.
+#[tokio::test]
+async fn cors_allows_every_origin_by_default() {
+    let etcd = compat::etcd::Etcd::start().await;
+    let (ours, _dir) = start(&[]).await;
+    let mut seen = Vec::new();
+    for base in [etcd.url.clone(), ours.client_url(), ours.base_url()] {
+        let got = shaped(
+            &base,
+            "POST",
+            "/v3/maintenance/status",
+            Some("http://x.example"),
+            Some("anything.example"),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{base}: {got:?}");
+        let pre = shaped(
+            &base,
+            "OPTIONS",
+            "/v3/maintenance/status",
+            Some("http://x.example"),
+            None,
+        )
+        .await;
+        assert_eq!(pre.status, 200, "{base}: {pre:?}");
+        assert_eq!(got.cors, pre.cors, "{base}");
+        seen.push(got.cors);
+    }
+    assert!(
+        seen[0].contains(&("access-control-allow-origin".into(), "*".into())),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|c| c == &seen[0]), "{seen:?}");
+}

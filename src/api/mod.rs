@@ -19,6 +19,7 @@
 //! verified client certificate travels with every request of the connection
 //! ([`crate::auth::ClientCertName`]).
 
+pub mod access;
 mod conn;
 pub mod gateway;
 pub mod grpc;
@@ -152,7 +153,10 @@ pub async fn serve(
         bind(rest_addr, "--listen-rest-url").await?,
         tls.for_url(rest_url),
         conn::Routes {
-            router: rest::router(server.clone()),
+            router: access::layer(
+                rest::router(server.clone()),
+                access_of(config, tls.for_url(rest_url).is_some()),
+            ),
             kv: None,
             max_concurrent_streams: server.config().max_concurrent_streams,
             round: conn::run_round,
@@ -173,7 +177,10 @@ pub async fn serve(
             bind(addr, "--listen-client-urls").await?,
             tls.for_url(url),
             conn::Routes {
-                router: client_router(server.clone()),
+                router: access::layer(
+                    client_router(server.clone()),
+                    access_of(config, tls.for_url(url).is_some()),
+                ),
                 kv: Some(grpc::unary::KvCalls::new(server.clone())),
                 max_concurrent_streams: server.config().max_concurrent_streams,
                 round: server.call_round(),
@@ -374,6 +381,14 @@ impl ClientTls {
             None
         };
         Some((stream, name))
+    }
+}
+
+/// The access rules of a listener: a TLS one checks no host (see [`access`]).
+fn access_of(config: &Config, tls: bool) -> access::Access {
+    access::Access {
+        cors: config.cors.clone(),
+        hosts: (!tls).then(|| config.host_whitelist.clone()),
     }
 }
 
