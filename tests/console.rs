@@ -663,6 +663,11 @@ async fn cluster_members_and_a_killed_member() {
     let r = gw(&base, "/v3/kv/put", None, put).await;
     assert!(r.get("error").is_none(), "{r}");
 
+    // A learner, started and caught up, before the page loads (the page may reach the members
+    // it was loaded with).
+    let learner = cluster.add_member(via, true).await;
+    let learner_id = format!("{:x}", cluster.member_id(learner).await);
+
     let b = Browser::start(1280, 800).await;
     b.goto(&format!("{base}/ui/#cluster")).await;
     let leases = b.wait_text("#leases", |t| t.contains("svc/api")).await;
@@ -671,7 +676,7 @@ async fn cluster_members_and_a_killed_member() {
         leases.starts_with(&hex_id) && leases.contains("600 s"),
         "{leases}"
     );
-    b.wait_count("#members tr", |n| n == 3).await;
+    b.wait_count("#members tr", |n| n == 4).await;
     b.wait_for(
         "every member healthy",
         "return Array.from(document.querySelectorAll('#members td.health'), e => e.textContent)",
@@ -689,7 +694,57 @@ async fn cluster_members_and_a_killed_member() {
         )
         .await;
     assert_eq!(role, "leader");
-    assert_eq!(b.count("#members td.role").await, 3);
+    assert_eq!(b.count("#members td.role").await, 4);
+    let role = b
+        .wait_text(
+            &format!("#members tr[data-member='{learner_id}'] td.role"),
+            |t| t == "learner",
+        )
+        .await;
+    assert_eq!(role, "learner");
+    // Every member's own term, index and sizes, read from that member: the term is the same on
+    // all (one leader), each index is where that member is, and none is unknown.
+    let rows = b
+        .wait_for(
+            "every member's own status",
+            "return Array.from(document.querySelectorAll('#members tr'), r => \
+             ['term', 'index', 'dbsize', 'inuse'].map(c => r.querySelector('td.' + c).textContent))",
+            json!([]),
+            |v| {
+                v.as_array().is_some_and(|rows| {
+                    rows.len() == 4
+                        && rows.iter().all(|r| r.as_array().is_some_and(|c| c.iter().all(|x| x != "?" && x != "0")))
+                })
+            },
+        )
+        .await;
+    let rows = rows.as_array().expect("rows");
+    assert!(
+        rows.iter().all(|r| r[0] == rows[0][0]),
+        "one term: {rows:?}"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let index: u64 = r[1].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+        assert!(index > 0, "member row {i}: {r:?}");
+        assert!(
+            r[2].as_str().is_some_and(|t| t.ends_with("B")),
+            "member row {i}: {r:?}"
+        );
+    }
+    // The numbers are the members' own: compare with what each reports to a client directly.
+    for i in [leader, victim, learner] {
+        let id = format!("{:x}", cluster.member_id(i).await);
+        let st = cluster
+            .gateway(i, "/v3/maintenance/status", json!({}))
+            .await
+            .expect("status");
+        let shown = b
+            .wait_text(&format!("#members tr[data-member='{id}'] td.term"), |t| {
+                t != "?"
+            })
+            .await;
+        assert_eq!(json!(shown), st["raftTerm"], "member {id}: {st}");
+    }
     let status = b.wait_text("#status", |t| t.contains("Raft term")).await;
     assert!(status.contains("Database size"), "{status}");
     b.screenshot("cluster").await;
@@ -708,7 +763,55 @@ async fn cluster_members_and_a_killed_member() {
             json!([victim_id]),
         )
         .await;
-    assert_eq!(others, json!(["healthy", "healthy"]));
+    assert_eq!(others, json!(["healthy", "healthy", "healthy"]));
+    // What the killed member cannot report is unknown, not stale.
+    let gone = b
+        .wait_text(
+            &format!("#members tr[data-member='{victim_id}'] td.index"),
+            |t| t == "?",
+        )
+        .await;
+    assert_eq!(gone, "?");
+}
+
+/// A real NOSPACE alarm (a backend quota the writes outgrow) shows in the cluster view, and the
+/// member turns unhealthy with etcd's reason.
+#[tokio::test]
+async fn cluster_view_shows_a_real_alarm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--quota-backend-bytes=1048576"]).await;
+    let base = server.base_url();
+    let big = b64(&vec![b'x'; 128 * 1024]);
+    let mut refused = None;
+    for i in 0..64 {
+        let put = json!({"key": b64(format!("fill/{i}").as_bytes()), "value": big});
+        let r = gw(&base, "/v3/kv/put", None, put).await;
+        if let Some(e) = r.get("error") {
+            refused = Some(e.to_string());
+            break;
+        }
+    }
+    let refused = refused.expect("the quota never refused a write");
+    assert!(refused.contains("database space exceeded"), "{refused}");
+
+    let b = Browser::start(1280, 800).await;
+    b.goto(&format!("{base}/ui/#cluster")).await;
+    let alarms = b.wait_text("#alarms", |t| t.contains("NOSPACE")).await;
+    let st = gw(&base, "/v3/maintenance/status", None, json!({})).await;
+    let me = st["header"]["member_id"]
+        .as_str()
+        .and_then(|id| id.parse::<u64>().ok())
+        .expect("member id");
+    assert!(alarms.contains(&format!("{me:x}")), "{alarms}");
+    let status = b
+        .wait_text("#status", |t| t.contains("ALARM NOSPACE"))
+        .await;
+    assert!(status.contains("unhealthy"), "{status}");
+    let health = b
+        .wait_text("#members td.health", |t| t == "unhealthy")
+        .await;
+    assert_eq!(health, "unhealthy");
+    b.screenshot("alarm").await;
 }
 
 #[tokio::test]

@@ -123,7 +123,7 @@ pub fn router(server: Server) -> Router {
         .with_state(server.clone())
         // The web console and the JSON gateway it calls: the gateway's handlers and auth checks are
         // the client port's own, mounted here so that the console reaches them from its origin.
-        .merge(crate::api::ui::router())
+        .merge(crate::api::ui::router(server.clone()))
         .merge(crate::api::grpc::gateway_router(server))
 }
 

@@ -14,27 +14,36 @@
 //!
 //! - `/ui` redirects to `/ui/`, so that the page's relative asset URLs resolve under `/ui/`.
 //! - `Content-Type` is exact, with `X-Content-Type-Options: nosniff`, so the browser never guesses.
-//! - `Content-Security-Policy` allows scripts, styles and connections only from the page's own
-//!   origin, no inline script or style, no plugins, no framing, and form posts nowhere: a value
-//!   stored in etcd that looks like HTML can never run, even if the script had a bug that put it
-//!   into the page as markup (it does not: data reaches the page only as text nodes and attribute
-//!   values). The charts are inline SVG elements built by the script, which needs no `img-src`.
+//! - `Content-Security-Policy` allows scripts and styles only from the page's own origin,
+//!   connections only to it and to the client URLs of the cluster's members (the console asks each
+//!   member for its own status through that member's JSON gateway, which etcd's `--cors` lets a
+//!   page of another origin read), no inline script or style, no plugins, no framing, and form
+//!   posts nowhere: a value stored in etcd that looks like HTML can never run, even if the script
+//!   had a bug that put it into the page as markup (it does not: data reaches the page only as text
+//!   nodes and attribute values), and the page can send nothing anywhere but to the cluster. The
+//!   members' URLs are those of the membership when the page is loaded: a member added later is
+//!   reachable after a reload. The charts are inline SVG elements built by the script, which needs
+//!   no `img-src`.
 //! - `Cache-Control: no-cache` with an `ETag` (a hash of the file): the browser keeps a copy but
 //!   asks each time, and gets `304 Not Modified` while the binary is the same, so an upgraded
 //!   server never runs an old script against a new API.
 //! - `Referrer-Policy: no-referrer`, so that key names in the console's URL never leak.
 //!
 //! Left out on purpose: a separate port or path prefix for the console (it is one more client of
-//! the REST listener), CORS (the gateway is mounted on the same origin instead), and any server-side
-//! session: the token lives in the tab's `sessionStorage` and dies with it.
+//! the REST listener; the gateway is mounted on its origin, so the console needs CORS only to reach
+//! the other members), and any server-side session: the token lives in the tab's `sessionStorage`
+//! and dies with it.
 
 use std::sync::LazyLock;
 
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use sha2::Digest as _;
+
+use crate::server::Server;
 
 /// The page: markup only, no inline script or style.
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -43,11 +52,28 @@ const APP_JS: &str = include_str!("assets/app.js");
 /// Its looks, light and dark.
 const APP_CSS: &str = include_str!("assets/app.css");
 
-/// The policy every console response carries. `connect-src 'self'` is what keeps the console on
-/// the public APIs of the server that served it.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+/// The policy every console response carries, but for `connect-src`, which [`policy`] completes.
+const POLICY_HEAD: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; connect-src 'self'";
+
+/// The policy with `connect-src` naming the origins of `client_urls` too: what keeps the console
+/// on the public APIs of the cluster that served it.
+pub fn policy<'a>(client_urls: impl IntoIterator<Item = &'a str>) -> String {
+    let mut origins: Vec<String> = client_urls
+        .into_iter()
+        .filter_map(|u| url::Url::parse(u).ok())
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .map(|u| u.origin().ascii_serialization())
+        .collect();
+    origins.sort();
+    origins.dedup();
+    let mut p = POLICY_HEAD.to_string();
+    for o in origins {
+        p.push(' ');
+        p.push_str(&o);
+    }
+    p
+}
 
 /// One embedded file: its bytes, content type and entity tag.
 struct Asset {
@@ -70,8 +96,8 @@ impl Asset {
         }
     }
 
-    /// The file, or 304 when the browser already holds this version.
-    fn respond(&self, headers: &HeaderMap) -> Response {
+    /// The file, or 304 when the browser already holds this version, under `policy`.
+    fn respond(&self, headers: &HeaderMap, policy: &str) -> Response {
         let fresh = headers
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
@@ -90,17 +116,19 @@ impl Asset {
         if let Ok(tag) = HeaderValue::from_str(&self.etag) {
             h.insert(header::ETAG, tag);
         }
-        security_headers(h);
+        security_headers(h, policy);
         response
     }
 }
 
 /// The headers every console response carries, whatever its status.
-fn security_headers(h: &mut HeaderMap) {
+fn security_headers(h: &mut HeaderMap, policy: &str) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // A policy that cannot be a header value (it cannot: origins are ASCII) falls back to the
+    // strictest one.
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_str(policy).unwrap_or(HeaderValue::from_static(POLICY_HEAD)),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -119,19 +147,27 @@ static SCRIPT: LazyLock<Asset> =
     LazyLock::new(|| Asset::new(APP_JS, "text/javascript; charset=utf-8"));
 static STYLE: LazyLock<Asset> = LazyLock::new(|| Asset::new(APP_CSS, "text/css; charset=utf-8"));
 
+/// The page, under a policy that lets it reach every member's client URLs.
+async fn index(State(server): State<Server>, h: HeaderMap) -> Response {
+    let members = server.member_list().members;
+    let urls = members.iter().flat_map(|m| m.client_ur_ls.iter());
+    INDEX.respond(&h, &policy(urls.map(String::as_str)))
+}
+
 /// The console's routes, to merge into the REST router.
-pub fn router() -> Router {
+pub fn router(server: Server) -> Router {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(|h: HeaderMap| async move { INDEX.respond(&h) }))
+        .route("/ui/", get(index))
         .route(
             "/ui/app.js",
-            get(|h: HeaderMap| async move { SCRIPT.respond(&h) }),
+            get(|h: HeaderMap| async move { SCRIPT.respond(&h, POLICY_HEAD) }),
         )
         .route(
             "/ui/app.css",
-            get(|h: HeaderMap| async move { STYLE.respond(&h) }),
+            get(|h: HeaderMap| async move { STYLE.respond(&h, POLICY_HEAD) }),
         )
+        .with_state(server)
 }
 
 #[cfg(test)]
@@ -152,13 +188,29 @@ mod tests {
     }
 
     #[test]
+    fn policy_names_each_member_origin_once() {
+        let p = policy([
+            "http://127.0.0.1:2379",
+            "http://127.0.0.1:2379/",
+            "https://10.0.0.2:2379",
+            "unix:///tmp/sock",
+        ]);
+        assert!(
+            p.ends_with("connect-src 'self' http://127.0.0.1:2379 https://10.0.0.2:2379"),
+            "{p}"
+        );
+        assert!(p.contains("script-src 'self';"), "{p}");
+        assert_eq!(policy([]), POLICY_HEAD);
+    }
+
+    #[test]
     fn etag_revalidates() {
         let mut h = HeaderMap::new();
-        let first = SCRIPT.respond(&h);
+        let first = SCRIPT.respond(&h, POLICY_HEAD);
         assert_eq!(first.status(), StatusCode::OK);
         let tag = first.headers()[header::ETAG].clone();
         h.insert(header::IF_NONE_MATCH, tag);
-        let again = SCRIPT.respond(&h);
+        let again = SCRIPT.respond(&h, POLICY_HEAD);
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
         assert!(again
             .headers()

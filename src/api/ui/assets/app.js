@@ -165,9 +165,19 @@ function unauthorized(err) {
 }
 
 async function gw(path, body) {
+  return gwAt("", path, body);
+}
+
+/**
+ * A JSON gateway call to the member at `base` ("" for this one; another member's client URL,
+ * which its `--cors` lets this page read), given up after `ms` milliseconds when `ms` is set.
+ */
+async function gwAt(base, path, body, ms) {
   const headers = { "Content-Type": "application/json" };
   if (state.token) headers["Authorization"] = state.token;
-  const r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body || {}), credentials: "omit" });
+  const init = { method: "POST", headers, body: JSON.stringify(body || {}), credentials: "omit" };
+  if (ms) init.signal = AbortSignal.timeout(ms);
+  const r = await fetch(base.replace(/\/+$/, "") + path, init);
   const text = await r.text();
   let json = {};
   try {
@@ -780,6 +790,30 @@ function dl(target, pairs) {
   for (const [k, v] of pairs) target.append(el("dt", {}, k), el("dd", {}, v));
 }
 
+/** How long the console waits for another member's status before it calls the member unreachable. */
+const MEMBER_STATUS_MS = 2000;
+
+/**
+ * Another member's own view, from its client URLs in turn (the first that answers): its Status
+ * (Raft term and index, database sizes, as `etcdctl endpoint status --cluster` reads them) and
+ * its `/health`.
+ */
+async function memberStatus(urls) {
+  let last = new Error("no client URL");
+  for (const url of urls) {
+    try {
+      const [st, h] = await Promise.all([
+        gwAt(url, "/v3/maintenance/status", {}, MEMBER_STATUS_MS),
+        fetch(url.replace(/\/+$/, "") + "/health", { credentials: "omit", signal: AbortSignal.timeout(MEMBER_STATUS_MS) }).then((r) => r.json()),
+      ]);
+      return { st, health: h };
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
+}
+
 async function refreshCluster() {
   let st;
   let members;
@@ -816,17 +850,40 @@ async function refreshCluster() {
     ["Health", healthy ? "healthy" : "unhealthy " + healthReason],
     ["Errors", (st.errors || []).join("; ") || "none"],
   ]);
+  const list = members.members || [];
+  // Every other started member is asked for its own status, all at once.
+  const statuses = await Promise.all(
+    list.map((m) => {
+      const id = m.ID || m.id || "0";
+      const urls = m.clientURLs || m.client_urls || [];
+      if (id === me) return Promise.resolve({ st, health: { health: healthy ? "true" : "false", reason: healthReason } });
+      if (!urls.length) return Promise.resolve({ err: new Error("not started") });
+      return memberStatus(urls).catch((err) => ({ err }));
+    })
+  );
   const tbody = $("members");
   tbody.replaceChildren();
-  for (const m of members.members || []) {
+  list.forEach((m, i) => {
     const id = m.ID || m.id || "0";
     const learner = m.isLearner || m.is_learner;
+    const own = statuses[i].st;
     const role = learner ? "learner" : id === st.leader ? "leader" : "follower";
+    // Its own /health; "unreachable" when it does not answer this browser although the member
+    // serving this page still holds a live peer connection to it (TLS or a firewall between).
     let health;
-    if (id === me) health = healthy ? "healthy" : "unhealthy";
-    else if (active[idHex(id)] === undefined) health = "unknown";
-    else health = active[idHex(id)] ? "healthy" : "unhealthy";
+    let why = "";
+    if (own) {
+      health = statuses[i].health.health === "true" ? "healthy" : "unhealthy";
+      why = statuses[i].health.reason || "";
+    } else if (active[idHex(id)]) {
+      health = "unreachable";
+      why = "this member reaches it, this browser does not: " + statuses[i].err.message;
+    } else {
+      health = "unhealthy";
+      why = statuses[i].err.message;
+    }
     const name = m.name || "(not started)";
+    const num = (v) => (own ? v || "0" : "?");
     tbody.append(
       el(
         "tr",
@@ -834,12 +891,16 @@ async function refreshCluster() {
         el("td", {}, name + (id === me ? " (this member)" : "")),
         el("td", { class: "mono" }, idHex(id)),
         el("td", { class: "role" }, role),
-        el("td", { class: "health" }, el("span", { class: "pill " + (health === "healthy" ? "good" : health === "unhealthy" ? "bad" : "") }, health)),
+        el("td", { class: "health", title: why }, el("span", { class: "pill " + (health === "healthy" ? "good" : "bad") }, health)),
+        el("td", { class: "term" }, num(own && (own.raftTerm || own.raft_term))),
+        el("td", { class: "index" }, num(own && (own.raftIndex || own.raft_index))),
+        el("td", { class: "dbsize" }, own ? fmtBytes(own.dbSize || own.db_size) : "?"),
+        el("td", { class: "inuse" }, own ? fmtBytes(own.dbSizeInUse || own.db_size_in_use) : "?"),
         el("td", { class: "mono" }, (m.clientURLs || m.client_urls || []).join(" ")),
         el("td", { class: "mono" }, (m.peerURLs || m.peer_urls || []).join(" "))
       )
     );
-  }
+  });
   await refreshAlarmsAndLeases();
 }
 
