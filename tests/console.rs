@@ -378,6 +378,13 @@ async fn keys_tree_value_history_put_and_delete() {
     )
     .await;
     assert!(r.get("error").is_none(), "{r}");
+    // A key with an earlier life: created, changed, deleted, created again (all after the
+    // compaction, so every event of it is retained).
+    rest.put("svc/state", "v1").await;
+    rest.put("svc/state", "v2").await;
+    let gone = rest.delete("svc/state").await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    rest.put("svc/state", "v3").await;
     for i in 0..150 {
         rest.put(&format!("many/k{i:03}"), "x").await;
     }
@@ -411,8 +418,8 @@ async fn keys_tree_value_history_put_and_delete() {
 
     let b = Browser::start(1280, 800).await;
     b.goto(&format!("{base}/ui")).await;
-    // The root level: folders app/, bin/, many/.
-    b.wait_count("#tree button.folder", |n| n == 3).await;
+    // The root level: folders app/, bin/, many/, svc/.
+    b.wait_count("#tree button.folder", |n| n == 4).await;
     b.click("#tree button[data-folder='YXBwLw==']").await; // app/
     b.wait_text("#tree", |t| t.contains("config/") && t.contains("name"))
         .await;
@@ -447,6 +454,44 @@ async fn keys_tree_value_history_put_and_delete() {
     assert_eq!(b.count("#history-rows tr:not(.mark)").await, 3);
     assert_eq!(b.count("#history-rows tr.mark").await, 1);
     b.screenshot("keys").await;
+
+    // History across a delete: the current life, the delete, the earlier life, then the
+    // compaction mark (the REST watch from the oldest retained revision reads the earlier life).
+    b.fill("#search-prefix", "svc/").await;
+    b.click("#search-go").await;
+    b.click(&format!("#tree button[data-key='{}']", b64(b"svc/state")))
+        .await;
+    b.wait_text("#key-value", |t| t == "v3").await;
+    b.click("#key-history").await;
+    let end = b
+        .wait_text("#history-end", |t| t.contains("Compaction"))
+        .await;
+    assert!(end.contains(&format!("revision {early}")), "{end}");
+    let rows = b
+        .exec(
+            "return Array.from(document.querySelectorAll('#history-rows tr'), \
+             r => Array.from(r.cells, c => c.textContent).join('|'))",
+            json!([]),
+        )
+        .await;
+    let rows: Vec<String> = serde_json::from_value(rows).expect("rows");
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows[0].ends_with("|1|v3"), "{rows:?}");
+    assert!(rows[1].contains("Deleted"), "{rows:?}");
+    assert!(rows[2].ends_with("|2|v2"), "{rows:?}");
+    assert!(rows[3].ends_with("|1|v1"), "{rows:?}");
+    assert!(rows[4].contains("Compacted"), "{rows:?}");
+    // Revisions descend down the page.
+    let revs: Vec<i64> = rows[..4]
+        .iter()
+        .map(|r| {
+            r.split('|')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(revs.windows(2).all(|w| w[0] > w[1]), "{rows:?}");
 
     // Paging: many/ holds 150 keys, one page is 100.
     b.click("#crumbs button:first-child").await;

@@ -364,43 +364,59 @@ async function browse(prefix) {
   await morePage();
 }
 
+/** Range requests one "Load more" may make to fill a page when folders collapse many keys. */
+const PAGE_REQUESTS = 20;
+
 async function morePage() {
   const prefix = keys.prefix;
   const end = prefix.length ? prefixEnd(prefix) : new Uint8Array([0]);
   $("tree-status").textContent = "Loading…";
   $("tree-more").hidden = true;
-  let r;
-  try {
-    r = await gw("/v3/kv/range", {
-      key: bytesToB64(keys.cursor),
-      range_end: bytesToB64(end),
-      limit: PAGE,
-      keys_only: true,
-    });
-  } catch (err) {
-    if (unauthorized(err)) return;
-    $("tree-status").textContent = explain(err, "list these keys");
-    return;
-  }
   const tree = $("tree");
   const seen = new Set(Array.from(tree.querySelectorAll("button[data-folder]"), (b) => b.dataset.folder));
-  let last = null;
-  for (const kv of r.kvs || []) {
-    const key = b64ToBytes(kv.key);
-    const rest = key.subarray(prefix.length);
-    const slash = rest.indexOf(0x2f);
-    if (slash >= 0 && slash < rest.length - 1) {
-      // A deeper level: one folder entry, and the next page skips past everything under it.
-      const folder = key.subarray(0, prefix.length + slash + 1);
-      const b64 = bytesToB64(folder);
-      last = { skip: folder };
-      if (seen.has(b64)) continue;
-      seen.add(b64);
-      tree.append(
-        el("li", {}, el("button", { type: "button", class: "folder", "data-folder": b64, onclick: () => browse(folder) }, showKey(folder.subarray(prefix.length))))
-      );
-    } else {
+  // A page is PAGE entries: a folder counts once however many keys it holds, and the next
+  // request starts past it, so a page never waits for a folder's keys to be listed.
+  let added = 0;
+  let more = false;
+  for (let request = 0; request < PAGE_REQUESTS && keys.cursor && added < PAGE; request++) {
+    let r;
+    try {
+      r = await gw("/v3/kv/range", {
+        key: bytesToB64(keys.cursor),
+        range_end: bytesToB64(end),
+        limit: PAGE,
+        keys_only: true,
+      });
+    } catch (err) {
+      if (unauthorized(err)) return;
+      $("tree-status").textContent = explain(err, "list these keys");
+      $("tree-more").hidden = false;
+      return;
+    }
+    let last = null;
+    let leftOver = false; // keys of this answer not shown (under the folder, or past a full page)
+    const kvs = r.kvs || [];
+    for (let i = 0; i < kvs.length; i++) {
+      const key = b64ToBytes(kvs[i].key);
+      const rest = key.subarray(prefix.length);
+      const slash = rest.indexOf(0x2f);
+      if (slash >= 0 && slash < rest.length - 1) {
+        // A deeper level: one folder entry, and the next request skips past everything under it.
+        const folder = key.subarray(0, prefix.length + slash + 1);
+        const b64 = bytesToB64(folder);
+        last = { skip: folder };
+        if (seen.has(b64)) continue;
+        seen.add(b64);
+        added++;
+        tree.append(
+          el("li", {}, el("button", { type: "button", class: "folder", "data-folder": b64, onclick: () => browse(folder) }, showKey(folder.subarray(prefix.length))))
+        );
+        // Everything else this answer holds under the folder is skipped.
+        leftOver = i < kvs.length - 1;
+        break;
+      }
       last = { key };
+      added++;
       const b64 = bytesToB64(key);
       tree.append(
         el(
@@ -419,16 +435,17 @@ async function morePage() {
           )
         )
       );
+      if (added >= PAGE) {
+        leftOver = i < kvs.length - 1;
+        break;
+      }
     }
+    more = Boolean(last) && (r.more || leftOver);
+    keys.cursor = more ? (last.skip ? prefixEnd(last.skip) : concat(last.key, new Uint8Array([0]))) : null;
   }
-  if (r.more && last) {
-    keys.cursor = last.skip ? prefixEnd(last.skip) : concat(last.key, new Uint8Array([0]));
-    $("tree-more").hidden = false;
-  } else {
-    keys.cursor = null;
-  }
+  $("tree-more").hidden = !more;
   const n = tree.children.length;
-  $("tree-status").textContent = n === 0 ? "No keys under this prefix." : n + (n === 1 ? " entry" : " entries") + (r.more ? " so far (more on demand)." : ".");
+  $("tree-status").textContent = n === 0 ? "No keys under this prefix." : n + (n === 1 ? " entry" : " entries") + (more ? " so far (more on demand)." : ".");
 }
 
 function showValue() {
@@ -634,8 +651,8 @@ async function moreHistory() {
     }
     const kv = (r.kvs || [])[0];
     if (!kv) {
-      $("history-end").textContent = "The key did not exist at revision " + h.next + ": this is its whole history since it was last created.";
       h.next = 0;
+      await earlierLives(h.key, Number(keys.kv.create_revision));
       return;
     }
     $("history-rows").append(historyRow(kv));
@@ -643,6 +660,78 @@ async function moreHistory() {
   }
   if (h.next > 0) $("history-more").hidden = false;
   else $("history-end").textContent = "Revision 1 reached.";
+}
+
+/** At most this many events of a key's earlier lives are shown (the newest ones). */
+const EARLIER_EVENTS = 1000;
+
+/**
+ * The key's lives before the current one (created, changed, deleted, created again): every
+ * retained event before `createdAt`, read with the REST API's watch from the oldest retained
+ * revision (`timeout=0`: what history holds, then stop), shown newest first below the current
+ * life, each delete marked. A 410 answer names the compaction point, which is marked and read on
+ * from. The REST watch takes the key as text: a key that is not UTF-8 stops at its current life.
+ */
+async function earlierLives(key, createdAt) {
+  const rows = $("history-rows");
+  const text = utf8(key);
+  if (text === null) {
+    $("history-end").textContent = "The key did not exist at revision " + (createdAt - 1) + ". Earlier lives of a key that is not UTF-8 are not shown.";
+    return;
+  }
+  const events = [];
+  let rev = 1;
+  let compactedAt = 0;
+  for (let polls = 0; polls < 100; polls++) {
+    const q = new URLSearchParams({ key: text, rev: String(rev), timeout: "0" });
+    const r = await fetch("/watch?" + q, { headers: restHeaders(), credentials: "omit" });
+    if (r.status === 410) {
+      const body = await r.json();
+      compactedAt = Number(body.compact_revision);
+      rev = compactedAt;
+      continue;
+    }
+    if (r.status === 204) break;
+    if (!r.ok) {
+      let msg = r.statusText;
+      try {
+        msg = (await r.json()).error || msg;
+      } catch (_) {}
+      const err = new ApiError(r.status, msg);
+      if (unauthorized(err)) return;
+      $("history-end").textContent = explain(err, "read the key's earlier history");
+      return;
+    }
+    const batch = (await r.json()).events || [];
+    if (!batch.length) break;
+    let done = false;
+    for (const ev of batch) {
+      if (ev.mod_revision >= createdAt) {
+        done = true;
+        break;
+      }
+      events.push(ev);
+      if (events.length > EARLIER_EVENTS) events.shift();
+    }
+    if (done) break;
+    rev = batch[batch.length - 1].mod_revision + 1;
+  }
+  for (const ev of events.reverse()) {
+    if (ev.type === "DELETE") {
+      rows.append(el("tr", { class: "mark deleted" }, el("td", {}, ev.mod_revision), el("td", {}, "—"), el("td", {}, "🗑 Deleted")));
+    } else {
+      const value = ev.value !== undefined ? ev.value : "(bytes, base64) " + (ev.value_base64 || "");
+      const preview = value.length > 200 ? value.slice(0, 200) + "…" : value;
+      rows.append(el("tr", {}, el("td", {}, ev.mod_revision), el("td", {}, ev.version), el("td", { class: "mono" }, preview)));
+    }
+  }
+  if (compactedAt > 0) {
+    rows.append(el("tr", { class: "mark" }, el("td", { colspan: 3 }, "✂ Compacted: revisions before " + compactedAt + " are gone.")));
+    $("history-end").textContent = "Compaction cut the history at revision " + compactedAt + ".";
+  } else {
+    $("history-end").textContent = events.length ? "Revision 1 reached: every life of the key is shown." : "The key was created at revision " + createdAt + " and has no earlier life.";
+  }
+  if (events.length >= EARLIER_EVENTS) $("history-end").textContent += " Only the newest " + EARLIER_EVENTS + " earlier events are shown.";
 }
 
 // ---------------------------------------------------------------------------------------------
