@@ -602,6 +602,15 @@ async fn keys_tree_value_history_put_and_delete() {
         |v| v.as_i64().is_some_and(|n| n >= 5),
     )
     .await;
+    // The REST puts show in the request rate (the console's own scrapes add about two a second).
+    b.wait_for(
+        "REST requests per second above the console's own",
+        "const t = document.querySelector('#chart-requests .now').textContent; \
+         const m = /REST API ([0-9.]+)/.exec(t); return m ? Number(m[1]) : 0",
+        json!([]),
+        |v| v.as_f64().is_some_and(|r| r > 10.0),
+    )
+    .await;
     b.screenshot("metrics").await;
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
     writer.await.expect("writer");

@@ -1102,6 +1102,7 @@ function push(name, values) {
 }
 
 const CHARTS = [
+  { id: "requests", title: "Requests per second", legend: ["gRPC and gateway", "REST API"], fmt: (v) => v.toFixed(1) },
   { id: "applied", title: "Writes applied per second", legend: ["Raft entries"], fmt: (v) => v.toFixed(1) },
   { id: "fsync", title: "WAL fsync duration", legend: ["p50", "p90", "p99"], fmt: (v) => (v * 1000).toFixed(2) + " ms" },
   { id: "commit", title: "Backend commit duration", legend: ["p50", "p90", "p99"], fmt: (v) => (v * 1000).toFixed(2) + " ms" },
@@ -1124,6 +1125,11 @@ async function scrapeMetrics() {
     const dt = (now - prev.at) / 1000;
     const applied = ((scalar(cur, "etcd_server_proposals_applied_total") || 0) - (scalar(prev.data, "etcd_server_proposals_applied_total") || 0)) / dt;
     push("applied", [Math.max(0, applied)]);
+    // Every series of a counter summed: calls of every method and code (etcd's names for gRPC,
+    // where a gateway call counts as the method it maps to), requests of every REST route.
+    const total = (p, name) => (p[name] || []).reduce((sum, x) => sum + x.value, 0);
+    const rate = (name) => Math.max(0, (total(cur, name) - total(prev.data, name)) / dt);
+    push("requests", [rate("grpc_server_started_total"), rate("mini_etcd_rest_requests_total")]);
     for (const [id, name] of [
       ["fsync", "etcd_disk_wal_fsync_duration_seconds"],
       ["commit", "etcd_disk_backend_commit_duration_seconds"],
