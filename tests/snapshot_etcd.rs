@@ -8,113 +8,19 @@
 //!   leaves a data directory behind.
 //! - `mini-etcd snapshot status` prints what `etcdctl snapshot status` prints, in every format.
 //!
-//! Each test starts etcd (`/usr/bin/etcd`, or `COMPAT_REFERENCE_ETCD`) itself on free loopback
-//! ports; a missing etcd or etcdctl fails the test, it is never skipped. Every wait is bounded.
+//! Each test starts etcd (`/usr/bin/etcd`, or `COMPAT_REFERENCE_ETCD`) with the shared starter
+//! (`compat/etcd.rs`) on free loopback ports; a missing etcd or etcdctl fails the test, it is never
+//! skipped. Every wait is bounded.
 
 mod common;
 mod compat;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
+use compat::etcd::{Etcd, EtcdOptions};
 use compat::{connect_url, etcdctl_path, ok};
 use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
-
-/// Path of the etcd server: `COMPAT_REFERENCE_ETCD` if set, else `/usr/bin/etcd`.
-fn etcd_path() -> PathBuf {
-    let path = PathBuf::from(common::reference_etcd().unwrap_or_else(|| "/usr/bin/etcd".into()));
-    assert!(
-        path.is_file(),
-        "{} not found: install etcd 3.4's server (`apt-get install -y etcd-server`); this suite \
-         must not be skipped",
-        path.display()
-    );
-    path
-}
-
-/// A real etcd on loopback ports; killed and reaped on drop.
-struct Etcd {
-    /// The process; `None` once reaped.
-    child: Option<Child>,
-    /// Holds its log.
-    log_dir: tempfile::TempDir,
-    /// Its client URL.
-    url: String,
-}
-
-impl Etcd {
-    /// Starts etcd named `name` on `data_dir` whose peer URL is `peer`, and waits until healthy.
-    async fn start(data_dir: &Path, name: &str, peer: &str) -> Etcd {
-        let log_dir = tempfile::tempdir().expect("tempdir for the etcd log");
-        let port = common::free_ports(1)[0];
-        let url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(log_dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new(etcd_path())
-            .arg(format!("--name={name}"))
-            .arg(format!("--data-dir={}", data_dir.display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={name}={peer}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        let mut etcd = Etcd {
-            child: Some(child),
-            log_dir,
-            url,
-        };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("reqwest client");
-        let deadline = Instant::now() + common::START_BOUND;
-        loop {
-            if let Some(Ok(Some(status))) = etcd.child.as_mut().map(|c| c.try_wait()) {
-                etcd.child = None;
-                panic!("etcd exited at start with {status}; log:\n{}", etcd.log());
-            }
-            if let Ok(resp) = http.get(format!("{}/health", etcd.url)).send().await {
-                if resp.status().as_u16() == 200 {
-                    return etcd;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd not healthy; log:\n{}",
-                etcd.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        common::tail(
-            &common::read_log(&self.log_dir.path().join("etcd.log")),
-            6000,
-        )
-    }
-
-    async fn client(&self) -> Client {
-        connect_url(&self.url, || self.log()).await
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                eprintln!("---- etcd log ----\n{}", self.log());
-            }
-        }
-    }
-}
 
 /// A free loopback peer URL.
 fn peer_url() -> String {
@@ -245,7 +151,7 @@ fn statuses_agree(file: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_snapshot_restores_into_mini_etcd() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(&dir.path().join("etcd"), "src", &peer_url()).await;
+    let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
     let lease = write_history(&mut c).await;
     let expect = keys(&mut c).await;
@@ -277,7 +183,7 @@ async fn etcd_snapshot_restores_into_mini_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_snapshot_restores_into_a_three_member_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(&dir.path().join("etcd"), "src", &peer_url()).await;
+    let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
     let lease = write_history(&mut c).await;
     let expect = keys(&mut c).await;
@@ -344,7 +250,13 @@ async fn mini_etcd_snapshot_restores_into_etcd() {
         &peer,
     ]);
     assert!(ok_restore, "etcdctl snapshot restore: {out} {err}");
-    let etcd = Etcd::start(&data, "dst", &peer).await;
+    let etcd = Etcd::start_opts(EtcdOptions {
+        data_dir: Some(data.clone()),
+        name: Some("dst".into()),
+        peer_url: Some(peer.clone()),
+        ..EtcdOptions::default()
+    })
+    .await;
     let mut c = etcd.client().await;
     check_restored("etcd from mini-etcd's snapshot", &mut c, &expect, lease).await;
 }
