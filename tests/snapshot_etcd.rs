@@ -7,6 +7,7 @@
 //! - A snapshot with one byte flipped, or cut short, is refused by both restores, and neither
 //!   leaves a data directory behind.
 //! - `mini-etcd snapshot status` prints what `etcdctl snapshot status` prints, in every format.
+//! - A snapshot taken while transactions go on restores, by either tool, to exactly its revision.
 //!
 //! Each test starts etcd (`/usr/bin/etcd`, or `COMPAT_REFERENCE_ETCD`) with the shared starter
 //! (`compat/etcd.rs`) on free loopback ports; a missing etcd or etcdctl fails the test, it is never
@@ -316,4 +317,153 @@ async fn damaged_and_truncated_snapshots_are_refused() {
         .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
         .collect();
     assert!(strays.is_empty(), "{strays:?}");
+}
+
+/// Every live key of a restored server as (key, value, mod revision), with its revision.
+async fn pairs(c: &mut Client) -> (Vec<(String, String, i64)>, i64) {
+    let resp = ok(
+        "get all",
+        c.get("", Some(GetOptions::new().with_from_key())).await,
+    );
+    let rev = resp.header().expect("header").revision();
+    let kvs = resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap_or_default().to_string(),
+                kv.value_str().unwrap_or_default().to_string(),
+                kv.mod_revision(),
+            )
+        })
+        .collect();
+    (kvs, rev)
+}
+
+/// What a restore of the snapshot at `snap_rev` must serve: that revision, no key written after it,
+/// and every writer's three keys, which it only ever writes together in one transaction, equal.
+fn assert_one_revision(what: &str, (kvs, rev): &(Vec<(String, String, i64)>, i64), snap_rev: i64) {
+    assert_eq!(*rev, snap_rev, "{what}: the restored revision");
+    let mut writers = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (key, value, mod_rev) in kvs {
+        assert!(
+            *mod_rev <= snap_rev,
+            "{what}: {key} at {mod_rev} > {snap_rev}"
+        );
+        if let Some((writer, _)) = key.strip_prefix("w/").and_then(|k| k.split_once('/')) {
+            writers
+                .entry(writer.to_string())
+                .or_default()
+                .push(value.clone());
+        }
+    }
+    assert!(!writers.is_empty(), "{what}: no writer's keys");
+    for (writer, values) in &writers {
+        assert_eq!(values.len(), 3, "{what}: writer {writer}: {values:?}");
+        assert!(
+            values.iter().all(|v| v == &values[0]),
+            "{what}: writer {writer} half-applied: {values:?}"
+        );
+    }
+}
+
+/// A snapshot taken while transactions go on is one revision's state: restored by
+/// `mini-etcd snapshot restore` and by `etcdctl snapshot restore` (into real etcd), the store is at
+/// the snapshot's revision, holds nothing written after it, and no transaction is half in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_under_writes_restores_to_one_revision() {
+    let (server, dir) = compat::start(&[]).await;
+    let mut m = compat::connect(&server).await;
+    // A few MiB, so that the snapshot takes long enough for writes to land while it is written.
+    let big = "x".repeat(4096);
+    for i in 0..1000 {
+        ok(
+            "fill",
+            m.put(format!("fill/{i:04}"), big.as_str(), None).await,
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut c = compat::connect(&server).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let value = n.to_string();
+                let ops: Vec<etcd_client::TxnOp> = ["a", "b", "c"]
+                    .iter()
+                    .map(|k| etcd_client::TxnOp::put(format!("w/{w}/{k}"), value.as_str(), None))
+                    .collect();
+                ok("txn", c.txn(etcd_client::Txn::new().and_then(ops)).await);
+            }
+            n
+        }));
+    }
+    // Let every writer land a few transactions first.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let file = dir.path().join("under-writes.db");
+    let (url, at) = (server.client_url(), file.clone());
+    tokio::task::spawn_blocking(move || save(&url, &at))
+        .await
+        .expect("save");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.expect("writer") > 0);
+    }
+    let after = keys(&mut m).await.1;
+    let (done, out, err) = mini(&[
+        "snapshot",
+        "status",
+        &file.display().to_string(),
+        "-w",
+        "json",
+    ]);
+    assert!(done, "snapshot status: {out} {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let snap_rev = status["revision"].as_i64().expect("revision");
+    assert!(
+        snap_rev < after,
+        "writes went on: snapshot at {snap_rev}, store at {after}"
+    );
+
+    let ours = dir.path().join("ours");
+    let (restored, out, err) = mini(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &ours.display().to_string(),
+    ]);
+    assert!(restored, "mini-etcd snapshot restore: {out} {err}");
+    let restored = common::Server::start(&ours, &[]).await;
+    let mut r = compat::connect(&restored).await;
+    assert_one_revision("mini-etcd", &pairs(&mut r).await, snap_rev);
+
+    let theirs = dir.path().join("theirs");
+    let peer = peer_url();
+    let (restored, out, err) = etcdctl(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &theirs.display().to_string(),
+        "--name",
+        "dst",
+        "--initial-cluster",
+        &format!("dst={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    assert!(restored, "etcdctl snapshot restore: {out} {err}");
+    let etcd = Etcd::start_opts(EtcdOptions {
+        data_dir: Some(theirs),
+        name: Some("dst".into()),
+        peer_url: Some(peer),
+        ..EtcdOptions::default()
+    })
+    .await;
+    let mut c = etcd.client().await;
+    assert_one_revision("etcd", &pairs(&mut c).await, snap_rev);
 }
