@@ -15,13 +15,15 @@
 //! the SHA-256 of everything sent before it (also with `remaining_bytes` 0). `etcdctl snapshot save`
 //! writes the whole stream, trailer included, to a file.
 //!
-//! The file is etcd's: a bbolt database holding etcd's buckets (`snap/etcd_format.rs`), so
-//! `etcdctl snapshot status` and `etcdctl snapshot restore` read it and real etcd starts from what
-//! they restore. Because every bucket comes from the one read transaction, the file is one commit's
+//! The file is etcd's: a bbolt database holding etcd's buckets (`snap/etcd_format.rs`), so `etcdctl
+//! snapshot status` and `etcdctl snapshot restore` read it and real etcd starts from what they
+//! restore. Because every bucket comes from the one read transaction, the file is one commit's
 //! state: the consistent index in its `meta` bucket covers exactly the records beside it, however
-//! many writes the member commits while the file is written. `mini-etcd snapshot restore` reads it
-//! too (and etcd's own snapshots): it builds a data directory whose `member/db` is our redb backend;
-//! the server started there finds no WAL, creates one, and because the backend's consistent index is
+//! many writes the member commits while the file is written. (Meanwhile redb keeps the pages that
+//! transaction reads, so commits grow the backend file rather than reuse them, as etcd's bbolt file
+//! grows under its snapshot's read transaction.) `mini-etcd snapshot restore` reads it too (and
+//! etcd's own snapshots): it builds a data directory whose `member/db` is our redb backend; the
+//! server started there finds no WAL, creates one, and because the backend's consistent index is
 //! ahead of it, the log restarts from the backend as its snapshot (the same path as after
 //! `mini-etcd repair`). The member keeps the id and cluster id of its own configuration, not those
 //! of the member the snapshot came from.
