@@ -1,6 +1,6 @@
-//! Bounded resources (issue 17): snapshot copies are bounded, accounted by the quota, removed at start
-//! and when a client stops reading; a full disk stops the member without losing anything it
-//! acknowledged; a flood of compaction requests costs no thread each.
+//! Bounded resources (issue 17): snapshot copies are one file per transfer, bounded, accounted by
+//! the quota, removed at start and when a client stops reading; a full disk stops the member without
+//! losing anything it acknowledged; a flood of compaction requests costs no thread each.
 //!
 //! The disk-full cases use the server's test-only switch (`MINI_ETCD_TEST_DISK_FULL_FILE`): a file
 //! naming `wal` or `backend` makes the next WAL append or backend commit fail with `ENOSPC`, as a full
@@ -8,7 +8,10 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{assert_acked_present, start_switched, Server, Switched};
@@ -227,6 +230,71 @@ async fn a_snapshot_client_that_stops_reading_is_given_up_after_the_send_timeout
     });
     assert!(got < total, "{got} of {total}");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+/// While a client's Snapshot call writes its copy and while its stream is held open, the member
+/// directory holds one file beside what it held before: the copy the stream is sent from, never
+/// larger than what the stream sends. No intermediate copy is made on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_writes_one_file_beside_the_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]).await;
+    fill(&server, "k/", 400, 10_000).await;
+
+    let member = data.join("member");
+    let names = |dir: &Path| -> Vec<(String, u64)> {
+        std::fs::read_dir(dir)
+            .expect("member dir")
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                (e.file_name().to_string_lossy().into_owned(), size)
+            })
+            .collect()
+    };
+    let before: BTreeSet<String> = names(&member).into_iter().map(|(n, _)| n).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, member) = (stop.clone(), member.clone());
+        std::thread::spawn(move || {
+            // Every new name seen, with the largest size seen for it.
+            let mut seen = BTreeMap::<String, u64>::new();
+            loop {
+                let last = stop.load(Ordering::Acquire);
+                for (name, size) in names(&member) {
+                    if !before.contains(&name) {
+                        let peak = seen.entry(name).or_default();
+                        *peak = (*peak).max(size);
+                    }
+                }
+                if last {
+                    return seen;
+                }
+            }
+        })
+    };
+    let mut holder = small_window_client(&server).await;
+    let mut held = holder
+        .snapshot(SnapshotRequest {})
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let first = held.message().await.expect("chunk").expect("a chunk");
+    let total = first.remaining_bytes + first.blob.len() as u64;
+    // Held open, unread: the transfer waits for its reader with its copy on disk.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Release);
+    let seen = watcher.join().expect("watcher");
+    assert_eq!(seen.len(), 1, "files beside the backend: {seen:?}");
+    let (name, peak) = seen.into_iter().next().expect("one file");
+    assert!(
+        name.starts_with("db.snapshot.") && name.ends_with(".tmp"),
+        "{name}"
+    );
+    assert!(total > 3_000_000, "{total} bytes");
+    assert_eq!(peak, total, "the copy is the bytes the stream sends");
+    assert_eq!(snapshot_copies(&data).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

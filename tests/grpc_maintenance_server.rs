@@ -29,7 +29,7 @@ use mini_etcd::proto::etcdserverpb::{
     MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest, RangeRequest,
     RequestOp, SnapshotRequest, StatusRequest, TxnRequest,
 };
-use mini_etcd::server::maintenance::Sha256;
+use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
 /// Safety bound on one call.
@@ -413,7 +413,7 @@ async fn snapshot_streams_and_restores() {
         file.extend_from_slice(&c.blob);
     }
     assert_eq!(
-        sha.finish().to_vec(),
+        sha.finalize().to_vec(),
         trailer.blob,
         "trailer is the data's sha256"
     );

@@ -7,114 +7,21 @@
 //! - A snapshot with one byte flipped, or cut short, is refused by both restores, and neither
 //!   leaves a data directory behind.
 //! - `mini-etcd snapshot status` prints what `etcdctl snapshot status` prints, in every format.
+//! - A snapshot taken while transactions go on restores, by either tool, to exactly its revision.
 //!
-//! Each test starts etcd (`/usr/bin/etcd`, or `COMPAT_REFERENCE_ETCD`) itself on free loopback
-//! ports; a missing etcd or etcdctl fails the test, it is never skipped. Every wait is bounded.
+//! Each test starts etcd (`/usr/bin/etcd`, or `COMPAT_REFERENCE_ETCD`) with the shared starter
+//! (`compat/etcd.rs`) on free loopback ports; a missing etcd or etcdctl fails the test, it is never
+//! skipped. Every wait is bounded.
 
 mod common;
 mod compat;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
+use compat::etcd::{Etcd, EtcdOptions};
 use compat::{connect_url, etcdctl_path, ok};
 use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
-
-/// Path of the etcd server: `COMPAT_REFERENCE_ETCD` if set, else `/usr/bin/etcd`.
-fn etcd_path() -> PathBuf {
-    let path = PathBuf::from(common::reference_etcd().unwrap_or_else(|| "/usr/bin/etcd".into()));
-    assert!(
-        path.is_file(),
-        "{} not found: install etcd 3.4's server (`apt-get install -y etcd-server`); this suite \
-         must not be skipped",
-        path.display()
-    );
-    path
-}
-
-/// A real etcd on loopback ports; killed and reaped on drop.
-struct Etcd {
-    /// The process; `None` once reaped.
-    child: Option<Child>,
-    /// Holds its log.
-    log_dir: tempfile::TempDir,
-    /// Its client URL.
-    url: String,
-}
-
-impl Etcd {
-    /// Starts etcd named `name` on `data_dir` whose peer URL is `peer`, and waits until healthy.
-    async fn start(data_dir: &Path, name: &str, peer: &str) -> Etcd {
-        let log_dir = tempfile::tempdir().expect("tempdir for the etcd log");
-        let port = common::free_ports(1)[0];
-        let url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(log_dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new(etcd_path())
-            .arg(format!("--name={name}"))
-            .arg(format!("--data-dir={}", data_dir.display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={name}={peer}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        let mut etcd = Etcd {
-            child: Some(child),
-            log_dir,
-            url,
-        };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("reqwest client");
-        let deadline = Instant::now() + common::START_BOUND;
-        loop {
-            if let Some(Ok(Some(status))) = etcd.child.as_mut().map(|c| c.try_wait()) {
-                etcd.child = None;
-                panic!("etcd exited at start with {status}; log:\n{}", etcd.log());
-            }
-            if let Ok(resp) = http.get(format!("{}/health", etcd.url)).send().await {
-                if resp.status().as_u16() == 200 {
-                    return etcd;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd not healthy; log:\n{}",
-                etcd.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        common::tail(
-            &common::read_log(&self.log_dir.path().join("etcd.log")),
-            6000,
-        )
-    }
-
-    async fn client(&self) -> Client {
-        connect_url(&self.url, || self.log()).await
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                eprintln!("---- etcd log ----\n{}", self.log());
-            }
-        }
-    }
-}
 
 /// A free loopback peer URL.
 fn peer_url() -> String {
@@ -245,7 +152,7 @@ fn statuses_agree(file: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_snapshot_restores_into_mini_etcd() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(&dir.path().join("etcd"), "src", &peer_url()).await;
+    let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
     let lease = write_history(&mut c).await;
     let expect = keys(&mut c).await;
@@ -277,7 +184,7 @@ async fn etcd_snapshot_restores_into_mini_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_snapshot_restores_into_a_three_member_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(&dir.path().join("etcd"), "src", &peer_url()).await;
+    let etcd = Etcd::start().await;
     let mut c = etcd.client().await;
     let lease = write_history(&mut c).await;
     let expect = keys(&mut c).await;
@@ -344,7 +251,13 @@ async fn mini_etcd_snapshot_restores_into_etcd() {
         &peer,
     ]);
     assert!(ok_restore, "etcdctl snapshot restore: {out} {err}");
-    let etcd = Etcd::start(&data, "dst", &peer).await;
+    let etcd = Etcd::start_opts(EtcdOptions {
+        data_dir: Some(data.clone()),
+        name: Some("dst".into()),
+        peer_url: Some(peer.clone()),
+        ..EtcdOptions::default()
+    })
+    .await;
     let mut c = etcd.client().await;
     check_restored("etcd from mini-etcd's snapshot", &mut c, &expect, lease).await;
 }
@@ -404,4 +317,153 @@ async fn damaged_and_truncated_snapshots_are_refused() {
         .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
         .collect();
     assert!(strays.is_empty(), "{strays:?}");
+}
+
+/// Every live key of a restored server as (key, value, mod revision), with its revision.
+async fn pairs(c: &mut Client) -> (Vec<(String, String, i64)>, i64) {
+    let resp = ok(
+        "get all",
+        c.get("", Some(GetOptions::new().with_from_key())).await,
+    );
+    let rev = resp.header().expect("header").revision();
+    let kvs = resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap_or_default().to_string(),
+                kv.value_str().unwrap_or_default().to_string(),
+                kv.mod_revision(),
+            )
+        })
+        .collect();
+    (kvs, rev)
+}
+
+/// What a restore of the snapshot at `snap_rev` must serve: that revision, no key written after it,
+/// and every writer's three keys, which it only ever writes together in one transaction, equal.
+fn assert_one_revision(what: &str, (kvs, rev): &(Vec<(String, String, i64)>, i64), snap_rev: i64) {
+    assert_eq!(*rev, snap_rev, "{what}: the restored revision");
+    let mut writers = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (key, value, mod_rev) in kvs {
+        assert!(
+            *mod_rev <= snap_rev,
+            "{what}: {key} at {mod_rev} > {snap_rev}"
+        );
+        if let Some((writer, _)) = key.strip_prefix("w/").and_then(|k| k.split_once('/')) {
+            writers
+                .entry(writer.to_string())
+                .or_default()
+                .push(value.clone());
+        }
+    }
+    assert!(!writers.is_empty(), "{what}: no writer's keys");
+    for (writer, values) in &writers {
+        assert_eq!(values.len(), 3, "{what}: writer {writer}: {values:?}");
+        assert!(
+            values.iter().all(|v| v == &values[0]),
+            "{what}: writer {writer} half-applied: {values:?}"
+        );
+    }
+}
+
+/// A snapshot taken while transactions go on is one revision's state: restored by
+/// `mini-etcd snapshot restore` and by `etcdctl snapshot restore` (into real etcd), the store is at
+/// the snapshot's revision, holds nothing written after it, and no transaction is half in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_under_writes_restores_to_one_revision() {
+    let (server, dir) = compat::start(&[]).await;
+    let mut m = compat::connect(&server).await;
+    // A few MiB, so that the snapshot takes long enough for writes to land while it is written.
+    let big = "x".repeat(4096);
+    for i in 0..1000 {
+        ok(
+            "fill",
+            m.put(format!("fill/{i:04}"), big.as_str(), None).await,
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut c = compat::connect(&server).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let value = n.to_string();
+                let ops: Vec<etcd_client::TxnOp> = ["a", "b", "c"]
+                    .iter()
+                    .map(|k| etcd_client::TxnOp::put(format!("w/{w}/{k}"), value.as_str(), None))
+                    .collect();
+                ok("txn", c.txn(etcd_client::Txn::new().and_then(ops)).await);
+            }
+            n
+        }));
+    }
+    // Let every writer land a few transactions first.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let file = dir.path().join("under-writes.db");
+    let (url, at) = (server.client_url(), file.clone());
+    tokio::task::spawn_blocking(move || save(&url, &at))
+        .await
+        .expect("save");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.expect("writer") > 0);
+    }
+    let after = keys(&mut m).await.1;
+    let (done, out, err) = mini(&[
+        "snapshot",
+        "status",
+        &file.display().to_string(),
+        "-w",
+        "json",
+    ]);
+    assert!(done, "snapshot status: {out} {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let snap_rev = status["revision"].as_i64().expect("revision");
+    assert!(
+        snap_rev < after,
+        "writes went on: snapshot at {snap_rev}, store at {after}"
+    );
+
+    let ours = dir.path().join("ours");
+    let (restored, out, err) = mini(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &ours.display().to_string(),
+    ]);
+    assert!(restored, "mini-etcd snapshot restore: {out} {err}");
+    let restored = common::Server::start(&ours, &[]).await;
+    let mut r = compat::connect(&restored).await;
+    assert_one_revision("mini-etcd", &pairs(&mut r).await, snap_rev);
+
+    let theirs = dir.path().join("theirs");
+    let peer = peer_url();
+    let (restored, out, err) = etcdctl(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &theirs.display().to_string(),
+        "--name",
+        "dst",
+        "--initial-cluster",
+        &format!("dst={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    assert!(restored, "etcdctl snapshot restore: {out} {err}");
+    let etcd = Etcd::start_opts(EtcdOptions {
+        data_dir: Some(theirs),
+        name: Some("dst".into()),
+        peer_url: Some(peer),
+        ..EtcdOptions::default()
+    })
+    .await;
+    let mut c = etcd.client().await;
+    assert_one_revision("etcd", &pairs(&mut c).await, snap_rev);
 }

@@ -34,10 +34,12 @@
 //!
 //! # Copies of the file: snapshot and defragmentation
 //!
-//! [`Backend::snapshot_to`] writes a consistent copy of the committed state into a new redb file: it
-//! commits, opens one redb read transaction (a consistent view of the last commit, whose consistent
-//! index covers exactly its data) and copies every table into the new file. Nothing waits for it:
-//! readers and commits go on, because redb's read transaction pins the old pages, not a lock.
+//! [`Backend::read_view`] commits and opens one redb read transaction, a [`ReadView`]: a consistent
+//! view of the last commit, whose consistent index covers exactly its data (every commit holds whole
+//! batches, see above). Nothing waits for it: readers and commits go on, because redb's read
+//! transaction pins the old pages, not a lock. A client's snapshot is written in etcd's format
+//! straight from one view (`snap/etcd_format.rs`); [`Backend::snapshot_to`] copies every table of
+//! one view into a new redb file (what a follower that fell behind the log is sent).
 //!
 //! [`Backend::defragment`] builds on that copy. redb's own `Database::compact` needs `&mut Database`,
 //! i.e. no reader and no writer for as long as it runs (seconds on a large file), so it is never run on
@@ -536,16 +538,23 @@ impl Backend {
         Ok(())
     }
 
-    /// Commits, then writes a consistent copy of the committed state to a new redb file at `dest`
-    /// (replaced if it exists) and returns its size. Readers and commits are not blocked: the copy reads
-    /// one redb read transaction. The copy holds everything committed when it started and nothing
-    /// later; its consistent index covers exactly its data.
-    pub fn snapshot_to(&self, dest: &Path) -> Result<u64> {
+    /// Commits, then opens a [`ReadView`] of the committed state: one redb read transaction, so
+    /// everything committed before it opened and nothing later, its consistent index covering
+    /// exactly its data. Readers and commits are not blocked while it is held.
+    pub fn read_view(&self) -> Result<ReadView> {
         self.commit()?;
-        // The handle outlives the transaction, even across a defragmentation's swap.
         let db = self.db();
         let txn = db.begin_read()?;
-        let copy = copy_into(&txn, dest)?;
+        Ok(ReadView { txn, _db: db })
+    }
+
+    /// Commits, then writes a consistent copy of the committed state to a new redb file at `dest`
+    /// (replaced if it exists) and returns its size. Readers and commits are not blocked: the copy reads
+    /// one [`ReadView`]. The copy holds everything committed when it started and nothing later; its
+    /// consistent index covers exactly its data.
+    pub fn snapshot_to(&self, dest: &Path) -> Result<u64> {
+        let view = self.read_view()?;
+        let copy = copy_into(&view.txn, dest)?;
         drop(copy);
         sync_dir(dest)?;
         Ok(std::fs::metadata(dest)?.len())
@@ -656,6 +665,38 @@ impl Backend {
         *self.db.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(copy);
         self.refresh_size();
         Ok(held.elapsed())
+    }
+}
+
+/// A consistent, read-only view of the backend's committed state (see [`Backend::read_view`]):
+/// what one redb commit left, whatever commits, defragmentations or snapshot installs come later.
+/// Buffered writes that were not committed when it opened are not in it. While it is held, redb
+/// keeps the pages it reads, so a long-held view lets later commits grow the file instead of
+/// reusing those pages; drop it as soon as it is read.
+pub struct ReadView {
+    /// The redb read transaction every read of the view goes through (declared first: dropped
+    /// before the database handle it reads).
+    txn: redb::ReadTransaction,
+    /// The database the transaction reads, kept open even if a defragmentation or a snapshot
+    /// install swaps the backend's file meanwhile.
+    _db: Arc<Database>,
+}
+
+impl ReadView {
+    /// Calls `f(key, value)` for every entry of `table`, in key order; `f` returns false to stop.
+    pub fn scan(
+        &self,
+        table: Table,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let t = self.txn.open_table(table.definition())?;
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            if !f(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 

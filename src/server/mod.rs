@@ -298,8 +298,8 @@ impl Server {
 
         let wal_dir = member_dir.join("wal");
         if !Wal::exists(&wal_dir) {
-            // A restored snapshot may still end in etcd's sha256 trailer (see `maintenance.rs`).
-            maintenance::prepare_restored_db(&member_dir.join("db"))?;
+            // A backend placed here by hand may still end in etcd's sha256 trailer.
+            crate::snap::restore::prepare_restored_db(&member_dir.join("db"))?;
         }
         let store = Arc::new(Store::open(&member_dir.join("db"))?);
         store.set_large_read_limit(config.max_large_ranges);

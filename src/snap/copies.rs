@@ -1,24 +1,26 @@
 //! Temporary copies of the backend that snapshots are sent from: how many may exist, how many bytes
 //! they hold on disk, and that none outlives its transfer or the process.
 //!
-//! A snapshot leaves the member as a redb file, and redb cannot write a file out of a read transaction
-//! the way bbolt's `Tx.WriteTo` does, so every transfer copies the backend into a temporary file first
-//! and streams that (`server/maintenance.rs` for a client's Snapshot call, `peer` for a follower that
-//! fell behind the log). This module keeps those copies bounded and visible:
+//! Every transfer writes one temporary file from one redb read transaction of the live backend and
+//! streams that: a client's Snapshot call writes etcd's bbolt format (`server/maintenance.rs`), a
+//! follower that fell behind the log is sent a redb copy (`peer`). Each transfer has exactly that
+//! one file on disk, and it is what this module keeps bounded and visible:
 //!
 //! - **Bounded.** A client's Snapshot call takes one of `--max-snapshot-copies` slots for as long as its
 //!   copy exists; with none free the call is refused at once with etcd's `too many requests`. Copies for
 //!   followers take no slot, so clients can never starve a follower of its snapshot: Raft sends each
 //!   follower at most one at a time, which bounds them by the cluster size.
 //! - **Accounted.** Every copy counts in [`SnapshotCopies::bytes`], reserved at the backend's size
-//!   before the copy starts (a copy is never larger) and settled to the file's real size once written.
+//!   before the copy starts (a copy holds no free pages, so it is about that size or less) and
+//!   settled to the file's real size once written.
 //!   The space quota adds this to the backend's size (`server/alarm.rs`).
 //! - **Removed.** A [`SnapshotCopy`] deletes its file and releases its bytes and slot when dropped:
 //!   when the transfer ends, fails, or is abandoned because the receiver stopped reading for
 //!   `--snapshot-send-timeout`. Files left by a process that died mid-transfer are removed at the next
 //!   start ([`remove_stale`]); nothing is in flight then.
 //!
-//! Left out: streaming without a copy (it needs a redb file writer over a read transaction).
+//! Left out: streaming without a file (both formats are laid out with pages written last that the
+//! first bytes point to, and the first chunk must say how many bytes follow).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -19,11 +19,13 @@
 //! | `cluster` | `clusterVersion` | `3.4.0` | implied |
 //! | `alarm` | `etcdserverpb.AlarmMember` | empty | `meta` `alarm/<member><type>` |
 //!
-//! Guarantees: [`export`] writes every record of the backend it is given (every retained revision,
-//! tombstones, compaction mark, leases, auth, members, alarms, consistent index) in one pass without
-//! holding more than a page and one bucket's page index in memory; [`import`] is its inverse for
-//! files etcd 3.4 and 3.5 write. [`check_trailer`] refuses a file whose SHA-256 does not match, as
-//! `etcdctl snapshot restore` does, before anything is read. [`status`] computes etcdctl's hash (a
+//! Guarantees: [`export`] writes every record of the backend's read view it is given (every retained
+//! revision, tombstones, compaction mark, leases, auth, members, alarms, consistent index) in one
+//! pass without holding more than a page and one bucket's page index in memory; all of it comes
+//! from that one redb read transaction, so the file is one commit's state. [`import`] is its inverse
+//! for files etcd 3.4 and 3.5 write. [`check_trailer`] refuses a file whose SHA-256 does not match,
+//! as `etcdctl snapshot restore` does, before anything is read; [`read_trailer`] is the one place a
+//! trailer is compared with its file. [`status`] computes etcdctl's hash (a
 //! CRC-32C over bucket names, keys and values), revision, key count and size.
 //!
 //! Left out: etcd 3.5's `meta` keys `term` and `confState` (ignored on import, not written), and
@@ -36,10 +38,11 @@ use std::io::Read;
 use std::path::Path;
 
 use prost::Message;
+use sha2::{Digest, Sha256};
 
 use super::bbolt::{Reader, Writer};
 use crate::error::{Error, Result};
-use crate::mvcc::backend::{Backend, Table};
+use crate::mvcc::backend::{Backend, ReadView, Table};
 use crate::mvcc::kv::KeyValue;
 use crate::mvcc::revision::{Revision, TOMBSTONE};
 use crate::proto::etcdserverpb::AlarmMember;
@@ -124,14 +127,16 @@ struct EtcdMember {
     client_urls: Vec<String>,
 }
 
-/// Writes the bbolt file of etcd's snapshot format (without the SHA-256) from `backend` into `dest`;
-/// returns its size. `backend` should be a consistent copy nobody writes to (the snapshot copy).
-pub fn export(backend: &Backend, dest: &Path) -> Result<u64> {
+/// Writes the bbolt file of etcd's snapshot format (without the SHA-256) from `view` into `dest`;
+/// returns its size. Everything comes from that one view, so the file is one commit's state: its
+/// consistent index, compaction mark, leases, auth, membership and alarms are those of the records
+/// beside them, whatever the live backend commits while the file is written.
+pub fn export(view: &ReadView, dest: &Path) -> Result<u64> {
     let mut w = Writer::create(dest)?;
 
     // Buckets are written in any order; the writer sorts the root. etcd creates all of them, so do we.
     w.begin_bucket(b"key")?;
-    backend.scan(Table::Key, &[], None, |k, v| {
+    view.scan(Table::Key, |k, v| {
         let (rev, tombstone) = Revision::from_bytes(k)?;
         if tombstone {
             // etcd's tombstone holds only the key (its revision is the record's key).
@@ -150,7 +155,7 @@ pub fn export(backend: &Backend, dest: &Path) -> Result<u64> {
     let mut meta: BTreeMap<&[u8], Vec<u8>> = BTreeMap::new();
     let mut members = None;
     let mut alarms = BTreeMap::new();
-    backend.scan(Table::Meta, &[], None, |k, v| {
+    view.scan(Table::Meta, |k, v| {
         if k == META_CONSISTENT_INDEX {
             meta.insert(META_CONSISTENT_INDEX, v.to_vec());
         } else if k == META_FINISHED_COMPACT {
@@ -188,7 +193,7 @@ pub fn export(backend: &Backend, dest: &Path) -> Result<u64> {
     }
 
     w.begin_bucket(b"lease")?;
-    backend.scan(Table::Lease, &[], None, |k, v| {
+    view.scan(Table::Lease, |k, v| {
         w.put(k, v)?;
         Ok(true)
     })?;
@@ -197,7 +202,7 @@ pub fn export(backend: &Backend, dest: &Path) -> Result<u64> {
     let mut auth_revision = None;
     let mut users = Vec::new();
     let mut roles = Vec::new();
-    backend.scan(Table::Auth, &[], None, |k, v| {
+    view.scan(Table::Auth, |k, v| {
         if k == OUR_AUTH_ENABLED {
             enabled = v.first() == Some(&1);
         } else if k == OUR_AUTH_REVISION {
@@ -548,33 +553,80 @@ pub fn check_trailer(path: &Path, skip_hash_check: bool) -> Result<u64> {
                 .into(),
         ));
     }
-    let body = len - SHA256_BYTES as u64;
     if skip_hash_check {
         // etcdctl does not compare a trailer it was told to skip either; the bbolt reader still
         // refuses a file whose pages are cut short.
-        return Ok(body);
+        return Ok(len - SHA256_BYTES as u64);
     }
+    let trailer = read_trailer(path)?;
+    if !trailer.matches() {
+        return Err(Error::Corrupt(format!(
+            "expected sha256 {}, got {} (the snapshot is damaged)",
+            hex(&trailer.stored),
+            hex(&trailer.computed)
+        )));
+    }
+    Ok(trailer.body)
+}
+
+/// A file read as a body followed by a 32-byte trailer that may be the body's SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// Bytes before the trailer.
+    pub body: u64,
+    /// The file's last 32 bytes.
+    pub stored: [u8; SHA256_BYTES],
+    /// The SHA-256 of the body.
+    pub computed: [u8; SHA256_BYTES],
+}
+
+impl Trailer {
+    /// True when the file ends in the SHA-256 of the rest of it.
+    pub fn matches(&self) -> bool {
+        self.stored == self.computed
+    }
+}
+
+/// Reads the file at `path` (longer than [`SHA256_BYTES`]) as a body and a trailer, hashing the
+/// body a MiB at a time. The one place a snapshot's SHA-256 trailer is checked: by
+/// [`check_trailer`] for `snapshot restore`, and by `restore::prepare_restored_db` at start.
+pub fn read_trailer(path: &Path) -> Result<Trailer> {
+    let len = std::fs::metadata(path)?.len();
+    if len <= SHA256_BYTES as u64 {
+        return Err(Error::Corrupt(format!(
+            "{}: {len} bytes cannot hold a sha256 trailer and data",
+            path.display()
+        )));
+    }
+    let body = len - SHA256_BYTES as u64;
     let mut file = File::open(path)?;
-    let mut sha = <sha2::Sha256 as sha2::Digest>::new();
+    let mut sha = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = body;
     while left > 0 {
         let n = buf.len().min(left as usize);
         file.read_exact(&mut buf[..n])?;
-        sha2::Digest::update(&mut sha, &buf[..n]);
+        sha.update(&buf[..n]);
         left -= n as u64;
     }
-    let mut trailer = [0u8; SHA256_BYTES];
-    file.read_exact(&mut trailer)?;
-    let got = sha2::Digest::finalize(sha);
-    if got.as_slice() != trailer {
-        return Err(Error::Corrupt(format!(
-            "expected sha256 {}, got {} (the snapshot is damaged)",
-            hex(&trailer),
-            hex(&got)
-        )));
-    }
-    Ok(body)
+    let mut stored = [0u8; SHA256_BYTES];
+    file.read_exact(&mut stored)?;
+    Ok(Trailer {
+        body,
+        stored,
+        computed: sha.finalize().into(),
+    })
+}
+
+/// Writes `bytes` followed by their SHA-256, as `etcdctl snapshot save` stores a snapshot.
+#[cfg(test)]
+pub(crate) fn write_with_sha256(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.write_all(&Sha256::digest(bytes))?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -670,6 +722,38 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(KeyValue::decode(stored.as_slice()).unwrap(), kv);
+    }
+
+    #[test]
+    fn trailers_are_checked_good_flipped_and_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        // A multiple of 512 bytes, as a bbolt file is, then the trailer.
+        let body: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+        let good = dir.path().join("good.db");
+        write_with_sha256(&good, &body).unwrap();
+        assert_eq!(check_trailer(&good, false).unwrap(), body.len() as u64);
+        let t = read_trailer(&good).unwrap();
+        assert!(t.matches());
+        assert_eq!(t.body, body.len() as u64);
+
+        let mut bytes = std::fs::read(&good).unwrap();
+        bytes[100] ^= 0x01;
+        let flipped = dir.path().join("flipped.db");
+        std::fs::write(&flipped, &bytes).unwrap();
+        let err = check_trailer(&flipped, false).unwrap_err().to_string();
+        assert!(err.contains("expected sha256"), "{err}");
+        assert!(!read_trailer(&flipped).unwrap().matches());
+        // Told to skip the check, restore takes the body as it is.
+        assert_eq!(check_trailer(&flipped, true).unwrap(), body.len() as u64);
+
+        let truncated = dir.path().join("truncated.db");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+        let err = check_trailer(&truncated, false).unwrap_err().to_string();
+        assert!(err.contains("missing hash"), "{err}");
+        assert!(!read_trailer(&truncated).unwrap().matches());
+        let tiny = dir.path().join("tiny.db");
+        std::fs::write(&tiny, [0u8; 32]).unwrap();
+        assert!(read_trailer(&tiny).is_err());
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! that WAL, so the log restarts from the backend (`server/maintenance.rs`). The server must be
 //! started with the same cluster flags the restore was given, as etcd's restored members must.
 //!
+//! [`prepare_restored_db`] keeps an older way working: a redb backend file with etcd's SHA-256
+//! trailer (what an earlier mini-etcd streamed, saved by `etcdctl snapshot save`) placed by hand as
+//! `member/db` of a data directory without a WAL has the trailer checked and stripped at start. It
+//! checks the trailer with the same code as [`restore`] (`etcd_format::read_trailer`).
+//!
 //! Left out: etcd's v2 store and WAL from the snapshot's member (a v3 snapshot has neither).
 
 use std::path::{Path, PathBuf};
@@ -88,6 +93,32 @@ pub fn restore(
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Before a start on a data directory without a WAL: if `db` ends in a SHA-256 of the rest of it
+/// (a redb backend an earlier mini-etcd streamed, saved by `etcdctl snapshot save` and placed as
+/// `member/db`), strip that trailer so redb can open the file. A file whose last 32 bytes are not
+/// such a hash (a plain backend, or one `restore` built) is left alone; so is a missing one.
+pub fn prepare_restored_db(db: &Path) -> Result<()> {
+    match std::fs::metadata(db) {
+        Ok(m) if m.len() <= etcd_format::SHA256_BYTES as u64 => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let trailer = etcd_format::read_trailer(db)?;
+    if !trailer.matches() {
+        return Ok(());
+    }
+    tracing::info!(
+        db = %db.display(),
+        bytes = trailer.body,
+        "restoring from a snapshot: its sha256 checksum matches; stripping it"
+    );
+    let f = std::fs::File::options().write(true).open(db)?;
+    f.set_len(trailer.body)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Builds the data directory in `dir`, durably.
@@ -179,11 +210,11 @@ mod tests {
     }
 
     fn with_sha256(src: &Path, dest: &Path) {
-        use sha2::Digest;
-        let body = std::fs::read(src).unwrap();
-        let mut out = body.clone();
-        out.extend_from_slice(&sha2::Sha256::digest(&body));
-        std::fs::write(dest, out).unwrap();
+        etcd_format::write_with_sha256(dest, &std::fs::read(src).unwrap()).unwrap();
+    }
+
+    fn export(b: &Backend, dest: &Path) -> u64 {
+        etcd_format::export(&b.read_view().unwrap(), dest).unwrap()
     }
 
     #[test]
@@ -191,7 +222,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = sample_backend(&dir.path().join("src.db"));
         let bolt = dir.path().join("snap.bolt");
-        let size = etcd_format::export(&src, &bolt).unwrap();
+        let size = export(&src, &bolt);
         let snap = dir.path().join("snap.db");
         with_sha256(&bolt, &snap);
 
@@ -233,11 +264,67 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_db_trailer_is_checked_and_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let body = vec![42u8; 5000];
+        etcd_format::write_with_sha256(&db, &body).unwrap();
+        prepare_restored_db(&db).unwrap();
+        assert_eq!(std::fs::read(&db).unwrap(), body, "trailer stripped");
+        // No trailer: left alone (a second call changes nothing).
+        prepare_restored_db(&db).unwrap();
+        assert_eq!(std::fs::read(&db).unwrap(), body);
+        // A flipped byte: not a trailer of this file, so the file is not ours to cut.
+        etcd_format::write_with_sha256(&db, &body).unwrap();
+        let mut flipped = std::fs::read(&db).unwrap();
+        flipped[10] ^= 1;
+        std::fs::write(&db, &flipped).unwrap();
+        prepare_restored_db(&db).unwrap();
+        assert_eq!(std::fs::read(&db).unwrap(), flipped);
+        std::fs::write(&db, [1u8; 20]).unwrap();
+        prepare_restored_db(&db).unwrap();
+        prepare_restored_db(&dir.path().join("missing")).unwrap();
+    }
+
+    /// A view's file holds what was committed when the view opened, its consistent index included,
+    /// and nothing committed while the file was written.
+    #[test]
+    fn an_export_is_one_commit_whatever_commits_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sample_backend(&dir.path().join("src.db"));
+        let view = src.read_view().unwrap();
+        let before = dump(&src, Table::Key);
+        src.put(
+            Table::Key,
+            &Revision::new(5, 0).to_bytes(false),
+            &KeyValue::default().encode_to_vec(),
+        );
+        src.put(Table::Meta, b"consistent_index", &10u64.to_be_bytes());
+        src.commit().unwrap();
+        let bolt = dir.path().join("snap.bolt");
+        etcd_format::export(&view, &bolt).unwrap();
+        drop(view);
+        let snap = dir.path().join("snap.db");
+        with_sha256(&bolt, &snap);
+        let target = dir.path().join("restored");
+        let opts = RestoreOptions {
+            snapshot: snap,
+            data_dir: target.clone(),
+            skip_hash_check: false,
+            members: peerpb::Members::default(),
+        };
+        let imported = restore(&opts, &mut |_, _| {}, &mut |_| Ok(())).unwrap();
+        assert_eq!((imported.revision, imported.consistent_index), (4, 9));
+        let back = Backend::open(&target.join("member").join("db")).unwrap();
+        assert_eq!(dump(&back, Table::Key), before);
+    }
+
+    #[test]
     fn damaged_or_truncated_snapshots_are_refused_whole() {
         let dir = tempfile::tempdir().unwrap();
         let src = sample_backend(&dir.path().join("src.db"));
         let bolt = dir.path().join("snap.bolt");
-        etcd_format::export(&src, &bolt).unwrap();
+        export(&src, &bolt);
         let snap = dir.path().join("snap.db");
         with_sha256(&bolt, &snap);
         let good = std::fs::read(&snap).unwrap();
