@@ -208,12 +208,15 @@ pub struct MethodStats {
 }
 
 impl MethodStats {
-    const ZERO: MethodStats = MethodStats {
-        started: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
-        handled: [const { AtomicU64::new(0) }; CODES],
-    };
+    /// A row of zeros.
+    const fn new() -> MethodStats {
+        MethodStats {
+            started: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            handled: [const { AtomicU64::new(0) }; CODES],
+        }
+    }
 }
 
 /// The table: a row per [`Method`].
@@ -234,7 +237,7 @@ impl GrpcStats {
     /// A table of zeros.
     pub const fn new() -> GrpcStats {
         GrpcStats {
-            rows: [MethodStats::ZERO; METHODS.len()],
+            rows: [const { MethodStats::new() }; METHODS.len()],
         }
     }
 
