@@ -21,6 +21,11 @@
 //! status of its code. A client that goes away drops the response stream, and with it the
 //! service's stream (for a watch, its watchers).
 //!
+//! Every call is counted as the gRPC method it calls (`crate::api::grpc::stats`), as etcd's gateway
+//! calls etcd's gRPC server over a loopback connection: once its first JSON message decoded (etcd's
+//! gateway makes no call before), with each message the service reads and sends, and the code it
+//! ends with.
+//!
 //! Deliberate differences from etcd: a malformed first message on a stream is a 400 here, where
 //! etcd's gateway would leave the stream hanging; the `/v3beta` and `/v3alpha` prefixes of etcd 3.3
 //! are not served; `/v3/maintenance/hashkv` is HashKV (etcd 3.5 before 3.5.10 routed it to Hash by
@@ -47,6 +52,7 @@ use tonic::codec::Codec;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, KeyAndValueRef, MetadataMap};
 use tonic::Status;
 
+use crate::api::grpc::stats::{Call, Method, GRPC};
 use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -93,112 +99,183 @@ where
 {
     let limits = Limits::new(max_request_bytes);
 
-    // One route per method: `unary!(service, method)`, and so on for the streaming shapes. The
+    // One route per method: `unary!(service, method, row)`, and so on for the streaming shapes. The
     // closure is the only per-method code; `s.$method(r)` picks the request and response types.
     macro_rules! unary {
-        ($svc:expr, $method:ident) => {
-            unary_route(
-                $svc.clone(),
-                limits,
-                |s, r| async move { s.$method(r).await },
-            )
+        ($svc:expr, $method:ident, $row:ident) => {
+            unary_route($svc.clone(), limits, Method::$row, |s, r| async move {
+                s.$method(r).await
+            })
         };
     }
     macro_rules! bidi {
-        ($svc:expr, $method:ident) => {
-            bidi_route(
-                $svc.clone(),
-                limits,
-                |s, r| async move { s.$method(r).await },
-            )
+        ($svc:expr, $method:ident, $row:ident) => {
+            bidi_route($svc.clone(), limits, Method::$row, |s, r| async move {
+                s.$method(r).await
+            })
         };
     }
     macro_rules! server_streaming {
-        ($svc:expr, $method:ident) => {
-            server_streaming_route(
-                $svc.clone(),
-                limits,
-                |s, r| async move { s.$method(r).await },
-            )
+        ($svc:expr, $method:ident, $row:ident) => {
+            server_streaming_route($svc.clone(), limits, Method::$row, |s, r| async move {
+                s.$method(r).await
+            })
         };
     }
 
     Router::new()
         // KV
-        .route("/v3/kv/range", unary!(kv, range))
-        .route("/v3/kv/put", unary!(kv, put))
-        .route("/v3/kv/deleterange", unary!(kv, delete_range))
-        .route("/v3/kv/txn", unary!(kv, txn))
-        .route("/v3/kv/compaction", unary!(kv, compact))
+        .route("/v3/kv/range", unary!(kv, range, KvRange))
+        .route("/v3/kv/put", unary!(kv, put, KvPut))
+        .route(
+            "/v3/kv/deleterange",
+            unary!(kv, delete_range, KvDeleteRange),
+        )
+        .route("/v3/kv/txn", unary!(kv, txn, KvTxn))
+        .route("/v3/kv/compaction", unary!(kv, compact, KvCompact))
         // Watch
-        .route("/v3/watch", bidi!(watch, watch))
+        .route("/v3/watch", bidi!(watch, watch, Watch))
         // Lease: etcd binds three methods under /v3/kv/lease/ as well.
-        .route("/v3/lease/grant", unary!(lease, lease_grant))
-        .route("/v3/lease/revoke", unary!(lease, lease_revoke))
-        .route("/v3/kv/lease/revoke", unary!(lease, lease_revoke))
-        .route("/v3/lease/keepalive", bidi!(lease, lease_keep_alive))
-        .route("/v3/lease/timetolive", unary!(lease, lease_time_to_live))
-        .route("/v3/kv/lease/timetolive", unary!(lease, lease_time_to_live))
-        .route("/v3/lease/leases", unary!(lease, lease_leases))
-        .route("/v3/kv/lease/leases", unary!(lease, lease_leases))
+        .route("/v3/lease/grant", unary!(lease, lease_grant, LeaseGrant))
+        .route("/v3/lease/revoke", unary!(lease, lease_revoke, LeaseRevoke))
+        .route(
+            "/v3/kv/lease/revoke",
+            unary!(lease, lease_revoke, LeaseRevoke),
+        )
+        .route(
+            "/v3/lease/keepalive",
+            bidi!(lease, lease_keep_alive, LeaseKeepAlive),
+        )
+        .route(
+            "/v3/lease/timetolive",
+            unary!(lease, lease_time_to_live, LeaseTimeToLive),
+        )
+        .route(
+            "/v3/kv/lease/timetolive",
+            unary!(lease, lease_time_to_live, LeaseTimeToLive),
+        )
+        .route("/v3/lease/leases", unary!(lease, lease_leases, LeaseLeases))
+        .route(
+            "/v3/kv/lease/leases",
+            unary!(lease, lease_leases, LeaseLeases),
+        )
         // Cluster
-        .route("/v3/cluster/member/add", unary!(cluster, member_add))
-        .route("/v3/cluster/member/remove", unary!(cluster, member_remove))
-        .route("/v3/cluster/member/update", unary!(cluster, member_update))
-        .route("/v3/cluster/member/list", unary!(cluster, member_list))
+        .route(
+            "/v3/cluster/member/add",
+            unary!(cluster, member_add, MemberAdd),
+        )
+        .route(
+            "/v3/cluster/member/remove",
+            unary!(cluster, member_remove, MemberRemove),
+        )
+        .route(
+            "/v3/cluster/member/update",
+            unary!(cluster, member_update, MemberUpdate),
+        )
+        .route(
+            "/v3/cluster/member/list",
+            unary!(cluster, member_list, MemberList),
+        )
         .route(
             "/v3/cluster/member/promote",
-            unary!(cluster, member_promote),
+            unary!(cluster, member_promote, MemberPromote),
         )
         // Maintenance
-        .route("/v3/maintenance/alarm", unary!(maintenance, alarm))
-        .route("/v3/maintenance/status", unary!(maintenance, status))
+        .route("/v3/maintenance/alarm", unary!(maintenance, alarm, Alarm))
+        .route(
+            "/v3/maintenance/status",
+            unary!(maintenance, status, Status),
+        )
         .route(
             "/v3/maintenance/defragment",
-            unary!(maintenance, defragment),
+            unary!(maintenance, defragment, Defragment),
         )
-        .route("/v3/maintenance/hash", unary!(maintenance, hash))
-        .route("/v3/maintenance/hashkv", unary!(maintenance, hash_kv))
+        .route("/v3/maintenance/hash", unary!(maintenance, hash, Hash))
+        .route(
+            "/v3/maintenance/hashkv",
+            unary!(maintenance, hash_kv, HashKv),
+        )
         .route(
             "/v3/maintenance/snapshot",
-            server_streaming!(maintenance, snapshot),
+            server_streaming!(maintenance, snapshot, Snapshot),
         )
         .route(
             "/v3/maintenance/transfer-leadership",
-            unary!(maintenance, move_leader),
+            unary!(maintenance, move_leader, MoveLeader),
         )
-        .route("/v3/maintenance/downgrade", unary!(maintenance, downgrade))
+        .route(
+            "/v3/maintenance/downgrade",
+            unary!(maintenance, downgrade, Downgrade),
+        )
         // Auth
-        .route("/v3/auth/enable", unary!(auth, auth_enable))
-        .route("/v3/auth/disable", unary!(auth, auth_disable))
-        .route("/v3/auth/status", unary!(auth, auth_status))
-        .route("/v3/auth/authenticate", unary!(auth, authenticate))
-        .route("/v3/auth/user/add", unary!(auth, user_add))
-        .route("/v3/auth/user/get", unary!(auth, user_get))
-        .route("/v3/auth/user/list", unary!(auth, user_list))
-        .route("/v3/auth/user/delete", unary!(auth, user_delete))
-        .route("/v3/auth/user/changepw", unary!(auth, user_change_password))
-        .route("/v3/auth/user/grant", unary!(auth, user_grant_role))
-        .route("/v3/auth/user/revoke", unary!(auth, user_revoke_role))
-        .route("/v3/auth/role/add", unary!(auth, role_add))
-        .route("/v3/auth/role/get", unary!(auth, role_get))
-        .route("/v3/auth/role/list", unary!(auth, role_list))
-        .route("/v3/auth/role/delete", unary!(auth, role_delete))
-        .route("/v3/auth/role/grant", unary!(auth, role_grant_permission))
-        .route("/v3/auth/role/revoke", unary!(auth, role_revoke_permission))
+        .route("/v3/auth/enable", unary!(auth, auth_enable, AuthEnable))
+        .route("/v3/auth/disable", unary!(auth, auth_disable, AuthDisable))
+        .route("/v3/auth/status", unary!(auth, auth_status, AuthStatus))
+        .route(
+            "/v3/auth/authenticate",
+            unary!(auth, authenticate, Authenticate),
+        )
+        .route("/v3/auth/user/add", unary!(auth, user_add, UserAdd))
+        .route("/v3/auth/user/get", unary!(auth, user_get, UserGet))
+        .route("/v3/auth/user/list", unary!(auth, user_list, UserList))
+        .route(
+            "/v3/auth/user/delete",
+            unary!(auth, user_delete, UserDelete),
+        )
+        .route(
+            "/v3/auth/user/changepw",
+            unary!(auth, user_change_password, UserChangePassword),
+        )
+        .route(
+            "/v3/auth/user/grant",
+            unary!(auth, user_grant_role, UserGrantRole),
+        )
+        .route(
+            "/v3/auth/user/revoke",
+            unary!(auth, user_revoke_role, UserRevokeRole),
+        )
+        .route("/v3/auth/role/add", unary!(auth, role_add, RoleAdd))
+        .route("/v3/auth/role/get", unary!(auth, role_get, RoleGet))
+        .route("/v3/auth/role/list", unary!(auth, role_list, RoleList))
+        .route(
+            "/v3/auth/role/delete",
+            unary!(auth, role_delete, RoleDelete),
+        )
+        .route(
+            "/v3/auth/role/grant",
+            unary!(auth, role_grant_permission, RoleGrantPermission),
+        )
+        .route(
+            "/v3/auth/role/revoke",
+            unary!(auth, role_revoke_permission, RoleRevokePermission),
+        )
         // Lock
-        .route("/v3/lock/lock", unary!(lock, lock))
-        .route("/v3/lock/unlock", unary!(lock, unlock))
+        .route("/v3/lock/lock", unary!(lock, lock, Lock))
+        .route("/v3/lock/unlock", unary!(lock, unlock, Unlock))
         // Election
-        .route("/v3/election/campaign", unary!(election, campaign))
-        .route("/v3/election/proclaim", unary!(election, proclaim))
-        .route("/v3/election/leader", unary!(election, leader))
-        .route("/v3/election/observe", server_streaming!(election, observe))
-        .route("/v3/election/resign", unary!(election, resign))
+        .route(
+            "/v3/election/campaign",
+            unary!(election, campaign, Campaign),
+        )
+        .route(
+            "/v3/election/proclaim",
+            unary!(election, proclaim, Proclaim),
+        )
+        .route("/v3/election/leader", unary!(election, leader, Leader))
+        .route(
+            "/v3/election/observe",
+            server_streaming!(election, observe, Observe),
+        )
+        .route("/v3/election/resign", unary!(election, resign, Resign))
 }
 
 /// A unary method: one message in, one message out.
-fn unary_route<S, Req, Resp, F, Fut>(svc: Arc<S>, limits: Limits, call: F) -> MethodRouter
+fn unary_route<S, Req, Resp, F, Fut>(
+    svc: Arc<S>,
+    limits: Limits,
+    method: Method,
+    call: F,
+) -> MethodRouter
 where
     S: Send + Sync + 'static,
     F: Fn(Arc<S>, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
@@ -214,9 +291,17 @@ where
                 Ok(msg) => msg.unwrap_or_default(),
                 Err(status) => return error_response(&status),
             };
+            let counted = Call::start(method);
+            counted.received();
             match call(svc, grpc_request(&headers, msg)).await {
-                Ok(response) => unary_response(response),
-                Err(status) => error_response(&status),
+                Ok(response) => {
+                    counted.answered();
+                    unary_response(response)
+                }
+                Err(status) => {
+                    counted.finish(status.code());
+                    error_response(&status)
+                }
             }
         }
     })
@@ -226,6 +311,7 @@ where
 fn server_streaming_route<S, Req, Resp, St, F, Fut>(
     svc: Arc<S>,
     limits: Limits,
+    method: Method,
     call: F,
 ) -> MethodRouter
 where
@@ -243,16 +329,26 @@ where
                 Ok(msg) => msg.unwrap_or_default(),
                 Err(status) => return error_response(&status),
             };
+            let counted = Call::start(method);
+            counted.received();
             match call(svc, grpc_request(&headers, msg)).await {
-                Ok(response) => stream_response(response).await,
-                Err(status) => error_response(&status),
+                Ok(response) => stream_response(response, counted).await,
+                Err(status) => {
+                    counted.finish(status.code());
+                    error_response(&status)
+                }
             }
         }
     })
 }
 
 /// A bidirectional method (watch, lease keep-alive): the body's messages in, a stream out.
-fn bidi_route<S, Req, Resp, St, F, Fut>(svc: Arc<S>, limits: Limits, call: F) -> MethodRouter
+fn bidi_route<S, Req, Resp, St, F, Fut>(
+    svc: Arc<S>,
+    limits: Limits,
+    method: Method,
+    call: F,
+) -> MethodRouter
 where
     S: Send + Sync + 'static,
     F: Fn(Arc<S>, tonic::Request<tonic::Streaming<Req>>) -> Fut + Clone + Send + Sync + 'static,
@@ -270,10 +366,14 @@ where
                 Ok(first) => first,
                 Err(status) => return error_response(&status),
             };
-            let requests = request_stream(first, reader, limits);
+            let counted = Call::start(method);
+            let requests = request_stream(first, reader, limits, method);
             match call(svc, grpc_request(&headers, requests)).await {
-                Ok(response) => stream_response(response).await,
-                Err(status) => error_response(&status),
+                Ok(response) => stream_response(response, counted).await,
+                Err(status) => {
+                    counted.finish(status.code());
+                    error_response(&status)
+                }
             }
         }
     })
@@ -324,7 +424,11 @@ fn unary_response<T: Serialize>(response: tonic::Response<T>) -> Response {
 ///
 /// Waits for the first message before answering, as grpc-gateway does (it waits for the gRPC
 /// headers, which etcd sends with the first message): an error then is still an HTTP status.
-async fn stream_response<St, T>(response: tonic::Response<St>) -> Response
+///
+/// `counted` counts each message the service sends and the code its stream ends with; a client
+/// that goes away drops it unfinished, which counts the call `Canceled`, as etcd's gateway cancels
+/// its gRPC call then. So does a message the gateway cannot write as JSON, after which it stops.
+async fn stream_response<St, T>(response: tonic::Response<St>, counted: Call) -> Response
 where
     St: Stream<Item = Result<T, Status>> + Send + 'static,
     T: Serialize + Send + 'static,
@@ -332,25 +436,46 @@ where
     let (metadata, stream, _) = response.into_parts();
     let mut stream = Box::pin(stream);
     let first = match stream.next().await {
-        None => Vec::new(),
-        Some(Ok(msg)) => match result_chunk(&msg) {
-            Ok(chunk) => chunk,
-            Err(status) => return error_response(&status),
-        },
+        None => {
+            counted.finish(tonic::Code::Ok);
+            // Nothing more to poll: the stream is over.
+            let body = Body::from_stream(futures::stream::empty::<Result<Bytes, Infallible>>());
+            let mut response = json_response(StatusCode::OK, body);
+            forward_metadata(&metadata, response.headers_mut());
+            return response;
+        }
+        Some(Ok(msg)) => {
+            counted.sent();
+            match result_chunk(&msg) {
+                Ok(chunk) => chunk,
+                Err(status) => return error_response(&status),
+            }
+        }
         Some(Err(status)) => {
+            counted.finish(status.code());
             let body = Body::from(stream_error_chunk(&status));
             return json_response(http_status(status.code()), body);
         }
     };
     // After the first error chunk the stream is over, whatever the service would still send.
-    let rest = futures::stream::unfold(Some(stream), |stream| async move {
-        let mut stream = stream?;
-        match stream.next().await? {
-            Ok(msg) => match result_chunk(&msg) {
-                Ok(chunk) => Some((chunk, Some(stream))),
-                Err(status) => Some((stream_error_chunk(&status), None)),
-            },
-            Err(status) => Some((stream_error_chunk(&status), None)),
+    let rest = futures::stream::unfold(Some((stream, counted)), |state| async move {
+        let (mut stream, counted) = state?;
+        match stream.next().await {
+            None => {
+                counted.finish(tonic::Code::Ok);
+                None
+            }
+            Some(Ok(msg)) => {
+                counted.sent();
+                match result_chunk(&msg) {
+                    Ok(chunk) => Some((chunk, Some((stream, counted)))),
+                    Err(status) => Some((stream_error_chunk(&status), None)),
+                }
+            }
+            Some(Err(status)) => {
+                counted.finish(status.code());
+                Some((stream_error_chunk(&status), None))
+            }
         }
     });
     let chunks = futures::stream::once(async move { first })
@@ -386,6 +511,7 @@ fn request_stream<T>(
     first: Option<T>,
     mut reader: JsonReader,
     limits: Limits,
+    method: Method,
 ) -> tonic::Streaming<T>
 where
     T: DeserializeOwned + prost::Message + Default + Send + 'static,
@@ -398,6 +524,7 @@ where
                 if tx.send(Ok(grpc_frame(&msg))).await.is_err() {
                     return;
                 }
+                GRPC.received(method);
             }
             let decoded = tokio::select! {
                 decoded = reader.next::<T>() => decoded,

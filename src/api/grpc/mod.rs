@@ -10,6 +10,9 @@
 //!
 //! tonic serves every service, except the KV service's unary calls in their common form: those take
 //! [`unary`], a shorter path to the same `KvService` methods with the same codes and texts.
+//!
+//! Every call, whichever path serves it (and the gateway's, as etcd counts them), is counted in
+//! [`stats`], etcd's `grpc_server_*` series on `/metrics`.
 
 pub mod auth;
 pub mod cluster;
@@ -18,6 +21,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod stats;
 pub mod unary;
 pub mod watch;
 
@@ -155,4 +159,5 @@ pub fn router(server: Server) -> Router {
             .max_decoding_message_size(max),
     )
     .into_axum_router()
+    .layer(axum::middleware::from_fn(stats::count_calls))
 }

@@ -1,6 +1,8 @@
 //! `/metrics`: Prometheus text exposition of the server's state, written by hand (a dozen gauges and
 //! counters and two histograms need no client library). Names follow etcd's where etcd has the same
-//! quantity, so existing dashboards find them; ours carry the `mini_etcd_` prefix.
+//! quantity, so existing dashboards find them; ours carry the `mini_etcd_` prefix. Among them are
+//! etcd's gRPC request counters (`grpc_server_*`, counted in `crate::api::grpc::stats`) and the
+//! REST listener's requests (`mini_etcd_rest_requests_total`, counted in `super::requests`).
 
 use std::fmt::Write as _;
 
@@ -8,6 +10,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
+use super::requests::REST;
+use crate::api::grpc::stats::{self, GrpcStats, Method, MethodStats};
 use crate::histogram::HistogramSnapshot;
 use crate::peer::PeerStats;
 use crate::server::Server;
@@ -157,7 +161,101 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
         &s.backend_commit_latency,
     );
     peers(&mut out, &server);
+    grpc(&mut out, &stats::GRPC);
+    rest_requests(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// etcd's gRPC request counters (go-grpc-prometheus), from [`stats::GRPC`]: four families in name
+/// order, each series sorted by its label values, as Prometheus's Go client prints them, so that
+/// the block reads as etcd's does. Methods etcd 3.4 pre-registers are printed at zero, every code
+/// of them; the others once counted, and only their non-zero series.
+fn grpc(out: &mut String, table: &GrpcStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    type Family = (&'static str, &'static str, fn(&MethodStats) -> u64);
+    let families: [Family; 3] = [
+        (
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            |s| s.received.load(Relaxed),
+        ),
+        (
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            |s| s.sent.load(Relaxed),
+        ),
+        (
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            |s| s.started.load(Relaxed),
+        ),
+    ];
+    let labels = |m: Method| {
+        let i = m.info();
+        format!(
+            "grpc_method=\"{}\",grpc_service=\"{}\",grpc_type=\"{}\"",
+            i.method,
+            i.service,
+            i.kind.label()
+        )
+    };
+    let mut lines = Vec::new();
+    let name = "grpc_server_handled_total";
+    for &m in Method::ALL {
+        let row = table.row(m);
+        for (code, n) in stats::CODE_NAMES.iter().zip(&row.handled) {
+            let n = n.load(Relaxed);
+            if m.info().preregistered || n != 0 {
+                lines.push(format!("{name}{{grpc_code=\"{code}\",{}}} {n}", labels(m)));
+            }
+        }
+    }
+    family(
+        out,
+        name,
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+        &mut lines,
+    );
+    for (name, help, get) in families {
+        for &m in Method::ALL {
+            let n = get(table.row(m));
+            if m.info().preregistered || n != 0 {
+                lines.push(format!("{name}{{{}}} {n}", labels(m)));
+            }
+        }
+        family(out, name, help, &mut lines);
+    }
+}
+
+/// Writes a counter family's HELP and TYPE, then `lines` sorted (label values in label order, as
+/// Prometheus sorts series: `"` ends a value and sorts before any character a value holds), and
+/// empties `lines`.
+fn family(out: &mut String, name: &str, help: &str, lines: &mut Vec<String>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    lines.sort_unstable();
+    for l in lines.drain(..) {
+        out.push_str(&l);
+        out.push('\n');
+    }
+}
+
+/// `mini_etcd_rest_requests_total`: the REST listener's requests by route and status, the
+/// non-zero ones.
+fn rest_requests(out: &mut String) {
+    let name = "mini_etcd_rest_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests the REST API answered, by route and HTTP status."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (route, code, n) in REST.nonzero() {
+        let _ = writeln!(
+            out,
+            "{name}{{path=\"{}\",code=\"{code}\"}} {n}",
+            route.label()
+        );
+    }
 }
 
 /// etcd's per-peer network metrics, labelled with the peer's id in hex.

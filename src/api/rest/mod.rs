@@ -23,6 +23,8 @@
 //! Every error is a 4xx/5xx with a JSON body `{"error": "..."}` whose text is etcd's where etcd has one.
 //! Request bodies are capped at `--max-request-bytes` (413).
 //!
+//! Every request the listener answers is counted by route and status ([`requests`]).
+//!
 //! `/watch` long-polls: it answers as soon as there are events, or 204 No Content when `timeout`
 //! seconds pass (header `X-Etcd-Revision` carries the current revision, so the next poll can start at
 //! revision + 1 and miss nothing). A watch from an old revision is first caught up from history:
@@ -32,6 +34,7 @@
 //! Server-Sent Events. A client that goes away drops its handler future, and with it the watcher.
 
 mod metrics;
+pub mod requests;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -125,6 +128,8 @@ pub fn router(server: Server) -> Router {
         // the client port's own, mounted here so that the console reaches them from its origin.
         .merge(crate::api::ui::router(server.clone()))
         .merge(crate::api::grpc::gateway_router(server))
+        // Every request of the listener, whichever router answers it.
+        .layer(axum::middleware::from_fn(requests::count_requests))
 }
 
 /// etcd's plain-HTTP endpoints, served on the client port beside gRPC.

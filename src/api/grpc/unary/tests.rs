@@ -113,7 +113,7 @@ async fn bad_bodies_get_tonics_errors() {
 
 #[tokio::test]
 async fn a_reply_is_one_data_frame_then_status_trailers() {
-    let resp = reply(&PutResponse::default());
+    let resp = reply(&PutResponse::default()).expect("a small message fits");
     assert_eq!(resp.headers()["content-type"], "application/grpc");
     let collected = resp.into_body().collect().await.expect("body");
     let trailers = collected.trailers().cloned().expect("trailers");
