@@ -161,6 +161,9 @@ pub struct Shared {
     pub learner: AtomicBool,
     /// Leader changes seen (etcd's `etcd_server_leader_changes_seen_total`).
     pub leader_changes: AtomicU64,
+    /// Read index requests Raft left unanswered and that were issued again (etcd's
+    /// `etcd_server_slow_read_indexes_total`).
+    pub slow_read_indexes: AtomicU64,
     /// Linearizable reads waiting for a read index (see `read.rs`).
     pub reads: read::Reads,
     /// Proposals that failed (dropped, timed out).
@@ -486,6 +489,7 @@ impl Server {
             removed: AtomicBool::new(false),
             learner: AtomicBool::new(learner),
             leader_changes: AtomicU64::new(0),
+            slow_read_indexes: AtomicU64::new(0),
             reads: read::Reads::default(),
             proposals_failed: AtomicU64::new(0),
             raft_tx: Mutex::new(None),
@@ -534,10 +538,12 @@ impl Server {
             ended: false,
             transport,
             tick: config.heartbeat_interval,
-            reads: read::InFlight::default(),
+            reads: read::InFlight::new(meta.member_id),
             last_leader: 0,
             unreachable: Vec::new(),
             reissue_reads: false,
+            held_reads: Vec::new(),
+            own_reads_held: false,
         }));
         let thread_core = core.clone();
         threads.push(spawn_named("raft", shared.clone(), move || {

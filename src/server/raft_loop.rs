@@ -138,7 +138,16 @@ pub struct RaftLoop {
     pub unreachable: Vec<u64>,
     /// Read index requests to issue again after the turn (the leader changed).
     pub reissue_reads: bool,
+    /// Followers' read index requests that arrived while this member led without having committed
+    /// an entry of its term; see [`RaftLoop::leader_may_read`].
+    pub held_reads: Vec<Message>,
+    /// This member's own reads wait for the same commit.
+    pub own_reads_held: bool,
 }
+
+/// Most followers' read index requests a new leader holds; beyond it the oldest are dropped (their
+/// members ask again after `read::REISSUE_AFTER`). Each follower has about one in flight at a time.
+const HELD_READS: usize = 1024;
 
 /// What [`RaftLoop::try_turn`] did with a batch.
 pub enum Inline {
@@ -326,6 +335,14 @@ impl RaftLoop {
                 self.shared.raft_queued.fetch_sub(1, Ordering::AcqRel);
                 self.propose(batch);
             }
+            RaftMsg::Step(msg)
+                if msg.msg_type == MessageType::MsgReadIndex && !self.leader_may_read() =>
+            {
+                if self.held_reads.len() >= HELD_READS {
+                    self.held_reads.remove(0);
+                }
+                self.held_reads.push(*msg);
+            }
             RaftMsg::Step(msg) => {
                 if let Err(e) = self.node.step(*msg) {
                     tracing::debug!(error = %e, "peer message refused by Raft");
@@ -357,9 +374,51 @@ impl RaftLoop {
         if self.node.raft.leader_id == raft::INVALID_ID {
             return; // asked again once a leader is known
         }
+        if !self.leader_may_read() {
+            self.own_reads_held = true;
+            return; // asked once this leader has committed an entry of its term
+        }
         if let Some(ctx) = self.reads.issue(&self.shared.reads, Instant::now(), again) {
             self.node.read_index(ctx);
         }
+        self.shared
+            .slow_read_indexes
+            .store(self.reads.slow, Ordering::Relaxed);
+    }
+
+    /// False on a leader that has not yet committed an entry of its term. raft-rs drops a read
+    /// index request there without a word (the leader cannot yet tell which index every earlier
+    /// leader committed), and the reader would ask again only after `read::REISSUE_AFTER`: every
+    /// linearizable read in the first moments of a new leader took half a second. Such requests
+    /// are held instead and stepped as soon as the leader's first entry commits
+    /// ([`RaftLoop::release_held_reads`]), as etcd 3.5's raft does with its pending read index
+    /// messages.
+    fn leader_may_read(&self) -> bool {
+        self.node.raft.state != StateRole::Leader || self.node.raft.commit_to_current_term()
+    }
+
+    /// Steps the read index requests held for this leader's first commit, once it is there (or
+    /// drops them once this member no longer leads: their members ask the new leader); true if it
+    /// stepped any (their heartbeats then go out in one more turn).
+    fn release_held_reads(&mut self) -> bool {
+        if self.held_reads.is_empty() && !self.own_reads_held {
+            return false;
+        }
+        if !self.leader_may_read() {
+            return false;
+        }
+        let leading = self.node.raft.state == StateRole::Leader;
+        let held = std::mem::take(&mut self.held_reads);
+        let stepped = leading && !held.is_empty();
+        for msg in held.into_iter().filter(|_| leading) {
+            if let Err(e) = self.node.step(msg) {
+                tracing::debug!(error = %e, "held read index request refused by Raft");
+            }
+        }
+        if std::mem::take(&mut self.own_reads_held) {
+            self.reissue_reads = true;
+        }
+        stepped
     }
 
     /// On the leader, whether learner `id` holds at least 90 % of the leader's log (etcd's rule for
@@ -458,7 +517,8 @@ impl RaftLoop {
         let mut result = self.ready_turn();
         // What had to wait for the end of the turn steps Raft now; whatever that makes (a read
         // index request, a probe) goes out in one more turn rather than at the next tick.
-        if result.is_ok() && (!self.unreachable.is_empty() || self.reissue_reads) {
+        let released = self.release_held_reads();
+        if result.is_ok() && (!self.unreachable.is_empty() || self.reissue_reads || released) {
             for id in std::mem::take(&mut self.unreachable) {
                 self.node.report_unreachable(id);
             }

@@ -54,16 +54,43 @@ impl Reads {
 }
 
 /// The Raft thread's side: read index requests in flight, and reads waiting for the apply step.
+///
+/// A request's context is this member's id and a counter (16 bytes). The leader keeps the read
+/// index requests of every member by context and ignores one whose context it already holds, so a
+/// context must be unique across members: with the counter alone, two members' requests with the
+/// same number met at the leader and the second was never answered (and waited
+/// [`REISSUE_AFTER`]), which happened whenever members started counting together.
 #[derive(Default)]
 pub struct InFlight {
+    /// This member's id, the first half of every context.
+    member_id: u64,
     next_ctx: u64,
     /// By request context: when it was issued, and its reads.
     issued: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
     /// (read index, reads) Raft confirmed, waiting for the applied index to reach it.
     confirmed: Vec<(u64, Vec<ReadWaiter>)>,
+    /// Requests issued again because Raft left them unanswered for [`REISSUE_AFTER`] (etcd's
+    /// `etcd_server_slow_read_indexes_total`).
+    pub slow: u64,
 }
 
 impl InFlight {
+    /// The requests of member `member_id`.
+    pub fn new(member_id: u64) -> InFlight {
+        InFlight {
+            member_id,
+            ..InFlight::default()
+        }
+    }
+
+    /// The context of request `n` of this member.
+    fn context(&self, n: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(16);
+        ctx.extend_from_slice(&self.member_id.to_be_bytes());
+        ctx.extend_from_slice(&n.to_be_bytes());
+        ctx
+    }
+
     /// Takes the reads parked in `reads`, and requests that timed out or whose leader changed
     /// (`again`), into one new request; returns its context, or `None` when there is nothing to ask.
     pub fn issue(&mut self, reads: &Reads, now: Instant, again: bool) -> Option<Vec<u8>> {
@@ -74,6 +101,9 @@ impl InFlight {
             .filter(|(_, (at, _))| again || now.duration_since(*at) >= REISSUE_AFTER)
             .map(|(ctx, _)| *ctx)
             .collect();
+        if !again {
+            self.slow += stale.len() as u64;
+        }
         for ctx in stale {
             if let Some((_, w)) = self.issued.remove(&ctx) {
                 waiters.extend(w);
@@ -85,15 +115,20 @@ impl InFlight {
         }
         self.next_ctx += 1;
         self.issued.insert(self.next_ctx, (now, waiters));
-        Some(self.next_ctx.to_be_bytes().to_vec())
+        Some(self.context(self.next_ctx))
     }
 
-    /// Raft confirmed request `ctx` at `index`.
+    /// Raft confirmed request `ctx` at `index` (a context that is not this member's is ignored).
     pub fn confirmed(&mut self, ctx: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+        let Ok(bytes) = <[u8; 16]>::try_from(ctx) else {
             return;
         };
-        if let Some((_, w)) = self.issued.remove(&u64::from_be_bytes(bytes)) {
+        let (member, n) = bytes.split_at(8);
+        if member != self.member_id.to_be_bytes() {
+            return;
+        }
+        let n = u64::from_be_bytes(<[u8; 8]>::try_from(n).unwrap_or_default());
+        if let Some((_, w)) = self.issued.remove(&n) {
             self.confirmed.push((index, w));
         }
     }
@@ -155,6 +190,27 @@ mod tests {
     }
 
     #[test]
+    fn contexts_are_unique_across_members() {
+        let (ra, rb) = (Reads::default(), Reads::default());
+        let (mut a, mut b) = (InFlight::new(1), InFlight::new(2));
+        let now = Instant::now();
+        let (wa, mut got_a) = oneshot::channel();
+        let (wb, _got_b) = oneshot::channel();
+        ra.park(wa);
+        rb.park(wb);
+        let ca = a.issue(&ra, now, false).expect("a request");
+        let cb = b.issue(&rb, now, false).expect("b request");
+        assert_ne!(ca, cb, "the first request of two members");
+        // Another member's context answers nothing here.
+        a.confirmed(&cb, 3);
+        a.answer(3);
+        assert!(got_a.try_recv().is_err());
+        a.confirmed(&ca, 3);
+        a.answer(3);
+        assert!(matches!(got_a.try_recv(), Ok(Ok(()))));
+    }
+
+    #[test]
     fn unanswered_requests_are_issued_again() {
         let reads = Reads::default();
         let mut f = InFlight::default();
@@ -165,10 +221,12 @@ mod tests {
         assert!(f
             .issue(&reads, now + Duration::from_millis(10), false)
             .is_none());
+        assert_eq!(f.slow, 0);
         let second = f
             .issue(&reads, now + REISSUE_AFTER, false)
             .expect("issued again");
         assert_ne!(first, second);
+        assert_eq!(f.slow, 1, "a request left unanswered is counted slow");
         f.confirmed(&first, 5);
         f.answer(100);
         assert!(ra.try_recv().is_err(), "the old context is forgotten");
@@ -181,5 +239,6 @@ mod tests {
         let c = f.issue(&reads, now, false).expect("a request");
         let d = f.issue(&reads, now, true).expect("again");
         assert_ne!(c, d);
+        assert_eq!(f.slow, 1, "a leader change is not slowness");
     }
 }

@@ -48,6 +48,17 @@ pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
             .to_string(),
     );
     metric(
+        "etcd_server_slow_read_indexes_total",
+        "counter",
+        "The total number of pending read indexes not in sync with leader's or timed out read \
+         index requests.",
+        server
+            .shared()
+            .slow_read_indexes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+    );
+    metric(
         "etcd_server_proposals_failed_total",
         "counter",
         "The total number of failed proposals seen.",
