@@ -76,16 +76,17 @@ async fn fill(server: &Server, prefix: &str, n: usize, size: usize) -> i64 {
 
 /// Reads a whole snapshot stream; returns its bytes (trailer included).
 async fn read_snapshot(m: &mut MaintenanceClient<Channel>) -> Vec<u8> {
-    let mut stream = m
-        .snapshot(SnapshotRequest {})
-        .await
-        .expect("snapshot")
-        .into_inner();
+    try_read_snapshot(m).await.expect("snapshot")
+}
+
+/// [`read_snapshot`], or the status the call was refused with.
+async fn try_read_snapshot(m: &mut MaintenanceClient<Channel>) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = m.snapshot(SnapshotRequest {}).await?.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.expect("snapshot chunk") {
         bytes.extend_from_slice(&chunk.blob);
     }
-    bytes
+    Ok(bytes)
 }
 
 async fn wait_until(what: &str, server: &Server, mut done: impl FnMut() -> bool) {
@@ -212,15 +213,8 @@ async fn a_snapshot_client_that_stops_reading_is_given_up_after_the_send_timeout
     let mut reader = small_window_client(&server).await;
     let deadline = Instant::now() + BOUND;
     let bytes = loop {
-        match reader.snapshot(SnapshotRequest {}).await {
-            Ok(resp) => {
-                let mut stream = resp.into_inner();
-                let mut bytes = Vec::new();
-                while let Some(chunk) = stream.message().await.expect("snapshot chunk") {
-                    bytes.extend_from_slice(&chunk.blob);
-                }
-                break bytes;
-            }
+        match try_read_snapshot(&mut reader).await {
+            Ok(bytes) => break bytes,
             Err(status)
                 if status.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline =>
             {

@@ -51,6 +51,32 @@ fn mini(args: &[&str]) -> (bool, String, String) {
     run(Path::new(&common::bin()), args)
 }
 
+/// `etcdctl snapshot restore FILE` into `data` as a one-member cluster `dst`, and etcd started on it.
+async fn etcd_restored_from(file: &Path, data: &Path) -> Etcd {
+    let peer = peer_url();
+    let (restored, out, err) = etcdctl(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--name",
+        "dst",
+        "--initial-cluster",
+        &format!("dst={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    assert!(restored, "etcdctl snapshot restore: {out} {err}");
+    Etcd::start_opts(EtcdOptions {
+        data_dir: Some(data.to_path_buf()),
+        name: Some("dst".into()),
+        peer_url: Some(peer),
+        ..EtcdOptions::default()
+    })
+    .await
+}
+
 /// `etcdctl --endpoints=URL snapshot save FILE`.
 fn save(url: &str, file: &Path) {
     let (ok, out, err) = etcdctl(&[
@@ -235,29 +261,7 @@ async fn mini_etcd_snapshot_restores_into_etcd() {
     save(&server.client_url(), &file);
     statuses_agree(&file);
 
-    let data = dir.path().join("etcd-restored");
-    let peer = peer_url();
-    let (ok_restore, out, err) = etcdctl(&[
-        "snapshot",
-        "restore",
-        &file.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-        "--name",
-        "dst",
-        "--initial-cluster",
-        &format!("dst={peer}"),
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]);
-    assert!(ok_restore, "etcdctl snapshot restore: {out} {err}");
-    let etcd = Etcd::start_opts(EtcdOptions {
-        data_dir: Some(data.clone()),
-        name: Some("dst".into()),
-        peer_url: Some(peer.clone()),
-        ..EtcdOptions::default()
-    })
-    .await;
+    let etcd = etcd_restored_from(&file, &dir.path().join("etcd-restored")).await;
     let mut c = etcd.client().await;
     check_restored("etcd from mini-etcd's snapshot", &mut c, &expect, lease).await;
 }
@@ -441,29 +445,7 @@ async fn a_snapshot_taken_under_writes_restores_to_one_revision() {
     let mut r = compat::connect(&restored).await;
     assert_one_revision("mini-etcd", &pairs(&mut r).await, snap_rev);
 
-    let theirs = dir.path().join("theirs");
-    let peer = peer_url();
-    let (restored, out, err) = etcdctl(&[
-        "snapshot",
-        "restore",
-        &file.display().to_string(),
-        "--data-dir",
-        &theirs.display().to_string(),
-        "--name",
-        "dst",
-        "--initial-cluster",
-        &format!("dst={peer}"),
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]);
-    assert!(restored, "etcdctl snapshot restore: {out} {err}");
-    let etcd = Etcd::start_opts(EtcdOptions {
-        data_dir: Some(theirs),
-        name: Some("dst".into()),
-        peer_url: Some(peer),
-        ..EtcdOptions::default()
-    })
-    .await;
+    let etcd = etcd_restored_from(&file, &dir.path().join("theirs")).await;
     let mut c = etcd.client().await;
     assert_one_revision("etcd", &pairs(&mut c).await, snap_rev);
 }

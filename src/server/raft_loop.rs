@@ -407,12 +407,13 @@ impl RaftLoop {
         if !self.leader_may_read() {
             return false;
         }
-        let leading = self.node.raft.state == StateRole::Leader;
         let held = std::mem::take(&mut self.held_reads);
-        let stepped = leading && !held.is_empty();
-        for msg in held.into_iter().filter(|_| leading) {
-            if let Err(e) = self.node.step(msg) {
-                tracing::debug!(error = %e, "held read index request refused by Raft");
+        let stepped = self.node.raft.state == StateRole::Leader && !held.is_empty();
+        if stepped {
+            for msg in held {
+                if let Err(e) = self.node.step(msg) {
+                    tracing::debug!(error = %e, "held read index request refused by Raft");
+                }
             }
         }
         if std::mem::take(&mut self.own_reads_held) {

@@ -83,12 +83,11 @@ impl InFlight {
         }
     }
 
-    /// The context of request `n` of this member.
+    /// The context of request `n` of this member: the member id, then `n`, big-endian.
     fn context(&self, n: u64) -> Vec<u8> {
-        let mut ctx = Vec::with_capacity(16);
-        ctx.extend_from_slice(&self.member_id.to_be_bytes());
-        ctx.extend_from_slice(&n.to_be_bytes());
-        ctx
+        ((u128::from(self.member_id) << 64) | u128::from(n))
+            .to_be_bytes()
+            .to_vec()
     }
 
     /// Takes the reads parked in `reads`, and requests that timed out or whose leader changed
@@ -123,12 +122,11 @@ impl InFlight {
         let Ok(bytes) = <[u8; 16]>::try_from(ctx) else {
             return;
         };
-        let (member, n) = bytes.split_at(8);
-        if member != self.member_id.to_be_bytes() {
+        let ctx = u128::from_be_bytes(bytes);
+        if (ctx >> 64) as u64 != self.member_id {
             return;
         }
-        let n = u64::from_be_bytes(<[u8; 8]>::try_from(n).unwrap_or_default());
-        if let Some((_, w)) = self.issued.remove(&n) {
+        if let Some((_, w)) = self.issued.remove(&(ctx as u64)) {
             self.confirmed.push((index, w));
         }
     }

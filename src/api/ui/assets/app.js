@@ -193,9 +193,10 @@ function restHeaders() {
   return state.token ? { Authorization: "Bearer " + state.token } : {};
 }
 
-async function rest(path) {
+/** A REST API call; an answer that is not OK throws, but 503 and the statuses in `accept`. */
+async function rest(path, accept = []) {
   const r = await fetch(path, { headers: restHeaders(), credentials: "omit" });
-  if (!r.ok && r.status !== 503) {
+  if (!r.ok && r.status !== 503 && !accept.includes(r.status)) {
     let msg = r.statusText;
     try {
       msg = (await r.json()).error || msg;
@@ -684,7 +685,14 @@ async function earlierLives(key, createdAt) {
   let compactedAt = 0;
   for (let polls = 0; polls < 100; polls++) {
     const q = new URLSearchParams({ key: text, rev: String(rev), timeout: "0" });
-    const r = await fetch("/watch?" + q, { headers: restHeaders(), credentials: "omit" });
+    let r;
+    try {
+      r = await rest("/watch?" + q, [410]);
+    } catch (err) {
+      if (unauthorized(err)) return;
+      $("history-end").textContent = explain(err, "read the key's earlier history");
+      return;
+    }
     if (r.status === 410) {
       const body = await r.json();
       compactedAt = Number(body.compact_revision);
@@ -692,16 +700,6 @@ async function earlierLives(key, createdAt) {
       continue;
     }
     if (r.status === 204) break;
-    if (!r.ok) {
-      let msg = r.statusText;
-      try {
-        msg = (await r.json()).error || msg;
-      } catch (_) {}
-      const err = new ApiError(r.status, msg);
-      if (unauthorized(err)) return;
-      $("history-end").textContent = explain(err, "read the key's earlier history");
-      return;
-    }
     const batch = (await r.json()).events || [];
     if (!batch.length) break;
     let done = false;
