@@ -191,6 +191,10 @@ pub struct ServerArgs {
     /// leader for this long starts an election.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Whether a starting member fast-forwards its election clock once its peers are connected,
+    /// so that the first election takes a few heartbeats rather than a whole election timeout.
+    #[arg(long, env = "ETCD_INITIAL_ELECTION_TICK_ADVANCE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub initial_election_tick_advance: bool,
     /// Ours on by default (etcd's is off): the leader records leases' remaining TTLs through Raft
     /// every --experimental-lease-checkpoint-interval, so that a new leader does not give every
     /// lease its full TTL again.
@@ -386,6 +390,8 @@ pub struct Config {
     pub lease_checkpoint_interval: Option<Duration>,
     /// Raft's election timeout, a whole number of heartbeat intervals.
     pub election_timeout: Duration,
+    /// Fast-forward the election clock at start (`--initial-election-tick-advance`).
+    pub initial_election_tick_advance: bool,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
     /// Applied Raft entries kept in memory behind the applied index.
@@ -490,6 +496,7 @@ impl Config {
             initial_cluster_token: a.initial_cluster_token,
             heartbeat_interval,
             election_timeout,
+            initial_election_tick_advance: a.initial_election_tick_advance,
             lease_checkpoint_interval: if a.experimental_enable_lease_checkpoint {
                 let d = parse_duration(a.experimental_lease_checkpoint_interval.trim())
                     .filter(|d| !d.is_zero())
@@ -1170,6 +1177,9 @@ mod tests {
         assert!(parse(&["--heartbeat-interval", "100", "--election-timeout", "400"]).is_err());
         assert!(parse(&["--election-timeout", "60000"]).is_err());
         assert!(parse(&["--heartbeat-interval", "0"]).is_err());
+        assert!(c.initial_election_tick_advance, "on by default, as etcd");
+        let c = parse(&["--initial-election-tick-advance=false"]).unwrap();
+        assert!(!c.initial_election_tick_advance);
     }
 
     #[test]

@@ -252,6 +252,14 @@ impl Transport {
         );
     }
 
+    /// How many peers' streams are connected now.
+    pub fn active_peers(&self) -> usize {
+        lock(&self.peers)
+            .values()
+            .filter(|p| p.stats.active.load(Ordering::Relaxed))
+            .count()
+    }
+
     /// Stops sending to peer `id`.
     pub fn remove_peer(&self, id: u64) {
         if let Some(p) = lock(&self.peers).remove(&id) {

@@ -544,6 +544,8 @@ impl Server {
             reissue_reads: false,
             held_reads: Vec::new(),
             own_reads_held: false,
+            tick_advance_until: (config.initial_election_tick_advance && !solo)
+                .then(|| std::time::Instant::now() + raft_loop::TICK_ADVANCE_WAIT),
         }));
         let thread_core = core.clone();
         threads.push(spawn_named("raft", shared.clone(), move || {

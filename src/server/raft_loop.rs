@@ -143,6 +143,31 @@ pub struct RaftLoop {
     pub held_reads: Vec<Message>,
     /// This member's own reads wait for the same commit.
     pub own_reads_held: bool,
+    /// Until when the election clock may still be fast-forwarded at start
+    /// (`--initial-election-tick-advance`); `None` once done, given up, or not wanted.
+    pub tick_advance_until: Option<Instant>,
+}
+
+/// How long a starting member waits for its peers' connections before it gives up fast-forwarding
+/// its election clock (etcd waits as long).
+pub const TICK_ADVANCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Fast-forwards a starting member's election clock, as etcd does, once more than one peer is
+/// connected (`active_peers`): to two ticks short of the election timeout. raft-rs draws the
+/// timeout from [t, 2t), so the first election comes 2 to t + 2 ticks later instead of t to 2t, and
+/// a fresh cluster elects its leader in a few heartbeats. Before the peers are connected a campaign
+/// would reach nobody, so the clock is left alone. Returns whether it advanced.
+pub fn advance_election_clock<T: raft::Storage>(
+    node: &mut RawNode<T>,
+    active_peers: usize,
+) -> bool {
+    if active_peers <= 1 {
+        return false;
+    }
+    for _ in 0..node.raft.election_timeout().saturating_sub(2) {
+        node.tick();
+    }
+    true
 }
 
 /// Most followers' read index requests a new leader holds; beyond it the oldest are dropped (their
@@ -259,6 +284,12 @@ impl RaftLoop {
             if last_tick.elapsed() >= tick {
                 this.node.tick();
                 last_tick = Instant::now();
+                if let Some(until) = this.tick_advance_until {
+                    let active = this.transport.active_peers();
+                    if advance_election_clock(&mut this.node, active) || last_tick >= until {
+                        this.tick_advance_until = None;
+                    }
+                }
                 this.issue_reads(false);
             }
             this.on_ready()?;
@@ -816,6 +847,46 @@ mod tests {
             .collect();
         store.wl().append(&entries).expect("append");
         store
+    }
+
+    fn follower_of_three() -> RawNode<MemStorage> {
+        let store = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        let config = raft::Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        RawNode::new(&config, store, &logger).expect("raw node")
+    }
+
+    #[test]
+    fn election_clock_advances_once_two_peers_are_connected() {
+        let mut node = follower_of_three();
+        assert!(!advance_election_clock(&mut node, 0));
+        assert!(!advance_election_clock(&mut node, 1));
+        assert_eq!(
+            node.raft.election_elapsed, 0,
+            "no peer connected: untouched"
+        );
+
+        assert!(advance_election_clock(&mut node, 2));
+        assert_eq!(
+            node.raft.election_elapsed, 8,
+            "two ticks short of the timeout"
+        );
+        assert_eq!(node.raft.state, StateRole::Follower, "no campaign yet");
+        // The timeout is drawn from [10, 20): the campaign (a pre-vote) comes within 12 more ticks.
+        let mut ticks = 0;
+        while node.raft.state == StateRole::Follower {
+            node.tick();
+            ticks += 1;
+            assert!(ticks <= 12, "no campaign after {ticks} ticks");
+        }
+        assert!(ticks >= 2, "campaigned after {ticks} ticks");
+        assert_eq!(node.raft.state, StateRole::PreCandidate);
     }
 
     #[test]
