@@ -389,6 +389,12 @@ redb_errors!(
 
 impl From<raft::Error> for Error {
     fn from(e: raft::Error) -> Self {
+        Error::from(&e)
+    }
+}
+
+impl From<&raft::Error> for Error {
+    fn from(e: &raft::Error) -> Self {
         match e {
             raft::Error::ProposalDropped => Error::NoLeader,
             other => Error::Raft(other.to_string()),

@@ -434,6 +434,9 @@ impl Server {
             applied: consistent_index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            // Appends to a follower made in one turn (one per proposal message, one per commit
+            // advance) go as one message, answered by one response.
+            batch_append: true,
             // A member cut off and back must not depose a healthy leader (pre-vote), and a leader
             // that lost its quorum steps down (check quorum), as etcd runs.
             pre_vote: true,

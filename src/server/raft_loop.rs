@@ -507,11 +507,30 @@ impl RaftLoop {
         }
     }
 
+    /// Proposes a batch as one message, as `RawNode::propose` does for one entry: a leader appends
+    /// it at once and sends each follower one append for it, and a follower forwards it to the
+    /// leader as one message. A proposal per request would cost one of each per request, and one
+    /// append response per request back.
     fn propose(&mut self, batch: Vec<Proposal>) {
-        for Proposal { id, data, .. } in batch {
-            if let Err(e) = self.node.propose(vec![], data) {
-                // A dropped proposal is answered now; the client never hangs.
-                self.shared.wait.trigger(id, Err(Error::from(e)));
+        let mut ids = Vec::with_capacity(batch.len());
+        let entries: Vec<Entry> = batch
+            .into_iter()
+            .map(|Proposal { id, data, .. }| {
+                ids.push(id);
+                Entry {
+                    data: data.into(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.node.raft.id;
+        m.set_entries(entries.into());
+        if let Err(e) = self.node.raft.step(m) {
+            // A dropped batch is answered now; no client hangs.
+            for id in ids {
+                self.shared.wait.trigger(id, Err(Error::from(&e)));
             }
         }
     }
