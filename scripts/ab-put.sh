@@ -17,14 +17,17 @@
 # Usage: scripts/ab-put.sh X Y   (X and Y: server binaries, or wrapper scripts that exec one and
 #        pass their arguments on; both must take mini-etcd's flags)
 #        PAIRS=16 (even) TOTAL=30000 WARMUP=3000 STORAGE=tmpfs|disk PORT=23779 BM=<etcd's tool>
+#        MEMBERS=1|3 (3: a fresh 3-member cluster per run, the load spread over the three
+#        members as bench-vs-etcd --members 3 does, CPU summed over the members)
 #        (WARMUP=0 measures from the first put, as bench-vs-etcd does)
 # Needs etcd's `benchmark` tool (../shared/tools/build-etcd-benchmark), etcdctl, ss and python3.
-# Uses ports PORT..PORT+2 on 127.0.0.1; data under /dev/shm or /var/tmp, removed at the end.
+# Uses ports PORT..PORT+2 (with MEMBERS=3, PORT..PORT+22) on 127.0.0.1; data under /dev/shm or /var/tmp, removed at the end.
 set -u
 [ $# -eq 2 ] || { echo "usage: scripts/ab-put.sh X Y" >&2; exit 2; }
 BM=${BM:-$HOME/.cache/etcd-bench/bin/benchmark}
 PAIRS=${PAIRS:-16}; TOTAL=${TOTAL:-30000}; WARMUP=${WARMUP:-3000}; PORT=${PORT:-23779}
-STORAGE=${STORAGE:-tmpfs}
+STORAGE=${STORAGE:-tmpfs}; MEMBERS=${MEMBERS:-1}
+case "$MEMBERS" in 1|3) ;; *) echo "ab-put: MEMBERS must be 1 or 3" >&2; exit 2 ;; esac
 for v in PAIRS TOTAL WARMUP PORT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "ab-put: $v must be a number" >&2; exit 2; }
 done
@@ -42,7 +45,7 @@ case "$STORAGE" in
 esac
 OUT=$(mktemp); LOG=$(mktemp)
 TCK=$(getconf CLK_TCK)
-trap 'rm -rf "$D" "$OUT" "$LOG"' EXIT
+trap 'rm -rf "$D" "$OUT" "$LOG" "$LOG".*' EXIT
 trap 'exit 130' INT TERM
 
 # utime + stime of process $1 in clock ticks (the name in /proc/PID/stat may hold spaces).
@@ -55,39 +58,60 @@ cpu_ticks() {
   echo $(( ${12} + ${13} ))
 }
 
+# The CPU ticks of every member in SRV, summed.
+cpu_all() {
+  local t=0 p v
+  for p in "${SRV[@]}"; do v=$(cpu_ticks "$p") || return 1; t=$((t + v)); done
+  echo "$t"
+}
+
 # One run of build $1, always in a subshell of its own (`$(one X)`): prints
 # "puts/s server-µs-per-put", or fails with a message.
 one() {
-  local bin=$1 c0 c1 out rps p
+  local bin=$1 c0 c1 out rps p i ic="" eps=""
   rm -rf "$D"; mkdir -p "$D"
-  for p in "$PORT" $((PORT + 1)) $((PORT + 2)); do
-    if ss -ltn | grep -q ":$p "; then echo "ab-put: port $p is busy" >&2; return 1; fi
+  for i in $(seq 0 $((MEMBERS - 1))); do
+    for p in $((PORT + 10 * i)) $((PORT + 10 * i + 1)) $((PORT + 10 * i + 2)); do
+      if ss -ltn | grep -q ":$p "; then echo "ab-put: port $p is busy" >&2; return 1; fi
+    done
+    ic="$ic${ic:+,}m$i=http://127.0.0.1:$((PORT + 10 * i + 1))"
+    eps="$eps${eps:+,}127.0.0.1:$((PORT + 10 * i))"
   done
-  setsid "$bin" --data-dir "$D" --listen-client-urls "http://127.0.0.1:$PORT" \
-    --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-    --listen-rest-url "http://127.0.0.1:$((PORT + 2))" >"$LOG" 2>&1 &
-  SRV=$!  # global on purpose: the EXIT trap below runs after this function returns
-  trap 'kill -9 "${SRV:-}" 2>/dev/null' EXIT
+  SRV=()  # global on purpose: the EXIT trap below runs after this function returns
+  trap 'kill -9 "${SRV[@]}" 2>/dev/null' EXIT
   trap 'exit 130' INT TERM
+  for i in $(seq 0 $((MEMBERS - 1))); do
+    local c=$((PORT + 10 * i)) args=()
+    if [ "$MEMBERS" -gt 1 ]; then
+      args=(--name "m$i" --data-dir "$D/m$i" --advertise-client-urls "http://127.0.0.1:$c"
+        --initial-advertise-peer-urls "http://127.0.0.1:$((c + 1))" --initial-cluster "$ic")
+    else
+      args=(--data-dir "$D")
+    fi
+    setsid "$bin" "${args[@]}" --listen-client-urls "http://127.0.0.1:$c" \
+      --listen-peer-urls "http://127.0.0.1:$((c + 1))" \
+      --listen-rest-url "http://127.0.0.1:$((c + 2))" >"$LOG.$i" 2>&1 &
+    SRV+=($!)
+  done
   local deadline=$((SECONDS + 30)) ready=false
-  while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$SRV" 2>/dev/null; do
-    if ETCDCTL_API=3 etcdctl --dial-timeout=1s --command-timeout=1s --endpoints "127.0.0.1:$PORT" \
+  while [ "$SECONDS" -lt "$deadline" ] && kill -0 "${SRV[@]}" 2>/dev/null; do
+    if ETCDCTL_API=3 etcdctl --dial-timeout=1s --command-timeout=1s --endpoints "$eps" \
       put ab-put ready >/dev/null 2>&1; then ready=true; break; fi
     sleep 0.1
   done
   if ! $ready; then
-    echo "ab-put: $bin exited or did not serve within 30 s; its output:" >&2; tail -5 "$LOG" >&2; return 1
+    echo "ab-put: $bin exited or did not serve within 30 s; its output:" >&2; tail -5 "$LOG".* >&2; return 1
   fi
-  local load=("$BM" --endpoints "127.0.0.1:$PORT" --conns 8 --clients 64 put --key-size 32
+  local load=("$BM" --endpoints "$eps" --conns 8 --clients 64 put --key-size 32
     --val-size 256 --key-space-size 100000)
   if [ "$WARMUP" -gt 0 ]; then
     timeout --kill-after=5 120 "${load[@]}" --total "$WARMUP" >/dev/null 2>&1 \
       || { echo "ab-put: the warm-up against $bin failed" >&2; return 1; }
   fi
-  c0=$(cpu_ticks "$SRV") || { echo "ab-put: $bin died" >&2; return 1; }
+  c0=$(cpu_all) || { echo "ab-put: $bin died" >&2; return 1; }
   out=$(timeout --kill-after=5 300 "${load[@]}" --total "$TOTAL" 2>&1)
-  c1=$(cpu_ticks "$SRV") || { echo "ab-put: $bin died during the run" >&2; return 1; }
-  kill "$SRV"; sleep 0.3; kill -9 "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null
+  c1=$(cpu_all) || { echo "ab-put: $bin died during the run" >&2; return 1; }
+  kill "${SRV[@]}"; sleep 0.3; kill -9 "${SRV[@]}" 2>/dev/null; wait "${SRV[@]}" 2>/dev/null
   rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
   [ -n "$rps" ] || { echo "ab-put: no result from $bin" >&2; return 1; }
   echo "$rps $(awk -v a="$c0" -v b="$c1" -v t="$TOTAL" -v hz="$TCK" \
