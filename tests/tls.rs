@@ -399,28 +399,10 @@ fn flags(pairs: &[(&str, String)]) -> Vec<String> {
     pairs.iter().map(|(k, v)| format!("--{k}={v}")).collect()
 }
 
-/// root (with the root role), alice with role r1 (read `a`, read-write prefix `b`), then auth on.
+/// etcdctl_auth's users and roles (root; alice with read `a`, read-write prefix `b`), then auth on,
+/// with `tls` flags on every etcdctl call.
 async fn set_up_users(ep: &str, tls: &[String]) {
-    for args in [
-        &["role", "add", "root"][..],
-        &["user", "add", "root:rootpw"],
-        &["user", "grant-role", "root", "root"],
-        &["user", "add", "alice:apw"],
-        &["role", "add", "r1"],
-        &["role", "grant-permission", "r1", "read", "a"],
-        &[
-            "role",
-            "grant-permission",
-            "r1",
-            "readwrite",
-            "b",
-            "--prefix",
-        ],
-        &["user", "grant-role", "alice", "r1"],
-        &["auth", "enable"],
-    ] {
-        ctl(ep, tls, args).await.ok(&args.join(" "));
-    }
+    etcdctl_auth::set_up(&format!("{ep} {}", tls.join(" "))).await;
 }
 
 const DENIED: &str = "Error: etcdserver: permission denied";
