@@ -50,6 +50,12 @@
 //! here too, because they change Raft's own configuration (`apply_conf_change`) as well as the
 //! membership in the backend. Turns on a connection's task are only for a cluster of one voter: with
 //! peers, every turn runs on the Raft thread.
+//!
+//! A turn's proposals go to Raft as one proposal message, and the appends a turn makes for one
+//! follower go as one message (raft-rs's `batch_append`): a follower forwards a batch to the leader
+//! once, and answers the leader's appends once per turn rather than once per request. A starting
+//! member fast-forwards its election clock once its peers are connected, as etcd does
+//! (`--initial-election-tick-advance`, [`advance_election_clock`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
