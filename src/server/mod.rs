@@ -545,7 +545,7 @@ impl Server {
             last_leader: 0,
             unreachable: Vec::new(),
             reissue_reads: false,
-            held_reads: Vec::new(),
+            held_reads: std::collections::VecDeque::new(),
             own_reads_held: false,
             tick_advance_until: (config.initial_election_tick_advance && !solo)
                 .then(|| std::time::Instant::now() + raft_loop::TICK_ADVANCE_WAIT),

@@ -57,6 +57,7 @@
 //! member fast-forwards its election clock once its peers are connected, as etcd does
 //! (`--initial-election-tick-advance`, [`advance_election_clock`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -146,7 +147,7 @@ pub struct RaftLoop {
     pub reissue_reads: bool,
     /// Followers' read index requests that arrived while this member led without having committed
     /// an entry of its term; see [`RaftLoop::leader_may_read`].
-    pub held_reads: Vec<Message>,
+    pub held_reads: VecDeque<Message>,
     /// This member's own reads wait for the same commit.
     pub own_reads_held: bool,
     /// Until when the election clock may still be fast-forwarded at start
@@ -376,9 +377,9 @@ impl RaftLoop {
                 if msg.msg_type == MessageType::MsgReadIndex && !self.leader_may_read() =>
             {
                 if self.held_reads.len() >= HELD_READS {
-                    self.held_reads.remove(0);
+                    self.held_reads.pop_front();
                 }
-                self.held_reads.push(*msg);
+                self.held_reads.push_back(*msg);
             }
             RaftMsg::Step(msg) => {
                 if let Err(e) = self.node.step(*msg) {
