@@ -19,12 +19,22 @@
 //! on any failure takes it back and reconnects with a backoff (50 ms doubling to 1 s). A batch that
 //! finds the queue full or no call open is dropped and the peer reported unreachable to Raft, which
 //! then probes it instead of streaming appends at it; Raft retransmits whatever was lost. A slow or
-//! dead peer therefore costs the others nothing. Snapshots go on a task of their own, so a large one
-//! never holds up the small messages. No task sits between the Raft thread and the call: a message
-//! costs no thread wake-up before the HTTP/2 stack's own.
+//! dead peer therefore costs the others nothing. Snapshots go on a task of their own, on the server's
+//! runtime, so a large one never holds up the small messages.
 //!
 //! **Receiving** decodes with prost only (see `convert`), refuses a batch from another cluster and
 //! messages no peer may send, and hands the rest to Raft through the node's channel.
+//!
+//! **Where it runs.** The stream calls, both the outgoing ones and the service that receives them,
+//! run on the Raft thread's own single-threaded runtime (`Transport::links`), beside the Raft loop
+//! (`server::raft_loop`). A message Raft sends is written by the HTTP/2 stack on the same thread
+//! once the loop awaits, and a received one reaches the loop's channel on the thread that runs the
+//! loop: a round of messages between members crosses no thread inside a member. With the streams
+//! on the server's runtime instead, every message cost two thread wake-ups (the loop waking a
+//! worker to write it, a worker waking the loop with what it read), and a linearizable read takes
+//! several such rounds. The price is that the peer I/O waits while a turn runs: the loop lets the
+//! streams write a leader's appends before it persists and applies, so followers store them while
+//! the leader does.
 //!
 //! **A test switch.** When the `MINI_ETCD_PEER_FAULTS` environment variable names a file, every
 //! member id (hex) listed in it is cut off: messages to and from it are dropped on both sides. The
@@ -163,7 +173,10 @@ impl Peer {
 /// The outgoing side of the transport, and the fault switch both sides consult.
 pub struct Transport {
     node: Arc<dyn Node>,
+    /// Where snapshot transfers, round-trip probes and the fault switch run.
     runtime: tokio::runtime::Handle,
+    /// Where the peer streams run: the Raft thread's runtime (see the module docs).
+    links: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
     /// Stats of peers by id, kept after a peer is removed so that counters never go back.
     stats: Mutex<HashMap<u64, Arc<PeerStats>>>,
@@ -177,26 +190,36 @@ pub struct Transport {
 pub type PeerTls = Option<Arc<tokio_rustls::rustls::ClientConfig>>;
 
 impl Transport {
-    /// A transport with no peers yet, running its tasks on `runtime`, without TLS.
+    /// A transport with no peers yet, running every task on `runtime`, without TLS.
     pub fn new(node: Arc<dyn Node>, runtime: tokio::runtime::Handle) -> Arc<Transport> {
-        Transport::with_tls(node, runtime, None)
+        Transport::with_tls(node, runtime.clone(), runtime, None)
     }
 
-    /// [`Transport::new`], dialling `https://` peer URLs with `tls`.
+    /// A transport whose peer streams run on `links` (the runtime of the thread that calls
+    /// [`Transport::send`]) and its other tasks on `runtime`, dialling `https://` peer URLs with
+    /// `tls`.
     pub fn with_tls(
         node: Arc<dyn Node>,
         runtime: tokio::runtime::Handle,
+        links: tokio::runtime::Handle,
         tls: PeerTls,
     ) -> Arc<Transport> {
         let faults = Faults::from_env(&runtime);
         Arc::new(Transport {
             node,
             runtime,
+            links,
             peers: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             faults,
             tls,
         })
+    }
+
+    /// The runtime the peer streams run on; the receiving side of the transport is served there
+    /// too, so that a received message reaches the Raft loop without a thread hand-off.
+    pub fn links(&self) -> &tokio::runtime::Handle {
+        &self.links
     }
 
     /// How this transport dials `https://` peer URLs.
@@ -228,7 +251,7 @@ impl Transport {
         }
         let stats = lock(&self.stats).entry(id).or_default().clone();
         let link: Link = Arc::default();
-        let task = self.runtime.spawn(run_link(
+        let task = self.links.spawn(run_link(
             id,
             urls.clone(),
             link.clone(),

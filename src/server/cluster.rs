@@ -266,8 +266,17 @@ impl Server {
         let Some(transport) = self.shared().transport.get().cloned() else {
             return;
         };
-        if let Err(e) = crate::peer::service::serve(listener, transport, tls, shutdown).await {
-            tracing::error!(error = %e, "the peer API stopped");
+        // Served on the Raft thread's runtime, with the outgoing streams: a message from a peer
+        // reaches the loop on the thread that runs it. The runtime ends with the loop, and with
+        // it the peer API.
+        let links = transport.links().clone();
+        let served = links.spawn(crate::peer::service::serve(
+            listener, transport, tls, shutdown,
+        ));
+        match served.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the peer API stopped"),
+            Err(e) if e.is_panic() => tracing::error!(error = %e, "the peer API panicked"),
+            _ => {}
         }
     }
 

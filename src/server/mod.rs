@@ -51,9 +51,11 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
+
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
 
 use prost::Message as _;
 use raft::prelude::*;
@@ -170,7 +172,7 @@ pub struct Shared {
     pub proposals_failed: AtomicU64,
     /// Proposals and commands for the Raft thread, from every other thread (`None` once stopped:
     /// nothing more reaches it).
-    pub raft_tx: Mutex<Option<Sender<RaftMsg>>>,
+    pub raft_tx: Mutex<Option<UnboundedSender<RaftMsg>>>,
     /// The peer transport.
     pub transport: std::sync::OnceLock<Arc<Transport>>,
     /// Temporary backend copies that snapshots are sent from: bounded, and counted by the quota.
@@ -508,15 +510,20 @@ impl Server {
             .committed_index
             .store(commit_at_start, Ordering::Relaxed);
 
-        let (raft_tx, raft_rx) = mpsc::channel();
+        let (raft_tx, raft_rx) = tokio::sync::mpsc::unbounded_channel();
         *shared.raft_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(raft_tx);
+        let peer_tls = crate::tls::peer_client(&config)?;
+        // The Raft thread's own runtime: the peer streams run on it, beside the loop (see
+        // `raft_loop`).
+        let raft_runtime = raft_loop::LoopRuntime::new()?;
         let transport = Transport::with_tls(
             Arc::new(cluster::PeerNode {
                 shared: shared.clone(),
                 data_dir: config.data_dir.clone(),
             }),
             tokio::runtime::Handle::current(),
-            crate::tls::peer_client(&config)?,
+            raft_runtime.handle(),
+            peer_tls,
         );
         for m in &members.members {
             transport.add_peer(m.id, m.peer_urls.clone());
@@ -552,7 +559,7 @@ impl Server {
         }));
         let thread_core = core.clone();
         threads.push(spawn_named("raft", shared.clone(), move || {
-            RaftLoop::run(thread_core, raft_rx)
+            RaftLoop::run(thread_core, raft_rx, raft_runtime)
         })?);
 
         let (pruner, pruner_store) = (shared.pruner.clone(), store.clone());

@@ -9,7 +9,9 @@
 //!
 //! **Where a turn runs.** The state sits behind one mutex, and a turn runs on whichever thread holds
 //! it. The Raft thread ([`RaftLoop::run`]) waits for messages on its channel, ticks Raft's clock
-//! and runs a turn for whatever arrives. A connection's task runs the turn itself when it can
+//! and runs a turn for whatever arrives. It does so on a single-threaded runtime of its own, which
+//! also runs the peer transport's streams (`peer`): with peers, messages between members go in and
+//! out on this thread, and only a client's request and its answer cross to the server's runtime. A connection's task runs the turn itself when it can
 //! ([`RaftLoop::try_turn`], called by `server::inline` with the proposals its calls made in one
 //! round): when the mutex is free, the loop has not ended, and recent turns were short (a moving
 //! average under `--experimental-inline-turn-limit`, 100 µs by default). Handing a proposal to
@@ -45,7 +47,10 @@
 //! committed entries applied, the new entries and hard state written and fsynced, and only then go
 //! the messages that must follow persistence (votes, a follower's append responses); `advance`
 //! then hands out what became committed, with more messages. Messages go to the peer transport
-//! (`peer`), which never blocks: a peer it cannot reach is reported back to Raft. Read index
+//! (`peer`), which never blocks: a peer it cannot reach is reported back to Raft. Since the
+//! transport writes on this thread, a turn that will persist or apply after sending yields to the
+//! runtime once in between ([`RaftLoop::flushing_ready`]): a leader's appends are on the wire
+//! before its fsync, as they were when other threads wrote them. Read index
 //! requests are issued and their states collected here (`read.rs`); membership changes are applied
 //! here too, because they change Raft's own configuration (`apply_conf_change`) as well as the
 //! membership in the backend. Turns on a connection's task are only for a cluster of one voter: with
@@ -59,13 +64,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use raft::prelude::*;
 use raft::storage::MemStorage;
 use raft::StateRole;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use prost::Message as _;
 
@@ -251,28 +256,39 @@ impl RaftLoop {
     /// The Raft thread: runs until `Stop`, every sender is gone, or a turn fails (an error here is
     /// fatal: the WAL could not be written). Marks the loop ended on the way out, so no
     /// connection's task runs a turn after it.
-    pub fn run(core: Arc<Mutex<RaftLoop>>, rx: Receiver<RaftMsg>) -> Result<()> {
+    pub fn run(
+        core: Arc<Mutex<RaftLoop>>,
+        rx: UnboundedReceiver<RaftMsg>,
+        runtime: LoopRuntime,
+    ) -> Result<()> {
         let _end = EndOnExit(&core); // also when a turn panics
-        Self::turns(&core, &rx)
+        runtime.block_on(Self::turns(&core, rx))
     }
 
-    fn turns(core: &Mutex<RaftLoop>, rx: &Receiver<RaftMsg>) -> Result<()> {
+    // The guard is held across the one yield inside a turn (`flushing_turn`), on purpose: the
+    // turn is not over. Nothing on this thread takes the mutex (the peer streams only queue on the
+    // channel), and other threads only `try_lock` it (`try_turn`), so no one waits on it meanwhile.
+    #[allow(clippy::await_holding_lock)]
+    async fn turns(core: &Mutex<RaftLoop>, mut rx: UnboundedReceiver<RaftMsg>) -> Result<()> {
         let mut last_tick = Instant::now();
         // A campaign made before the loop started (single voter) is ready at once.
         lock(core)?.on_ready()?;
         let tick = lock(core)?.tick;
         loop {
             let timeout = tick.saturating_sub(last_tick.elapsed());
-            let first = match rx.recv_timeout(timeout) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            let first = match tokio::time::timeout(timeout, rx.recv()).await {
+                Ok(Some(m)) => Some(m),
+                Err(_) => None,
+                Ok(None) => break,
             };
             let mut this = lock(core)?;
             if this.ended {
                 // A turn on a connection's task failed, and the node is stopping: whatever was
                 // sent meanwhile is answered, not dropped.
-                for m in first.into_iter().chain(rx.try_iter()) {
+                if let Some(m) = first {
+                    this.refuse(m);
+                }
+                while let Ok(m) = rx.try_recv() {
                     this.refuse(m);
                 }
                 break;
@@ -299,7 +315,7 @@ impl RaftLoop {
                 }
                 this.issue_reads(false);
             }
-            this.on_ready()?;
+            Self::flushing_ready(&mut this).await?;
             if this.shared.removed.load(Ordering::Acquire) {
                 // Applied this member's own removal: it serves no more (etcd's words).
                 this.ended = true;
@@ -573,20 +589,61 @@ impl RaftLoop {
         }
         let started = Instant::now();
         let mut result = self.ready_turn();
-        // What had to wait for the end of the turn steps Raft now; whatever that makes (a read
-        // index request, a probe) goes out in one more turn rather than at the next tick.
-        let released = self.release_held_reads();
-        if result.is_ok() && (!self.unreachable.is_empty() || self.reissue_reads || released) {
-            for id in std::mem::take(&mut self.unreachable) {
-                self.node.report_unreachable(id);
-            }
-            if std::mem::take(&mut self.reissue_reads) {
-                self.issue_reads(true);
-            }
-            if self.node.has_ready() {
-                result = self.ready_turn();
-            }
+        if self.turn_again(&result) {
+            result = self.ready_turn();
         }
+        self.turn_done(started, result)
+    }
+
+    /// [`RaftLoop::on_ready`] on the Raft thread: a turn that will persist or apply after sending
+    /// messages first lets the runtime write them (the peer streams run on this thread), so that
+    /// followers store a leader's appends while the leader does, not after it.
+    async fn flushing_ready(this: &mut MutexGuard<'_, RaftLoop>) -> Result<bool> {
+        crate::fault::panic_point("raft");
+        if !this.node.has_ready() {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let mut result = Self::flushing_turn(this).await;
+        if this.turn_again(&result) {
+            result = Self::flushing_turn(this).await;
+        }
+        this.turn_done(started, result)
+    }
+
+    async fn flushing_turn(this: &mut MutexGuard<'_, RaftLoop>) -> Result<()> {
+        let (rd, sent) = this.start_turn();
+        let work_after = !rd.entries().is_empty()
+            || !rd.committed_entries().is_empty()
+            || !rd.snapshot().is_empty();
+        if sent && work_after {
+            // Nothing on this thread takes the loop's mutex meanwhile: the streams' tasks only
+            // queue messages on the loop's channel.
+            tokio::task::yield_now().await;
+        }
+        this.finish_turn(rd)
+    }
+
+    /// After a turn: what had to wait for its end steps Raft now; true if that made another turn
+    /// (a read index request, a probe), which then runs at once rather than at the next tick.
+    fn turn_again(&mut self, result: &Result<()>) -> bool {
+        let released = self.release_held_reads();
+        if result.is_err() || (self.unreachable.is_empty() && !self.reissue_reads && !released) {
+            return false;
+        }
+        for id in std::mem::take(&mut self.unreachable) {
+            self.node.report_unreachable(id);
+        }
+        if std::mem::take(&mut self.reissue_reads) {
+            self.issue_reads(true);
+        }
+        self.node.has_ready()
+    }
+
+    /// Counts how long the turns took; a failed turn ends the loop before its mutex is released,
+    /// so no other thread runs a turn after it (raft-rs has already counted the failed turn's
+    /// entries as handed out).
+    fn turn_done(&mut self, started: Instant, result: Result<()>) -> Result<bool> {
         self.turn_cost.record(started.elapsed());
         if result.is_err() {
             self.ended = true;
@@ -595,7 +652,13 @@ impl RaftLoop {
     }
 
     fn ready_turn(&mut self) -> Result<()> {
-        let store = self.node.raft.raft_log.store.clone();
+        let (rd, _) = self.start_turn();
+        self.finish_turn(rd)
+    }
+
+    /// The first part of a turn: takes Raft's Ready, publishes a leader change, and sends the
+    /// messages that may go before the turn's entries are durable (true if there were any).
+    fn start_turn(&mut self) -> (Ready, bool) {
         let mut rd = self.node.ready();
 
         if let Some(ss) = rd.ss() {
@@ -623,7 +686,16 @@ impl RaftLoop {
             }
         }
         // A leader's appends may go before its own entries are durable (raft-rs's order).
-        self.send(rd.take_messages());
+        let msgs = rd.take_messages();
+        let sent = !msgs.is_empty();
+        self.send(msgs);
+        (rd, sent)
+    }
+
+    /// The rest of a turn: install, apply, persist, then the messages that promise what is durable,
+    /// and `advance`.
+    fn finish_turn(&mut self, mut rd: Ready) -> Result<()> {
+        let store = self.node.raft.raft_log.store.clone();
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone())?;
         }
@@ -840,6 +912,45 @@ impl RaftLoop {
             "installed a snapshot from the leader"
         );
         Ok(())
+    }
+}
+
+/// The Raft thread's single-threaded runtime, where the loop and the peer streams run. Its tasks
+/// run only while the loop does: they end with it.
+pub struct LoopRuntime(Option<tokio::runtime::Runtime>);
+
+impl LoopRuntime {
+    /// A new runtime with timers and I/O.
+    pub fn new() -> Result<LoopRuntime> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(LoopRuntime(Some(rt)))
+    }
+
+    /// Where to spawn tasks onto it.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("taken only on drop"),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.0 {
+            Some(rt) => rt.block_on(f),
+            None => unreachable!("taken only on drop"),
+        }
+    }
+}
+
+impl Drop for LoopRuntime {
+    /// Without waiting for its tasks: a runtime dropped where blocking is not allowed (on the
+    /// server's runtime, when the Raft thread never started) would panic.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
