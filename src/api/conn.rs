@@ -9,12 +9,14 @@
 //! [`serve_connection`] polls them beside the connection): a Raft batch that answers eight puts of one
 //! connection wakes one task, not eight, and their responses leave in one socket write.
 //!
-//! A stream that may compute for long (a large Range, a read-only Txn, a snapshot) would hold up
-//! every other call on its connection that way, and so would a watch stream encoding its events;
-//! so [`runs_inline`] names the few calls that only wait for Raft (Put, DeleteRange, Txn: the KV
-//! service moves a read-only Txn, which computes, to a task of its own), and every other stream
-//! still gets a task of its own, as hyper would give it. KV calls also skip the axum router: they
-//! go to the KV service directly ([`Routes::kv`]).
+//! A stream that may compute for long (a read-only Txn, a snapshot) would hold up every other call
+//! on its connection that way, and so would a watch stream encoding its events; so [`runs_inline`]
+//! names the few calls that wait for Raft or compute little: Put, DeleteRange and Txn (the KV
+//! service moves a read-only Txn, which computes, to a task of its own), and Range, whose wide
+//! ranges (more than 1,000 keys may match) the server reads on the blocking pool
+//! (`server::kv::is_wide`), so that what is left on the connection's task is a bounded read. Every
+//! other stream still gets a task of its own, as hyper would give it. KV calls also skip the axum
+//! router: they go to the KV service directly ([`Routes::kv`]).
 //!
 //! Each round of those inline calls runs inside the listener's [`RoundScope`], a function the
 //! server hands in ([`Routes::round`]); this module knows nothing of what it does. (The server
@@ -105,12 +107,16 @@ fn lock(started: &Started) -> std::sync::MutexGuard<'_, Vec<StreamFuture>> {
     started.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether a call runs on its connection's task: those that do little but wait for the Raft log.
-/// A Txn only waits when it writes; `grpc::kv` spawns the read-only ones.
+/// Whether a call runs on its connection's task: those that do little but wait for the Raft log
+/// (a linearizable Range waits for its read index) and then compute little. A Txn only waits when it
+/// writes; `grpc::kv` spawns the read-only ones. A wide Range goes to the blocking pool.
 pub fn runs_inline(path: &str) -> bool {
     matches!(
         path,
-        "/etcdserverpb.KV/Put" | "/etcdserverpb.KV/DeleteRange" | "/etcdserverpb.KV/Txn"
+        "/etcdserverpb.KV/Range"
+            | "/etcdserverpb.KV/Put"
+            | "/etcdserverpb.KV/DeleteRange"
+            | "/etcdserverpb.KV/Txn"
     )
 }
 
