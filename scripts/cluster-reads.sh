@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Linearizable reads on a fresh three-member cluster: starts the cluster on tmpfs, runs
 # `mini-etcd bench range` (64 clients over every member) RUNS times, and after each run prints the
-# latency line and every member's `etcd_server_slow_read_indexes_total` (read index requests Raft
-# left unanswered for 500 ms and issued again). Used for the "Read index contexts" table in
-# docs/performance.md.
+# latency line, the members' CPU time (user + system, summed) and context switches per read, and
+# every member's `etcd_server_slow_read_indexes_total` (read index requests Raft left unanswered
+# for 500 ms and issued again). Used for the "Read index contexts" and session 15's tables in
+# docs/performance.md. CONSISTENCY=s reads serializably instead.
 #
 #   cargo build --release && scripts/cluster-reads.sh            # B=<binary> RUNS=3 TOTAL=50000
 set -euo pipefail
@@ -38,9 +39,17 @@ for _ in $(seq 200); do
   ETCDCTL_API=3 etcdctl --endpoints="$ep" endpoint health >/dev/null 2>&1 && break
   sleep 0.1
 done
+# CPU ticks (1/100 s) and context switches of every member, summed over their threads.
+cpu() { local t=0 f; for p in "${pids[@]}"; do read -r -a f <"/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
+switches() { cat /proc/"${pids[0]}"/task/*/status /proc/"${pids[1]}"/task/*/status /proc/"${pids[2]}"/task/*/status |
+  awk '/ctxt_switches/ {s += $2} END {print s}'; }
 for r in $(seq "$RUNS"); do
+  c0=$(cpu); x0=$(switches)
   echo "run $r: $("$B" bench range --conns 64 --clients 64 --val-size 256 --total "$TOTAL" \
-    --endpoints "$ep" --no-progress 2>&1 | grep -E 'Latency' | sed 's/^ *//')"
+    --consistency "${CONSISTENCY:-l}" --endpoints "$ep" --no-progress 2>&1 | grep -E 'Latency' | sed 's/^ *//')"
+  c1=$(cpu); x1=$(switches)
+  echo "  server CPU per read $(( (c1 - c0) * 10000 / TOTAL )) µs, context switches per read" \
+    "$(awk -v x="$((x1 - x0))" -v n="$TOTAL" 'BEGIN {printf "%.2f", x / n}')"
   for i in 0 1 2; do
     slow=$(curl -s "http://127.0.0.1:${rests[$i]}/metrics" | awk '/^etcd_server_slow_read_indexes_total/ {print $2}')
     leader=$(curl -s "http://127.0.0.1:${rests[$i]}/metrics" | awk '/^etcd_server_is_leader/ {print $2}')
