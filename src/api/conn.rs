@@ -12,11 +12,11 @@
 //! A stream that may compute for long (a read-only Txn, a snapshot) would hold up every other call
 //! on its connection that way, and so would a watch stream encoding its events; so [`runs_inline`]
 //! names the few calls that wait for Raft or compute little: Put, DeleteRange and Txn (the KV
-//! service moves a read-only Txn, which computes, to a task of its own), and Range, whose wide
-//! ranges (more than 1,000 keys may match) the server reads on the blocking pool
-//! (`server::kv::is_wide`), so that what is left on the connection's task is a bounded read. Every
-//! other stream still gets a task of its own, as hyper would give it. KV calls also skip the axum
-//! router: they go to the KV service directly ([`Routes::kv`]).
+//! service moves a read-only Txn, which computes, to a task of its own), and Range: the server
+//! reads a range over a key interval on a task of its own, or on the blocking pool when it may read
+//! many records (`server::kv::is_wide`), so what is left on the connection's task is the read of one
+//! key. Every other stream still gets a task of its own, as hyper would give it. KV calls also skip
+//! the axum router: they go to the KV service directly ([`Routes::kv`]).
 //!
 //! Each round of those inline calls runs inside the listener's [`RoundScope`], a function the
 //! server hands in ([`Routes::round`]); this module knows nothing of what it does. (The server
@@ -109,7 +109,8 @@ fn lock(started: &Started) -> std::sync::MutexGuard<'_, Vec<StreamFuture>> {
 
 /// Whether a call runs on its connection's task: those that do little but wait for the Raft log
 /// (a linearizable Range waits for its read index) and then compute little. A Txn only waits when it
-/// writes; `grpc::kv` spawns the read-only ones. A wide Range goes to the blocking pool.
+/// writes; `grpc::kv` spawns the read-only ones. The server moves a Range over a key interval off
+/// the connection's task.
 pub fn runs_inline(path: &str) -> bool {
     matches!(
         path,

@@ -598,14 +598,22 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<DeleteInt
     Ok((puts, dels))
 }
 
-/// True when a txn writes anything in either branch (a read-only txn needs no Raft round).
 /// Ranges with a limit above this, or none, may read any number of records.
 const WIDE_RANGE_LIMIT: i64 = 1000;
 
-/// Whether `req` may read many records (a key range with no limit, or a large one): such reads run
-/// on a blocking thread, never on an async worker that every other request needs.
+/// Whether `req` may read many records: a key range with no limit or a large one, or one that is
+/// sorted or filtered by revision (which reads every record of the range before it applies the
+/// limit, as etcd does: [`range`]). Such reads run on a blocking thread, never on an async worker
+/// that every other request needs.
 pub fn is_wide(req: &RangeRequest) -> bool {
-    !req.range_end.is_empty() && (req.limit <= 0 || req.limit > WIDE_RANGE_LIMIT)
+    use range_request::{SortOrder, SortTarget};
+    let reads_all = req.sort_order != SortOrder::None as i32
+        || req.sort_target != SortTarget::Key as i32
+        || req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    !req.range_end.is_empty() && (req.limit <= 0 || req.limit > WIDE_RANGE_LIMIT || reads_all)
 }
 
 /// Whether the answer to `req` is its records as stored, in key order, with nothing to sort, filter
@@ -860,5 +868,33 @@ mod tests {
             val,
             &kv
         ));
+    }
+
+    #[test]
+    fn ranges_that_read_every_record_are_wide() {
+        use range_request::{SortOrder, SortTarget};
+        let interval = |limit| RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+            limit,
+            ..Default::default()
+        };
+        assert!(!is_wide(&interval(10)), "a small limit bounds the read");
+        assert!(is_wide(&interval(0)), "no limit");
+        assert!(is_wide(&interval(WIDE_RANGE_LIMIT + 1)));
+        // clientv3's WithFirstCreate, WithLastKey, WithMaxCreateRev: limit 1, yet every record.
+        let mut first_create = interval(1);
+        first_create.sort_target = SortTarget::Create as i32;
+        first_create.sort_order = SortOrder::Ascend as i32;
+        assert!(is_wide(&first_create));
+        let mut last_key = interval(1);
+        last_key.sort_order = SortOrder::Descend as i32;
+        assert!(is_wide(&last_key));
+        let mut filtered = interval(1);
+        filtered.max_create_revision = 5;
+        assert!(is_wide(&filtered));
+        let mut one_key = first_create.clone();
+        one_key.range_end.clear();
+        assert!(!is_wide(&one_key), "one key is one record, sorted or not");
     }
 }

@@ -554,6 +554,7 @@ impl Server {
             reissue_reads: false,
             held_reads: std::collections::VecDeque::new(),
             own_reads_held: false,
+            unwritten: false,
             tick_advance_until: (config.initial_election_tick_advance && !solo)
                 .then(|| std::time::Instant::now() + raft_loop::TICK_ADVANCE_WAIT),
         }));
@@ -774,6 +775,10 @@ impl Server {
             let (server, req) = (self.clone(), req.clone());
             return blocking(move || server.range_local(&req)).await;
         }
+        if !req.range_end.is_empty() {
+            let (server, req) = (self.clone(), req.clone());
+            return spawned(move || server.range_local(&req)).await;
+        }
         self.range_local(req)
     }
 
@@ -803,6 +808,12 @@ impl Server {
         if kv::is_wide(req) {
             let (server, req) = (self.clone(), req.clone());
             return blocking(move || server.range_frame_local(&req))
+                .await
+                .map(Some);
+        }
+        if !req.range_end.is_empty() {
+            let (server, req) = (self.clone(), req.clone());
+            return spawned(move || server.range_frame_local(&req))
                 .await
                 .map(Some);
         }
@@ -1268,6 +1279,18 @@ impl crate::mvcc::RangeSink for FrameSink<'_> {
 
 /// Runs `read` on tokio's blocking pool: a read that may walk and copy many records must not hold
 /// an async worker (on two workers, two such reads would stall every other request).
+/// Runs `read` on a task of its own. A read over a key interval that is not wide still costs with
+/// the size of the interval (its count walks every key in it), so it does not run on the caller's
+/// task, which may be a connection's (`api::conn::runs_inline`): that would hold up the
+/// connection's other calls. A read of one key runs where it is called.
+async fn spawned<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(async move { read() })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+}
+
 async fn blocking<T: Send + 'static>(
     read: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {

@@ -155,6 +155,8 @@ pub struct RaftLoop {
     pub held_reads: VecDeque<Message>,
     /// This member's own reads wait for the same commit.
     pub own_reads_held: bool,
+    /// Messages were sent since the loop last let the streams' tasks run (`turns`).
+    pub unwritten: bool,
     /// Until when the election clock may still be fast-forwarded at start
     /// (`--initial-election-tick-advance`); `None` once done, given up, or not wanted.
     pub tick_advance_until: Option<Instant>,
@@ -328,6 +330,14 @@ impl RaftLoop {
                 // write the WAL while the server shuts down.
                 this.ended = true;
                 break;
+            }
+            let unwritten = std::mem::take(&mut this.unwritten);
+            drop(this);
+            if unwritten && !rx.is_empty() {
+                // What the turn sent is written by the streams' tasks on this thread, which run
+                // only when the loop waits; with more already queued it would not wait, and a
+                // follower's append responses would sit behind its next turns.
+                tokio::task::yield_now().await;
             }
         }
         // The backend commit that makes a clean stop quick to restart is the server's (`Inner::stop`).
@@ -514,6 +524,7 @@ impl RaftLoop {
         if msgs.is_empty() {
             return;
         }
+        self.unwritten = true;
         // Reported after the turn: stepping Raft between `ready` and `advance` may make messages
         // that raft-rs refuses to find there on a follower.
         let unreachable = self.transport.send(msgs);
