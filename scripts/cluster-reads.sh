@@ -41,8 +41,7 @@ for _ in $(seq 200); do
 done
 # CPU ticks (1/100 s) and context switches of every member, summed over their threads.
 cpu() { local t=0 f; for p in "${pids[@]}"; do read -r -a f <"/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
-switches() { cat /proc/"${pids[0]}"/task/*/status /proc/"${pids[1]}"/task/*/status /proc/"${pids[2]}"/task/*/status |
-  awk '/ctxt_switches/ {s += $2} END {print s}'; }
+switches() { for p in "${pids[@]}"; do cat /proc/"$p"/task/*/status; done | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 for r in $(seq "$RUNS"); do
   c0=$(cpu); x0=$(switches)
   echo "run $r: $("$B" bench range --conns 64 --clients 64 --val-size 256 --total "$TOTAL" \

@@ -148,12 +148,9 @@ pub fn range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeResponse> {
     use range_request::{SortOrder, SortTarget};
     let sort_order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
     let sort_target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-    let filtered = req.min_mod_revision != 0
-        || req.max_mod_revision != 0
-        || req.min_create_revision != 0
-        || req.max_create_revision != 0;
+    let filtered = is_filtered(req);
     // As etcd: sorting or filtering needs every key first; the limit is applied afterwards.
-    let mut limit = if sort_order != SortOrder::None || filtered {
+    let mut limit = if reads_every_record(req) {
         0
     } else {
         req.limit.max(0) as usize
@@ -606,14 +603,22 @@ const WIDE_RANGE_LIMIT: i64 = 1000;
 /// limit, as etcd does: [`range`]). Such reads run on a blocking thread, never on an async worker
 /// that every other request needs.
 pub fn is_wide(req: &RangeRequest) -> bool {
-    use range_request::{SortOrder, SortTarget};
-    let reads_all = req.sort_order != SortOrder::None as i32
-        || req.sort_target != SortTarget::Key as i32
-        || req.min_mod_revision != 0
+    !req.range_end.is_empty()
+        && (req.limit <= 0 || req.limit > WIDE_RANGE_LIMIT || reads_every_record(req))
+}
+
+/// Whether `req` filters by revision.
+fn is_filtered(req: &RangeRequest) -> bool {
+    req.min_mod_revision != 0
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
-        || req.max_create_revision != 0;
-    !req.range_end.is_empty() && (req.limit <= 0 || req.limit > WIDE_RANGE_LIMIT || reads_all)
+        || req.max_create_revision != 0
+}
+
+/// Whether [`range`] reads every record of `req`'s range before it applies the limit: when it sorts
+/// or filters, as etcd does.
+fn reads_every_record(req: &RangeRequest) -> bool {
+    req.sort_order != range_request::SortOrder::None as i32 || is_filtered(req)
 }
 
 /// Whether the answer to `req` is its records as stored, in key order, with nothing to sort, filter

@@ -771,15 +771,7 @@ impl Server {
         if !req.serializable {
             self.linearize().await?;
         }
-        if kv::is_wide(req) {
-            let (server, req) = (self.clone(), req.clone());
-            return blocking(move || server.range_local(&req)).await;
-        }
-        if !req.range_end.is_empty() {
-            let (server, req) = (self.clone(), req.clone());
-            return spawned(move || server.range_local(&req)).await;
-        }
-        self.range_local(req)
+        self.read_range(req, Server::range_local).await
     }
 
     /// etcd's Range as the gRPC message frame of its answer (the 5-byte prefix, then the encoded
@@ -805,19 +797,33 @@ impl Server {
         if !req.serializable {
             self.linearize().await?;
         }
-        if kv::is_wide(req) {
-            let (server, req) = (self.clone(), req.clone());
-            return blocking(move || server.range_frame_local(&req))
-                .await
-                .map(Some);
+        self.read_range(req, Server::range_frame_local)
+            .await
+            .map(Some)
+    }
+
+    /// Runs `read` of `req` where its cost belongs. A wide read ([`kv::is_wide`]) goes to the
+    /// blocking pool, never to an async worker that every other request needs. A read over a key
+    /// interval that is not wide still costs with the size of the interval (its count walks every
+    /// key in it), so it gets a task of its own: the caller's task may be a connection's
+    /// (`api::conn::runs_inline`), whose other calls it would hold up. A read of one key runs here.
+    async fn read_range<T: Send + 'static>(
+        &self,
+        req: &RangeRequest,
+        read: fn(&Server, &RangeRequest) -> Result<T>,
+    ) -> Result<T> {
+        if req.range_end.is_empty() {
+            return read(self, req);
         }
-        if !req.range_end.is_empty() {
-            let (server, req) = (self.clone(), req.clone());
-            return spawned(move || server.range_frame_local(&req))
-                .await
-                .map(Some);
+        let wide = kv::is_wide(req);
+        let (server, req) = (self.clone(), req.clone());
+        let task = move || read(&server, &req);
+        if wide {
+            return blocking(task).await;
         }
-        self.range_frame_local(req).map(Some)
+        tokio::spawn(async move { task() })
+            .await
+            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
     }
 
     /// [`Server::range_frame`] on this member's store as it is.
@@ -1279,18 +1285,6 @@ impl crate::mvcc::RangeSink for FrameSink<'_> {
 
 /// Runs `read` on tokio's blocking pool: a read that may walk and copy many records must not hold
 /// an async worker (on two workers, two such reads would stall every other request).
-/// Runs `read` on a task of its own. A read over a key interval that is not wide still costs with
-/// the size of the interval (its count walks every key in it), so it does not run on the caller's
-/// task, which may be a connection's (`api::conn::runs_inline`): that would hold up the
-/// connection's other calls. A read of one key runs where it is called.
-async fn spawned<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::spawn(async move { read() })
-        .await
-        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
-}
-
 async fn blocking<T: Send + 'static>(
     read: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {

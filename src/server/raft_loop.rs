@@ -11,8 +11,8 @@
 //! it. The Raft thread ([`RaftLoop::run`]) waits for messages on its channel, ticks Raft's clock
 //! and runs a turn for whatever arrives. It does so on a single-threaded runtime of its own, which
 //! also runs the peer transport's streams (`peer`): with peers, messages between members go in and
-//! out on this thread, and only a client's request and its answer cross to the server's runtime. A connection's task runs the turn itself when it can
-//! ([`RaftLoop::try_turn`], called by `server::inline` with the proposals its calls made in one
+//! out on this thread, and only a client's request and its answer cross to the server's runtime.
+//! A connection's task runs the turn itself when it can ([`RaftLoop::try_turn`], called by `server::inline` with the proposals its calls made in one
 //! round): when the mutex is free, the loop has not ended, and recent turns were short (a moving
 //! average under `--experimental-inline-turn-limit`, 100 µs by default). Handing a proposal to
 //! another thread and the answer back costs two wake-ups, and on two vCPUs shared with the clients
@@ -50,10 +50,10 @@
 //! (`peer`), which never blocks: a peer it cannot reach is reported back to Raft. Since the
 //! transport writes on this thread, a turn that will persist or apply after sending yields to the
 //! runtime once in between ([`RaftLoop::flushing_ready`]): a leader's appends are on the wire
-//! before its fsync, as they were when other threads wrote them. Read index
-//! requests are issued and their states collected here (`read.rs`); membership changes are applied
-//! here too, because they change Raft's own configuration (`apply_conf_change`) as well as the
-//! membership in the backend. Turns on a connection's task are only for a cluster of one voter: with
+//! before its fsync, as they were when other threads wrote them. Read index requests are issued
+//! and their states collected here (`read.rs`); membership changes are applied here too, because
+//! they change Raft's own configuration (`apply_conf_change`) as well as the membership in the
+//! backend. Turns on a connection's task are only for a cluster of one voter: with
 //! peers, every turn runs on the Raft thread.
 //!
 //! A turn's proposals go to Raft as one proposal message, and the appends a turn makes for one
@@ -155,7 +155,8 @@ pub struct RaftLoop {
     pub held_reads: VecDeque<Message>,
     /// This member's own reads wait for the same commit.
     pub own_reads_held: bool,
-    /// Messages were sent since the loop last let the streams' tasks run (`turns`).
+    /// Messages were sent since the loop last let the streams' tasks run (`turns`,
+    /// `flushing_turn`).
     pub unwritten: bool,
     /// Until when the election clock may still be fast-forwarded at start
     /// (`--initial-election-tick-advance`); `None` once done, given up, or not wanted.
@@ -623,14 +624,15 @@ impl RaftLoop {
     }
 
     async fn flushing_turn(this: &mut MutexGuard<'_, RaftLoop>) -> Result<()> {
-        let (rd, sent) = this.start_turn();
+        let rd = this.start_turn();
         let work_after = !rd.entries().is_empty()
             || !rd.committed_entries().is_empty()
             || !rd.snapshot().is_empty();
-        if sent && work_after {
+        if this.unwritten && work_after {
             // Nothing on this thread takes the loop's mutex meanwhile: the streams' tasks only
             // queue messages on the loop's channel.
             tokio::task::yield_now().await;
+            this.unwritten = false;
         }
         this.finish_turn(rd)
     }
@@ -663,13 +665,13 @@ impl RaftLoop {
     }
 
     fn ready_turn(&mut self) -> Result<()> {
-        let (rd, _) = self.start_turn();
+        let rd = self.start_turn();
         self.finish_turn(rd)
     }
 
     /// The first part of a turn: takes Raft's Ready, publishes a leader change, and sends the
-    /// messages that may go before the turn's entries are durable (true if there were any).
-    fn start_turn(&mut self) -> (Ready, bool) {
+    /// messages that may go before the turn's entries are durable.
+    fn start_turn(&mut self) -> Ready {
         let mut rd = self.node.ready();
 
         if let Some(ss) = rd.ss() {
@@ -697,10 +699,8 @@ impl RaftLoop {
             }
         }
         // A leader's appends may go before its own entries are durable (raft-rs's order).
-        let msgs = rd.take_messages();
-        let sent = !msgs.is_empty();
-        self.send(msgs);
-        (rd, sent)
+        self.send(rd.take_messages());
+        rd
     }
 
     /// The rest of a turn: install, apply, persist, then the messages that promise what is durable,
