@@ -10,8 +10,9 @@
 //!
 //! Invariants and rules the tests rely on:
 //! - Every wait is bounded by a deadline; deadlines are safety bounds, never assertions about speed.
-//! - Ports are found by binding port 0 and dropping the listener; all three are held at once while picking so
-//!   that one start cannot be given the same port twice. A restart picks fresh ports, so a socket lingering
+//! - Ports come from [`free_ports`], below the kernel's ephemeral range so that no client socket can take
+//!   one between its choice and the server's bind; all three are held at once while picking so that one
+//!   start cannot be given the same port twice. A restart picks fresh ports, so a socket lingering
 //!   from a killed process can never make the restart fail.
 //! - Dropping a `Server` kills its child with SIGKILL and reaps it, including when the test panics; when the
 //!   test is panicking the log tail is printed so the failure explains itself.
@@ -27,6 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -86,14 +88,62 @@ pub const PORT_RETRIES: u32 = 3;
 pub const ADDR_IN_USE: &str = "Address already in use";
 
 /// Returns `n` distinct free ports on 127.0.0.1. All listeners are held until every port is chosen.
+///
+/// The ports come from below the kernel's ephemeral range (`ip_local_port_range`), never from it: a port
+/// the kernel hands out for `bind(0)` is also what it hands to the next outgoing connection, and with
+/// many tests connecting in parallel such a port was often taken by a client socket in the moment between
+/// this choice and the server's bind. Outside the ephemeral range only another listener can take it, and
+/// within this process the counter never gives a port twice. The start is spread by process id so that
+/// test binaries run one after another do not walk the same ports.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let Some((lo, hi)) = listening_span() else {
+        let listeners: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+            .collect();
+        return listeners
+            .iter()
+            .map(|l| l.local_addr().expect("local_addr").port())
+            .collect();
+    };
+    let span = u64::from(hi - lo);
+    let seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761) % span;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = lo + u16::try_from((seed + k) % span).expect("offset below span");
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free ports in {lo}..{hi}");
+    held.iter()
         .map(|l| l.local_addr().expect("local_addr").port())
         .collect()
+}
+
+/// The ports test servers listen on: from 10000 up to the kernel's ephemeral range, or above it when the
+/// range starts too low; `None` when neither side leaves room (then `bind(0)` is all there is).
+fn listening_span() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let mut bounds = text
+        .as_deref()
+        .unwrap_or("32768 60999")
+        .split_whitespace()
+        .map(|s| s.parse::<u16>());
+    let (Some(Ok(first)), Some(Ok(last))) = (bounds.next(), bounds.next()) else {
+        return None;
+    };
+    if first >= 12_000 {
+        Some((10_000, first))
+    } else if last <= 63_000 {
+        Some((last + 1, 65_535))
+    } else {
+        None
+    }
 }
 
 /// Reads a whole log file, lossily, for failure messages.
