@@ -623,6 +623,40 @@ impl Config {
         usize::try_from(ticks).unwrap_or(usize::MAX)
     }
 
+    /// How many members of `--initial-cluster` run on this machine, this member included: those
+    /// with a peer URL on one of this member's peer hosts, or on a loopback address when this member
+    /// has one (members on `127.0.0.1` and `localhost` share a machine by definition). Other hosts
+    /// are taken to be other machines; a name that resolves here under another spelling is not seen.
+    pub fn members_on_this_host(&self) -> usize {
+        let ours: Vec<url::Host<&str>> = self
+            .initial_advertise_peer_urls
+            .iter()
+            .chain(&self.listen_peer_urls)
+            .filter_map(Url::host)
+            .collect();
+        let here = |u: &Url| {
+            u.host().is_some_and(|h| {
+                ours.contains(&h) || (is_loopback(&h) && ours.iter().any(is_loopback))
+            })
+        };
+        let count = self
+            .initial_cluster
+            .iter()
+            .filter(|(_, urls)| urls.iter().any(here))
+            .count();
+        count.max(1)
+    }
+
+    /// Worker threads for the server's runtime, given `cpus` usable CPUs: the CPUs divided among
+    /// the members that share this machine ([`Config::members_on_this_host`]), at least one. Each
+    /// member also runs a Raft thread and a backend commit thread, so a worker per CPU in every
+    /// co-located member would put several times more runnable threads than CPUs on the machine,
+    /// and the scheduler's wake-ups and preemptions between them cost more than the threads add.
+    /// One member alone gets a worker per CPU, as tokio's default.
+    pub fn worker_threads(&self, cpus: usize) -> usize {
+        (cpus / self.members_on_this_host()).max(1)
+    }
+
     /// The socket address of a listen URL.
     pub fn socket_addr(url: &Url) -> Result<std::net::SocketAddr> {
         let addrs = url
@@ -632,6 +666,15 @@ impl Config {
             .into_iter()
             .next()
             .ok_or_else(|| Error::InvalidArgument(format!("cannot resolve {url}")))
+    }
+}
+
+/// Whether a URL host names this machine's loopback interface.
+fn is_loopback(h: &url::Host<&str>) -> bool {
+    match h {
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -960,6 +1003,49 @@ mod tests {
         v.extend_from_slice(args);
         let cli = Cli::try_parse_from(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         Config::from_args(cli.server)
+    }
+
+    #[test]
+    fn co_located_members_share_the_cpus() {
+        // One member alone: a worker per CPU.
+        let alone = parse(&[]).unwrap();
+        assert_eq!(alone.members_on_this_host(), 1);
+        assert_eq!(alone.worker_threads(8), 8);
+        // Three members on loopback, under two spellings of it: one machine.
+        let cluster = "a=http://127.0.0.1:2380,b=http://localhost:2480,c=http://127.0.0.2:2580";
+        let a = parse(&[
+            "--name=a",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            &format!("--initial-cluster={cluster}"),
+        ])
+        .unwrap();
+        assert_eq!(a.members_on_this_host(), 3);
+        assert_eq!(a.worker_threads(2), 1, "never below one");
+        assert_eq!(a.worker_threads(8), 2);
+        // Three machines: each member has the CPUs to itself.
+        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380";
+        let spread = parse(&[
+            "--name=a",
+            "--initial-advertise-peer-urls=http://10.0.0.1:2380",
+            "--listen-peer-urls=http://0.0.0.0:2380",
+            &format!("--initial-cluster={cluster}"),
+        ])
+        .unwrap();
+        assert_eq!(spread.members_on_this_host(), 1);
+        assert_eq!(spread.worker_threads(4), 4);
+        // Two of five on this machine's address.
+        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.1:2480,c=http://10.0.0.2:2380,\
+                       d=http://10.0.0.3:2380,e=https://10.0.0.4:2380";
+        let two = parse(&[
+            "--name=b",
+            "--initial-advertise-peer-urls=http://10.0.0.1:2480",
+            "--listen-peer-urls=http://10.0.0.1:2480",
+            &format!("--initial-cluster={}", cluster.replace(' ', "")),
+        ])
+        .unwrap();
+        assert_eq!(two.members_on_this_host(), 2);
+        assert_eq!(two.worker_threads(4), 2);
     }
 
     #[test]

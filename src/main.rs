@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime_for(&config) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mini-etcd: cannot start the runtime: {e}");
@@ -98,6 +98,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The server's runtime. Its worker threads are the CPUs divided among the members of
+/// `--initial-cluster` that share this machine (`Config::worker_threads`), unless
+/// `TOKIO_WORKER_THREADS` names a number, as tokio's own default allows.
+fn runtime_for(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let workers = config.worker_threads(cpus);
+        tracing::info!(
+            workers,
+            cpus,
+            members_on_this_host = config.members_on_this_host(),
+            "runtime worker threads: the CPUs divided among the members on this machine \
+             (TOKIO_WORKER_THREADS overrides)"
+        );
+        builder.worker_threads(workers);
+    }
+    builder.build()
 }
 
 /// `mini-etcd snapshot status|restore`: etcdctl's output and exit codes.
