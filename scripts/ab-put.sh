@@ -20,6 +20,9 @@
 #        MEMBERS=1|3 (3: a fresh 3-member cluster per run, the load spread over the three
 #        members as bench-vs-etcd --members 3 does, CPU summed over the members)
 #        (WARMUP=0 measures from the first put, as bench-vs-etcd does)
+#        THREADS=1 also prints, after each run, the server CPU per put and the context switches
+#        per put of each kind of thread (tokio-rt-worker, raft, ...), leader and followers apart
+#        (from /proc/PID/task/*/stat and status; docs/performance.md, "Worker threads")
 # Needs etcd's `benchmark` tool (../shared/tools/build-etcd-benchmark), etcdctl, ss and python3.
 # Uses ports PORT..PORT+2 (with MEMBERS=3, PORT..PORT+22) on 127.0.0.1; data under /dev/shm or /var/tmp, removed at the end.
 set -u
@@ -56,6 +59,24 @@ cpu_ticks() {
   # shellcheck disable=SC2086
   set -- $s
   echo $(( ${12} + ${13} ))
+}
+
+# One line per thread of every member in SRV: "role name utime stime switches" (role L for
+# the leader, F for a follower, - for a member alone).
+threads_now() {
+  local i p t s n sw
+  for i in "${!SRV[@]}"; do
+    p=${SRV[$i]}
+    for t in /proc/"$p"/task/*; do
+      s=$(cat "$t/stat" 2>/dev/null) || continue
+      n=$(cat "$t/comm" 2>/dev/null) || continue
+      sw=$(awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {v += $2} END {print v + 0}' "$t/status" 2>/dev/null)
+      s=${s##*) }
+      # shellcheck disable=SC2086
+      set -- $s
+      echo "${ROLE[$i]} ${n// /_} ${12} ${13} ${sw:-0}"
+    done
+  done
 }
 
 # The CPU ticks of every member in SRV, summed.
@@ -108,9 +129,37 @@ one() {
     timeout --kill-after=5 120 "${load[@]}" --total "$WARMUP" >/dev/null 2>&1 \
       || { echo "ab-put: the warm-up against $bin failed" >&2; return 1; }
   fi
+  ROLE=()
+  for i in $(seq 0 $((MEMBERS - 1))); do
+    if [ "$MEMBERS" = 1 ]; then ROLE+=(-); continue; fi
+    if ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((PORT + 10 * i))" endpoint status 2>/dev/null \
+      | awk -F', ' '{exit $5 != "true"}'; then ROLE+=(L); else ROLE+=(F); fi
+  done
+  [ "${THREADS:-0}" = 1 ] && threads_now >"$LOG.t0"
   c0=$(cpu_all) || { echo "ab-put: $bin died" >&2; return 1; }
   out=$(timeout --kill-after=5 300 "${load[@]}" --total "$TOTAL" 2>&1)
   c1=$(cpu_all) || { echo "ab-put: $bin died during the run" >&2; return 1; }
+  if [ "${THREADS:-0}" = 1 ]; then
+    threads_now >"$LOG.t1"
+    echo "  threads of $bin (us of CPU per put, context switches per put; F: both followers):" >&2
+    python3 - "$LOG.t0" "$LOG.t1" "$TOTAL" "$TCK" >&2 <<'PY'
+import collections, sys
+def load(path):
+    d = collections.defaultdict(lambda: [0, 0, 0])
+    for line in open(path):
+        role, name, u, s, sw = line.split()
+        v = d[(role, name)]
+        v[0] += int(u); v[1] += int(s); v[2] += int(sw)
+    return d
+a, b = load(sys.argv[1]), load(sys.argv[2])
+total, hz = int(sys.argv[3]), int(sys.argv[4])
+for key in sorted(b):
+    d = [b[key][i] - a[key][i] for i in range(3)]
+    cpu = (d[0] + d[1]) / hz * 1e6 / total
+    if cpu > 0 or d[2] > 0:
+        print(f"    {key[0]} {key[1]:<16} {cpu:6.1f} us  {d[2] / total:.3f} switches")
+PY
+  fi
   kill "${SRV[@]}"; sleep 0.3; kill -9 "${SRV[@]}" 2>/dev/null; wait "${SRV[@]}" 2>/dev/null
   rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
   [ -n "$rps" ] || { echo "ab-put: no result from $bin" >&2; return 1; }
