@@ -77,7 +77,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match runtime_for(&config) {
+    let workers = match worker_threads(&config) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("mini-etcd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(workers)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mini-etcd: cannot start the runtime: {e}");
@@ -100,25 +111,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The server's runtime. Its worker threads are the CPUs divided among the members of
-/// `--initial-cluster` that share this machine (`Config::worker_threads`), unless
-/// `TOKIO_WORKER_THREADS` names a number, as tokio's own default allows.
-fn runtime_for(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let workers = config.worker_threads(cpus);
-        tracing::info!(
-            workers,
-            cpus,
-            members_on_this_host = config.members_on_this_host(),
-            "runtime worker threads: the CPUs divided among the members on this machine \
-             (TOKIO_WORKER_THREADS overrides)"
-        );
-        builder.worker_threads(workers);
+/// The server runtime's worker threads: `TOKIO_WORKER_THREADS` when set (a positive whole number,
+/// as tokio reads it), else the CPUs divided among the members of `--initial-cluster` that share
+/// this machine (`Config::worker_threads`).
+fn worker_threads(config: &Config) -> Result<usize, String> {
+    if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        return match v.to_str().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS must be a positive whole number, not {v:?}"
+            )),
+        };
     }
-    builder.build()
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = config.worker_threads(cpus);
+    tracing::info!(
+        workers,
+        cpus,
+        members_on_this_host = config.members_on_this_host(),
+        "runtime worker threads: the CPUs divided among the members on this machine \
+         (TOKIO_WORKER_THREADS overrides)"
+    );
+    Ok(workers)
 }
 
 /// `mini-etcd snapshot status|restore`: etcdctl's output and exit codes.

@@ -57,6 +57,19 @@ fn unknown_flag_is_an_error() {
 }
 
 #[test]
+fn a_bad_worker_thread_count_is_an_error_naming_the_variable() {
+    for bad in ["0", "two", "-1"] {
+        let o = run(&[], &[("TOKIO_WORKER_THREADS", bad)]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("TOKIO_WORKER_THREADS must be a positive whole number"),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
 fn bad_url_is_an_error_naming_the_flag() {
     let o = run(&["--listen-rest-url", "not-a-url"], &[]);
     assert_eq!(o.status.code(), Some(2));
