@@ -61,20 +61,15 @@ cpu_ticks() {
   echo $(( ${12} + ${13} ))
 }
 
-# One line per thread of every member in SRV: "role name utime stime switches" (role L for
-# the leader, F for a follower, - for a member alone).
+# One line per thread of every member in SRV: "role name ticks switches" (role L for the
+# leader, F for a follower, - for a member alone; ticks: utime + stime).
 threads_now() {
-  local i p t s n sw
+  local i t n c sw
   for i in "${!SRV[@]}"; do
-    p=${SRV[$i]}
-    for t in /proc/"$p"/task/*; do
-      s=$(cat "$t/stat" 2>/dev/null) || continue
-      n=$(cat "$t/comm" 2>/dev/null) || continue
+    for t in /proc/"${SRV[$i]}"/task/*; do
+      n=$(cat "$t/comm" 2>/dev/null) && c=$(cpu_ticks "${t#/proc/}") || continue
       sw=$(awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {v += $2} END {print v + 0}' "$t/status" 2>/dev/null)
-      s=${s##*) }
-      # shellcheck disable=SC2086
-      set -- $s
-      echo "${ROLE[$i]} ${n// /_} ${12} ${13} ${sw:-0}"
+      echo "${ROLE[$i]} ${n// /_} $c ${sw:-0}"
     done
   done
 }
@@ -129,13 +124,15 @@ one() {
     timeout --kill-after=5 120 "${load[@]}" --total "$WARMUP" >/dev/null 2>&1 \
       || { echo "ab-put: the warm-up against $bin failed" >&2; return 1; }
   fi
-  ROLE=()
-  for i in $(seq 0 $((MEMBERS - 1))); do
-    if [ "$MEMBERS" = 1 ]; then ROLE+=(-); continue; fi
-    if ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((PORT + 10 * i))" endpoint status 2>/dev/null \
-      | awk -F', ' '{exit $5 != "true"}'; then ROLE+=(L); else ROLE+=(F); fi
-  done
-  [ "${THREADS:-0}" = 1 ] && threads_now >"$LOG.t0"
+  if [ "${THREADS:-0}" = 1 ]; then
+    ROLE=()
+    for i in $(seq 0 $((MEMBERS - 1))); do
+      if [ "$MEMBERS" = 1 ]; then ROLE+=(-); continue; fi
+      if ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((PORT + 10 * i))" endpoint status 2>/dev/null \
+        | awk -F', ' '{exit $5 != "true"}'; then ROLE+=(L); else ROLE+=(F); fi
+    done
+    threads_now >"$LOG.t0"
+  fi
   c0=$(cpu_all) || { echo "ab-put: $bin died" >&2; return 1; }
   out=$(timeout --kill-after=5 300 "${load[@]}" --total "$TOTAL" 2>&1)
   c1=$(cpu_all) || { echo "ab-put: $bin died during the run" >&2; return 1; }
@@ -145,19 +142,18 @@ one() {
     python3 - "$LOG.t0" "$LOG.t1" "$TOTAL" "$TCK" >&2 <<'PY'
 import collections, sys
 def load(path):
-    d = collections.defaultdict(lambda: [0, 0, 0])
+    d = collections.defaultdict(lambda: [0, 0])
     for line in open(path):
-        role, name, u, s, sw = line.split()
+        role, name, ticks, sw = line.split()
         v = d[(role, name)]
-        v[0] += int(u); v[1] += int(s); v[2] += int(sw)
+        v[0] += int(ticks); v[1] += int(sw)
     return d
 a, b = load(sys.argv[1]), load(sys.argv[2])
 total, hz = int(sys.argv[3]), int(sys.argv[4])
 for key in sorted(b):
-    d = [b[key][i] - a[key][i] for i in range(3)]
-    cpu = (d[0] + d[1]) / hz * 1e6 / total
-    if cpu > 0 or d[2] > 0:
-        print(f"    {key[0]} {key[1]:<16} {cpu:6.1f} us  {d[2] / total:.3f} switches")
+    ticks, sw = (b[key][i] - a[key][i] for i in range(2))
+    if ticks > 0 or sw > 0:
+        print(f"    {key[0]} {key[1]:<16} {ticks / hz * 1e6 / total:6.1f} us  {sw / total:.3f} switches")
 PY
   fi
   kill "${SRV[@]}"; sleep 0.3; kill -9 "${SRV[@]}" 2>/dev/null; wait "${SRV[@]}" 2>/dev/null

@@ -3,8 +3,9 @@
 # `mini-etcd bench range` (64 clients over every member) RUNS times, and after each run prints the
 # latency line, the members' CPU time (user + system, summed) and context switches per read, and
 # every member's `etcd_server_slow_read_indexes_total` (read index requests Raft left unanswered
-# for 500 ms and issued again). Used for the "Read index contexts" (docs/performance-archive.md) and session 15's tables in
-# docs/performance.md. CONSISTENCY=s reads serializably instead.
+# for 500 ms and issued again). Used for the "Read index contexts" table
+# (docs/performance-archive.md) and session 15's tables in docs/performance.md. CONSISTENCY=s
+# reads serializably instead.
 #
 #   cargo build --release && scripts/cluster-reads.sh            # B=<binary> RUNS=3 TOTAL=50000
 set -euo pipefail

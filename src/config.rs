@@ -1007,43 +1007,47 @@ mod tests {
 
     #[test]
     fn co_located_members_share_the_cpus() {
+        // Member `name` of `cluster`, advertising `advertise` and listening on `listen`.
+        let member = |name: &str, advertise: &str, listen: &str, cluster: &str| {
+            parse(&[
+                &format!("--name={name}"),
+                &format!("--initial-advertise-peer-urls={advertise}"),
+                &format!("--listen-peer-urls={listen}"),
+                &format!("--initial-cluster={cluster}"),
+            ])
+            .unwrap()
+        };
         // One member alone: a worker per CPU.
         let alone = parse(&[]).unwrap();
         assert_eq!(alone.members_on_this_host(), 1);
         assert_eq!(alone.worker_threads(8), 8);
         // Three members on loopback, under two spellings of it: one machine.
-        let cluster = "a=http://127.0.0.1:2380,b=http://localhost:2480,c=http://127.0.0.2:2580";
-        let a = parse(&[
-            "--name=a",
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            "--listen-peer-urls=http://127.0.0.1:2380",
-            &format!("--initial-cluster={cluster}"),
-        ])
-        .unwrap();
+        let a = member(
+            "a",
+            "http://127.0.0.1:2380",
+            "http://127.0.0.1:2380",
+            "a=http://127.0.0.1:2380,b=http://localhost:2480,c=http://127.0.0.2:2580",
+        );
         assert_eq!(a.members_on_this_host(), 3);
         assert_eq!(a.worker_threads(2), 1, "never below one");
         assert_eq!(a.worker_threads(8), 2);
         // Three machines: each member has the CPUs to itself.
-        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380";
-        let spread = parse(&[
-            "--name=a",
-            "--initial-advertise-peer-urls=http://10.0.0.1:2380",
-            "--listen-peer-urls=http://0.0.0.0:2380",
-            &format!("--initial-cluster={cluster}"),
-        ])
-        .unwrap();
+        let spread = member(
+            "a",
+            "http://10.0.0.1:2380",
+            "http://0.0.0.0:2380",
+            "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380",
+        );
         assert_eq!(spread.members_on_this_host(), 1);
         assert_eq!(spread.worker_threads(4), 4);
         // Two of five on this machine's address.
-        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.1:2480,c=http://10.0.0.2:2380,\
-                       d=http://10.0.0.3:2380,e=https://10.0.0.4:2380";
-        let two = parse(&[
-            "--name=b",
-            "--initial-advertise-peer-urls=http://10.0.0.1:2480",
-            "--listen-peer-urls=http://10.0.0.1:2480",
-            &format!("--initial-cluster={}", cluster.replace(' ', "")),
-        ])
-        .unwrap();
+        let two = member(
+            "b",
+            "http://10.0.0.1:2480",
+            "http://10.0.0.1:2480",
+            "a=http://10.0.0.1:2380,b=http://10.0.0.1:2480,c=http://10.0.0.2:2380,\
+             d=http://10.0.0.3:2380,e=https://10.0.0.4:2380",
+        );
         assert_eq!(two.members_on_this_host(), 2);
         assert_eq!(two.worker_threads(4), 2);
     }

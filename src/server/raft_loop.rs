@@ -12,21 +12,21 @@
 //! and runs a turn for whatever arrives. It does so on a single-threaded runtime of its own, which
 //! also runs the peer transport's streams (`peer`): with peers, messages between members go in and
 //! out on this thread, and only a client's request and its answer cross to the server's runtime.
-//! A connection's task runs the turn itself when it can ([`RaftLoop::try_turn`], called by `server::inline` with the proposals its calls made in one
-//! round): when the mutex is free, the loop has not ended, and recent turns were short (a moving
-//! average under `--experimental-inline-turn-limit`, 100 µs by default). Handing a proposal to
-//! another thread and the answer back costs two wake-ups, and on two vCPUs shared with the clients
-//! those cost more than the turn itself (docs/performance-archive.md has the measurements). A turn
-//! with a slow fsync (a disk that
-//! takes hundreds of microseconds) would hold up every other connection on that worker, so slow
-//! turns stay on the Raft thread; the average follows every turn, wherever it ran, so the choice
-//! adapts in both directions. Turns that can be told to be slow before they start are left to the
-//! Raft thread too: one that will commit the backend (10,000 writes pending) or take a snapshot,
-//! and one whose batch holds anything but puts and put-only transactions (a delete or a range may
-//! touch any number of keys) or more than 128 KiB of requests. So is every turn while proposals
-//! sent to the Raft thread wait for it: a connection's turn would overtake them, and could keep the
-//! thread from the mutex for as long as connections keep winning it. A turn that fails ends the
-//! loop for every thread, before the mutex is released.
+//! A connection's task runs the turn itself when it can ([`RaftLoop::try_turn`], called by
+//! `server::inline` with the proposals its calls made in one round): when the mutex is free, the
+//! loop has not ended, and recent turns were short (a moving average under
+//! `--experimental-inline-turn-limit`, 100 µs by default). Handing a proposal to another thread and
+//! the answer back costs two wake-ups, and on two vCPUs shared with the clients those cost more
+//! than the turn itself (docs/performance-archive.md has the measurements). A turn with a slow
+//! fsync (a disk that takes hundreds of microseconds) would hold up every other connection on that
+//! worker, so slow turns stay on the Raft thread; the average follows every turn, wherever it ran,
+//! so the choice adapts in both directions. Turns that can be told to be slow before they start are
+//! left to the Raft thread too: one that will commit the backend (10,000 writes pending) or take a
+//! snapshot, and one whose batch holds anything but puts and put-only transactions (a delete or a
+//! range may touch any number of keys) or more than 128 KiB of requests. So is every turn while
+//! proposals sent to the Raft thread wait for it: a connection's turn would overtake them, and
+//! could keep the thread from the mutex for as long as connections keep winning it. A turn that
+//! fails ends the loop for every thread, before the mutex is released.
 //!
 //! Committed entries are applied in the turn, right after the fsync that committed them. An apply
 //! thread of its own would let applying one batch overlap the next fsync, but it costs two thread
