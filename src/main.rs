@@ -11,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use mini_etcd::config::{Cli, Command, Config, SnapshotCommand};
+use mini_etcd::server::raft_loop::LoopPlace;
 use mini_etcd::server::Server;
 
 fn main() -> ExitCode {
@@ -84,18 +85,37 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(workers)
-        .build()
-    {
+    // A member with peers and a single worker runs on that one thread, its Raft loop included
+    // (`raft_loop`, "Where a turn runs"): a current-thread runtime, with the loop in a `LocalSet`.
+    let place = if workers == 1 && config.initial_cluster.len() > 1 {
+        LoopPlace::ServerThread
+    } else {
+        LoopPlace::OwnThread
+    };
+    let built = match place {
+        LoopPlace::ServerThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        LoopPlace::OwnThread => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(workers)
+            .build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mini-etcd: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    tracing::info!(?place, "Raft loop placed");
+    let ran = match place {
+        LoopPlace::ServerThread => {
+            tokio::task::LocalSet::new().block_on(&runtime, run(config, place))
+        }
+        LoopPlace::OwnThread => runtime.block_on(run(config, place)),
+    };
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         // As etcd: a member the cluster removed says so and exits 0; its data dir must go.
         Err(e) if e.to_string().contains(mini_etcd::peer::REMOVED) => {
@@ -239,7 +259,7 @@ impl Progress {
     }
 }
 
-async fn run(config: Config) -> mini_etcd::Result<()> {
+async fn run(config: Config, place: LoopPlace) -> mini_etcd::Result<()> {
     // The peer port listens before the server starts: a member joining a cluster, or the other
     // members of a bootstrap, must reach it while it waits for them.
     let peer_tls = mini_etcd::tls::peer_server(&config)?;
@@ -257,7 +277,7 @@ async fn run(config: Config) -> mini_etcd::Result<()> {
             .flatten();
         peer_listeners.push((l, tls));
     }
-    let server = Server::start(config).await?;
+    let server = Server::start_with(config, place).await?;
     let (peers_stop_tx, peers_stop_rx) = tokio::sync::watch::channel(false);
     for (l, tls) in peer_listeners {
         let mut stop = peers_stop_rx.clone();

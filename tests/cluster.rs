@@ -145,10 +145,91 @@ async fn five_members_bootstrap_and_replicate() {
 
 /// Writers on every member record each acknowledged write; the leader is killed with SIGKILL in
 /// the middle. Every acknowledged write must be on every member afterwards, and the members must
-/// hold the same data.
+/// hold the same data. Each member runs its Raft loop on its one server thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_write() {
+    let c = Cluster::start(3, &[]).await;
+    for i in 0..3 {
+        assert_eq!(raft_threads(&c, i), 0, "member {i} has a Raft thread");
+    }
+    kill_the_leader_during_writes(c).await;
+}
+
+/// The same with two workers per member, where each member's Raft loop has a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_leader_with_raft_threads_loses_no_acknowledged_write() {
+    let c = Cluster::start_with_workers(3, &[], 2).await;
+    for i in 0..3 {
+        assert_eq!(raft_threads(&c, i), 1, "member {i}'s Raft threads");
+    }
+    kill_the_leader_during_writes(c).await;
+}
+
+/// A panic in the Raft loop of a member that runs it on its server thread (here the leader's)
+/// stops that member: it exits non-zero, and its log names the loop. The others elect a leader and
+/// serve on; restarted, the member has every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_raft_loop_on_the_server_thread_stops_that_member() {
     let mut c = Cluster::start(3, &[]).await;
+    let leader = c.wait_leader().await;
+    c.put(leader, "p/before", "1").await.expect("put");
+    let switch = c.dir.path().join("panic-switch");
+    c.kill(leader);
+    c.env = vec![(
+        "MINI_ETCD_TEST_PANIC_FILE".into(),
+        switch.display().to_string(),
+    )];
+    c.spawn(leader);
+    c.wait_healthy(leader).await;
+    c.env.clear();
+    assert_eq!(
+        raft_threads(&c, leader),
+        0,
+        "the loop has a thread of its own"
+    );
+    std::fs::write(&switch, "raft").expect("set the switch");
+    let child = c.members[leader].child.as_mut().expect("running");
+    let status = common::wait_exit(child, Duration::from_secs(20))
+        .await
+        .expect("the member did not exit after its Raft loop panicked");
+    assert!(!status.success(), "exited with {status}");
+    let log = c.members[leader].log_text();
+    assert!(
+        log.contains("\"thread\":\"raft\"") && log.contains("panicked"),
+        "the log does not say the Raft loop panicked:\n{log}"
+    );
+    c.members[leader].child = None;
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let next = c.wait_leader_among(&others).await;
+    c.put(next, "p/after", "2")
+        .await
+        .expect("put after the panic");
+    std::fs::remove_file(&switch).expect("clear the switch");
+    c.spawn(leader);
+    c.wait_healthy(leader).await;
+    converge(
+        &c,
+        &[leader],
+        "p/",
+        &[
+            ("p/after".into(), "2".into()),
+            ("p/before".into(), "1".into()),
+        ],
+    )
+    .await;
+}
+
+/// How many threads named `raft` member `i`'s process has (from /proc).
+fn raft_threads(c: &Cluster, i: usize) -> usize {
+    let pid = c.members[i].child.as_ref().expect("running").id();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the member's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "raft")
+        .count()
+}
+
+async fn kill_the_leader_during_writes(mut c: Cluster) {
     let leader = c.wait_leader().await;
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let c = Arc::new(tokio::sync::Mutex::new(c));

@@ -28,8 +28,9 @@
 //! committed entries: the only writers of the store), and the backend committer (commits the store's
 //! write batch to redb every 100 ms; the WAL, not the backend, is what makes a write durable). A
 //! gRPC connection's task runs the turn for its own calls' proposals itself when that is cheap and the
-//! member is the only voter
-//! (`inline.rs`); turns never overlap, whichever thread runs them. A lock file keeps a second process off the data dir.
+//! member is the only voter (`inline.rs`); turns never overlap, whichever thread runs them. A member
+//! started with [`LoopPlace::ServerThread`] has no Raft thread: its loop is a task on the thread that
+//! serves its requests (`raft_loop`). A lock file keeps a second process off the data dir.
 
 pub mod alarm;
 pub mod apply;
@@ -47,6 +48,7 @@ pub mod read;
 pub mod request;
 pub mod wait;
 
+use futures::FutureExt as _;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -54,7 +56,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use prost::Message as _;
 use raft::prelude::*;
@@ -75,7 +77,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::peerpb;
 use crate::server::apply::Applier;
 use crate::server::membership::Membership;
-use crate::server::raft_loop::{Proposal, RaftLoop, RaftMsg, TurnCost};
+use crate::server::raft_loop::{LoopPlace, LoopRuntime, Proposal, RaftLoop, RaftMsg, TurnCost};
 use crate::server::request::{Op, RaftRequest, WalMetadata};
 use crate::server::wait::{ApplyResult, Wait};
 use crate::snap::copies::{self, SnapshotCopies};
@@ -221,9 +223,17 @@ struct Inner {
     committer_stop: Mutex<Option<Sender<()>>>,
     /// The three threads, joined at shutdown.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// With [`LoopPlace::ServerThread`]: the loop, from `open` until `start_with` spawns it.
+    local_loop: Mutex<Option<LocalLoop>>,
+    /// With [`LoopPlace::ServerThread`]: disconnected once the loop's task has ended (shutdown
+    /// waits for that as it joins the threads).
+    local_loop_ended: Mutex<Option<mpsc::Receiver<()>>>,
     /// Held for the life of the server: the data dir lock.
     _lock: File,
 }
+
+/// The loop's state and channel, waiting to be spawned on the server's thread.
+type LocalLoop = (Arc<Mutex<RaftLoop>>, UnboundedReceiver<RaftMsg>);
 
 /// A point-in-time view of the server for health, status and metrics.
 #[derive(Debug, Clone)]
@@ -267,13 +277,31 @@ pub struct Status {
 }
 
 impl Server {
-    /// Opens (or creates) the data directory and starts the Raft loop and the backend
-    /// committer. Returns once the state committed before a restart has been applied again.
+    /// Opens (or creates) the data directory and starts the Raft loop on a thread of its own
+    /// and the backend committer. Returns once the state committed before a restart has been
+    /// applied again.
     pub async fn start(config: Config) -> Result<Server> {
+        Server::start_with(config, LoopPlace::OwnThread).await
+    }
+
+    /// [`Server::start`], with the Raft loop where `place` says. [`LoopPlace::ServerThread`] must be
+    /// called inside a `LocalSet` on a current-thread runtime, which then runs the loop's task.
+    pub async fn start_with(config: Config, place: LoopPlace) -> Result<Server> {
         let cfg = config.clone();
-        let server = tokio::task::spawn_blocking(move || Server::open(cfg))
+        let server = tokio::task::spawn_blocking(move || Server::open(cfg, place))
             .await
             .map_err(|e| Error::Internal(format!("start task failed: {e}")))??;
+        let local = lock_ignoring_poison(&server.inner.local_loop).take();
+        if let Some((core, rx)) = local {
+            let (ended_tx, ended_rx) = mpsc::channel::<()>();
+            *lock_ignoring_poison(&server.inner.local_loop_ended) = Some(ended_rx);
+            let shared = server.inner.shared.clone();
+            tokio::task::spawn_local(async move {
+                let run = std::panic::AssertUnwindSafe(RaftLoop::run_here(core, rx));
+                report_end("raft", &shared, run.catch_unwind().await);
+                drop(ended_tx);
+            });
+        }
         if server.is_solo() {
             server.wait_caught_up().await?;
         } else {
@@ -292,7 +320,7 @@ impl Server {
         Ok(server)
     }
 
-    fn open(config: Config) -> Result<Server> {
+    fn open(config: Config, place: LoopPlace) -> Result<Server> {
         let member_dir = config.data_dir.join("member");
         // `snap` holds snapshots in transit between members.
         fs::create_dir_all(member_dir.join("snap"))?;
@@ -512,16 +540,22 @@ impl Server {
         let (raft_tx, raft_rx) = tokio::sync::mpsc::unbounded_channel();
         *shared.raft_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(raft_tx);
         let peer_tls = crate::tls::peer_client(&config)?;
-        // The Raft thread's own runtime: the peer streams run on it, beside the loop (see
-        // `raft_loop`).
-        let raft_runtime = raft_loop::LoopRuntime::new()?;
+        // The peer streams run beside the loop (see `raft_loop`): on the Raft thread's own
+        // runtime, or on the server's when the loop runs there.
+        let raft_runtime = match place {
+            LoopPlace::OwnThread => Some(raft_loop::LoopRuntime::new()?),
+            LoopPlace::ServerThread => None,
+        };
+        let links = raft_runtime
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, LoopRuntime::handle);
         let transport = Transport::with_tls(
             Arc::new(cluster::PeerNode {
                 shared: shared.clone(),
                 data_dir: config.data_dir.clone(),
             }),
             tokio::runtime::Handle::current(),
-            raft_runtime.handle(),
+            links,
             peer_tls,
         );
         for m in &members.members {
@@ -558,9 +592,13 @@ impl Server {
                 .then(|| std::time::Instant::now() + raft_loop::TICK_ADVANCE_WAIT),
         }));
         let thread_core = core.clone();
-        threads.push(spawn_named("raft", shared.clone(), move || {
-            RaftLoop::run(thread_core, raft_rx, raft_runtime)
-        })?);
+        let mut local_loop = None;
+        match raft_runtime {
+            Some(raft_runtime) => threads.push(spawn_named("raft", shared.clone(), move || {
+                RaftLoop::run(thread_core, raft_rx, raft_runtime)
+            })?),
+            None => local_loop = Some((thread_core, raft_rx)),
+        }
 
         let (pruner, pruner_store) = (shared.pruner.clone(), store.clone());
         threads.push(spawn_named("compaction", shared.clone(), move || {
@@ -597,6 +635,8 @@ impl Server {
                 core,
                 committer_stop: Mutex::new(Some(stop_tx)),
                 threads: Mutex::new(threads),
+                local_loop: Mutex::new(local_loop),
+                local_loop_ended: Mutex::new(None),
                 _lock: lock,
             }),
         })
@@ -1202,6 +1242,10 @@ impl Inner {
         for t in threads {
             let _ = t.join();
         }
+        if let Some(ended) = lock_ignoring_poison(&self.local_loop_ended).take() {
+            // Disconnected when the loop's task ends (or is dropped unpolled).
+            let _ = ended.recv();
+        }
         self.shared.wait.fail_all(|| Error::Stopped);
         self.shared.reads.fail_all(|| Error::Stopped);
         self.shared.hub.close();
@@ -1302,20 +1346,31 @@ fn spawn_named(
     let thread_name = name.to_string();
     Ok(std::thread::Builder::new()
         .name(thread_name.clone())
-        .spawn(
-            move || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => shared.fail(&thread_name, &e),
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic with no message".to_string());
-                    shared.fail(&thread_name, &Error::Internal(format!("panicked: {what}")));
-                }
-            },
-        )?)
+        .spawn(move || {
+            let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            report_end(&thread_name, &shared, end);
+        })?)
+}
+
+/// How a core thread (or the loop's task) ended: an error or a panic is recorded as fatal.
+fn report_end(name: &str, shared: &Shared, end: std::thread::Result<Result<()>>) {
+    match end {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => shared.fail(name, &e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with no message".to_string());
+            shared.fail(name, &Error::Internal(format!("panicked: {what}")));
+        }
+    }
+}
+
+/// A mutex's contents, even after a panic elsewhere poisoned it.
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Refuses a data directory that belongs to another member: its WAL names another member than

@@ -12,6 +12,12 @@
 //! and runs a turn for whatever arrives. It does so on a single-threaded runtime of its own, which
 //! also runs the peer transport's streams (`peer`): with peers, messages between members go in and
 //! out on this thread, and only a client's request and its answer cross to the server's runtime.
+//! A member with peers whose runtime has a single worker (members sharing a small machine, see
+//! `main`) has no Raft thread ([`LoopPlace::ServerThread`]): the same loop runs as a task
+//! ([`RaftLoop::run_here`]) on the one thread that also serves the member's requests and its peer
+//! streams, so nothing a put does crosses threads until the backend commit. That thread then
+//! blocks in the WAL's fsync; moving the fsync to a blocking thread cost more CPU in hand-offs than
+//! the overlap gave back, on disk as on tmpfs (docs/performance.md, "One thread per member").
 //! A connection's task runs the turn itself when it can ([`RaftLoop::try_turn`], called by
 //! `server::inline` with the proposals its calls made in one round): when the mutex is free, the
 //! loop has not ended, and recent turns were short (a moving average under
@@ -120,6 +126,16 @@ pub struct Proposal {
     /// If applying it costs about as little as a put, at most how many backend writes it makes
     /// (`inline::inline_writes`); only batches of such proposals run on a connection's task.
     pub inline_writes: Option<usize>,
+}
+
+/// Where the loop runs (see the module notes, "Where a turn runs").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopPlace {
+    /// The Raft thread, with a single-threaded runtime of its own for the peer streams.
+    OwnThread,
+    /// A task on the thread that starts the server: a current-thread runtime in a `LocalSet`,
+    /// which then serves the member's requests, its peer streams and its turns alike.
+    ServerThread,
 }
 
 /// The state a turn works on, behind the loop's mutex.
@@ -268,9 +284,21 @@ impl RaftLoop {
         runtime.block_on(Self::turns(&core, rx))
     }
 
+    /// The loop as a task on the server's own thread ([`LoopPlace::ServerThread`]): runs as
+    /// [`RaftLoop::run`] does.
+    pub async fn run_here(
+        core: Arc<Mutex<RaftLoop>>,
+        rx: UnboundedReceiver<RaftMsg>,
+    ) -> Result<()> {
+        let _end = EndOnExit(&core); // also when a turn panics
+        Self::turns(&core, rx).await
+    }
+
     // The guard is held across the one yield inside a turn (`flushing_turn`), on purpose: the
-    // turn is not over. Nothing on this thread takes the mutex (the peer streams only queue on the
-    // channel), and other threads only `try_lock` it (`try_turn`), so no one waits on it meanwhile.
+    // turn is not over. Nothing else takes the mutex but with `try_lock` (`try_turn`): the peer
+    // streams and, on the server's thread, the requests' tasks only queue on the channel. So no
+    // one waits on it meanwhile, and nothing that runs on this thread during the yield can
+    // deadlock on it.
     #[allow(clippy::await_holding_lock)]
     async fn turns(core: &Mutex<RaftLoop>, mut rx: UnboundedReceiver<RaftMsg>) -> Result<()> {
         let mut last_tick = Instant::now();

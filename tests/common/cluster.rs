@@ -11,6 +11,10 @@
 //! transport's test switch (`MINI_ETCD_PEER_FAULTS`, a file of cut-off member ids shared by every
 //! member of the cluster). Every wait is bounded; bounds are safety nets, not speed claims.
 //!
+//! Every member runs with `TOKIO_WORKER_THREADS` set ([`Cluster::workers`], 1 unless a test asks
+//! for more), so that where its Raft loop runs (on its one server thread, or on a thread of its
+//! own: `raft_loop`) is the test's choice, not the machine's CPU count's.
+//!
 //! Members are queried through the JSON gateway (`/v3/...`) and the REST API with plain HTTP, so
 //! the harness needs no gRPC client; tests bring their own (etcd-client) where they need one.
 
@@ -108,6 +112,11 @@ pub struct Cluster {
     pub faults: PathBuf,
     /// Flags added to every member's command line.
     pub extra: Vec<String>,
+    /// Every member's `TOKIO_WORKER_THREADS`: 1 runs its Raft loop on its one server thread, more
+    /// on a Raft thread of its own.
+    pub workers: usize,
+    /// More environment for every member (test switches such as `MINI_ETCD_TEST_PANIC_FILE`).
+    pub env: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -142,10 +151,16 @@ impl Cluster {
     /// outgoing connection's ephemeral port, often) can take one in between; a start that fails
     /// that way is retried on fresh ports, up to three times.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_workers(n, extra, 1).await
+    }
+
+    /// [`Cluster::start`] with `workers` runtime worker threads in every member.
+    pub async fn start_with_workers(n: usize, extra: &[&str], workers: usize) -> Cluster {
         take_slot().await;
         let mut attempt = 1;
         loop {
             let mut c = Cluster::new_in_slot(n, extra);
+            c.workers = workers;
             for i in 0..n {
                 c.spawn(i);
             }
@@ -235,6 +250,8 @@ impl Cluster {
             dir,
             faults,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            workers: 1,
+            env: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(3))
                 .build()
@@ -293,6 +310,8 @@ impl Cluster {
         let child = Command::new(bin())
             .args(&args)
             .env("MINI_ETCD_PEER_FAULTS", &faults)
+            .env("TOKIO_WORKER_THREADS", self.workers.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
