@@ -657,8 +657,9 @@ impl RaftLoop {
             || !rd.committed_entries().is_empty()
             || !rd.snapshot().is_empty();
         if this.unwritten && work_after {
-            // Nothing on this thread takes the loop's mutex meanwhile: the streams' tasks only
-            // queue messages on the loop's channel.
+            // Nothing on this thread waits for the loop's mutex meanwhile: the streams' tasks (and,
+            // on the server's thread, the requests' tasks) only queue messages on the loop's
+            // channel, or `try_lock` it.
             tokio::task::yield_now().await;
             this.unwritten = false;
         }
