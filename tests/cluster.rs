@@ -165,9 +165,10 @@ async fn killing_a_leader_with_raft_threads_loses_no_acknowledged_write() {
     kill_the_leader_during_writes(c).await;
 }
 
-/// A panic in the Raft loop of a member that runs it on its server thread (here the leader's)
-/// stops that member: it exits non-zero, and its log names the loop. The others elect a leader and
-/// serve on; restarted, the member has every acknowledged write.
+/// A panic in the Raft loop of a member that runs it on its server thread (the first leader,
+/// restarted with the panic switch) stops that member: it exits non-zero, and its log names the
+/// loop. The others have or elect a leader and serve on; restarted, the member has every
+/// acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_raft_loop_on_the_server_thread_stops_that_member() {
     let mut c = Cluster::start(3, &[]).await;

@@ -26,8 +26,9 @@
 //! messages no peer may send, and hands the rest to Raft through the node's channel.
 //!
 //! **Where it runs.** The stream calls, both the outgoing ones and the service that receives them,
-//! run on the Raft thread's own single-threaded runtime (`Transport::links`), beside the Raft loop
-//! (`server::raft_loop`). A message Raft sends is written by the HTTP/2 stack on the same thread
+//! run on the runtime of the Raft loop's thread (`Transport::links`), beside the loop
+//! (`server::raft_loop`): the Raft thread's own single-threaded runtime, or, for a member whose
+//! loop runs on its one server thread, the server's runtime. A message Raft sends is written by the HTTP/2 stack on the same thread
 //! once the loop awaits, and a received one reaches the loop's channel on the thread that runs the
 //! loop: a round of messages between members crosses no thread inside a member. With the streams
 //! on the server's runtime instead, every message cost two thread wake-ups (the loop waking a
@@ -175,7 +176,7 @@ pub struct Transport {
     node: Arc<dyn Node>,
     /// Where snapshot transfers, round-trip probes and the fault switch run.
     runtime: tokio::runtime::Handle,
-    /// Where the peer streams run: the Raft thread's runtime (see the module docs).
+    /// Where the peer streams run: the Raft loop's thread's runtime (see the module docs).
     links: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
     /// Stats of peers by id, kept after a peer is removed so that counters never go back.
@@ -471,7 +472,7 @@ pub async fn connect(
     None
 }
 
-/// One peer's link: connect, open the stream call and hand its queue to the Raft thread's
+/// One peer's link: connect, open the stream call and hand its queue to the Raft loop's
 /// [`Transport::send`], which writes into it directly (no task in between); when the call fails,
 /// take the queue back, report the peer unreachable, back off and connect again.
 async fn run_link(

@@ -266,9 +266,9 @@ impl Server {
         let Some(transport) = self.shared().transport.get().cloned() else {
             return;
         };
-        // Served on the Raft thread's runtime, with the outgoing streams: a message from a peer
-        // reaches the loop on the thread that runs it. The runtime ends with the loop, and with
-        // it the peer API.
+        // Served where the outgoing streams run, on the loop's thread: a message from a peer
+        // reaches the loop on the thread that runs it. With a Raft thread, its runtime ends with
+        // the loop, and with it the peer API; on the server's thread the service ends at shutdown.
         let links = transport.links().clone();
         let served = links.spawn(crate::peer::service::serve(
             listener, transport, tls, shutdown,

@@ -217,11 +217,13 @@ struct Inner {
     config: Config,
     /// State shared with the threads.
     shared: Arc<Shared>,
-    /// The Raft loop's state, shared with the Raft thread: connections' tasks run turns on it too.
+    /// The Raft loop's state, shared with the loop (its thread or task): connections' tasks run
+    /// turns on it too.
     core: Arc<Mutex<RaftLoop>>,
     /// Tells the backend committer to stop.
     committer_stop: Mutex<Option<Sender<()>>>,
-    /// The three threads, joined at shutdown.
+    /// The core threads (Raft, unless the loop runs on the server's thread; compaction; backend
+    /// commit), joined at shutdown.
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// With [`LoopPlace::ServerThread`]: the loop, from `open` until `start_with` spawns it.
     local_loop: Mutex<Option<LocalLoop>>,
@@ -285,8 +287,16 @@ impl Server {
     }
 
     /// [`Server::start`], with the Raft loop where `place` says. [`LoopPlace::ServerThread`] must be
-    /// called inside a `LocalSet` on a current-thread runtime, which then runs the loop's task.
+    /// called inside a `LocalSet` on a current-thread runtime, which then runs the loop's task; and
+    /// [`Server::shutdown`] must be awaited inside that same `LocalSet`, which must keep running
+    /// until it returns (shutdown waits for the loop's task to end).
     pub async fn start_with(config: Config, place: LoopPlace) -> Result<Server> {
+        debug_assert!(
+            place == LoopPlace::OwnThread
+                || tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::CurrentThread,
+            "LoopPlace::ServerThread needs a current-thread runtime"
+        );
         let cfg = config.clone();
         let server = tokio::task::spawn_blocking(move || Server::open(cfg, place))
             .await

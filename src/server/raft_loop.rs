@@ -60,7 +60,7 @@
 //! and their states collected here (`read.rs`); membership changes are applied here too, because
 //! they change Raft's own configuration (`apply_conf_change`) as well as the membership in the
 //! backend. Turns on a connection's task are only for a cluster of one voter: with
-//! peers, every turn runs on the Raft thread.
+//! peers, every turn runs in the loop, on the Raft thread or as the server thread's task.
 //!
 //! A turn's proposals go to Raft as one proposal message, and the appends a turn makes for one
 //! follower go as one message (raft-rs's `batch_append`): a follower forwards a batch to the leader
@@ -955,8 +955,8 @@ impl RaftLoop {
     }
 }
 
-/// The Raft thread's single-threaded runtime, where the loop and the peer streams run. Its tasks
-/// run only while the loop does: they end with it.
+/// The Raft thread's single-threaded runtime, where the loop and the peer streams run
+/// ([`LoopPlace::OwnThread`]). Its tasks run only while the loop does: they end with it.
 pub struct LoopRuntime(Option<tokio::runtime::Runtime>);
 
 impl LoopRuntime {
@@ -994,7 +994,7 @@ impl Drop for LoopRuntime {
     }
 }
 
-/// Marks the loop ended when the Raft thread leaves it, however it leaves (a panic included).
+/// Marks the loop ended when its thread or task leaves it, however it leaves (a panic included).
 struct EndOnExit<'a>(&'a Mutex<RaftLoop>);
 
 impl Drop for EndOnExit<'_> {
