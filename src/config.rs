@@ -649,10 +649,10 @@ impl Config {
 
     /// Worker threads for the server's runtime, given `cpus` usable CPUs: the CPUs divided among
     /// the members that share this machine ([`Config::members_on_this_host`]), at least one. Each
-    /// member also runs a Raft thread and a backend commit thread, so a worker per CPU in every
-    /// co-located member would put several times more runnable threads than CPUs on the machine,
-    /// and the scheduler's wake-ups and preemptions between them cost more than the threads add.
-    /// One member alone gets a worker per CPU, as tokio's default.
+    /// member also runs a backend commit thread (and a Raft thread unless it has a single worker),
+    /// so a worker per CPU in every co-located member would put several times more runnable
+    /// threads than CPUs on the machine, and the scheduler's wake-ups and preemptions between them
+    /// cost more than the threads add. One member alone gets a worker per CPU, as tokio's default.
     pub fn worker_threads(&self, cpus: usize) -> usize {
         (cpus / self.members_on_this_host()).max(1)
     }
@@ -1021,35 +1021,55 @@ mod tests {
         let alone = parse(&[]).unwrap();
         assert_eq!(alone.members_on_this_host(), 1);
         assert_eq!(alone.worker_threads(8), 8);
-        // Three members on loopback, under two spellings of it: one machine.
-        let a = member(
-            "a",
-            "http://127.0.0.1:2380",
-            "http://127.0.0.1:2380",
-            "a=http://127.0.0.1:2380,b=http://localhost:2480,c=http://127.0.0.2:2580",
-        );
-        assert_eq!(a.members_on_this_host(), 3);
-        assert_eq!(a.worker_threads(2), 1, "never below one");
-        assert_eq!(a.worker_threads(8), 2);
-        // Three machines: each member has the CPUs to itself.
-        let spread = member(
-            "a",
-            "http://10.0.0.1:2380",
-            "http://0.0.0.0:2380",
-            "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380",
-        );
-        assert_eq!(spread.members_on_this_host(), 1);
-        assert_eq!(spread.worker_threads(4), 4);
-        // Two of five on this machine's address.
-        let two = member(
-            "b",
-            "http://10.0.0.1:2480",
-            "http://10.0.0.1:2480",
-            "a=http://10.0.0.1:2380,b=http://10.0.0.1:2480,c=http://10.0.0.2:2380,\
-             d=http://10.0.0.3:2380,e=https://10.0.0.4:2380",
-        );
-        assert_eq!(two.members_on_this_host(), 2);
-        assert_eq!(two.worker_threads(4), 2);
+        // (what, member, advertised, listening, cluster, members on this host, cpus, workers)
+        let cases = [
+            (
+                "three on loopback, under two spellings of it: one machine; never below one",
+                "a",
+                "http://127.0.0.1:2380",
+                "http://127.0.0.1:2380",
+                "a=http://127.0.0.1:2380,b=http://localhost:2480,c=http://127.0.0.2:2580",
+                3,
+                2,
+                1,
+            ),
+            (
+                "three on loopback, eight CPUs",
+                "a",
+                "http://127.0.0.1:2380",
+                "http://127.0.0.1:2380",
+                "a=http://127.0.0.1:2380,b=http://localhost:2480,c=http://127.0.0.2:2580",
+                3,
+                8,
+                2,
+            ),
+            (
+                "three machines: each member has the CPUs to itself",
+                "a",
+                "http://10.0.0.1:2380",
+                "http://0.0.0.0:2380",
+                "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380",
+                1,
+                4,
+                4,
+            ),
+            (
+                "two of five on this machine's address",
+                "b",
+                "http://10.0.0.1:2480",
+                "http://10.0.0.1:2480",
+                "a=http://10.0.0.1:2380,b=http://10.0.0.1:2480,c=http://10.0.0.2:2380,\
+                 d=http://10.0.0.3:2380,e=https://10.0.0.4:2380",
+                2,
+                4,
+                2,
+            ),
+        ];
+        for (what, name, advertise, listen, cluster, on_host, cpus, workers) in cases {
+            let c = member(name, advertise, listen, cluster);
+            assert_eq!(c.members_on_this_host(), on_host, "{what}");
+            assert_eq!(c.worker_threads(cpus), workers, "{what}");
+        }
     }
 
     #[test]

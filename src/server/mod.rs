@@ -225,8 +225,6 @@ struct Inner {
     /// The core threads (Raft, unless the loop runs on the server's thread; compaction; backend
     /// commit), joined at shutdown.
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// With [`LoopPlace::ServerThread`]: the loop, from `open` until `start_with` spawns it.
-    local_loop: Mutex<Option<LocalLoop>>,
     /// With [`LoopPlace::ServerThread`]: disconnected once the loop's task has ended (shutdown
     /// waits for that as it joins the threads).
     local_loop_ended: Mutex<Option<mpsc::Receiver<()>>>,
@@ -234,8 +232,13 @@ struct Inner {
     _lock: File,
 }
 
-/// The loop's state and channel, waiting to be spawned on the server's thread.
-type LocalLoop = (Arc<Mutex<RaftLoop>>, UnboundedReceiver<RaftMsg>);
+/// With [`LoopPlace::ServerThread`], what `open` hands `start_with` to spawn the loop's task: its
+/// state, its channel, and the sender whose drop tells shutdown the task has ended.
+struct LocalLoop {
+    core: Arc<Mutex<RaftLoop>>,
+    rx: UnboundedReceiver<RaftMsg>,
+    ended: Sender<()>,
+}
 
 /// A point-in-time view of the server for health, status and metrics.
 #[derive(Debug, Clone)]
@@ -298,18 +301,15 @@ impl Server {
             "LoopPlace::ServerThread needs a current-thread runtime"
         );
         let cfg = config.clone();
-        let server = tokio::task::spawn_blocking(move || Server::open(cfg, place))
+        let (server, local) = tokio::task::spawn_blocking(move || Server::open(cfg, place))
             .await
             .map_err(|e| Error::Internal(format!("start task failed: {e}")))??;
-        let local = lock_ignoring_poison(&server.inner.local_loop).take();
-        if let Some((core, rx)) = local {
-            let (ended_tx, ended_rx) = mpsc::channel::<()>();
-            *lock_ignoring_poison(&server.inner.local_loop_ended) = Some(ended_rx);
+        if let Some(LocalLoop { core, rx, ended }) = local {
             let shared = server.inner.shared.clone();
             tokio::task::spawn_local(async move {
                 let run = std::panic::AssertUnwindSafe(RaftLoop::run_here(core, rx));
                 report_end("raft", &shared, run.catch_unwind().await);
-                drop(ended_tx);
+                drop(ended);
             });
         }
         if server.is_solo() {
@@ -330,7 +330,9 @@ impl Server {
         Ok(server)
     }
 
-    fn open(config: Config, place: LoopPlace) -> Result<Server> {
+    /// Opens the data directory and starts the core threads; with [`LoopPlace::ServerThread`] it
+    /// returns the loop for `start_with` to spawn on the calling thread.
+    fn open(config: Config, place: LoopPlace) -> Result<(Server, Option<LocalLoop>)> {
         let member_dir = config.data_dir.join("member");
         // `snap` holds snapshots in transit between members.
         fs::create_dir_all(member_dir.join("snap"))?;
@@ -602,12 +604,20 @@ impl Server {
                 .then(|| std::time::Instant::now() + raft_loop::TICK_ADVANCE_WAIT),
         }));
         let thread_core = core.clone();
-        let mut local_loop = None;
+        let (mut local_loop, mut local_loop_ended) = (None, None);
         match raft_runtime {
             Some(raft_runtime) => threads.push(spawn_named("raft", shared.clone(), move || {
                 RaftLoop::run(thread_core, raft_rx, raft_runtime)
             })?),
-            None => local_loop = Some((thread_core, raft_rx)),
+            None => {
+                let (ended, ended_rx) = mpsc::channel();
+                local_loop = Some(LocalLoop {
+                    core: thread_core,
+                    rx: raft_rx,
+                    ended,
+                });
+                local_loop_ended = Some(ended_rx);
+            }
         }
 
         let (pruner, pruner_store) = (shared.pruner.clone(), store.clone());
@@ -638,18 +648,18 @@ impl Server {
             replay = commit_at_start.saturating_sub(consistent_index),
             "server started"
         );
-        Ok(Server {
+        let server = Server {
             inner: Arc::new(Inner {
                 config,
                 shared,
                 core,
                 committer_stop: Mutex::new(Some(stop_tx)),
                 threads: Mutex::new(threads),
-                local_loop: Mutex::new(local_loop),
-                local_loop_ended: Mutex::new(None),
+                local_loop_ended: Mutex::new(local_loop_ended),
                 _lock: lock,
             }),
-        })
+        };
+        Ok((server, local_loop))
     }
 
     /// Waits until a leader is known and everything in the log before its term is applied: what
@@ -1252,7 +1262,12 @@ impl Inner {
         for t in threads {
             let _ = t.join();
         }
-        if let Some(ended) = lock_ignoring_poison(&self.local_loop_ended).take() {
+        let local_loop_ended = self
+            .local_loop_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(ended) = local_loop_ended {
             // Disconnected when the loop's task ends (or is dropped unpolled).
             let _ = ended.recv();
         }
@@ -1376,11 +1391,6 @@ fn report_end(name: &str, shared: &Shared, end: std::thread::Result<Result<()>>)
             shared.fail(name, &Error::Internal(format!("panicked: {what}")));
         }
     }
-}
-
-/// A mutex's contents, even after a panic elsewhere poisoned it.
-fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Refuses a data directory that belongs to another member: its WAL names another member than

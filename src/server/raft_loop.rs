@@ -280,12 +280,11 @@ impl RaftLoop {
         rx: UnboundedReceiver<RaftMsg>,
         runtime: LoopRuntime,
     ) -> Result<()> {
-        let _end = EndOnExit(&core); // also when a turn panics
-        runtime.block_on(Self::turns(&core, rx))
+        runtime.block_on(Self::run_here(core, rx))
     }
 
-    /// The loop as a task on the server's own thread ([`LoopPlace::ServerThread`]): runs as
-    /// [`RaftLoop::run`] does.
+    /// The loop itself: on the Raft thread ([`RaftLoop::run`]), or as a task on the server's own
+    /// thread ([`LoopPlace::ServerThread`]). Marks the loop ended on the way out.
     pub async fn run_here(
         core: Arc<Mutex<RaftLoop>>,
         rx: UnboundedReceiver<RaftMsg>,
